@@ -1,0 +1,52 @@
+# Config validation, inputs, batches and small helpers shared by all rules.
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
+
+
+validate(config, schema="../schemas/config.schema.json")
+
+R = Path(config["results"]) / config["dataset"]
+
+try:
+    SOURCES = read_sample_sheet(config["samples"]) if config["samples"] else sources_from_globs(config["inputs"])
+    BATCHES = batches(SOURCES, config["batch_size"])
+except InputError as err:
+    raise WorkflowError(f"snakescope: {err}")
+
+if not Path(config["review"]["knowledge_base"]).is_file():
+    raise WorkflowError(f"snakescope: knowledge base not found: {config['review']['knowledge_base']} (config key review.knowledge_base)")
+
+# The stage CLI. With --sdm conda each rule's env provides the Python; otherwise the Python running
+# Snakemake (e.g. the project's venv). The package is found through PYTHONPATH either way.
+_PKG = Path(workflow.basedir) / "workflow"
+_PYTHON = "python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable
+SNAKESCOPE = os.environ.get("SNAKESCOPE_CMD") or f"PYTHONPATH={_PKG}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m snakescope.cli"
+
+
+def as_json(value):
+    """Params as canonical JSON: a changed value changes the param, so Snakemake reruns the rule."""
+    return json.dumps(value, sort_keys=True)
+
+
+def batch_sources(wildcards):
+    return [s.path for s in BATCHES[wildcards.batch]]
+
+
+def batch_sources_json(wildcards):
+    return as_json([{"sample_id": s.sample_id, "path": s.path, "metadata": s.metadata} for s in BATCHES[wildcards.batch]])
+
+
+MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
+
+
+wildcard_constraints:
+    batch=r"b\d{4}",

@@ -1,0 +1,19 @@
+rule import_batch:
+    input:
+        batch_sources,
+    output:
+        directory(R / "import/{batch}"),
+    params:
+        sources=batch_sources_json,
+        settings=as_json(config["import"]),
+        reader=config["reader"],
+    log:
+        R / "logs/import/{batch}.log",
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/import-aicsimageio.yaml" if config["reader"] == "aicsimageio" else "../../envs/import.yaml"
+    shell:
+        "{SNAKESCOPE} import --batch {wildcards.batch} --sources {params.sources:q} --settings {params.settings:q} "
+        "--reader {params.reader} --out {output} 2> {log}"

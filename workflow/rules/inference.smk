@@ -1,0 +1,36 @@
+rule check_model:
+    output:
+        R / "models/model_check.json",
+    params:
+        settings=as_json(config["model"]),
+        cache_dir=config["cache_dir"],
+    log:
+        R / "logs/check_model.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/inference.yaml"
+    shell:
+        "{SNAKESCOPE} check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output} 2> {log}"
+
+
+rule infer:
+    input:
+        imported=R / "import/{batch}",
+        model_check=R / "models/model_check.json",
+    output:
+        directory(R / "inference/{batch}"),
+    params:
+        settings=as_json(MODEL_PARAMS),
+    threads: 2
+    log:
+        R / "logs/inference/{batch}.log",
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        "../../envs/inference.yaml"
+    shell:
+        "{SNAKESCOPE} infer --manifest {input.imported}/manifest.json --settings {params.settings:q} "
+        "--model-check {input.model_check} --out {output} 2> {log}"

@@ -1,0 +1,206 @@
+"""Stage 1, acquisition import: every scene of every file -> 2D CYX image units (OME-TIFF + record)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .inputs import Source, safe_id
+from .records import Failure, Unit, manifest, sha256_file, write_json
+
+LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How files become units (config section ``import``)."""
+
+    reader: str = "bioio"  # bioio | aicsimageio
+    z: str = "max"  # max | plane | per_plane
+    z_plane: int = 0
+    t: str = "first"  # first | per_timepoint
+    t_index: int = 0
+    rgb: str = "channels"  # channels | luminance
+    default_pixel_size_um: float | None = None
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any], reader: str = "bioio") -> "ImportSettings":
+        return cls(reader=reader, **section)
+
+
+def open_image(path: str, reader: str) -> Any:
+    """Open ``path`` read-only with bioio's ``BioImage`` or aicsimageio's ``AICSImage`` (same API)."""
+    if reader == "aicsimageio":
+        from aicsimageio import AICSImage
+
+        return AICSImage(path)
+    from bioio import BioImage
+
+    return BioImage(path)
+
+
+def reader_version(reader: str) -> str:
+    package = "aicsimageio" if reader == "aicsimageio" else "bioio"
+    return f"{package} {importlib.metadata.version(package)}"
+
+
+def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any], np.ndarray, list[int]]]:
+    """Yield (selection, CYX array, kept channel-sample indices) for one scene's xarray (dims T,C,Z,Y,X[,S]).
+
+    Z and T are reduced or split as configured; an RGB ``S`` axis becomes channels
+    or a luminance channel. Lazy (dask) arrays are computed one plane at a time.
+    """
+    sizes = dict(data.sizes)
+    n_t, n_z = sizes.get("T", 1), sizes.get("Z", 1)
+    if settings.t == "per_timepoint":
+        t_values = list(range(n_t))
+    else:
+        if not 0 <= settings.t_index < n_t:
+            raise IndexError(f"import.t_index={settings.t_index} but the scene has {n_t} timepoint(s)")
+        t_values = [settings.t_index]
+    if settings.z == "per_plane":
+        z_values: list[int | str] = list(range(n_z))
+    elif settings.z == "plane":
+        if not 0 <= settings.z_plane < n_z:
+            raise IndexError(f"import.z_plane={settings.z_plane} but the scene has {n_z} plane(s)")
+        z_values = [settings.z_plane]
+    else:
+        z_values = ["max"]
+    for t in t_values:
+        stack = data.isel(T=t) if "T" in sizes else data
+        for z in z_values:
+            if "Z" not in sizes:
+                plane = stack
+            elif z == "max":
+                plane = stack.max(dim="Z")
+            else:
+                plane = stack.isel(Z=z)
+            array = np.asarray(plane.transpose("C", "Y", "X", *(["S"] if "S" in sizes else [])).values)
+            selection = {"t": t, "z": z}
+            if array.ndim == 4:  # RGB samples
+                if settings.rgb == "luminance" and array.shape[-1] == 3:
+                    array = np.tensordot(array.astype(np.float32), LUMINANCE, axes=([-1], [0]))
+                    selection["rgb"] = "luminance"
+                else:
+                    array = np.moveaxis(array, -1, 1).reshape(-1, *array.shape[1:3])
+                    selection["rgb"] = "channels"
+            yield selection, array, list(range(array.shape[0]))
+
+
+def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any], n_samples: int) -> list[str]:
+    names = [str(n) for n in raw] or [f"C{i}" for i in range(max(1, n_channels_out))]
+    if selection.get("rgb") == "channels" and n_samples > 1:
+        labels = "RGB" if n_samples == 3 else [str(i) for i in range(n_samples)]
+        names = [f"{n}:{s}" for n in names for s in labels]
+    elif selection.get("rgb") == "luminance":
+        names = [f"{n}:luminance" for n in names]
+    if len(names) != n_channels_out:
+        names = [f"C{i}" for i in range(n_channels_out)]
+    return names
+
+
+def write_ome_tiff(path: Path, array: np.ndarray, channel_names: list[str], pixel_size_um: dict[str, float | None]) -> None:
+    """Write a CYX array as OME-TIFF with channel names and physical pixel sizes."""
+    import tifffile
+
+    meta: dict[str, Any] = {"axes": "CYX", "Channel": {"Name": channel_names}}
+    for axis in ("x", "y"):
+        if pixel_size_um.get(axis):
+            meta[f"PhysicalSize{axis.upper()}"] = float(pixel_size_um[axis])
+            meta[f"PhysicalSize{axis.upper()}Unit"] = "µm"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tifffile.imwrite(tmp, array, ome=True, metadata=meta, compression="zlib")
+    tmp.replace(path)
+
+
+def read_unit(path: str | Path) -> np.ndarray:
+    """Read a unit written by :func:`write_ome_tiff` as a CYX array."""
+    import tifffile
+
+    array = tifffile.imread(path)
+    return array[None] if array.ndim == 2 else array
+
+
+def import_source(source: Source, settings: ImportSettings, out_dir: Path) -> list[Unit]:
+    """Import every scene of one source file into units under ``out_dir``; raises on an unreadable file."""
+    path = Path(source.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    checksum = sha256_file(path)
+    image = open_image(str(path), settings.reader)
+    scenes = list(image.scenes)
+    units: list[Unit] = []
+    reader = f"{reader_version(settings.reader)} ({type(image.reader).__module__.split('.')[0]})"
+    for scene_index, scene in enumerate(scenes):
+        image.set_scene(scene)
+        data = image.xarray_dask_data
+        pps = image.physical_pixel_sizes
+        pixel_size: dict[str, float | None] = {"x": pps.X, "y": pps.Y, "z": pps.Z}
+        origin = "file"
+        if not pps.X or not pps.Y:
+            if settings.default_pixel_size_um is None:
+                raise ValueError(
+                    f"{path} scene {scene!r} has no physical pixel size; set config key import.default_pixel_size_um"
+                )
+            pixel_size.update(x=settings.default_pixel_size_um, y=settings.default_pixel_size_um)
+            origin = "config import.default_pixel_size_um"
+        raw_names = list(image.channel_names or [])
+        n_samples = int(dict(data.sizes).get("S", 1))
+        for selection, array, _ in planes(data, settings):
+            parts = [source.sample_id]
+            if len(scenes) > 1:
+                parts.append(f"s{scene_index}")
+            if settings.t == "per_timepoint" and dict(data.sizes).get("T", 1) > 1:
+                parts.append(f"t{selection['t']}")
+            if settings.z == "per_plane" and dict(data.sizes).get("Z", 1) > 1:
+                parts.append(f"z{selection['z']}")
+            unit_id = safe_id("_".join(parts))
+            names = _channel_names(raw_names, array.shape[0], selection, n_samples)
+            image_path = out_dir / f"{unit_id}.ome.tif"
+            write_ome_tiff(image_path, array, names, pixel_size)
+            units.append(
+                Unit(
+                    unit_id=unit_id,
+                    sample_id=source.sample_id,
+                    source_path=str(path),
+                    source_sha256=checksum,
+                    scene_index=scene_index,
+                    scene_name=str(scene),
+                    source_dims={k: int(v) for k, v in dict(data.sizes).items()},
+                    selection=selection,
+                    dtype=str(array.dtype),
+                    shape=list(array.shape),
+                    channel_names=names,
+                    pixel_size_um=pixel_size,
+                    pixel_size_origin=origin,
+                    image_path=str(image_path),
+                    reader=reader,
+                    metadata=dict(source.metadata),
+                )
+            )
+    return units
+
+
+def import_batch(batch: str, sources: list[Source], settings: ImportSettings, out_dir: str | Path) -> dict[str, Any]:
+    """Import a batch of sources; an unreadable file becomes a recorded failure, the rest continue."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    units: list[Unit] = []
+    failures: list[Failure] = []
+    for i, source in enumerate(sources, start=1):
+        try:
+            new = import_source(source, settings, out)
+            units.extend(new)
+            print(f"[import {batch}] {i}/{len(sources)} {source.path}: {len(new)} unit(s)", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - any reader error is recorded, not fatal
+            failure = Failure.from_exception("import", source.path, exc, sample_id=source.sample_id)
+            failures.append(failure)
+            print(f"[import {batch}] FAILED {source.path}: {failure.reason}", file=sys.stderr)
+    doc = manifest(batch, units, failures, settings=settings.__dict__)
+    write_json(out / "manifest.json", doc)
+    return doc

@@ -1,0 +1,151 @@
+"""Command line: one subcommand per stage, so Snakemake rules stay one line.
+
+    snakescope demo-data DIR           write the built-in demo images, sample sheet and model
+    snakescope import ...              acquisition import of one batch
+    snakescope quality ...             quality metrics of one batch
+    snakescope check-model ...         test a bioimage.io model once (cached per digest)
+    snakescope infer ...               model inference for one batch (model loaded once)
+    snakescope postprocess ...         labels and measurements for one batch
+    snakescope review ...              deterministic review of one batch
+    snakescope tables / report ...     merge batches; write the HTML report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _json(text: str) -> Any:
+    return json.loads(text)
+
+
+def _channels(settings: dict[str, Any]) -> tuple[str | int, ...]:
+    return tuple(settings.get("channels", (0,)))
+
+
+def cmd_demo_data(args: argparse.Namespace) -> None:
+    from .demo import write_demo_data, write_demo_model
+
+    out = Path(args.out)
+    truth = write_demo_data(out)
+    model = write_demo_model(out / "model")
+    print(f"demo data: {len(truth)} units in {out}/samples.tsv; demo model: {model}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .acquisition import ImportSettings, import_batch
+    from .inputs import Source
+
+    sources = [Source(**s) for s in args.sources]
+    settings = ImportSettings.from_config(args.settings, reader=args.reader)
+    doc = import_batch(args.batch, sources, settings, args.out)
+    print(f"[import {args.batch}] {len(doc['units'])} unit(s), {len(doc['failures'])} failure(s)", file=sys.stderr)
+
+
+def cmd_quality(args: argparse.Namespace) -> None:
+    from .quality import quality_batch
+
+    quality_batch(args.manifest, args.out)
+
+
+def cmd_check_model(args: argparse.Namespace) -> None:
+    from .inference import ModelError, ModelSettings, check_model
+    from .records import write_json
+
+    settings = ModelSettings.from_config(args.settings)
+    try:
+        record = check_model(settings, args.cache_dir)
+    except ModelError as exc:
+        sys.exit(f"snakescope: {exc}")
+    if record["test"]["status"] not in ("passed", "skipped"):
+        reasons = "; ".join(record["test"].get("errors") or record["test"].get("failed_checks") or ["no detail"])
+        sys.exit(f"snakescope: config key model.source={settings.source!r}: bioimageio test_model "
+                 f"did not pass ({record['test']['status']}): {reasons}")
+    write_json(args.out, record)
+    cached = " (cached)" if record.get("test_cached") else ""
+    print(f"model {record['name']} [{settings.weight_format}] test {record['test']['status']}{cached}", file=sys.stderr)
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    from .inference import ModelError, ModelSettings, predict_batch
+
+    try:
+        predict_batch(args.manifest, ModelSettings.from_config(args.settings), args.model_check, args.out)
+    except ModelError as exc:
+        sys.exit(f"snakescope: {exc}")
+
+
+def cmd_postprocess(args: argparse.Namespace) -> None:
+    from .segmentation import PostprocessSettings, postprocess_batch
+
+    postprocess_batch(args.manifest, args.inference, PostprocessSettings.from_config(args.settings),
+                      _channels(args.model_settings), args.out)
+
+
+def cmd_review(args: argparse.Namespace) -> None:
+    from .review import review_batch
+
+    review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, args.settings,
+                 _channels(args.model_settings), args.out, args.schema)
+
+
+def cmd_pipeline_info(args: argparse.Namespace) -> None:
+    from .provenance import write_pipeline_info
+
+    write_pipeline_info(args.config, args.out)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from .report import build_tables
+
+    counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out)
+    print(f"tables: {counts}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    write_report(args.tables, args.results, args.batches, args.model_check, args.pipeline_info, args.dataset, args.out)
+    print(f"report: {Path(args.out).resolve()}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snakescope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str, **arguments: dict[str, Any]) -> None:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for flag, kwargs in arguments.items():
+            p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, **kwargs)
+        p.set_defaults(func=func)
+
+    req = {"required": True}
+    js = {"required": True, "type": _json}
+    add("demo-data", cmd_demo_data, "write the built-in demo data set and demo model", out={**req, "help": "output folder"})
+    add("import", cmd_import, "import one batch of acquisition files", batch=req, sources={**js, "help": "JSON list of sources"},
+        settings={**js, "help": "JSON of config section import"}, reader={"default": "bioio"}, out=req)
+    add("quality", cmd_quality, "quality metrics of one imported batch", manifest=req, out=req)
+    add("check-model", cmd_check_model, "run bioimageio test_model once per model digest", settings=js, cache_dir=req, out=req)
+    add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req)
+    add("postprocess", cmd_postprocess, "instance labels and measurements for one batch", manifest=req, inference=req,
+        settings=js, model_settings=js, out=req)
+    add("review", cmd_review, "deterministic review of one batch", manifest=req, quality=req, inference=req, segmentation=req,
+        knowledge_base=req, settings=js, model_settings=js, schema=req, out=req)
+    add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
+    add("tables", cmd_tables, "merge batch outputs into tables", batches={**js}, results=req, model_settings=js, out=req)
+    add("report", cmd_report, "write the self-contained HTML report", tables=req, results=req, batches=js, model_check=req,
+        pipeline_info=req, dataset=req, out=req)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Plain records passed between stages, and their JSON files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Failure:
+    """An input or unit that a stage could not process, with the reason in one line."""
+
+    stage: str
+    source_path: str
+    reason: str
+    sample_id: str = ""
+    unit_id: str = ""
+
+    @classmethod
+    def from_exception(cls, stage: str, source_path: str, exc: BaseException, **ids: str) -> "Failure":
+        text = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+        return cls(stage=stage, source_path=source_path, reason=reason, **ids)
+
+
+@dataclass
+class Unit:
+    """One 2D image unit (a scene, timepoint or plane of a source file) after import."""
+
+    unit_id: str
+    sample_id: str
+    source_path: str
+    source_sha256: str
+    scene_index: int
+    scene_name: str
+    source_dims: dict[str, int]
+    selection: dict[str, Any]
+    dtype: str
+    shape: list[int]
+    channel_names: list[str]
+    pixel_size_um: dict[str, float | None]
+    pixel_size_origin: str
+    image_path: str
+    reader: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename) so a killed job leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def manifest(batch: str, units: list[Unit], failures: list[Failure], **extra: Any) -> dict[str, Any]:
+    """The JSON document every batch stage writes: its units, its failures, and stage extras."""
+    return {"batch": batch, "units": [asdict(u) for u in units], "failures": [asdict(f) for f in failures], **extra}
+
+
+def short_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -1,0 +1,187 @@
+"""Stage 5, review: a deterministic reviewer (no LLM) over quality metrics, measurements and expected ranges.
+
+It writes the same schema-validated JSON shape as the Ollama reviewer, so either can feed the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .records import read_json, write_json
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "review.schema.json"
+
+
+@dataclass(frozen=True)
+class ReviewThresholds:
+    """Config section ``review.thresholds``: when a metric becomes an issue (see config/README.md)."""
+
+    saturated_percent_warn: float = 0.1
+    saturated_percent_fail: float = 2.0
+    snr_warn: float = 20.0
+    snr_fail: float = 5.0
+    focus_laplacian_warn: float = 0.09
+    focus_laplacian_fail: float = 0.06
+    empty_foreground_fraction: float = 0.002
+    size_out_of_range_fraction: float = 0.3
+    low_solidity_fraction: float = 0.2
+    count_tolerance: float = 0.2
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "ReviewThresholds":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in section.items() if k in known})
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    return read_json(path)
+
+
+def validate_review(review: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` if a review does not match the schema."""
+    import jsonschema
+
+    jsonschema.validate(review, schema)
+
+
+def expected_diameter(metadata: dict[str, str], knowledge_base: dict[str, Any], column: str) -> tuple[str, dict[str, Any]]:
+    """The knowledge-base range for a unit's cell line (case-insensitive), else the default range."""
+    ranges = knowledge_base.get("nucleus_diameter_um", {})
+    wanted = (metadata.get(column) or "").strip().lower()
+    for name, entry in ranges.items():
+        if name.lower() == wanted and name != "default":
+            return name, entry
+    return "default", ranges.get("default", {"min": 0.0, "max": float("inf"), "source": "none configured"})
+
+
+def _issue(kind: str, severity: str, evidence: str) -> dict[str, str]:
+    return {"type": kind, "severity": severity, "evidence": evidence}
+
+
+def quality_issues(m: dict[str, float], t: ReviewThresholds) -> list[dict[str, str]]:
+    """Issues that follow from one channel's quality metrics alone."""
+    issues = []
+    if m["foreground_fraction"] <= t.empty_foreground_fraction:
+        issues.append(_issue("empty_field", "fail", f"foreground fraction {m['foreground_fraction']:.4f} <= {t.empty_foreground_fraction}"))
+        return issues  # the other measures are meaningless on an empty field
+    if m["percent_saturated"] >= t.saturated_percent_warn:
+        sev = "fail" if m["percent_saturated"] >= t.saturated_percent_fail else "warn"
+        issues.append(_issue("saturated", sev, f"{m['percent_saturated']:.2f}% of pixels at the maximum value {m['max']:.0f} (warn >= {t.saturated_percent_warn}%)"))
+    if m["snr"] < t.snr_warn:
+        sev = "fail" if m["snr"] < t.snr_fail else "warn"
+        issues.append(_issue("low_signal", sev, f"signal-to-noise {m['snr']:.1f} < {t.snr_warn}"))
+    elif m["focus_laplacian"] < t.focus_laplacian_warn:
+        # focus is judged only where signal dominates noise (noise looks 'sharp')
+        sev = "fail" if m["focus_laplacian"] < t.focus_laplacian_fail else "warn"
+        issues.append(_issue("out_of_focus", sev, f"focus score (Laplacian/contrast) {m['focus_laplacian']:.3f} < {t.focus_laplacian_warn}"))
+    return issues
+
+
+def segmentation_issues(summary: dict[str, Any], diameters: list[float], expected: dict[str, Any], t: ReviewThresholds) -> list[dict[str, str]]:
+    """Issues that follow from the objects: sizes against the expected range, shape of merged objects."""
+    issues = []
+    count = summary.get("object_count") or 0
+    if count == 0:
+        return issues
+    lo, hi = float(expected["min"]), float(expected["max"])
+    too_big = sum(d > hi for d in diameters) / count
+    too_small = sum(d < lo for d in diameters) / count
+    if too_big + too_small >= t.size_out_of_range_fraction:
+        issues.append(_issue("object_size_out_of_range", "warn",
+                             f"{100 * (too_big + too_small):.0f}% of {count} objects outside {lo:g}-{hi:g} µm (median {summary['diameter_um_median']:.1f} µm)"))
+    if (summary.get("fraction_low_solidity") or 0) >= t.low_solidity_fraction or too_big >= t.size_out_of_range_fraction:
+        issues.append(_issue("under_segmentation", "warn",
+                             f"{100 * (summary.get('fraction_low_solidity') or 0):.0f}% of objects non-convex (solidity < 0.85), {100 * too_big:.0f}% larger than {hi:g} µm: touching nuclei may be merged"))
+    if too_small >= t.size_out_of_range_fraction:
+        issues.append(_issue("over_segmentation", "warn", f"{100 * too_small:.0f}% of objects smaller than {lo:g} µm: nuclei may be split or debris counted"))
+    return issues
+
+
+ACTIONS = {
+    "out_of_focus": ("refocus", "re-run autofocus or check the focus offset, then re-acquire"),
+    "saturated": ("reduce_exposure", "lower exposure time or gain until no pixel reaches the maximum"),
+    "low_signal": ("increase_exposure", "increase exposure or excitation, or check the staining"),
+    "empty_field": ("skip_field", "no cells in this field; skip it or move to a field with cells"),
+    "under_segmentation": ("adjust_segmentation", "lower postprocess.split_prominence_um to split touching nuclei"),
+    "over_segmentation": ("adjust_segmentation", "raise postprocess.split_prominence_um or min_object_area_um2"),
+    "object_size_out_of_range": ("check_sample", "check pixel size metadata, magnification and cell line"),
+}
+
+
+def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary: dict[str, Any] | None, diameters: list[float],
+                knowledge_base: dict[str, Any], thresholds: ReviewThresholds, cell_line_column: str = "cell_line",
+                failure: str | None = None) -> dict[str, Any]:
+    """Review one unit by fixed rules; the result follows ``review.schema.json``."""
+    issues: list[dict[str, str]] = []
+    if failure:
+        issues.append(_issue("processing_failed", "fail", failure))
+    if metrics is not None:
+        issues += quality_issues(metrics, thresholds)
+    line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, cell_line_column)
+    if summary is not None and not any(i["type"] in ("empty_field", "low_signal") and i["severity"] == "fail" for i in issues):
+        issues += segmentation_issues(summary, diameters, expected, thresholds)
+    severities = {i["severity"] for i in issues}
+    verdict = "fail" if "fail" in severities else "warn" if issues else "pass"
+    actions = []
+    for issue in issues:
+        if issue["type"] in ACTIONS and ACTIONS[issue["type"]][0] not in [a["action"] for a in actions]:
+            action, detail = ACTIONS[issue["type"]]
+            actions.append({"action": action, "detail": detail})
+    count = summary.get("object_count") if summary else None
+    described = ", ".join(f"{i['type']} ({i['severity']})" for i in issues) or "no issues"
+    return {
+        "unit_id": unit["unit_id"],
+        "reviewer": {"backend": "deterministic", "name": "snakescope rules", "version": __version__, "uses_llm": False,
+                     "provenance": {"thresholds": thresholds.__dict__, "cell_line": line, "expected_diameter_um": expected}},
+        "verdict": verdict,
+        "issues": issues,
+        "count_check": {"segmented": count, "estimated": None, "agrees": None,
+                        "comment": "rule-based review: no independent count estimate (needs the MLLM reviewer)"},
+        "suggested_actions": actions or [{"action": "none", "detail": "no action needed"}],
+        "confidence": 1.0 if not issues else 0.8,
+        "summary": f"{verdict}: {described}; {count if count is not None else 'no'} objects segmented; expected nucleus diameter for {line}: {expected['min']}-{expected['max']} µm.",
+    }
+
+
+def model_channel_name(unit: dict[str, Any], channels: tuple[str | int, ...]) -> str:
+    first = channels[0] if channels else 0
+    return unit["channel_names"][first] if isinstance(first, int) else str(first)
+
+
+def review_batch(import_manifest: str | Path, quality_json: str | Path, inference_manifest: str | Path,
+                 postprocess_dir: str | Path, knowledge_base_path: str | Path,
+                 settings: dict[str, Any], channels: tuple[str | int, ...], out_path: str | Path,
+                 schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Review every imported unit of a batch (failed ones included, as failed) and validate each review."""
+    import csv
+
+    import yaml
+
+    imported = read_json(import_manifest)
+    quality = read_json(quality_json)
+    post = read_json(Path(postprocess_dir) / "summary.json")
+    inference = read_json(inference_manifest)
+    knowledge_base = yaml.safe_load(Path(knowledge_base_path).read_text(encoding="utf-8"))
+    thresholds = ReviewThresholds.from_config(settings.get("thresholds", {}))
+    schema = load_schema(schema_path)
+    diameters: dict[str, list[float]] = {}
+    with open(Path(postprocess_dir) / "objects.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
+    failed = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in quality["failures"] + inference["failures"] + post["failures"]}
+    reviews = []
+    for unit in imported["units"]:
+        uid = unit["unit_id"]
+        channel_metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels))
+        review = review_unit(unit, channel_metrics, post["summaries"].get(uid), diameters.get(uid, []), knowledge_base,
+                             thresholds, settings.get("cell_line_column", "cell_line"), failed.get(uid))
+        validate_review(review, schema)
+        reviews.append(review)
+        print(f"[review {imported['batch']}] {uid}: {review['verdict']}", file=sys.stderr)
+    doc = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False, "reviews": reviews}
+    write_json(out_path, doc)
+    return doc
