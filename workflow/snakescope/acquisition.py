@@ -126,63 +126,108 @@ def read_unit(path: str | Path) -> np.ndarray:
     return array[None] if array.ndim == 2 else array
 
 
-def import_source(source: Source, settings: ImportSettings, out_dir: Path) -> list[Unit]:
-    """Import every scene of one source file into units under ``out_dir``; raises on an unreadable file."""
+TIFF_READERS = ("bioio_tifffile", "aicsimageio.readers.tiff_reader", "aicsimageio.readers.default_reader")
+
+
+def _pixel_size(image: Any, path: Path, scene: str, settings: ImportSettings) -> tuple[dict[str, float | None], str]:
+    pps = image.physical_pixel_sizes
+    size: dict[str, float | None] = {"x": pps.X, "y": pps.Y, "z": pps.Z}
+    # plain-TIFF readers report 1.0 when the file has no calibration: treat that as missing
+    placeholder = type(image.reader).__module__.startswith(TIFF_READERS) and pps.X == 1.0 and pps.Y == 1.0
+    if pps.X and pps.Y and not placeholder:
+        return size, "file"
+    if settings.default_pixel_size_um is None:
+        raise ValueError(f"{path} scene {scene!r} has no physical pixel size; set config key import.default_pixel_size_um")
+    size.update(x=settings.default_pixel_size_um, y=settings.default_pixel_size_um)
+    return size, "config import.default_pixel_size_um"
+
+
+def import_source(source: Source, settings: ImportSettings, out_dir: Path) -> tuple[list[Unit], list[Failure]]:
+    """Import every scene of one source file into units under ``out_dir``.
+
+    Raises if the file cannot be opened at all; a scene that cannot be read becomes a failure
+    and the file's other scenes continue.
+    """
     path = Path(source.path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     checksum = sha256_file(path)
     image = open_image(str(path), settings.reader)
     scenes = list(image.scenes)
-    units: list[Unit] = []
+    if not scenes:
+        raise ValueError(f"{path}: the reader found no image scenes")
     reader = f"{reader_version(settings.reader)} ({type(image.reader).__module__.split('.')[0]})"
+    units: list[Unit] = []
+    failures: list[Failure] = []
     for scene_index, scene in enumerate(scenes):
-        image.set_scene(scene)
+        try:
+            units.extend(_import_scene(source, image, scene_index, scene, len(scenes), checksum, reader, settings, out_dir))
+        except Exception as exc:  # noqa: BLE001 - one unreadable scene must not lose the others
+            failure = Failure.from_exception("import", str(path), exc, sample_id=source.sample_id)
+            failure.reason = f"scene {scene_index} ({scene}): {failure.reason}"
+            failures.append(failure)
+    return units, failures
+
+
+SPECTRAL_AXES = {"λ": "em", "Λ": "ex"}
+
+
+def lif_spectral_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None], list[str]] | None:
+    """Read a Leica wavelength-sweep scene with liffile, its λ/Λ axis as channels (bioio-lif 2.0 cannot).
+
+    Returns None when the scene has no spectral axis (bioio-lif reads it).
+    """
+    import liffile
+    import xarray as xr
+
+    with liffile.LifFile(path) as lif:
+        lim = lif.images[scene_index]
+        spectral = [d for d in lim.dims if d in SPECTRAL_AXES]
+        if not spectral:
+            return None
+        array = lim.asarray()
+        coords = {k: np.asarray(v) for k, v in lim.coords.items()}
+        dims = ["C" if d in SPECTRAL_AXES else d for d in lim.dims]
+    data = xr.DataArray(array, dims=dims)
+    data = data.expand_dims([d for d in ("T", "C", "Z") if d not in dims]).transpose("T", "C", "Z", "Y", "X")
+    step = {ax: float(np.diff(coords[ax][:2])[0]) * 1e6 if ax in coords and len(coords[ax]) > 1 else None for ax in "XYZ"}
+    names = [f"{SPECTRAL_AXES[spectral[0]]} {w * 1e9:.0f} nm" for w in coords[spectral[0]]]
+    return data, {"x": step["X"], "y": step["Y"], "z": abs(step["Z"]) if step["Z"] else None}, names
+
+
+def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_scenes: int, checksum: str, reader: str,
+                  settings: ImportSettings, out_dir: Path) -> list[Unit]:
+    path = Path(source.path)
+    image.set_scene(scene)
+    spectral = lif_spectral_scene(path, scene_index) if path.suffix.lower() == ".lif" else None
+    if spectral is not None:
+        data, pixel_size, raw_names = spectral
+        origin, reader = "file", f"{reader}; liffile {importlib.metadata.version('liffile')} (spectral axis as channels)"
+    else:
         data = image.xarray_dask_data
-        pps = image.physical_pixel_sizes
-        pixel_size: dict[str, float | None] = {"x": pps.X, "y": pps.Y, "z": pps.Z}
-        origin = "file"
-        if not pps.X or not pps.Y:
-            if settings.default_pixel_size_um is None:
-                raise ValueError(
-                    f"{path} scene {scene!r} has no physical pixel size; set config key import.default_pixel_size_um"
-                )
-            pixel_size.update(x=settings.default_pixel_size_um, y=settings.default_pixel_size_um)
-            origin = "config import.default_pixel_size_um"
+        pixel_size, origin = _pixel_size(image, path, str(scene), settings)
         raw_names = list(image.channel_names or [])
-        n_samples = int(dict(data.sizes).get("S", 1))
-        for selection, array, _ in planes(data, settings):
-            parts = [source.sample_id]
-            if len(scenes) > 1:
-                parts.append(f"s{scene_index}")
-            if settings.t == "per_timepoint" and dict(data.sizes).get("T", 1) > 1:
-                parts.append(f"t{selection['t']}")
-            if settings.z == "per_plane" and dict(data.sizes).get("Z", 1) > 1:
-                parts.append(f"z{selection['z']}")
-            unit_id = safe_id("_".join(parts))
-            names = _channel_names(raw_names, array.shape[0], selection, n_samples)
-            image_path = out_dir / f"{unit_id}.ome.tif"
-            write_ome_tiff(image_path, array, names, pixel_size)
-            units.append(
-                Unit(
-                    unit_id=unit_id,
-                    sample_id=source.sample_id,
-                    source_path=str(path),
-                    source_sha256=checksum,
-                    scene_index=scene_index,
-                    scene_name=str(scene),
-                    source_dims={k: int(v) for k, v in dict(data.sizes).items()},
-                    selection=selection,
-                    dtype=str(array.dtype),
-                    shape=list(array.shape),
-                    channel_names=names,
-                    pixel_size_um=pixel_size,
-                    pixel_size_origin=origin,
-                    image_path=str(image_path),
-                    reader=reader,
-                    metadata=dict(source.metadata),
-                )
-            )
+    sizes = {k: int(v) for k, v in dict(data.sizes).items()}
+    units = []
+    for selection, array, _ in planes(data, settings):
+        parts = [source.sample_id]
+        if n_scenes > 1:
+            parts.append(f"s{scene_index}")
+        if settings.t == "per_timepoint" and sizes.get("T", 1) > 1:
+            parts.append(f"t{selection['t']}")
+        if settings.z == "per_plane" and sizes.get("Z", 1) > 1:
+            parts.append(f"z{selection['z']}")
+        unit_id = safe_id("_".join(parts))
+        names = _channel_names(raw_names, array.shape[0], selection, sizes.get("S", 1))
+        image_path = out_dir / f"{unit_id}.ome.tif"
+        write_ome_tiff(image_path, array, names, pixel_size)
+        units.append(Unit(
+            unit_id=unit_id, sample_id=source.sample_id, source_path=str(path), source_sha256=checksum,
+            scene_index=scene_index, scene_name=str(scene), source_dims=sizes, selection=selection,
+            dtype=str(array.dtype), shape=list(array.shape), channel_names=names, pixel_size_um=pixel_size,
+            pixel_size_origin=origin, image_path=str(image_path), reader=reader, metadata=dict(source.metadata),
+        ))
     return units
 
 
@@ -194,9 +239,11 @@ def import_batch(batch: str, sources: list[Source], settings: ImportSettings, ou
     failures: list[Failure] = []
     for i, source in enumerate(sources, start=1):
         try:
-            new = import_source(source, settings, out)
+            new, scene_failures = import_source(source, settings, out)
             units.extend(new)
-            print(f"[import {batch}] {i}/{len(sources)} {source.path}: {len(new)} unit(s)", file=sys.stderr)
+            failures.extend(scene_failures)
+            print(f"[import {batch}] {i}/{len(sources)} {source.path}: {len(new)} unit(s), "
+                  f"{len(scene_failures)} failed scene(s)", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - any reader error is recorded, not fatal
             failure = Failure.from_exception("import", source.path, exc, sample_id=source.sample_id)
             failures.append(failure)

@@ -1,0 +1,105 @@
+"""Import on files the tests write (multi-scene, T/Z stacks, RGB) and on the real vendor files in ../shared."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import FORMATS, needs_shared
+from snakescope.acquisition import ImportSettings, import_batch, import_source, read_unit
+from snakescope.inputs import Source
+from snakescope.records import read_json, sha256_file
+
+
+def write_ome(path: Path, arrays, axes, pixel=0.5, channels=("DAPI",), photometric=None):
+    meta = {"axes": axes, "PhysicalSizeX": pixel, "PhysicalSizeY": pixel, "Channel": {"Name": list(channels)}}
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for a in arrays:
+            tif.write(a, metadata=meta, photometric=photometric)
+    return path
+
+
+def test_multi_scene_file_gives_one_unit_per_scene(tmp_path):
+    rng = np.random.default_rng(0)
+    scenes = [rng.integers(0, 1000, (1, 40, 50), dtype=np.uint16) for _ in range(3)]
+    path = write_ome(tmp_path / "plate.ome.tif", scenes, "CYX", pixel=0.325)
+    units, _ = import_source(Source("plate", str(path)), ImportSettings(), tmp_path / "out")
+    assert [u.unit_id for u in units] == ["plate_s0", "plate_s1", "plate_s2"]
+    for unit, scene in zip(units, scenes):
+        assert unit.pixel_size_um["x"] == pytest.approx(0.325)
+        assert unit.channel_names == ["DAPI"]
+        np.testing.assert_array_equal(read_unit(unit.image_path), scene)
+
+
+def test_tz_stack_max_projection_plane_and_per_plane(tmp_path):
+    stack = np.zeros((2, 1, 3, 20, 20), np.uint16)  # T C Z Y X
+    for t in range(2):
+        for z in range(3):
+            stack[t, 0, z] = 10 * t + z
+    path = write_ome(tmp_path / "tz.ome.tif", [stack], "TCZYX")
+    src = Source("tz", str(path))
+    (unit,), _ = import_source(src, ImportSettings(z="max"), tmp_path / "a")
+    assert read_unit(unit.image_path).max() == 2 and unit.source_dims["Z"] == 3 and unit.source_dims["T"] == 2
+    (unit,), _ = import_source(src, ImportSettings(z="plane", z_plane=1, t_index=1), tmp_path / "b")
+    assert read_unit(unit.image_path).max() == 11
+    units, _ = import_source(src, ImportSettings(z="per_plane", t="per_timepoint"), tmp_path / "c")
+    assert [u.unit_id for u in units] == [f"tz_t{t}_z{z}" for t in range(2) for z in range(3)]
+    assert [int(read_unit(u.image_path).max()) for u in units] == [0, 1, 2, 10, 11, 12]
+    units, (failure,) = import_source(src, ImportSettings(z="plane", z_plane=7), tmp_path / "d")
+    assert units == [] and "z_plane=7" in failure.reason
+
+
+def test_rgb_samples_become_channels_or_luminance(tmp_path):
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10
+    path = tmp_path / "he.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb")
+    settings = ImportSettings(default_pixel_size_um=0.5)
+    (unit,), _ = import_source(Source("he", str(path)), settings, tmp_path / "a")
+    array = read_unit(unit.image_path)
+    assert array.shape == (3, 30, 40) and list(array[:, 0, 0]) == [200, 100, 10]
+    assert unit.source_dims.get("S") == 3
+    (unit,), _ = import_source(Source("he", str(path)), ImportSettings(rgb="luminance", default_pixel_size_um=0.5), tmp_path / "b")
+    assert read_unit(unit.image_path).shape == (1, 30, 40)
+    assert read_unit(unit.image_path)[0, 0, 0] == pytest.approx(0.2126 * 200 + 0.7152 * 100 + 0.0722 * 10, rel=1e-4)
+
+
+def test_real_czi_and_lif(tmp_path):
+    needs_shared(FORMATS)
+    czi, lif = FORMATS / "s_1_t_1_c_1_z_1.czi", FORMATS / "LeicaLASX_wavelength-sweep_example.lif"
+    (unit,), _ = import_source(Source("czi", str(czi)), ImportSettings(), tmp_path / "czi")
+    assert unit.shape == [1, 325, 475] and unit.dtype == "uint16"
+    assert unit.pixel_size_um["x"] == pytest.approx(1.0833, rel=1e-3) and unit.channel_names == ["Bright"]
+    units, failures = import_source(Source("lif", str(lif)), ImportSettings(), tmp_path / "lif")
+    # wavelength sweeps: bioio-lif 2.0.1 reports C=1 but cannot read the pixels; liffile does, λ becomes channels
+    assert failures == []
+    assert [u.scene_name for u in units] == ["x_y_lambdaEmi", "x_y_lambdaExc", "x_y_z_t_lambdaEmi"]
+    assert [u.shape for u in units] == [[20, 64, 64], [15, 64, 64], [10, 64, 64]]
+    assert units[2].source_dims == {"T": 2, "C": 10, "Z": 11, "Y": 64, "X": 64}
+    assert units[0].channel_names[0].startswith("em ") and units[1].channel_names[0].startswith("ex ")
+    assert units[0].pixel_size_um["x"] == pytest.approx(0.10481, rel=1e-3)
+    assert units[2].pixel_size_um["z"] == pytest.approx(0.5002, rel=1e-3)
+
+
+def test_broken_file_is_recorded_and_others_continue_inputs_untouched(tmp_path):
+    good = write_ome(tmp_path / "good.ome.tif", [np.ones((1, 16, 16), np.uint16)], "CYX")
+    broken = tmp_path / "broken.ome.tif"
+    broken.write_bytes(b"II*\x00" + b"\x00garbage" * 10)
+    before = {p: sha256_file(p) for p in (good, broken)}
+    doc = import_batch("b0000", [Source("broken", str(broken)), Source("good", str(good))], ImportSettings(), tmp_path / "out")
+    assert [u["unit_id"] for u in doc["units"]] == ["good"]
+    (failure,) = doc["failures"]
+    assert failure["source_path"] == str(broken) and failure["stage"] == "import" and failure["reason"]
+    assert read_json(tmp_path / "out" / "manifest.json")["failures"][0]["sample_id"] == "broken"
+    assert {p: sha256_file(p) for p in (good, broken)} == before
+    assert doc["units"][0]["source_sha256"] == before[good]
+
+
+def test_missing_pixel_size_needs_a_default(tmp_path):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, np.ones((16, 16), np.uint16))
+    units, (failure,) = import_source(Source("p", str(path)), ImportSettings(), tmp_path / "a")
+    assert units == [] and "import.default_pixel_size_um" in failure.reason
+    (unit,), _ = import_source(Source("p", str(path)), ImportSettings(default_pixel_size_um=0.65), tmp_path / "b")
+    assert unit.pixel_size_um["x"] == 0.65 and unit.pixel_size_origin.startswith("config")

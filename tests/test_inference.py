@@ -1,0 +1,78 @@
+"""bioimage.io inference with the real U-Net in ../shared (ONNX and TorchScript) and the project's demo model."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import UNET, needs_shared
+from snakescope.acquisition import ImportSettings, import_batch
+from snakescope.inference import ModelError, ModelSettings, Predictor, check_model, predict_batch
+from snakescope.inputs import Source
+from snakescope.records import write_json
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def unet_tensors():
+    needs_shared(UNET)
+    folder = UNET.parent
+    return np.load(folder / "test_input.npy")[0], np.load(folder / "test_output.npy")[0, 0]
+
+
+@pytest.mark.parametrize("weight_format", ["onnx", "torchscript"])
+def test_unet_reproduces_its_test_output_and_tiles_large_images(unet_tensors, weight_format):
+    image, expected = unet_tensors
+    predictor = Predictor(ModelSettings(source=str(UNET), weight_format=weight_format))
+    try:
+        probability = predictor.predict(image)
+        assert probability.shape == expected.shape
+        inner = (slice(40, -40), slice(40, -40))  # beyond the halo: padding at the border differs
+        assert np.abs(probability - expected)[inner].max() < 0.01
+        assert dice(probability > 0.5, expected > 0.5) > 0.99
+        # 1024 x 1024 (2 x 2 copies, so normalisation statistics are unchanged) needs several 512 blocks
+        big = predictor.predict(np.tile(image, (1, 2, 2)))
+        assert big.shape == (1024, 1024)
+        assert np.abs(big[:512, :512] - expected)[inner].max() < 0.01
+    finally:
+        predictor.close()
+
+
+def test_demo_model_passes_test_model_and_the_result_is_cached(demo_dir, tmp_path):
+    settings = ModelSettings(source=str(demo_dir / "model" / "bioimageio.yaml"))
+    first = check_model(settings, tmp_path)
+    assert first["test"]["status"] == "passed" and not first["test_cached"]
+    second = check_model(settings, tmp_path)
+    assert second["test_cached"] and second["digest"] == first["digest"]
+
+
+def test_unusable_models_name_the_config_key(tmp_path, demo_dir):
+    with pytest.raises(ModelError, match="model.source"):
+        check_model(ModelSettings(source=str(tmp_path / "missing" / "bioimageio.yaml")), tmp_path)
+    with pytest.raises(ModelError, match="model.weight_format"):
+        check_model(ModelSettings(source=str(demo_dir / "model" / "bioimageio.yaml"), weight_format="torchscript"), tmp_path)
+
+
+def test_predict_batch_loads_once_and_records_per_unit_failures(demo_dir, tmp_path):
+    model = demo_dir / "model" / "bioimageio.yaml"
+    sources = [Source("ctrl", str(demo_dir / "images" / "ctrl_01.ome.tif")),
+               Source("multi", str(demo_dir / "images" / "multiscene_01.ome.tif"))]
+    imported = import_batch("b0000", sources, ImportSettings(), tmp_path / "import")
+    # a unit without the requested channel fails alone
+    odd = tmp_path / "odd.ome.tif"
+    tifffile.imwrite(odd, np.ones((1, 64, 64), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["GFP"]}, "PhysicalSizeX": 1, "PhysicalSizeY": 1})
+    extra = import_batch("b0001", [Source("odd", str(odd))], ImportSettings(), tmp_path / "import2")
+    imported["units"] += extra["units"]
+    write_json(tmp_path / "import" / "manifest.json", imported)
+    settings = ModelSettings(source=str(model), channels=("DAPI",))
+    check = check_model(settings, tmp_path / "cache")
+    write_json(tmp_path / "check.json", check)
+    doc = predict_batch(tmp_path / "import" / "manifest.json", settings, tmp_path / "check.json", tmp_path / "out")
+    assert sorted(doc["predictions"]) == ["ctrl", "multi_s0", "multi_s1"]
+    (failure,) = doc["failures"]
+    assert failure["unit_id"] == "odd" and "DAPI" in failure["reason"]
+    probability = np.load(doc["predictions"]["ctrl"]["path"])
+    assert probability.shape == (256, 256) and 0 <= probability.min() and probability.max() <= 1
