@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (set up, run the demo, print the report path) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean-demo
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo/samples.tsv: $(BIN)/.installed
+	$(BIN)/snakescope demo-data --out demo
+
+demo: $(BIN)/.installed demo/samples.tsv
+	$(BIN)/snakemake --configfile config/config.yaml
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -ra
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/inference_throughput.py
+	$(BIN)/python bench/workflow_vs_loop.py
+
+clean-demo:
+	rm -rf demo results/demo

@@ -1,0 +1,66 @@
+"""The deterministic reviewer: right issues for degraded demo images, schema-valid output."""
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from snakescope.demo import DEMO_FIELDS, render_field
+from snakescope.quality import channel_metrics
+from snakescope.review import ReviewThresholds, expected_diameter, load_schema, review_unit, validate_review
+from snakescope.segmentation import PostprocessSettings, segment_unit
+
+KB = yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
+
+
+def review_field(field, metadata=None):
+    image, truth = render_field(field)
+    summary_labels, objects, summary = segment_unit((truth > 0).astype(np.float32) if field.degradation == "none" else
+                                                    (image > np.percentile(image, 80)).astype(np.float32),
+                                                    image, (0.65, 0.65), PostprocessSettings())
+    unit = {"unit_id": field.name, "metadata": metadata or {"cell_line": "HeLa"}}
+    return review_unit(unit, channel_metrics(image), summary, [o["equivalent_diameter_um"] for o in objects], KB,
+                       ReviewThresholds())
+
+
+@pytest.mark.parametrize("field", DEMO_FIELDS, ids=lambda f: f.name)
+def test_demo_fields_get_the_issue_they_were_made_with(field):
+    review = review_field(field)
+    validate_review(review, load_schema())
+    types = {i["type"] for i in review["issues"]}
+    if field.degradation == "none":
+        assert review["verdict"] == "pass", review["issues"]
+    else:
+        assert field.degradation in types
+        assert review["verdict"] in ("warn", "fail")
+        assert review["suggested_actions"][0]["action"] != "none"
+
+
+def test_sizes_outside_the_knowledge_base_range_are_flagged():
+    field = DEMO_FIELDS[0]
+    image, truth = render_field(field)
+    _, objects, summary = segment_unit((truth > 0).astype(np.float32), image, (2.0, 2.0), PostprocessSettings())
+    review = review_unit({"unit_id": "x", "metadata": {"cell_line": "hela"}}, channel_metrics(image), summary,
+                         [o["equivalent_diameter_um"] for o in objects], KB, ReviewThresholds())
+    assert "object_size_out_of_range" in {i["type"] for i in review["issues"]}
+    assert review["reviewer"]["provenance"]["cell_line"] == "HeLa"
+
+
+def test_knowledge_base_every_range_has_a_source_and_default_fallback():
+    for name, entry in KB["nucleus_diameter_um"].items():
+        assert entry["min"] < entry["max"] and len(entry["source"]) > 20, name
+    assert expected_diameter({"cell_line": "unknown line"}, KB, "cell_line")[0] == "default"
+
+
+def test_schema_rejects_an_issue_outside_the_taxonomy():
+    review = review_field(DEMO_FIELDS[0])
+    review["issues"] = [{"type": "aliens", "severity": "warn", "evidence": "x"}]
+    with pytest.raises(jsonschema.ValidationError):
+        validate_review(review, load_schema())
+
+
+def test_failed_processing_is_a_fail_verdict():
+    review = review_unit({"unit_id": "u", "metadata": {}}, None, None, [], KB, ReviewThresholds(), failure="inference: boom")
+    assert review["verdict"] == "fail" and review["issues"][0]["type"] == "processing_failed"
+    validate_review(review, load_schema())
