@@ -1,0 +1,109 @@
+"""The whole workflow on N demo-sized images vs a plain Python loop doing the same stages in one process.
+
+    python bench/workflow_vs_loop.py [--images 200] [--batch-size 50] [--cores 2]
+
+The loop reads each file with bioio, computes the quality metrics, predicts with one bioimage.io
+pipeline, segments, renders the overlay and reviews: the same package functions the workflow's
+rules call, minus Snakemake, batching, per-job processes and files between stages.
+Prints both wall times and the ratio workflow / loop (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+
+def make_inputs(folder: Path, n: int) -> Path:
+    from snakescope.demo import DEMO_FIELDS, _write_ome, render_field, write_demo_model
+    from dataclasses import replace
+
+    (folder / "images").mkdir(parents=True)
+    rows = ["sample_id\tpath\ttreatment\tcell_line"]
+    for i in range(n):
+        field = replace(DEMO_FIELDS[i % len(DEMO_FIELDS)], name=f"img{i:05d}", seed=10_000 + i)
+        image, _ = render_field(field)
+        _write_ome(folder / "images" / f"{field.name}.ome.tif", [image[None]], "CYX")
+        rows.append(f"{field.name}\timages/{field.name}.ome.tif\tDMSO\tHeLa")
+    (folder / "samples.tsv").write_text("\n".join(rows) + "\n")
+    return write_demo_model(folder / "model")
+
+
+def plain_loop(folder: Path, model: Path) -> float:
+    import yaml as _yaml
+
+    from snakescope.acquisition import ImportSettings, import_source
+    from snakescope.inference import ModelSettings, Predictor
+    from snakescope.inputs import read_sample_sheet
+    from snakescope.quality import unit_metrics
+    from snakescope.rendering import overlay_png
+    from snakescope.review import ReviewThresholds, review_unit
+    from snakescope.segmentation import PostprocessSettings, segment_unit
+
+    t0 = time.perf_counter()
+    kb = _yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
+    predictor = Predictor(ModelSettings(source=str(model)))
+    out = folder / "loop"
+    for source in read_sample_sheet(folder / "samples.tsv"):
+        units, _ = import_source(source, ImportSettings(), out)
+        for unit in units:
+            from snakescope.acquisition import read_unit
+
+            image = read_unit(unit.image_path)
+            metrics = unit_metrics(image, unit.channel_names)
+            probability = predictor.predict(image[:1], unit.unit_id)
+            pixel = (unit.pixel_size_um["y"], unit.pixel_size_um["x"])
+            labels, objects, summary = segment_unit(probability, image[0], pixel, PostprocessSettings(), unit.unit_id)
+            (out / f"{unit.unit_id}.png").write_bytes(overlay_png(image[0], labels, pixel[1]))
+            review_unit(unit.__dict__, metrics[unit.channel_names[0]], summary,
+                        [o["equivalent_diameter_um"] for o in objects], kb, ReviewThresholds())
+    predictor.close()
+    return time.perf_counter() - t0
+
+
+def workflow(folder: Path, model: Path, batch_size: int, cores: int) -> float:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(samples=str(folder / "samples.tsv"), batch_size=batch_size, cache_dir=str(folder / "cache"))
+    config["model"]["source"] = str(model)
+    config["model"]["channels"] = [0]
+    config["review"]["knowledge_base"] = str(ROOT / "config" / "knowledge_base.yaml")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(folder),
+                    "--configfile", str(folder / "config.yaml"), "--cores", str(cores), "--quiet", "all"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="snakescope-bench-"))
+    model = make_inputs(folder, args.images)
+    import tqdm
+    from functools import partialmethod
+
+    tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
+    loop_s = plain_loop(folder, model)
+    flow_s = workflow(folder, model, args.batch_size, args.cores)
+    print(f"images: {args.images} ({np.prod((256, 256))} px each), batch_size {args.batch_size}, cores {args.cores}")
+    print(f"plain Python loop, one process : {loop_s:.1f} s")
+    print(f"snakescope workflow (Snakemake): {flow_s:.1f} s")
+    print(f"wall-time ratio workflow / loop = {flow_s / loop_s:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
