@@ -76,3 +76,37 @@ def test_predict_batch_loads_once_and_records_per_unit_failures(demo_dir, tmp_pa
     assert failure["unit_id"] == "odd" and "DAPI" in failure["reason"]
     probability = np.load(doc["predictions"]["ctrl"]["path"])
     assert probability.shape == (256, 256) and 0 <= probability.min() and probability.max() <= 1
+
+
+def test_a_model_that_fails_its_own_test_is_refused_with_the_reason(demo_dir, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(demo_dir / "model", broken)
+    expected = np.load(broken / "test_output.npy")
+    np.save(broken / "test_output.npy", 1.0 - expected)  # wrong expected output
+    import hashlib
+    import yaml
+
+    rdf = yaml.safe_load((broken / "bioimageio.yaml").read_text())
+    rdf["outputs"][0]["test_tensor"]["sha256"] = hashlib.sha256((broken / "test_output.npy").read_bytes()).hexdigest()
+    (broken / "bioimageio.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    record = check_model(ModelSettings(source=str(broken / "bioimageio.yaml")), tmp_path / "cache")
+    assert record["test"]["status"] != "passed" and record["test"]["failed_checks"]
+    assert not list((tmp_path / "cache").rglob("*.json")), "a failed test must not be cached"
+    result = subprocess.run([sys.executable, "-m", "snakescope.cli", "check-model", "--settings",
+                             '{"source": "%s"}' % (broken / "bioimageio.yaml"), "--cache-dir", str(tmp_path / "c2"),
+                             "--out", str(tmp_path / "check.json")], capture_output=True, text=True)
+    assert result.returncode != 0 and "model.source" in result.stderr and "did not pass" in result.stderr
+    assert not (tmp_path / "check.json").exists()
+
+
+def test_unknown_zoo_id_fails_fast_naming_the_key(tmp_path):
+    import time
+
+    started = time.time()
+    with pytest.raises(ModelError, match="model.source=.snakescope-no-such-model."):
+        check_model(ModelSettings(source="snakescope-no-such-model"), tmp_path)
+    assert time.time() - started < 60
