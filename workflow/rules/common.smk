@@ -51,6 +51,30 @@ def batch_sources_json(wildcards):
 
 MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
 
+# Ollama settings that do not change answers (where the server is, how long to wait) are passed
+# outside params, so changing them does not rerun reviews; everything else is a rerun trigger.
+_OLLAMA = config["review"].get("ollama", {})
+OLLAMA_RUNTIME_KEYS = ("host", "keep_alive", "timeout_s", "server", "pull")
+OLLAMA_RUNTIME = as_json({k: v for k, v in _OLLAMA.items() if k in OLLAMA_RUNTIME_KEYS})
+REVIEW_PARAMS = {**config["review"], "ollama": {k: v for k, v in _OLLAMA.items() if k not in OLLAMA_RUNTIME_KEYS}}
+REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
+if config["review"]["backend"] != "ollama":
+    REVIEW_PARAMS.pop("ollama")  # irrelevant without the LLM backend
+CACHE_DIR = config["cache_dir"]
+
+
+def review_prompts(wildcards):
+    """Prompt templates are inputs when the LLM reviews: editing one reruns the reviews."""
+    if config["review"]["backend"] != "ollama":
+        return {}
+    return {"prompt": _OLLAMA.get("prompt", "config/prompts/review_v1.txt")}
+
+
+def summary_prompts(wildcards):
+    if config["review"]["backend"] != "ollama":
+        return {}
+    return {"prompt": _OLLAMA.get("summary_prompt", "config/prompts/summary_v1.txt")}
+
 
 wildcard_constraints:
     batch=r"b\d{4}",

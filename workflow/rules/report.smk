@@ -18,30 +18,49 @@ rule tables:
         quality=expand(R / "quality/{batch}.json", batch=BATCHES),
         inference=expand(R / "inference/{batch}", batch=BATCHES),
         segmentation=expand(R / "segmentation/{batch}", batch=BATCHES),
-        review=expand(R / "review/{batch}.json", batch=BATCHES),
+        review=expand(R / "review/{batch}", batch=BATCHES),
     output:
         units=report(R / "tables/units.csv", category="Tables", caption="../report/units.rst"),
         objects=report(R / "tables/objects.csv", category="Tables", caption="../report/objects.rst"),
         reviews=report(R / "tables/reviews.csv", category="Tables", caption="../report/reviews.rst"),
         reviews_jsonl=R / "tables/reviews.jsonl",
         failures=report(R / "tables/failures.csv", category="Tables", caption="../report/failures.rst"),
-        counts=R / "tables/counts.json",
+        answers=report(R / "tables/answers.csv", category="Tables", caption="../report/answers.rst"),
+        aggregates=R / "tables/aggregates.json",
     params:
         batches=as_json(list(BATCHES)),
         model=as_json({"channels": config["model"]["channels"]}),
+        condition_column=config["review"]["condition_column"],
     log:
         R / "logs/tables.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
         "{SNAKESCOPE} tables --batches {params.batches:q} --results {R} --model-settings {params.model:q} "
-        "--out {R}/tables 2> {log}"
+        "--condition-column {params.condition_column:q} --out {R}/tables 2> {log}"
+
+
+rule run_summary:
+    input:
+        unpack(summary_prompts),
+        aggregates=R / "tables/aggregates.json",
+    output:
+        R / "tables/run_summary.json",
+    params:
+        settings=as_json(REVIEW_PARAMS),
+    log:
+        R / "logs/run_summary.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{SNAKESCOPE} summary --aggregates {input.aggregates} --settings {params.settings:q} --runtime {OLLAMA_RUNTIME:q} "
+        "--cache-dir {CACHE_DIR:q} --out {output} 2> {log}"
 
 
 rule report:
     input:
         tables=rules.tables.output,
-        segmentation=expand(R / "segmentation/{batch}", batch=BATCHES),
+        run_summary=R / "tables/run_summary.json",
         model_check=R / "models/model_check.json",
         params=R / "pipeline_info/params.json",
         versions=R / "pipeline_info/software_versions.json",
@@ -57,4 +76,4 @@ rule report:
     shell:
         "{SNAKESCOPE} report --tables {R}/tables --results {R} --batches {params.batches:q} "
         "--model-check {input.model_check} --pipeline-info {R}/pipeline_info --dataset {params.dataset:q} "
-        "--out {output} 2> {log}"
+        "--run-summary {input.run_summary} --out {output} 2> {log}"

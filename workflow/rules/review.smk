@@ -1,5 +1,6 @@
 rule review:
     input:
+        unpack(review_prompts),
         imported=R / "import/{batch}",
         quality=R / "quality/{batch}.json",
         inference=R / "inference/{batch}",
@@ -7,19 +8,21 @@ rule review:
         knowledge_base=config["review"]["knowledge_base"],
         schema=workflow.source_path("../schemas/review.schema.json"),
     output:
-        R / "review/{batch}.json",
+        directory(R / "review/{batch}"),
     params:
-        settings=as_json(config["review"]),
+        settings=as_json(REVIEW_PARAMS),
+        postprocess=as_json(config["postprocess"]),
         model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/review/{batch}.log",
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=4000,
+        runtime=240,
     conda:
         "../../envs/analysis.yaml"
     shell:
         "{SNAKESCOPE} review --manifest {input.imported}/manifest.json --quality {input.quality} "
         "--inference {input.inference}/manifest.json --segmentation {input.segmentation} "
-        "--knowledge-base {input.knowledge_base} --settings {params.settings:q} --model-settings {params.model:q} "
-        "--schema {input.schema} --out {output} 2> {log}"
+        "--knowledge-base {input.knowledge_base} --settings {params.settings:q} --postprocess {params.postprocess:q} "
+        "--model-settings {params.model:q} --schema {input.schema} --runtime {OLLAMA_RUNTIME:q} "
+        "--cache-dir {CACHE_DIR:q} --out {output} 2> {log}"

@@ -6,7 +6,8 @@
     snakescope check-model ...         test a bioimage.io model once (cached per digest)
     snakescope infer ...               model inference for one batch (model loaded once)
     snakescope postprocess ...         labels and measurements for one batch
-    snakescope review ...              deterministic review of one batch
+    snakescope review ...              review of one batch (rules; Ollama vision model when configured)
+    snakescope summary ...             the run's narrative summary, numbers checked against the tables
     snakescope tables / report ...     merge batches; write the HTML report
 """
 
@@ -87,10 +88,15 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> None:
+    from .mllm import OllamaUnavailable
     from .review import review_batch
 
-    review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, args.settings,
-                 _channels(args.model_settings), args.out, args.schema)
+    settings = {**args.settings, "ollama": {**args.settings.get("ollama", {}), **args.runtime}}
+    try:
+        review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, settings,
+                     _channels(args.model_settings), args.out, args.schema, args.cache_dir, args.postprocess)
+    except OllamaUnavailable as exc:
+        sys.exit(f"snakescope: {exc} (review.ollama.on_unreachable: fail)")
 
 
 def cmd_pipeline_info(args: argparse.Namespace) -> None:
@@ -102,14 +108,28 @@ def cmd_pipeline_info(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     from .report import build_tables
 
-    counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out)
+    counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out, args.condition_column)
     print(f"tables: {counts}", file=sys.stderr)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from .mllm import AnswerInvalid, OllamaSettings, OllamaUnavailable, write_run_summary
+    from .records import read_json
+
+    llm = OllamaSettings.from_config({**args.settings.get("ollama", {}), **args.runtime})
+    try:
+        record = write_run_summary(read_json(args.aggregates), args.settings.get("backend", "deterministic"), llm,
+                                   args.cache_dir, args.out, llm.on_unreachable)
+    except (OllamaUnavailable, AnswerInvalid) as exc:
+        sys.exit(f"snakescope: run summary: {exc} (review.ollama.on_unreachable: fail)")
+    print(f"run summary ({record['backend']}): {len(record['numbers_mismatched'])} unchecked number(s)", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    write_report(args.tables, args.results, args.batches, args.model_check, args.pipeline_info, args.dataset, args.out)
+    write_report(args.tables, args.results, args.batches, args.model_check, args.pipeline_info, args.dataset, args.out,
+                 args.run_summary)
     print(f"report: {Path(args.out).resolve()}", file=sys.stderr)
 
 
@@ -133,12 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req)
     add("postprocess", cmd_postprocess, "instance labels and measurements for one batch", manifest=req, inference=req,
         settings=js, model_settings=js, out=req)
-    add("review", cmd_review, "deterministic review of one batch", manifest=req, quality=req, inference=req, segmentation=req,
-        knowledge_base=req, settings=js, model_settings=js, schema=req, out=req)
+    add("review", cmd_review, "review one batch (rules, and an Ollama vision model when configured)", manifest=req,
+        quality=req, inference=req, segmentation=req, knowledge_base=req, settings=js, model_settings=js, schema=req, out=req,
+        postprocess={"type": _json, "default": {}}, runtime={"type": _json, "default": {}, "help": "Ollama settings that do not change results (host, timeouts)"},
+        cache_dir={"default": ".snakescope-cache"})
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
-    add("tables", cmd_tables, "merge batch outputs into tables", batches={**js}, results=req, model_settings=js, out=req)
+    add("tables", cmd_tables, "merge batch outputs into tables", batches={**js}, results=req, model_settings=js, out=req,
+        condition_column={"default": "treatment"})
+    add("summary", cmd_summary, "the run's narrative summary (LLM or template), numbers checked", aggregates=req,
+        settings=js, runtime={"type": _json, "default": {}}, cache_dir={"default": ".snakescope-cache"}, out=req)
     add("report", cmd_report, "write the self-contained HTML report", tables=req, results=req, batches=js, model_check=req,
-        pipeline_info=req, dataset=req, out=req)
+        pipeline_info=req, dataset=req, out=req, run_summary={"default": None})
     return parser
 
 

@@ -32,56 +32,109 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path) -> dict[str, int]:
-    """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl and failures.csv."""
+def _merge_objects(out, batches: list[str], results: Path, refined_units: dict[str, Path]) -> None:
+    """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv."""
+    from .segmentation import OBJECT_COLUMNS
+
+    writer = csv.DictWriter(out, fieldnames=OBJECT_COLUMNS)
+    writer.writeheader()
+    for batch in batches:
+        for row in _read_csv(results / "segmentation" / batch / "objects.csv"):
+            if row["unit_id"] not in refined_units:
+                writer.writerow(row)
+        refined = results / "review" / batch / "refined_objects.csv"
+        if refined.is_file():
+            writer.writerows(r for r in _read_csv(refined) if r["unit_id"] in refined_units)
+
+
+def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, Any]], condition_column: str) -> dict[str, Any]:
+    """Per condition: units, verdicts, median count and diameter, and the answers to the dataset's questions."""
+    import statistics
+
+    by_unit = {r["unit_id"]: r for r in reviews}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for unit in units:
+        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
+    out: dict[str, Any] = {}
+    for condition, members in sorted(groups.items()):
+        counts = [float(u["object_count"]) for u in members if u.get("object_count") not in (None, "")]
+        diameters = [float(u["diameter_um_median"]) for u in members if u.get("diameter_um_median") not in (None, "")]
+        answers: dict[str, Counter] = {}
+        for unit in members:
+            for answer in by_unit.get(unit["unit_id"], {}).get("answers", []):
+                answers.setdefault(answer["question"], Counter())[answer["answer"]] += 1
+        out[condition] = {
+            "units": len(members),
+            "verdicts": dict(Counter(u.get("verdict") or "unreviewed" for u in members)),
+            "median_count": round(statistics.median(counts), 1) if counts else None,
+            "median_diameter_um": round(statistics.median(diameters), 1) if diameters else None,
+            "answers": {q: dict(c) for q, c in answers.items()},
+        }
+    return out
+
+
+def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path,
+                 condition_column: str = "treatment") -> dict[str, Any]:
+    """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl, failures.csv,
+    answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     units, failures, reviews = [], [], []
-    objects_header: list[str] | None = None
-    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as objects_out:
-        for batch in batches:
-            imported = read_json(results / "import" / batch / "manifest.json")
-            quality = read_json(results / "quality" / f"{batch}.json")
-            inference = read_json(results / "inference" / batch / "manifest.json")
-            post = read_json(results / "segmentation" / batch / "summary.json")
-            reviewed = {r["unit_id"]: r for r in read_json(results / "review" / f"{batch}.json")["reviews"]}
-            failures += imported["failures"] + quality["failures"] + inference["failures"] + post["failures"]
-            failed_units = {f["unit_id"] for f in quality["failures"] + inference["failures"] + post["failures"]}
-            for unit in imported["units"]:
-                uid = unit["unit_id"]
-                metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
-                summary = post["summaries"].get(uid, {})
-                review = reviewed.get(uid, {})
-                row = {
-                    "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
-                    "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
-                    "pixel_size_x_um": unit["pixel_size_um"]["x"], "pixel_size_y_um": unit["pixel_size_um"]["y"],
-                    "height": unit["shape"][-2], "width": unit["shape"][-1], "channels": "|".join(unit["channel_names"]),
-                    **{f"meta_{k}": v for k, v in unit["metadata"].items()},
-                    **{m: metrics.get(m) for m in METRIC_COLUMNS},
-                    **{s: summary.get(s) for s in SUMMARY_COLUMNS},
-                    "verdict": review.get("verdict"),
-                    "issues": ";".join(i["type"] for i in review.get("issues", [])),
-                    "review_backend": review.get("reviewer", {}).get("backend"),
-                }
-                units.append(row)
-                if review:
-                    reviews.append(review)
-            with open(results / "segmentation" / batch / "objects.csv", newline="", encoding="utf-8") as handle:
-                reader = csv.reader(handle)
-                header = next(reader)
-                writer = csv.writer(objects_out)
-                if objects_header is None:
-                    objects_header = header
-                    writer.writerow(header)
-                writer.writerows(reader)
+    refined_units: dict[str, Path] = {}
+    review_backends = Counter()
+    for batch in batches:
+        imported = read_json(results / "import" / batch / "manifest.json")
+        quality = read_json(results / "quality" / f"{batch}.json")
+        inference = read_json(results / "inference" / batch / "manifest.json")
+        post = read_json(results / "segmentation" / batch / "summary.json")
+        review_doc = read_json(results / "review" / batch / "reviews.json")
+        review_backends[review_doc["backend"]] += 1
+        reviewed = {r["unit_id"]: r for r in review_doc["reviews"]}
+        failures += imported["failures"] + quality["failures"] + inference["failures"] + post["failures"]
+        failed_units = {f["unit_id"] for f in quality["failures"] + inference["failures"] + post["failures"]}
+        for unit in imported["units"]:
+            uid = unit["unit_id"]
+            metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
+            review = reviewed.get(uid, {})
+            refinement = review.get("refinement") or {}
+            summary = refinement.get("summary") if refinement.get("applied") else post["summaries"].get(uid, {})
+            overlay = results / "review" / batch / f"{uid}.overlay.png"
+            if refinement.get("applied"):
+                refined_units[uid] = overlay
+            elif not (overlay := results / "segmentation" / batch / f"{uid}.overlay.png").is_file():
+                overlay = None
+            units.append({
+                "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
+                "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
+                "pixel_size_x_um": unit["pixel_size_um"]["x"], "pixel_size_y_um": unit["pixel_size_um"]["y"],
+                "height": unit["shape"][-2], "width": unit["shape"][-1], "channels": "|".join(unit["channel_names"]),
+                **{f"meta_{k}": v for k, v in unit["metadata"].items()},
+                **{m: metrics.get(m) for m in METRIC_COLUMNS},
+                **{k: (summary or {}).get(k) for k in SUMMARY_COLUMNS},
+                "verdict": review.get("verdict"),
+                "issues": ";".join(i["type"] for i in review.get("issues", [])),
+                "review_backend": review.get("reviewer", {}).get("backend"),
+                "review_status": review.get("status", "reviewed" if review else None),
+                "llm_verdict": review.get("llm_verdict"),
+                "llm_estimated_count": (review.get("count_check") or {}).get("estimated"),
+                "flags": len(review.get("flags", [])),
+                "refined": bool(refinement.get("applied")),
+                "overlay": str(overlay) if overlay else "",
+            })
+            if review:
+                reviews.append(review)
+    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
+        _merge_objects(handle, batches, results, refined_units)
     columns = list(dict.fromkeys(k for row in units for k in row))
     _write_csv(out / "units.csv", units, columns)
     _write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason"])
     review_rows = [{
         "unit_id": r["unit_id"], "backend": r["reviewer"]["backend"], "uses_llm": r["reviewer"].get("uses_llm", False),
-        "verdict": r["verdict"], "issues": ";".join(f"{i['type']}:{i['severity']}" for i in r["issues"]),
+        "status": r.get("status", "reviewed"), "verdict": r["verdict"], "llm_verdict": r.get("llm_verdict"),
+        "rules_verdict": (r.get("second_opinion") or {}).get("verdict", r["verdict"]),
+        "issues": ";".join(f"{i['type']}:{i['severity']}" for i in r["issues"]),
         "evidence": " | ".join(i["evidence"] for i in r["issues"]),
+        "flags": " | ".join(f"{f['check']}: LLM {f['llm_says']} / numbers {f['numbers_say']}" for f in r.get("flags", [])),
         "actions": ";".join(a["action"] for a in r["suggested_actions"]), "confidence": r["confidence"],
         "segmented_count": r["count_check"]["segmented"], "estimated_count": r["count_check"]["estimated"],
         "summary": r["summary"],
@@ -90,9 +143,20 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     with open(out / "reviews.jsonl", "w", encoding="utf-8") as handle:
         for review in reviews:
             handle.write(json.dumps(review, sort_keys=True) + "\n")
-    counts = {"units": len(units), "failures": len(failures), "reviews": len(reviews)}
-    write_json(out / "counts.json", counts)
-    return counts
+    conditions = condition_aggregates(units, reviews, condition_column)
+    answer_rows = [{"condition": c, "question": q, "yes": n.get("yes", 0), "no": n.get("no", 0), "unsure": n.get("unsure", 0)}
+                   for c, agg in conditions.items() for q, n in agg["answers"].items()]
+    _write_csv(out / "answers.csv", answer_rows, ["condition", "question", "yes", "no", "unsure"])
+    issues = Counter(i["type"] for r in reviews for i in r["issues"])
+    aggregates = {
+        "units": len(units), "failed_inputs": len(failures),
+        "verdicts": dict(Counter(u["verdict"] or "unreviewed" for u in units)),
+        "issues": dict(issues), "condition_column": condition_column, "conditions": conditions,
+        "review_backends": dict(review_backends),
+        "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
+    }
+    write_json(out / "aggregates.json", aggregates)
+    return {"units": len(units), "failures": len(failures), "reviews": len(reviews)}
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -161,14 +225,22 @@ def render_html(tables_dir: str | Path, results: Path, batches: list[str], info:
             reviews[review["unit_id"]] = review
     verdicts = Counter(u["verdict"] or "unreviewed" for u in units)
     uses_llm = any(r["reviewer"].get("uses_llm") for r in reviews.values())
+    fallback = [r for r in reviews.values() if r.get("status") == "fallback"]
+    run_summary = info.get("run_summary") or {}
     model = info.get("model", {})
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>snakescope report: {_e(info.get('dataset'))}</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>snakescope report: {_e(info.get('dataset'))}</h1>",
              f"<p class='muted'>generated {_e(info.get('generated'))} · snakescope {_e(info.get('version'))}</p>"]
     if uses_llm:
-        parts.append("<div class='banner llm'><b>Review:</b> multimodal LLM reviewer (see provenance).</div>")
-    else:
+        parts.append("<div class='banner llm' id='review-backend'><b>Review backend: Ollama vision model</b> "
+                     f"({_e(next(r['reviewer']['name'] for r in reviews.values() if r['reviewer'].get('uses_llm')))}), "
+                     "checked against the measurements and a rule-based second opinion.</div>")
+    if fallback:
+        parts.append(f"<div class='banner rules' id='review-fallback'><b>{len(fallback)} unit(s) were reviewed by the rule-based "
+                     "fallback because the LLM reviewer was unavailable — no LLM was used for them.</b> "
+                     f"Reason: {_e(fallback[0]['summary'][:300])}</div>")
+    elif not uses_llm:
         parts.append("<div class='banner rules' id='review-backend'><b>Review backend: deterministic rules — no LLM was used.</b> "
                      "Verdicts come from fixed thresholds on quality metrics and object measurements "
                      "(config section <code>review</code>), not from a vision model.</div>")
@@ -179,6 +251,12 @@ def render_html(tables_dir: str | Path, results: Path, batches: list[str], info:
             ("model", f"{model.get('name')} ({model.get('source')})"), ("model digest", model.get("digest")),
             ("model test", (model.get("test") or {}).get("status")), ("weight format", model.get("weight_format")),
         ]) + "</tbody></table>")
+    if run_summary.get("text"):
+        who = "written by the LLM" if run_summary.get("uses_llm") else "rule-based template, no LLM"
+        mismatched = run_summary.get("numbers_mismatched") or []
+        check = (f"<p class='fail'>Numbers not found in the tables: {_e(', '.join(mismatched))}</p>" if mismatched
+                 else f"<p class='muted'>All {len(run_summary.get('numbers_checked', []))} numbers quoted were checked against the tables.</p>")
+        parts.append(f"<h2 id='narrative'>Summary ({_e(who)})</h2><p>{_e(run_summary['text'])}</p>{check}")
     parts.append(f"<h2 id='failures'>Failed inputs and steps ({len(failures)})</h2>")
     parts.append(_table(failures, ["stage", "source_path", "sample_id", "unit_id", "reason"]) if failures else "<p>None.</p>")
     meta_cols = [c for c in (units[0].keys() if units else []) if c.startswith("meta_")]
@@ -191,9 +269,9 @@ def render_html(tables_dir: str | Path, results: Path, batches: list[str], info:
                  "Scale bar bottom right.</p><div class='gallery'>")
     for unit in units:
         uid = unit["unit_id"]
-        overlay = results / "segmentation" / unit["batch"] / f"{uid}.overlay.png"
+        overlay = Path(unit["overlay"]) if unit.get("overlay") else None
         img = (f"<a href='#big-{_e(uid)}'><img alt='{_e(uid)}' src='data:image/png;base64,{base64.b64encode(overlay.read_bytes()).decode()}'></a>"
-               if overlay.is_file() else "<p><i>no segmentation</i></p>")
+               if overlay and overlay.is_file() else "<p><i>no segmentation</i></p>")
         review = reviews.get(uid, {})
         issues = "".join(f"<li><b>{_e(i['type'])}</b> ({_e(i['severity'])}): {_e(i['evidence'])}</li>" for i in review.get("issues", []))
         verdict = unit["verdict"] or "unreviewed"
@@ -209,7 +287,7 @@ def render_html(tables_dir: str | Path, results: Path, batches: list[str], info:
 
 
 def write_report(tables_dir: str | Path, results: str | Path, batches: list[str], model_check: str | Path,
-                 pipeline_info: str | Path, dataset: str, out_html: str | Path) -> None:
+                 pipeline_info: str | Path, dataset: str, out_html: str | Path, run_summary: str | Path | None = None) -> None:
     from datetime import datetime, timezone
 
     from . import __version__
@@ -222,6 +300,7 @@ def write_report(tables_dir: str | Path, results: str | Path, batches: list[str]
         "model": read_json(model_check),
         "software": read_json(info_dir / "software_versions.json"),
         "params": read_json(info_dir / "params.json"),
+        "run_summary": read_json(run_summary) if run_summary else None,
     }
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)

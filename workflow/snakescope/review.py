@@ -153,35 +153,67 @@ def model_channel_name(unit: dict[str, Any], channels: tuple[str | int, ...]) ->
 
 
 def review_batch(import_manifest: str | Path, quality_json: str | Path, inference_manifest: str | Path,
-                 postprocess_dir: str | Path, knowledge_base_path: str | Path,
-                 settings: dict[str, Any], channels: tuple[str | int, ...], out_path: str | Path,
-                 schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Review every imported unit of a batch (failed ones included, as failed) and validate each review."""
+                 postprocess_dir: str | Path, knowledge_base_path: str | Path, settings: dict[str, Any],
+                 channels: tuple[str | int, ...], out_dir: str | Path, schema_path: str | Path = SCHEMA_PATH,
+                 cache_dir: str | Path = ".snakescope-cache", postprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Review every imported unit of a batch (failed ones included, as failed); validate each review.
+
+    The rule-based review always runs. With ``backend: ollama`` the vision model reviews too, its claims
+    checked against the rules and the numbers; when no server can be used the rule-based reviews are
+    written, labelled as the fallback (or the job fails, with ``on_unreachable: fail``).
+    """
     import csv
 
     import yaml
 
+    from .segmentation import PostprocessSettings
+
     imported = read_json(import_manifest)
     quality = read_json(quality_json)
-    post = read_json(Path(postprocess_dir) / "summary.json")
     inference = read_json(inference_manifest)
+    post = read_json(Path(postprocess_dir) / "summary.json")
     knowledge_base = yaml.safe_load(Path(knowledge_base_path).read_text(encoding="utf-8"))
     thresholds = ReviewThresholds.from_config(settings.get("thresholds", {}))
     schema = load_schema(schema_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     diameters: dict[str, list[float]] = {}
     with open(Path(postprocess_dir) / "objects.csv", newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
     failed = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in quality["failures"] + inference["failures"] + post["failures"]}
-    reviews = []
+    column = settings.get("cell_line_column", "cell_line")
+    rules_reviews, context = [], {}
     for unit in imported["units"]:
         uid = unit["unit_id"]
-        channel_metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels))
-        review = review_unit(unit, channel_metrics, post["summaries"].get(uid), diameters.get(uid, []), knowledge_base,
-                             thresholds, settings.get("cell_line_column", "cell_line"), failed.get(uid))
+        metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels))
+        summary = post["summaries"].get(uid)
+        review = review_unit(unit, metrics, summary, diameters.get(uid, []), knowledge_base, thresholds, column, failed.get(uid))
+        rules_reviews.append(review)
+        line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, column)
+        labels = Path(postprocess_dir) / f"{uid}.labels.tif"
+        context[uid] = {"rules": review, "metrics": metrics, "summary": summary, "expected": expected, "line": line,
+                        "channels": channels, "labels_path": labels if labels.is_file() and uid not in failed else None,
+                        "probability_path": inference["predictions"].get(uid, {}).get("path")}
+    doc: dict[str, Any] = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False}
+    reviews = rules_reviews
+    if settings.get("backend", "deterministic") == "ollama":
+        from .mllm import OllamaSettings, OllamaUnavailable, fallback_reviews, llm_review_units
+
+        llm = OllamaSettings.from_config(settings.get("ollama", {}))
+        try:
+            reviews = llm_review_units(imported["units"], context, llm, cache_dir, out,
+                                       PostprocessSettings.from_config(postprocess or {}), thresholds.count_tolerance)
+            doc.update(backend="ollama", uses_llm=True)
+        except OllamaUnavailable as exc:
+            if llm.on_unreachable == "fail":
+                raise
+            print(f"[review {imported['batch']}] LLM reviewer unavailable, using the rule-based fallback: {exc}", file=sys.stderr)
+            reviews = fallback_reviews(rules_reviews, str(exc))
+            doc.update(backend="deterministic (fallback)", llm_error=str(exc))
+    for review in reviews:
         validate_review(review, schema)
-        reviews.append(review)
-        print(f"[review {imported['batch']}] {uid}: {review['verdict']}", file=sys.stderr)
-    doc = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False, "reviews": reviews}
-    write_json(out_path, doc)
+        print(f"[review {imported['batch']}] {review['unit_id']}: {review['verdict']}", file=sys.stderr)
+    doc["reviews"] = reviews
+    write_json(out / "reviews.json", doc)
     return doc
