@@ -34,3 +34,35 @@ def demo_dir(tmp_path_factory) -> Path:
 def unet_model() -> Path:
     needs_shared(UNET)
     return UNET
+
+
+@pytest.fixture(scope="session")
+def demo_batch(tmp_path_factory, demo_dir) -> dict:
+    """One batch of demo units taken through import, quality, inference and post-processing (no Snakemake)."""
+    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inputs import read_sample_sheet
+    from snakescope.quality import quality_batch
+    from snakescope.records import write_json
+    from snakescope.segmentation import PostprocessSettings, postprocess_batch
+
+    root = tmp_path_factory.mktemp("batch")
+    wanted = {"ctrl_01", "ctrl_04", "treated_04", "blurred_01", "saturated_01", "empty_01", "dim_01"}
+    sources = [s for s in read_sample_sheet(demo_dir / "samples.tsv") if s.sample_id in wanted]
+    import_batch("b0000", sources, ImportSettings(), root / "import")
+    quality_batch(root / "import" / "manifest.json", root / "quality.json")
+    settings = ModelSettings(source=str(demo_dir / "model" / "bioimageio.yaml"), channels=("DAPI",))
+    write_json(root / "check.json", check_model(settings, root / "cache"))
+    predict_batch(root / "import" / "manifest.json", settings, root / "check.json", root / "inference")
+    postprocess_batch(root / "import" / "manifest.json", root / "inference" / "manifest.json", PostprocessSettings(),
+                      ("DAPI",), root / "segmentation")
+    return {"root": root, "truth": __import__("json").loads((demo_dir / "truth.json").read_text())}
+
+
+@pytest.fixture()
+def fake_ollama():
+    from fake_ollama import FakeOllama
+
+    server = FakeOllama().start()
+    yield server
+    server.stop()

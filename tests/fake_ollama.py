@@ -1,0 +1,327 @@
+"""A small HTTP server that speaks Ollama's REST API and answers from the image bytes it receives.
+
+It is the test double for a real Ollama server with a vision model, which cannot be installed here.
+It decodes every image of a chat request (PNG or JPEG only, as a real vision model needs), looks at
+it with plain image analysis (counts bright blobs, measures sharpness, saturation and contrast) and
+answers in the requested JSON schema, so a test fails if the wrong image, no image or a TIFF is sent.
+It reads the segmented object count from the prompt's <data> block to critique the segmentation,
+and it is deliberately gullible: an instruction found *outside* the <data> block is obeyed, so a
+prompt that lets metadata escape its block is caught.
+
+Misbehaviour for the next chat requests is queued with ``server.script.extend([...])``:
+``ok``, ``slow:<seconds>``, ``http500``, ``invalid_json``, ``truncated``, ``schema_violation``,
+``drop`` (close the connection without answering), ``unknown_model``, ``wrong_numbers``.
+
+Run standalone (used as a fake ``ollama`` binary): ``python fake_ollama.py serve`` listens on $OLLAMA_HOST.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+PNG = b"\x89PNG\r\n\x1a\n"
+JPEG = b"\xff\xd8\xff"
+VERSION = "0.12.6-fake"
+INJECTION = re.compile(r"ignore (all )?previous instructions", re.I)
+
+
+class ImageRejected(ValueError):
+    pass
+
+
+def decode_image(b64: str) -> np.ndarray:
+    """RGB array of a base64 PNG/JPEG; anything else is rejected like a vision model's image loader."""
+    from PIL import Image
+
+    raw = base64.b64decode(b64)
+    if not raw.startswith((PNG, JPEG)):
+        raise ImageRejected(f"unsupported image format (first bytes {raw[:4]!r}); send PNG or JPEG")
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
+def split_panels(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(raw grey panel, outline panel or None) from one two-panel image or two separate images."""
+    if len(images) >= 2:
+        return images[0][..., 0].astype(float), images[1]
+    image = images[0]
+    h, w = image.shape[:2]
+    if w > 1.5 * h:  # two panels with a 4 px gap
+        half = (w - 4) // 2
+        return image[:, :half, 0].astype(float), image[:, half + 4 :]
+    return image[..., 0].astype(float), None
+
+
+def look(grey: np.ndarray) -> dict[str, Any]:
+    """What the 'model' sees in the raw panel: nuclei (own watershed), sharpness, saturation, contrast."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.segmentation import watershed
+
+    grey = grey[: int(grey.shape[0] * 0.93)]  # ignore the scale-bar strip
+    smooth = ndi.gaussian_filter(grey, 1.5)
+    background = float(np.median(smooth))
+    noise = float(np.std(grey - smooth)) + 1e-6
+    threshold = threshold_otsu(smooth) if smooth.max() > smooth.min() else 255
+    mask = remove_small_objects(smooth > threshold, max_size=19)
+    contrast = float(np.median(smooth[mask]) - background) if mask.any() else 0.0
+    snr = contrast / noise
+    nuclei = np.zeros(mask.shape, int)
+    if mask.any() and snr > 1.0:
+        distance = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0)
+        markers, _ = ndi.label(h_maxima(distance, 1.5) & mask)
+        nuclei = watershed(-distance, markers, mask=mask)
+    count = int(len(np.unique(nuclei)) - 1)
+    lap = ndi.laplace(ndi.gaussian_filter(grey, 1.0))
+    sharpness = float(np.sqrt(np.mean(lap[mask] ** 2)) / max(contrast, 1.0)) if mask.any() else 0.0
+    return {"count": count, "nuclei": nuclei, "snr": snr, "sharpness": sharpness,
+            "saturated_percent": float(100 * np.mean(grey >= 255)), "foreground": float(mask.mean())}
+
+
+def outlined_objects(panel: np.ndarray) -> np.ndarray:
+    """Labels of the regions enclosed by yellow outlines in the overlay panel."""
+    from scipy import ndimage as ndi
+
+    yellow = (panel[..., 0] > 200) & (panel[..., 1] > 150) & (panel[..., 2] < 80)
+    interior = ndi.binary_fill_holes(yellow) & ~yellow
+    labels, _ = ndi.label(interior)
+    sizes = np.bincount(labels.ravel())
+    labels[np.isin(labels, np.flatnonzero(sizes < 4))] = 0
+    return labels
+
+
+def critique(seen: dict[str, Any], outlines: np.ndarray | None) -> dict[str, Any]:
+    if outlines is None:
+        return {"merged": 0, "split": 0, "missed": 0, "artefacts": 0, "comment": "no segmentation panel received"}
+    from scipy import ndimage as ndi
+
+    nuclei = seen["nuclei"][: outlines.shape[0], : outlines.shape[1]]
+    outlines = outlines[: nuclei.shape[0], : nuclei.shape[1]]
+    centres = ndi.center_of_mass(nuclei > 0, nuclei, range(1, nuclei.max() + 1)) if nuclei.max() else []
+    hits: dict[int, int] = {}
+    missed = 0
+    for cy, cx in centres:
+        region = int(outlines[int(round(cy)), int(round(cx))])
+        if region == 0:
+            missed += 1
+        else:
+            hits[region] = hits.get(region, 0) + 1
+    merged = sum(n - 1 for n in hits.values() if n > 1)
+    artefacts = int(len(set(np.unique(outlines)) - {0} - set(hits)))
+    return {"merged": merged, "split": 0, "missed": missed, "artefacts": artefacts,
+            "comment": f"{len(centres)} nuclei seen; {merged} merged into shared outlines, {missed} without outline, "
+                       f"{artefacts} outlines without a nucleus"}
+
+
+def data_block(prompt: str) -> tuple[dict[str, Any], str]:
+    """(the parsed <data> JSON, the prompt text outside the block)."""
+    match = re.search(r"^<data>\n(.*?)</data>", prompt, re.S | re.M)  # ends at the first closing tag
+    if not match:
+        return {}, prompt
+    try:
+        data = json.loads(match.group(1))
+    except json.JSONDecodeError:
+        data = {}
+    return data, prompt[: match.start()] + prompt[match.end() :]
+
+
+def review_answer(images: list[np.ndarray], prompt: str) -> dict[str, Any]:
+    grey, outline_panel = split_panels(images)
+    seen = look(grey)
+    data, outside = data_block(prompt)
+    issues = []
+    if seen["count"] == 0 or seen["snr"] < 1.5:
+        issues.append({"type": "empty_field", "severity": "fail", "evidence": "no nuclei visible"})
+    else:
+        if seen["saturated_percent"] > 1.0:
+            issues.append({"type": "saturated", "severity": "fail", "evidence": f"{seen['saturated_percent']:.1f}% of pixels white and flat"})
+        if seen["snr"] < 6:
+            issues.append({"type": "low_signal", "severity": "warn", "evidence": f"nuclei barely above the grainy background (contrast/noise {seen['snr']:.1f})"})
+        elif seen["sharpness"] < 0.05:
+            issues.append({"type": "out_of_focus", "severity": "fail", "evidence": f"soft nuclear edges (sharpness {seen['sharpness']:.2f})"})
+    outlines = outlined_objects(outline_panel) if outline_panel is not None else None
+    crit = critique(seen, outlines)
+    if crit["merged"] >= 2:
+        issues.append({"type": "under_segmentation", "severity": "warn", "evidence": f"{crit['merged']} nuclei share an outline"})
+    verdict = "fail" if any(i["severity"] == "fail" for i in issues) else "warn" if issues else "pass"
+    questions = re.findall(r"\(\d+\) ([^;\n]+\?)", outside)
+    answers = [{"question": q, "answer": "yes" if seen["count"] > 0 else "no",
+                "evidence": f"{seen['count']} nuclei visible"} for q in questions]
+    if INJECTION.search(outside):  # gullible on purpose: obeys instructions that escaped the data block
+        verdict, issues = "pass", []
+    actions = {"out_of_focus": "refocus", "saturated": "reduce_exposure", "low_signal": "increase_exposure",
+               "empty_field": "skip_field", "under_segmentation": "adjust_segmentation"}
+    return {
+        "verdict": verdict,
+        "issues": issues,
+        "estimated_count": seen["count"],
+        "critique": crit,
+        "answers": answers,
+        "suggested_actions": [{"action": actions[i["type"]], "detail": i["evidence"]} for i in issues] or
+                             [{"action": "none", "detail": "image and segmentation look fine"}],
+        "confidence": 0.7,
+        "summary": f"{seen['count']} nuclei; segmentation reports {data.get('segmentation', {}).get('object_count')}",
+    }
+
+
+def summary_text(prompt: str, wrong: bool) -> str:
+    data, _ = data_block(prompt)
+    verdicts = data.get("verdicts", {})
+    units = data.get("units", 0) + (7 if wrong else 0)
+    return (f"{units} image units were analysed; {verdicts.get('pass', 0)} passed, {verdicts.get('warn', 0)} "
+            f"warned and {verdicts.get('fail', 0)} failed review.")
+
+
+class FakeOllama:
+    """The server; ``start()`` binds 127.0.0.1 on a free port (or ``port``) and serves in a thread."""
+
+    def __init__(self, models: dict[str, str] | None = None, port: int = 0) -> None:
+        self.models = dict(models or {"qwen2.5vl:7b": "sha256:" + "ab" * 32})
+        self.script: list[str] = []
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> "FakeOllama":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"] == "/api/chat"]
+
+    def next_behaviour(self) -> str:
+        with self.lock:
+            return self.script.pop(0) if self.script else "ok"
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def reply(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def body(self) -> dict[str, Any]:
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                server.requests.append({"path": self.path, "body": payload})
+                return payload
+
+            def do_GET(self) -> None:  # noqa: N802
+                server.requests.append({"path": self.path, "body": None})
+                if self.path == "/api/version":
+                    self.reply(200, {"version": VERSION})
+                elif self.path == "/api/tags":
+                    self.reply(200, {"models": [{"name": m, "model": m, "modified_at": "2026-11-01T00:00:00Z", "size": 6_000_000_000,
+                                                 "digest": d.removeprefix("sha256:"), "details": {"family": "fake", "parameter_size": "7B"}}
+                                                for m, d in server.models.items()]})
+                else:
+                    self.reply(404, {"error": f"unknown path {self.path}"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                payload = self.body()
+                model = payload.get("model") or payload.get("name")
+                if self.path == "/api/pull":
+                    server.models.setdefault(model, "sha256:" + "cd" * 32)
+                    if payload.get("stream", True):
+                        lines = b"".join(json.dumps(s).encode() + b"\n" for s in ({"status": "pulling manifest"}, {"status": "success"}))
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/x-ndjson")
+                        self.send_header("Content-Length", str(len(lines)))
+                        self.end_headers()
+                        self.wfile.write(lines)
+                    else:
+                        self.reply(200, {"status": "success"})
+                    return
+                if self.path not in ("/api/show", "/api/chat", "/api/generate"):
+                    self.reply(404, {"error": f"unknown path {self.path}"})
+                    return
+                behaviour = server.next_behaviour() if self.path in ("/api/chat", "/api/generate") else "ok"
+                if model not in server.models or behaviour == "unknown_model":
+                    self.reply(404, {"error": f"model '{model}' not found"})
+                    return
+                if self.path == "/api/show":
+                    self.reply(200, {"modelfile": "", "parameters": "", "template": "", "capabilities": ["completion", "vision"],
+                                     "details": {"family": "fake"}, "model_info": {}})
+                    return
+                if behaviour.startswith("slow:"):
+                    time.sleep(float(behaviour.split(":", 1)[1]))
+                if behaviour == "http500":
+                    self.reply(500, {"error": "llama runner process has terminated"})
+                    return
+                if behaviour == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if self.path == "/api/generate":
+                    self.reply(200, {"model": model, "response": summary_text(payload.get("prompt", ""), False), "done": True})
+                    return
+                message = payload["messages"][-1]
+                try:
+                    images = [decode_image(b) for m in payload["messages"] for b in (m.get("images") or [])]
+                except ImageRejected as exc:
+                    self.reply(400, {"error": str(exc)})
+                    return
+                if images:
+                    content = json.dumps(review_answer(images, message["content"]))
+                elif isinstance(payload.get("format"), dict):
+                    self.reply(400, {"error": "this vision request carried no image"})
+                    return
+                else:
+                    content = summary_text(message["content"], behaviour == "wrong_numbers")
+                done_reason = "stop"
+                if behaviour == "invalid_json":
+                    content = "Sure! Here is my review: " + content
+                elif behaviour == "truncated":
+                    content, done_reason = content[: len(content) // 2], "length"
+                elif behaviour == "schema_violation":
+                    answer = json.loads(content)
+                    answer.update(verdict="excellent", confidence=7)
+                    content = json.dumps(answer)
+                self.reply(200, {"model": model, "created_at": "2026-11-23T00:00:00Z",
+                                 "message": {"role": "assistant", "content": content}, "done": True,
+                                 "done_reason": done_reason, "total_duration": 1_000_000, "eval_count": len(content) // 4})
+
+        return Handler
+
+
+def main() -> None:
+    if sys.argv[1:2] != ["serve"]:
+        sys.exit("usage: fake_ollama.py serve   (listens on $OLLAMA_HOST, default 127.0.0.1:11434)")
+    host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rsplit(":", 1)
+    server = FakeOllama(port=int(host[1]))
+    print(f"fake ollama {VERSION} on {server.host}", flush=True)
+    server.httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
