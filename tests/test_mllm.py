@@ -235,3 +235,53 @@ def test_images_per_request_two_sends_raw_and_overlay_separately(demo_batch, fak
     reviews = by_unit(run_review(demo_batch, tmp_path / "r", fake_ollama.host, images_per_request=2))
     assert all(len(r["body"]["messages"][0]["images"]) == 2 for r in fake_ollama.chat_requests())
     assert abs(reviews["ctrl_04"]["count_check"]["estimated"] - 36) <= 4
+
+
+def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_ollama, demo_dir, tmp_path):
+    import tifffile
+
+    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.demo import clustered_fields, write_fields
+    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inputs import read_sample_sheet
+    from snakescope.quality import quality_batch
+    from snakescope.records import write_json
+    from snakescope.segmentation import PostprocessSettings, object_f1, postprocess_batch
+
+    sheet = write_fields(clustered_fields(2, seed=900), tmp_path / "data")
+    import_batch("b0000", read_sample_sheet(sheet), ImportSettings(), tmp_path / "import")
+    quality_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json")
+    model = ModelSettings(source=str(demo_dir / "model" / "bioimageio.yaml"), channels=("DAPI",))
+    write_json(tmp_path / "check.json", check_model(model, tmp_path / "cache"))
+    predict_batch(tmp_path / "import" / "manifest.json", model, tmp_path / "check.json", tmp_path / "inference")
+    start = {"split_prominence_um": 3.0}  # deliberately under-splits touching nuclei
+    postprocess_batch(tmp_path / "import" / "manifest.json", tmp_path / "inference" / "manifest.json",
+                      PostprocessSettings.from_config(start), ("DAPI",), tmp_path / "seg")
+    settings = {"backend": "ollama", "ollama": {"host": fake_ollama.host, "prompt": PROMPT, "refine": {"max_iterations": 3}}}
+    doc = review_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json", tmp_path / "inference" / "manifest.json",
+                       tmp_path / "seg", KB, settings, ("DAPI",), tmp_path / "out", cache_dir=tmp_path / "cache", postprocess=start)
+    for review in doc["reviews"]:
+        uid = review["unit_id"]
+        refinement = review["refinement"]
+        assert refinement["applied"] and refinement["direction"] == "split more"
+        assert 2 <= len(refinement["attempts"]) <= 4  # the original + at most max_iterations
+        prominences = [a["settings"]["split_prominence_um"] for a in refinement["attempts"]]
+        assert prominences == sorted(prominences, reverse=True) and min(prominences) >= 0.3
+        truth = tifffile.imread(tmp_path / "data" / "truth" / f"{uid}.tif")
+        before = object_f1(tifffile.imread(tmp_path / "seg" / f"{uid}.labels.tif"), truth)["f1"]
+        after = object_f1(tifffile.imread(tmp_path / "out" / f"{uid}.labels.tif"), truth)["f1"]
+        assert after > before + 0.2, (uid, before, after)
+        assert review["count_check"]["segmented"] == refinement["summary"]["object_count"]
+    refined_rows = (tmp_path / "out" / "refined_objects.csv").read_text().splitlines()
+    assert len(refined_rows) - 1 == sum(r["refinement"]["summary"]["object_count"] for r in doc["reviews"])
+
+
+def test_no_refinement_when_the_critique_names_no_segmentation_problem():
+    from snakescope.mllm import refinement_direction
+
+    answer = {"estimated_count": 20, "issues": [], "critique": {"merged": 0, "split": 0, "missed": 0, "artefacts": 3}}
+    assert refinement_direction(answer, {"object_count": 30}) == 0  # count alone: flag, do not act
+    answer["critique"]["merged"] = 2
+    assert refinement_direction(answer, {"object_count": 30}) == 0  # critique and count disagree
+    answer["estimated_count"] = 40
+    assert refinement_direction(answer, {"object_count": 30}) == 1

@@ -45,3 +45,18 @@ def test_small_objects_removed_and_empty_probability_gives_no_objects():
     assert summary["object_count"] == 1 and objects[0]["area_um2"] == pytest.approx(100)
     labels, objects, summary = segment_unit(np.zeros((50, 50), np.float32), prob, (0.5, 0.5), PostprocessSettings())
     assert summary["object_count"] == 0 and summary["diameter_um_median"] is None
+
+
+def test_object_f1_counts_matches_at_iou_half():
+    from snakescope.segmentation import object_f1
+
+    truth = np.zeros((40, 40), int)
+    truth[0:10, 0:10], truth[20:30, 20:30] = 1, 2
+    pred = np.zeros_like(truth)
+    pred[0:10, 0:10] = 5            # exact
+    pred[20:30, 20:24] = 6          # IoU 0.4: no match
+    pred[35:38, 35:38] = 7          # false positive
+    scores = object_f1(pred, truth)
+    assert scores["tp"] == 1 and scores["predicted"] == 3 and scores["true"] == 2
+    assert scores["f1"] == pytest.approx(2 / 5)
+    assert object_f1(truth, truth)["f1"] == 1.0

@@ -98,6 +98,28 @@ DEMO_FIELDS = [
 ]
 
 
+def clustered_fields(n: int, nuclei: int = 30, seed: int = 600) -> list[DemoField]:
+    """Fields where most nuclei touch a neighbour: the hard case for splitting (refinement benchmark)."""
+    return [DemoField(f"clustered_{i:02d}", nuclei, touching_pairs=nuclei * 2 // 5, seed=seed + i) for i in range(n)]
+
+
+def write_fields(fields: list[DemoField], out_dir: str | Path, condition: str = "DMSO") -> Path:
+    """Write fields as OME-TIFFs with truth labels and a sample sheet; returns the sheet's path."""
+    import tifffile
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    rows = ["sample_id\tpath\ttreatment\tstain\tcell_line"]
+    for field in fields:
+        image, labels = render_field(field)
+        _write_ome(out / "images" / f"{field.name}.ome.tif", [image[None]], "CYX")
+        tifffile.imwrite(out / "truth" / f"{field.name}.tif", labels.astype(np.uint16), compression="zlib")
+        rows.append(f"{field.name}\timages/{field.name}.ome.tif\t{condition}\tDAPI\tHeLa")
+    (out / "samples.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return out / "samples.tsv"
+
+
 def _write_ome(path: Path, arrays: list[np.ndarray], axes: str, channel: str = "DAPI") -> None:
     import tifffile
 

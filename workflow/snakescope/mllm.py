@@ -27,6 +27,7 @@ from .records import read_json, write_json
 
 ANSWER_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "mllm_answer.schema.json"
 SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
+MIN_GAIN = 0.05  # a refinement must improve the score by this much to replace the original segmentation
 DEFAULT_HOST = "127.0.0.1:11434"
 
 
@@ -323,19 +324,21 @@ def combine(rules: dict[str, Any], answer: dict[str, Any], flags: list[dict[str,
 
 # --- critique that acts --------------------------------------------------------------------------
 
-def refinement_direction(answer: dict[str, Any], summary: dict[str, Any] | None, count_tolerance: float) -> int:
-    """+1: split more (merged objects), -1: split less (split objects / debris), 0: leave as is."""
+def refinement_direction(answer: dict[str, Any], summary: dict[str, Any] | None) -> int:
+    """+1: split more, -1: split less, 0: leave the segmentation alone.
+
+    Acts only when the critique names the problem (merged or split objects, or an under/over-segmentation
+    issue) *and* the model's count points the same way. A count disagreement alone is flagged, not acted
+    on: vision models miscount crowded fields, and the refinement must not chase a wrong count.
+    """
     segmented = (summary or {}).get("object_count") or 0
     estimated = answer["estimated_count"]
     critique = answer["critique"]
     claimed = {i["type"] for i in answer["issues"]}
-    off = abs(estimated - segmented) > max(2, count_tolerance * max(estimated, segmented))
-    if (critique["merged"] > critique["split"] + critique["artefacts"] or "under_segmentation" in claimed) and estimated > segmented:
+    if (critique["merged"] > 0 or "under_segmentation" in claimed) and estimated > segmented:
         return 1
-    if (critique["split"] + critique["artefacts"] > critique["merged"] or "over_segmentation" in claimed) and estimated < segmented:
+    if (critique["split"] > 0 or "over_segmentation" in claimed) and estimated < segmented:
         return -1
-    if off:
-        return 1 if estimated > segmented else -1
     return 0
 
 
@@ -345,8 +348,10 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
 
     Each attempt changes ``split_prominence_um`` (halved to split more, doubled to split less; within
     ``refine.split_prominence_um``) and, when splitting less, raises ``min_object_area_um2`` (within its
-    range). Score: relative count error to the estimate plus the fraction of objects outside the expected
-    diameter range; lower is better. Returns every attempt and the best (possibly the original).
+    range). Score (lower is better): relative count error to the model's estimate, plus the fraction of
+    objects outside the expected diameter range, plus the fraction of non-convex objects (solidity < 0.9,
+    the shape of merged nuclei). The model's count alone is not trusted: a change must also keep the
+    objects plausible, and must beat the original by MIN_GAIN. Returns every attempt and the best.
     """
     from .segmentation import segment_unit
 
@@ -355,8 +360,11 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
 
     def score(objects: list[dict[str, Any]]) -> float:
         n = len(objects)
-        outside = sum(not expected["min"] <= o["equivalent_diameter_um"] <= expected["max"] for o in objects) / n if n else 1.0
-        return abs(n - target) / max(target, 1) + outside
+        if not n:
+            return abs(n - target) / max(target, 1) + 2.0
+        outside = sum(not expected["min"] <= o["equivalent_diameter_um"] <= expected["max"] for o in objects) / n
+        merged_looking = sum(o["solidity"] < 0.9 for o in objects) / n  # two touching nuclei make a non-convex object
+        return abs(n - target) / max(target, 1) + outside + merged_looking
 
     settings = base
     labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id)
@@ -374,7 +382,7 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
             break  # at the bound
         labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id)
         attempts.append({"settings": asdict(settings), "object_count": len(objects), "score": round(score(objects), 4)})
-        if attempts[-1]["score"] < best[0]:
+        if attempts[-1]["score"] < best[0] - MIN_GAIN:
             best = (attempts[-1]["score"], settings, labels, objects, summary)
     return {"attempts": attempts, "best_settings": asdict(best[1]), "labels": best[2], "objects": best[3], "summary": best[4],
             "improved": best[1] != base, "target_count": target}
@@ -476,7 +484,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             flags = check_claims(answer, rules, ctx["metrics"], ctx["summary"], count_tolerance)
             refinement: dict[str, Any] = {"applied": False}
             summary = ctx["summary"]
-            direction = refinement_direction(answer, summary, count_tolerance)
+            direction = refinement_direction(answer, summary)
             if settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
                 probability = np.load(ctx["probability_path"]).astype(np.float32)
                 result = refine_segmentation(probability, image, pixel, postprocess, answer["estimated_count"], ctx["expected"],

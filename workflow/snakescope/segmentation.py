@@ -21,7 +21,7 @@ class PostprocessSettings:
     probability_threshold: float = 0.5
     min_object_area_um2: float = 15.0
     split_touching: bool = True
-    split_prominence_um: float = 1.0
+    split_prominence_um: float = 0.5
     smoothing_sigma_um: float = 0.5
     fill_holes: bool = True
     exclude_border_objects: bool = False
@@ -175,3 +175,22 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
     write_json(out / "summary.json", doc)
     print(f"[postprocess {imported['batch']}] {len(summaries)} unit(s), {len(all_objects)} object(s)", file=sys.stderr)
     return doc
+
+
+def object_f1(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Object-level precision, recall and F1: a predicted object matches a true one when IoU > threshold.
+
+    With a threshold of 0.5 or more each object can match at most one other, so no assignment step is needed.
+    """
+    pred, true = predicted.ravel().astype(np.int64), truth.ravel().astype(np.int64)
+    n_pred, n_true = len(np.unique(pred[pred > 0])), len(np.unique(true[true > 0]))
+    both = (pred > 0) & (true > 0)
+    pairs, overlap = np.unique(np.stack([pred[both], true[both]]), axis=1, return_counts=True)
+    area_pred = np.bincount(pred)
+    area_true = np.bincount(true)
+    union = area_pred[pairs[0]] + area_true[pairs[1]] - overlap
+    tp = int(np.sum(overlap / union > iou_threshold))
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
+    return {"tp": tp, "predicted": n_pred, "true": n_true, "precision": precision, "recall": recall, "f1": f1}
