@@ -1,0 +1,103 @@
+"""The workflow with review.backend: ollama, against the fake Ollama server, through the real Snakemake."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from workflow_helpers import planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+QUESTIONS = ["Is the staining nuclear?", "Are there mitotic cells?"]
+
+
+def ollama_config(work, demo_dir, host, **extra):
+    prompt = work / "review_prompt.txt"
+    if not prompt.exists():
+        shutil.copy(ROOT / "config" / "prompts" / "review_v1.txt", prompt)
+    review = {"backend": "ollama", "knowledge_base": str(ROOT / "config" / "knowledge_base.yaml"),
+              "ollama": {"host": host, "prompt": str(prompt), "timeout_s": 60, "questions": QUESTIONS,
+                         "summary_prompt": str(ROOT / "config" / "prompts" / "summary_v1.txt"), **extra}}
+    return write_config(work, demo_dir, batch_size=8, review=review)
+
+
+@pytest.fixture(scope="module")
+def server():
+    from fake_ollama import FakeOllama
+
+    fake = FakeOllama().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def ollama_run(tmp_path_factory, demo_dir, server):
+    work = tmp_path_factory.mktemp("ollama-run")
+    (work / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
+    ollama_config(work, demo_dir, server.host)
+    result = snakemake(work)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
+def test_the_llm_reviews_every_unit_and_the_report_says_so(ollama_run, server):
+    results = ollama_run / "results" / "demo"
+    reviews = [json.loads(line) for line in (results / "tables" / "reviews.jsonl").read_text().splitlines()]
+    assert len(reviews) == 15 and all(r["reviewer"]["uses_llm"] and r["status"] == "reviewed" for r in reviews)
+    assert len(server.chat_requests()) == 15 + 1  # one per unit, one text-only summary
+    with open(results / "tables" / "answers.csv", newline="") as handle:
+        answers = list(csv.DictReader(handle))
+    assert {(a["condition"], a["question"]) for a in answers} == {(c, q) for c in ("DMSO", "compound_X") for q in QUESTIONS}
+    summary = json.loads((results / "tables" / "run_summary.json").read_text())
+    assert summary["uses_llm"] and summary["numbers_mismatched"] == [] and summary["text"].startswith("15 image units")
+    page = (results / "report" / "report.html").read_text()
+    assert "Review backend: Ollama vision model" in page and "no LLM was used" not in page
+
+
+def test_unchanged_rerun_plans_nothing_and_makes_no_call(ollama_run, server, demo_dir):
+    calls = len(server.chat_requests())
+    result = snakemake(ollama_run, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert len(server.chat_requests()) == calls
+
+
+def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(ollama_run, server, demo_dir):
+    downstream = {"review": 2, "tables": 1, "run_summary": 1, "report": 1, "all": 1}
+    prompt = ollama_run / "review_prompt.txt"
+    time.sleep(1)
+    prompt.write_text(prompt.read_text().replace("expert microscopist", "careful microscopist"))
+    assert planned_jobs(snakemake(ollama_run, "-n").stdout) == downstream
+    other = ollama_run / "other-model.yaml"
+    config = yaml.safe_load((ollama_run / "config.yaml").read_text())
+    config["review"]["ollama"]["model"] = "gemma3:12b"
+    other.write_text(yaml.safe_dump(config))
+    assert planned_jobs(snakemake(ollama_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
+    config["review"]["ollama"]["model"] = "qwen2.5vl:7b"
+    config["review"]["ollama"]["host"] = "127.0.0.1:11434"  # where the server is does not change answers
+    config["review"]["ollama"]["timeout_s"] = 999
+    other.write_text(yaml.safe_dump(config))
+    assert planned_jobs(snakemake(ollama_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
+    prompt.write_text(prompt.read_text().replace("careful microscopist", "expert microscopist"))
+
+
+def test_unreachable_ollama_falls_back_visibly(tmp_path, demo_dir):
+    (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\tcell_line\n"
+                                          f"ctrl_01\t{demo_dir}/images/ctrl_01.ome.tif\tDMSO\tHeLa\n")
+    ollama_config(tmp_path, demo_dir, "127.0.0.1:9")
+    result = snakemake(tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:]
+    page = (tmp_path / "results" / "demo" / "report" / "report.html").read_text()
+    assert "reviewed by the rule-based fallback because the LLM reviewer was unavailable" in page
+    review = json.loads((tmp_path / "results" / "demo" / "tables" / "reviews.jsonl").read_text())
+    assert review["status"] == "fallback" and not review["reviewer"]["uses_llm"]
+    ollama_config(tmp_path, demo_dir, "127.0.0.1:9", on_unreachable="fail")
+    result = snakemake(tmp_path, "--forcerun", "review")
+    assert result.returncode != 0
+    log = (tmp_path / "results" / "demo" / "logs" / "review" / "b0000.log").read_text()
+    assert "no Ollama server answers at http://127.0.0.1:9" in log and "on_unreachable: fail" in log
