@@ -41,6 +41,9 @@ def load_description(source: str) -> Any:
     """Load a model description from a local package path, zoo id, DOI or URL."""
     from bioimageio.core import load_model_description
 
+    looks_local = source.endswith((".yaml", ".yml", ".zip")) or source.startswith((".", "/", "~"))
+    if looks_local and "://" not in source and not Path(source).expanduser().exists():
+        raise ModelError(f"config key model.source={source!r}: no such file (a local model package path)")
     try:
         return load_model_description(source)
     except Exception as exc:  # noqa: BLE001 - the spec library raises many types

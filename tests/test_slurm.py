@@ -1,0 +1,91 @@
+"""The workflow on a real SLURM cluster (slurmctld + slurmd + slurmdbd on loopback, started by .ci/slurm_cluster.sh).
+
+Skipped when no cluster answers `sinfo`. Uses profiles/slurm as users would; the only overrides are
+the site keys (partition, account) and the status-check delay, as the issue allows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from workflow_helpers import planned_jobs, write_config
+
+pytestmark = pytest.mark.slurm
+
+
+def cluster_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    return result.returncode == 0 and any(s in result.stdout for s in ("idle", "mixed", "allocated"))
+
+
+if not cluster_answers():
+    pytest.skip("no SLURM cluster answers sinfo (start one with: bash .ci/slurm_cluster.sh up)", allow_module_level=True)
+
+
+def site_overrides() -> list[str]:
+    """The profile's default resources with only partition and account replaced for this cluster."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    resources = {**profile["default-resources"], "slurm_partition": "debug", "slurm_account": "root"}
+    return ["--default-resources", *[f"{k}={v}" for k, v in resources.items()],
+            "--slurm-init-seconds-before-status-checks", "1"]
+
+
+def run(workdir: Path, *args: str, profile: str = "slurm", timeout: int = 900, background: bool = False):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml")]
+    if profile == "slurm":
+        cmd += ["--profile", str(ROOT / "profiles" / "slurm"), *site_overrides()]
+    else:
+        cmd += ["--cores", "2"]
+    cmd += list(args)
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def prepare(path: Path, demo_dir: Path, **overrides) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
+    write_config(path, demo_dir, batch_size=8, **overrides)
+    return path
+
+
+def test_demo_on_slurm_gives_the_same_tables_as_locally(tmp_path, demo_dir):
+    local = prepare(tmp_path / "local", demo_dir)
+    cluster = prepare(tmp_path / "cluster", demo_dir)
+    assert run(local, profile="local").returncode == 0
+    result = run(cluster)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "has been submitted with SLURM jobid" in output
+    assert "group_ingest" in output, "import and quality metrics of a batch share one SLURM job"
+    for table in ("units.csv", "objects.csv", "reviews.csv", "failures.csv", "answers.csv"):
+        ours, theirs = (d / "results" / "demo" / "tables" / table for d in (local, cluster))
+        assert ours.read_text() == theirs.read_text(), table
+
+
+def test_a_failing_rule_is_retried_then_reported_with_its_slurm_log(tmp_path, demo_dir):
+    work = prepare(tmp_path / "fail", demo_dir)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["model"]["source"] = str(tmp_path / "no-such-model" / "bioimageio.yaml")
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run(work, "--retries", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    logs = sorted((work / ".snakemake" / "slurm_logs" / "rule_check_model").glob("*.log"))
+    assert len(logs) == 2, "one attempt plus one retry"
+    assert str(logs[-1].parent.relative_to(work)) in output or str(logs[-1]) in output
+    slurm_log = logs[-1].read_text()
+    assert "results/demo/logs/check_model.log" in slurm_log  # the SLURM log points to the rule's log ...
+    assert "config key model.source" in (work / "results" / "demo" / "logs" / "check_model.log").read_text()  # ... which says why
+    assert "no such file" in (work / "results" / "demo" / "logs" / "check_model.log").read_text()
