@@ -23,6 +23,8 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/inference_throughput.py
 	$(BIN)/python bench/workflow_vs_loop.py
+	$(BIN)/python bench/dryrun_scale.py
+	$(BIN)/python bench/refinement_f1.py
 
 clean-demo:
 	rm -rf demo results/demo
