@@ -6,6 +6,7 @@ the site keys (partition, account) and the status-check delay, as the issue allo
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,41 @@ def test_a_failing_rule_is_retried_then_reported_with_its_slurm_log(tmp_path, de
     assert "results/demo/logs/check_model.log" in slurm_log  # the SLURM log points to the rule's log ...
     assert "config key model.source" in (work / "results" / "demo" / "logs" / "check_model.log").read_text()  # ... which says why
     assert "no such file" in (work / "results" / "demo" / "logs" / "check_model.log").read_text()
+
+
+def test_cancelled_job_leaves_no_partial_output_and_a_rerun_finishes_the_rest(tmp_path, demo_dir):
+    """scancel a running inference job. snakemake-executor-plugin-slurm 2.8.0 does not recognise sacct's
+    'CANCELLED by <uid>' state and keeps waiting, so the test then interrupts Snakemake (as a user would)."""
+    import signal
+    import time
+
+    work = prepare(tmp_path / "cancel", demo_dir)
+    proc = run(work, "--retries", "0", background=True)
+    cancelled = None
+    deadline = time.time() + 300
+    while cancelled is None and time.time() < deadline and proc.poll() is None:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %k %T"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            job, comment, state = line.split()
+            if comment.startswith("rule_infer") and state == "RUNNING":
+                subprocess.run(["scancel", job], check=True)
+                cancelled = (job, comment.rsplit("_", 1)[-1])
+                break
+        time.sleep(0.2)
+    assert cancelled, "no infer job was seen running"
+    while time.time() < deadline:
+        state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", cancelled[0]], capture_output=True, text=True).stdout
+        if state.startswith("CANCELLED"):
+            break
+        time.sleep(0.5)
+    time.sleep(15)  # let the rest of the run go on
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=300)
+    results = work / "results" / "demo"
+    assert not (results / "inference" / cancelled[1]).exists(), "a cancelled job must leave no partial output"
+    plan = planned_jobs(run(work, "-n").stdout)
+    assert "import_batch" not in plan and "check_model" not in plan and plan.get("infer", 0) <= 2
+    assert plan.get("report") == 1
+    result = run(work)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (results / "report" / "report.html").is_file()
