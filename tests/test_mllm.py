@@ -9,9 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 
 from conftest import ROOT
 from fake_ollama import PNG

@@ -49,8 +49,8 @@ def reader_version(reader: str) -> str:
     return f"{package} {importlib.metadata.version(package)}"
 
 
-def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any], np.ndarray, list[int]]]:
-    """Yield (selection, CYX array, kept channel-sample indices) for one scene's xarray (dims T,C,Z,Y,X[,S]).
+def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """Yield (selection, CYX array) for one scene's xarray (dims T,C,Z,Y,X[,S]).
 
     Z and T are reduced or split as configured; an RGB ``S`` axis becomes channels
     or a luminance channel. Lazy (dask) arrays are computed one plane at a time.
@@ -89,7 +89,7 @@ def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any]
                 else:
                     array = np.moveaxis(array, -1, 1).reshape(-1, *array.shape[1:3])
                     selection["rgb"] = "channels"
-            yield selection, array, list(range(array.shape[0]))
+            yield selection, array
 
 
 def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any], n_samples: int) -> list[str]:
@@ -210,7 +210,7 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         raw_names = list(image.channel_names or [])
     sizes = {k: int(v) for k, v in dict(data.sizes).items()}
     units = []
-    for selection, array, _ in planes(data, settings):
+    for selection, array in planes(data, settings):
         parts = [source.sample_id]
         if n_scenes > 1:
             parts.append(f"s{scene_index}")

@@ -99,7 +99,7 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
     return {**record, "test": result, "test_cached": False}
 
 
-def _select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> np.ndarray:
+def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> np.ndarray:
     index = []
     for w in wanted:
         if isinstance(w, int):
@@ -159,7 +159,7 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     load_seconds = time.time() - started
     for i, unit in enumerate(doc["units"], start=1):
         try:
-            image = _select_channels(read_unit(unit["image_path"]), unit["channel_names"], settings.channels)
+            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], settings.channels)
             t0 = time.time()
             probability = predictor.predict(image, unit["unit_id"])  # type: ignore[union-attr]
             path = out / f"{unit['unit_id']}.probability.npy"

@@ -431,7 +431,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     import tifffile
 
     from .acquisition import read_unit
-    from .inference import _select_channels
+    from .inference import select_channels
     from .rendering import overlay_png, scale_bar_um
     from .segmentation import OBJECT_COLUMNS
 
@@ -455,7 +455,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                                 "summary": f"not sent to the LLM: {rules['summary']}"})
                 continue
             pixel = (float(unit["pixel_size_um"]["y"]), float(unit["pixel_size_um"]["x"]))
-            image = _select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
+            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
             labels = tifffile.imread(ctx["labels_path"])
             images = review_images(image, labels, pixel[1], settings.images_per_request)
             questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"

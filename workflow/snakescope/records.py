@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import tempfile
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,3 @@ def manifest(batch: str, units: list[Unit], failures: list[Failure], **extra: An
     """The JSON document every batch stage writes: its units, its failures, and stage extras."""
     return {"batch": batch, "units": [asdict(u) for u in units], "failures": [asdict(f) for f in failures], **extra}
 
-
-def short_traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -140,7 +140,7 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
     import tifffile
 
     from .acquisition import read_unit
-    from .inference import _select_channels
+    from .inference import select_channels
     from .rendering import overlay_png
 
     imported = read_json(import_manifest)
@@ -156,7 +156,7 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
             continue  # its inference failure is already recorded
         try:
             pixel = (float(unit["pixel_size_um"]["y"]), float(unit["pixel_size_um"]["x"]))
-            image = _select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)
+            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)
             probability = np.load(predicted["predictions"][uid]["path"]).astype(np.float32)
             labels, objects, summary = segment_unit(probability, image[0], pixel, settings, uid)
             tifffile.imwrite(out / f"{uid}.labels.tif", labels.astype(np.uint32 if labels.max() > 65535 else np.uint16), compression="zlib")
