@@ -22,6 +22,7 @@ rule all:
     input:
         R / "report/report.html",
         R / "tables/units.csv",
+        R / "tables/acquisition_actions.json",
     default_target: True
 
 

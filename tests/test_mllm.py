@@ -160,7 +160,7 @@ def test_data_block_cannot_be_closed_from_inside():
 
 
 def test_questions_are_answered_per_image_and_aggregated_per_condition(demo_batch, fake_ollama, tmp_path):
-    from snakescope.report import condition_aggregates
+    from snakescope.tables import condition_aggregates
 
     questions = ["Is the staining nuclear?", "Are there mitotic cells?"]
     reviews = run_review(demo_batch, tmp_path / "r", fake_ollama.host, questions=questions)["reviews"]

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from snakescope.configuration import config_errors  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
+from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 
 # One readable line per problem first; then Snakemake's validate fills in the schema's defaults.
 _problems = config_errors(config, json.loads(Path(workflow.source_path("../schemas/config.schema.json")).read_text()))

@@ -9,6 +9,8 @@ rule import_batch:
         reader=config["reader"],
     log:
         R / "logs/import/{batch}.log",
+    benchmark:
+        R / "benchmarks/import_batch/{batch}.tsv",
     resources:
         mem_mb=4000,
         runtime=60,

@@ -6,6 +6,8 @@ rule check_model:
         cache_dir=config["cache_dir"],
     log:
         R / "logs/check_model.log",
+    benchmark:
+        R / "benchmarks/check_model/run.tsv",
     resources:
         mem_mb=4000,
         runtime=30,
@@ -26,6 +28,8 @@ rule infer:
     threads: 2
     log:
         R / "logs/inference/{batch}.log",
+    benchmark:
+        R / "benchmarks/infer/{batch}.tsv",
     resources:
         mem_mb=6000,
         runtime=120,

@@ -5,6 +5,8 @@ rule quality_metrics:
         R / "quality/{batch}.json",
     log:
         R / "logs/quality/{batch}.log",
+    benchmark:
+        R / "benchmarks/quality_metrics/{batch}.tsv",
     resources:
         mem_mb=2000,
         runtime=30,

@@ -1,11 +1,17 @@
+# Stage 6: provenance, merged tables, acquisition actions, gallery images, plots, narrative summary, HTML report.
+# Every output a reader needs is marked for `snakemake --report` with a category and a caption.
+
+
 rule pipeline_info:
     output:
-        params=R / "pipeline_info/params.json",
-        versions=R / "pipeline_info/software_versions.json",
+        params=report(R / "pipeline_info/params.json", category="Provenance", caption="../report/params.rst"),
+        versions=report(R / "pipeline_info/software_versions.json", category="Provenance", caption="../report/software_versions.rst"),
     params:
         config=as_json(config),
     log:
         R / "logs/pipeline_info.log",
+    benchmark:
+        R / "benchmarks/pipeline_info/run.tsv",
     conda:
         "../../envs/analysis.yaml"
     shell:
@@ -20,24 +26,83 @@ rule tables:
         segmentation=expand(R / "segmentation/{batch}", batch=BATCHES),
         review=expand(R / "review/{batch}", batch=BATCHES),
     output:
-        units=report(R / "tables/units.csv", category="Tables", caption="../report/units.rst"),
-        objects=report(R / "tables/objects.csv", category="Tables", caption="../report/objects.rst"),
-        reviews=report(R / "tables/reviews.csv", category="Tables", caption="../report/reviews.rst"),
+        units=report(R / "tables/units.csv", category="Tables", subcategory="Units", caption="../report/units.rst"),
+        objects=report(R / "tables/objects.csv", category="Tables", subcategory="Objects", caption="../report/objects.rst"),
+        reviews=report(R / "tables/reviews.csv", category="Review", subcategory="Reviews", caption="../report/reviews.rst"),
         reviews_jsonl=R / "tables/reviews.jsonl",
-        failures=report(R / "tables/failures.csv", category="Tables", caption="../report/failures.rst"),
-        answers=report(R / "tables/answers.csv", category="Tables", caption="../report/answers.rst"),
-        aggregates=R / "tables/aggregates.json",
+        failures=report(R / "tables/failures.csv", category="Tables", subcategory="Failures", caption="../report/failures.rst"),
+        answers=report(R / "tables/answers.csv", category="Review", subcategory="Answers", caption="../report/answers.rst"),
+        aggregates=report(R / "tables/aggregates.json", category="Tables", subcategory="Aggregates", caption="../report/aggregates.rst"),
+        actions=report(R / "tables/acquisition_actions.json", category="Acquisition actions", caption="../report/acquisition_actions.rst"),
     params:
         batches=as_json(list(BATCHES)),
         model=as_json({"channels": config["model"]["channels"]}),
         condition_column=config["review"]["condition_column"],
+        dataset=config["dataset"],
+        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column")}),
     log:
         R / "logs/tables.log",
+    benchmark:
+        R / "benchmarks/tables/run.tsv",
     conda:
         "../../envs/analysis.yaml"
     shell:
         "{SNAKESCOPE} tables --batches {params.batches:q} --results {R} --model-settings {params.model:q} "
-        "--condition-column {params.condition_column:q} --out {R}/tables 2> {log}"
+        "--condition-column {params.condition_column:q} --dataset {params.dataset:q} --report-settings {params.positions:q} "
+        "--out {R}/tables 2> {log}"
+
+
+rule gallery:
+    input:
+        imported=R / "import/{batch}",
+        segmentation=R / "segmentation/{batch}",
+        review=R / "review/{batch}",
+    output:
+        R / "report/gallery/{batch}.json",
+    params:
+        settings=as_json({k: config["report"][k] for k in ("thumbnail_px", "detail_px", "image_quality")}),
+        model=as_json({"channels": config["model"]["channels"]}),
+    log:
+        R / "logs/gallery/{batch}.log",
+    benchmark:
+        R / "benchmarks/gallery/{batch}.tsv",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{SNAKESCOPE} gallery --manifest {input.imported}/manifest.json --segmentation {input.segmentation} "
+        "--review {input.review} --model-settings {params.model:q} --settings {params.settings:q} --out {output} 2> {log}"
+
+
+rule plots:
+    input:
+        units=R / "tables/units.csv",
+        objects=R / "tables/objects.csv",
+    output:
+        **{
+            name: report(
+                R / f"report/plots/{name}.svg",
+                category="Plots",
+                subcategory=PLOT_SUBCATEGORIES[name],
+                caption=f"../report/plots/{name}.rst",
+            )
+            for name in PLOT_NAMES
+        },
+    params:
+        condition_column=config["review"]["condition_column"],
+        thresholds=as_json(config["review"]["thresholds"]),
+        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column")}),
+    log:
+        R / "logs/plots.log",
+    benchmark:
+        R / "benchmarks/plots/run.tsv",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{SNAKESCOPE} plots --tables {R}/tables --condition-column {params.condition_column:q} "
+        "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {R}/report/plots 2> {log}"
 
 
 rule run_summary:
@@ -45,11 +110,13 @@ rule run_summary:
         unpack(summary_prompts),
         aggregates=R / "tables/aggregates.json",
     output:
-        R / "tables/run_summary.json",
+        report(R / "tables/run_summary.json", category="Review", subcategory="Narrative summary", caption="../report/run_summary.rst"),
     params:
         settings=as_json(REVIEW_PARAMS),
     log:
         R / "logs/run_summary.log",
+    benchmark:
+        R / "benchmarks/run_summary/run.tsv",
     conda:
         "../../envs/analysis.yaml"
     shell:
@@ -60,6 +127,8 @@ rule run_summary:
 rule report:
     input:
         tables=rules.tables.output,
+        plots=rules.plots.output,
+        gallery=expand(R / "report/gallery/{batch}.json", batch=BATCHES),
         run_summary=R / "tables/run_summary.json",
         model_check=R / "models/model_check.json",
         params=R / "pipeline_info/params.json",
@@ -67,13 +136,13 @@ rule report:
     output:
         report(R / "report/report.html", category="Report", caption="../report/report_html.rst"),
     params:
-        batches=as_json(list(BATCHES)),
         dataset=config["dataset"],
+        settings=as_json({k: config["report"][k] for k in ("page_size", "detail_images_max_units")}),
     log:
         R / "logs/report.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} report --tables {R}/tables --results {R} --batches {params.batches:q} "
+        "{SNAKESCOPE} report --tables {R}/tables --plots {R}/report/plots --gallery {input.gallery} "
         "--model-check {input.model_check} --pipeline-info {R}/pipeline_info --dataset {params.dataset:q} "
-        "--run-summary {input.run_summary} --out {output} 2> {log}"
+        "--settings {params.settings:q} --benchmarks {R}/benchmarks --out {output} 2> {log}"

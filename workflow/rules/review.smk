@@ -15,6 +15,8 @@ rule review:
         model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/review/{batch}.log",
+    benchmark:
+        R / "benchmarks/review/{batch}.tsv",
     resources:
         mem_mb=4000,
         runtime=240,

@@ -9,6 +9,8 @@ rule postprocess:
         model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/segmentation/{batch}.log",
+    benchmark:
+        R / "benchmarks/postprocess/{batch}.tsv",
     resources:
         mem_mb=4000,
         runtime=60,

@@ -8,7 +8,10 @@
     snakescope postprocess ...         labels and measurements for one batch
     snakescope review ...              review of one batch (rules; Ollama vision model when configured)
     snakescope summary ...             the run's narrative summary, numbers checked against the tables
-    snakescope tables / report ...     merge batches; write the HTML report
+    snakescope tables ...              merge batches into tables and the acquisition actions
+    snakescope gallery ...             report thumbnails and detail views of one batch
+    snakescope plots ...               the report's SVG plots
+    snakescope report ...              the self-contained HTML report
 """
 
 from __future__ import annotations
@@ -106,10 +109,26 @@ def cmd_pipeline_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from .report import build_tables
+    from .tables import build_tables
 
-    counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out, args.condition_column)
+    counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out, args.condition_column,
+                          args.dataset, args.report_settings.get("plate_column", "plate"), args.report_settings.get("well_column", "well"))
     print(f"tables: {counts}", file=sys.stderr)
+
+
+def cmd_gallery(args: argparse.Namespace) -> None:
+    from .gallery import GallerySettings, gallery_batch
+
+    gallery_batch(args.manifest, args.segmentation, args.review, _channels(args.model_settings),
+                  GallerySettings.from_config(args.settings), args.out)
+
+
+def cmd_plots(args: argparse.Namespace) -> None:
+    from .plots import write_plots
+
+    written = write_plots(args.tables, args.out, args.condition_column, args.thresholds,
+                          args.settings.get("plate_column", "plate"), args.settings.get("well_column", "well"))
+    print(f"plots: {len(written)} SVG file(s) in {args.out}", file=sys.stderr)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -126,11 +145,12 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import write_report
+    from .report import ReportSettings, write_report
 
-    write_report(args.tables, args.results, args.batches, args.model_check, args.pipeline_info, args.dataset, args.out,
-                 args.run_summary)
-    print(f"report: {Path(args.out).resolve()}", file=sys.stderr)
+    facts = write_report(args.tables, args.plots, args.gallery, args.model_check, args.pipeline_info, args.dataset, args.out,
+                         ReportSettings.from_config(args.settings), args.benchmarks)
+    print(f"report: {Path(args.out).resolve()} ({facts['units']} units, {facts['bytes'] / 1e6:.1f} MB, "
+          f"{facts['bytes_per_unit'] / 1024:.1f} KiB per unit)", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,12 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
         postprocess={"type": _json, "default": {}}, runtime={"type": _json, "default": {}, "help": "Ollama settings that do not change results (host, timeouts)"},
         cache_dir={"default": ".snakescope-cache"})
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
-    add("tables", cmd_tables, "merge batch outputs into tables", batches={**js}, results=req, model_settings=js, out=req,
-        condition_column={"default": "treatment"})
+    add("tables", cmd_tables, "merge batch outputs into tables and acquisition_actions.json", batches={**js}, results=req,
+        model_settings=js, out=req, condition_column={"default": "treatment"}, dataset={"default": ""},
+        report_settings={"type": _json, "default": {}, "help": "JSON of config section report (plate/well columns)"})
+    add("gallery", cmd_gallery, "report thumbnails and detail views of one batch", manifest=req, segmentation=req, review=req,
+        model_settings=js, settings={"type": _json, "default": {}, "help": "JSON of config section report"}, out=req)
+    add("plots", cmd_plots, "write the report's SVG plots from the tables", tables=req, out=req,
+        condition_column={"default": "treatment"}, thresholds={"type": _json, "default": {}, "help": "JSON of review.thresholds"},
+        settings={"type": _json, "default": {}, "help": "JSON of config section report"})
     add("summary", cmd_summary, "the run's narrative summary (LLM or template), numbers checked", aggregates=req,
         settings=js, runtime={"type": _json, "default": {}}, cache_dir={"default": ".snakescope-cache"}, out=req)
-    add("report", cmd_report, "write the self-contained HTML report", tables=req, results=req, batches=js, model_check=req,
-        pipeline_info=req, dataset=req, out=req, run_summary={"default": None})
+    add("report", cmd_report, "write the self-contained HTML report", tables=req, plots=req,
+        gallery={"nargs": "*", "default": [], "help": "gallery JSON files of the batches"}, model_check=req,
+        pipeline_info=req, dataset=req, out=req, settings={"type": _json, "default": {}, "help": "JSON of config section report"},
+        benchmarks={"default": None, "help": "folder of Snakemake benchmark files (benchmarks/<rule>/*.tsv)"})
     return parser
 
 

@@ -1,193 +1,53 @@
-"""Stage 6, report: machine-readable tables of units, objects, reviews and failures, and a self-contained HTML page."""
+"""Stage 6c, report: one self-contained HTML page per dataset (inline CSS, JS, SVG plots and WebP images).
+
+Static sections (summary, narrative, plots, aggregates, provenance) are rendered here with every string
+HTML-escaped. The large, interactive parts (units table, gallery, flags, actions, failures) are embedded as
+one JSON document and drawn by the page's script with ``textContent`` only, paginated so that a report of
+thousands of units opens quickly. Nothing is fetched from the network.
+"""
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import json
+import os
 import shutil
 from collections import Counter
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .records import read_json, write_json
-from .review import model_channel_name
+from .records import read_json
 
-METRIC_COLUMNS = ["snr", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
-                  "percent_minimal", "foreground_fraction", "background", "noise", "mean", "max"]
-SUMMARY_COLUMNS = ["object_count", "density_per_mm2", "diameter_um_median", "diameter_um_p10", "diameter_um_p90",
-                   "area_um2_median", "fraction_low_solidity"]
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
+                "density_per_mm2", "snr", "focus_laplacian", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
+                "status", "refined"]
+PLOT_TITLES = {
+    "counts_by_condition": "Objects per image", "diameters_by_condition": "Object diameters",
+    "quality_snr": "Signal to noise", "quality_focus": "Focus", "quality_saturation": "Saturation",
+    "quality_foreground": "Foreground (empty fields)", "plate_map": "Plate map",
+}
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+@dataclass(frozen=True)
+class ReportSettings:
+    """Config section ``report`` (the page part)."""
+
+    page_size: int = 50
+    detail_images_max_units: int = 2000
+    plate_column: str = "plate"
+    well_column: str = "well"
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "ReportSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in section.items() if k in known})
 
 
-def _merge_objects(out, batches: list[str], results: Path, refined_units: dict[str, Path]) -> None:
-    """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv."""
-    from .segmentation import OBJECT_COLUMNS
-
-    writer = csv.DictWriter(out, fieldnames=OBJECT_COLUMNS)
-    writer.writeheader()
-    for batch in batches:
-        for row in _read_csv(results / "segmentation" / batch / "objects.csv"):
-            if row["unit_id"] not in refined_units:
-                writer.writerow(row)
-        refined = results / "review" / batch / "refined_objects.csv"
-        if refined.is_file():
-            writer.writerows(r for r in _read_csv(refined) if r["unit_id"] in refined_units)
-
-
-def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, Any]], condition_column: str) -> dict[str, Any]:
-    """Per condition: units, verdicts, median count and diameter, and the answers to the dataset's questions."""
-    import statistics
-
-    by_unit = {r["unit_id"]: r for r in reviews}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for unit in units:
-        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
-    out: dict[str, Any] = {}
-    for condition, members in sorted(groups.items()):
-        counts = [float(u["object_count"]) for u in members if u.get("object_count") not in (None, "")]
-        diameters = [float(u["diameter_um_median"]) for u in members if u.get("diameter_um_median") not in (None, "")]
-        answers: dict[str, Counter] = {}
-        for unit in members:
-            for answer in by_unit.get(unit["unit_id"], {}).get("answers", []):
-                answers.setdefault(answer["question"], Counter())[answer["answer"]] += 1
-        out[condition] = {
-            "units": len(members),
-            "verdicts": dict(Counter(u.get("verdict") or "unreviewed" for u in members)),
-            "median_count": round(statistics.median(counts), 1) if counts else None,
-            "median_diameter_um": round(statistics.median(diameters), 1) if diameters else None,
-            "answers": {q: dict(c) for q, c in answers.items()},
-        }
-    return out
-
-
-def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path,
-                 condition_column: str = "treatment") -> dict[str, Any]:
-    """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl, failures.csv,
-    answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    units, failures, reviews = [], [], []
-    refined_units: dict[str, Path] = {}
-    review_backends = Counter()
-    for batch in batches:
-        imported = read_json(results / "import" / batch / "manifest.json")
-        quality = read_json(results / "quality" / f"{batch}.json")
-        inference = read_json(results / "inference" / batch / "manifest.json")
-        post = read_json(results / "segmentation" / batch / "summary.json")
-        review_doc = read_json(results / "review" / batch / "reviews.json")
-        review_backends[review_doc["backend"]] += 1
-        reviewed = {r["unit_id"]: r for r in review_doc["reviews"]}
-        failures += imported["failures"] + quality["failures"] + inference["failures"] + post["failures"]
-        failed_units = {f["unit_id"] for f in quality["failures"] + inference["failures"] + post["failures"]}
-        for unit in imported["units"]:
-            uid = unit["unit_id"]
-            metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
-            review = reviewed.get(uid, {})
-            refinement = review.get("refinement") or {}
-            summary = refinement.get("summary") if refinement.get("applied") else post["summaries"].get(uid, {})
-            overlay = results / "review" / batch / f"{uid}.overlay.png"
-            if refinement.get("applied"):
-                refined_units[uid] = overlay
-            elif not (overlay := results / "segmentation" / batch / f"{uid}.overlay.png").is_file():
-                overlay = None
-            units.append({
-                "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
-                "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
-                "pixel_size_x_um": unit["pixel_size_um"]["x"], "pixel_size_y_um": unit["pixel_size_um"]["y"],
-                "height": unit["shape"][-2], "width": unit["shape"][-1], "channels": "|".join(unit["channel_names"]),
-                **{f"meta_{k}": v for k, v in unit["metadata"].items()},
-                **{m: metrics.get(m) for m in METRIC_COLUMNS},
-                **{k: (summary or {}).get(k) for k in SUMMARY_COLUMNS},
-                "verdict": review.get("verdict"),
-                "issues": ";".join(i["type"] for i in review.get("issues", [])),
-                "review_backend": review.get("reviewer", {}).get("backend"),
-                "review_status": review.get("status", "reviewed" if review else None),
-                "llm_verdict": review.get("llm_verdict"),
-                "llm_estimated_count": (review.get("count_check") or {}).get("estimated"),
-                "flags": len(review.get("flags", [])),
-                "refined": bool(refinement.get("applied")),
-                "overlay": str(overlay) if overlay else "",
-            })
-            if review:
-                reviews.append(review)
-    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
-        _merge_objects(handle, batches, results, refined_units)
-    columns = list(dict.fromkeys(k for row in units for k in row))
-    _write_csv(out / "units.csv", units, columns)
-    _write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason"])
-    review_rows = [{
-        "unit_id": r["unit_id"], "backend": r["reviewer"]["backend"], "uses_llm": r["reviewer"].get("uses_llm", False),
-        "status": r.get("status", "reviewed"), "verdict": r["verdict"], "llm_verdict": r.get("llm_verdict"),
-        "rules_verdict": (r.get("second_opinion") or {}).get("verdict", r["verdict"]),
-        "issues": ";".join(f"{i['type']}:{i['severity']}" for i in r["issues"]),
-        "evidence": " | ".join(i["evidence"] for i in r["issues"]),
-        "flags": " | ".join(f"{f['check']}: LLM {f['llm_says']} / numbers {f['numbers_say']}" for f in r.get("flags", [])),
-        "actions": ";".join(a["action"] for a in r["suggested_actions"]), "confidence": r["confidence"],
-        "segmented_count": r["count_check"]["segmented"], "estimated_count": r["count_check"]["estimated"],
-        "summary": r["summary"],
-    } for r in reviews]
-    _write_csv(out / "reviews.csv", review_rows, list(review_rows[0]) if review_rows else ["unit_id"])
-    with open(out / "reviews.jsonl", "w", encoding="utf-8") as handle:
-        for review in reviews:
-            handle.write(json.dumps(review, sort_keys=True) + "\n")
-    conditions = condition_aggregates(units, reviews, condition_column)
-    answer_rows = [{"condition": c, "question": q, "yes": n.get("yes", 0), "no": n.get("no", 0), "unsure": n.get("unsure", 0)}
-                   for c, agg in conditions.items() for q, n in agg["answers"].items()]
-    _write_csv(out / "answers.csv", answer_rows, ["condition", "question", "yes", "no", "unsure"])
-    issues = Counter(i["type"] for r in reviews for i in r["issues"])
-    aggregates = {
-        "units": len(units), "failed_inputs": len(failures),
-        "verdicts": dict(Counter(u["verdict"] or "unreviewed" for u in units)),
-        "issues": dict(issues), "condition_column": condition_column, "conditions": conditions,
-        "review_backends": dict(review_backends),
-        "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
-    }
-    write_json(out / "aggregates.json", aggregates)
-    return {"units": len(units), "failures": len(failures), "reviews": len(reviews)}
-
-
-# --- HTML --------------------------------------------------------------------------------------
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
-h1{margin-bottom:.2em} .muted{color:#666} .banner{padding:.6em 1em;border-radius:6px;margin:1em 0}
-.banner.rules{background:#fff4d6;border:1px solid #e0b84c} .banner.llm{background:#e6f2ff;border:1px solid #6aa0d8}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0} th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}
-th{background:#f3f3f3;cursor:pointer} .pass{background:#d9f2d9} .warn{background:#fff0c2} .fail{background:#f8d0d0}
-.failed{background:#f8d0d0} .gallery{display:flex;flex-wrap:wrap;gap:10px} .card{border:1px solid #ccc;border-radius:6px;padding:6px;width:270px;font-size:.8em}
-.card img{width:100%;image-rendering:pixelated} .badge{display:inline-block;padding:1px 6px;border-radius:4px;font-weight:bold}
-code{font-size:.85em} details{margin:.5em 0}
-"""
-
-SCRIPT = """
-document.querySelectorAll('table.sortable th').forEach(function(th, col){
-  th.addEventListener('click', function(){
-    var body = th.closest('table').tBodies[0]; var rows = Array.from(body.rows);
-    var asc = th.dataset.asc !== 'true'; th.dataset.asc = asc;
-    rows.sort(function(a, b){
-      var x = a.cells[col].textContent, y = b.cells[col].textContent, nx = parseFloat(x), ny = parseFloat(y);
-      var r = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y); return asc ? r : -r; });
-    rows.forEach(function(r){ body.appendChild(r); });
-  });
-});
-"""
-
-
-def _e(value: Any) -> str:
-    """Escape any value for HTML text or attribute context."""
+def e(value: Any) -> str:
+    """Escape any value for HTML text or a quoted attribute."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -195,115 +55,445 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], cls: str = "sortable", row_class: str | None = None) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        klass = f' class="{_e(row.get(row_class))}"' if row_class and row.get(row_class) else ""
-        body.append(f"<tr{klass}>" + "".join(f"<td>{_e(_num(row.get(c)))}</td>" for c in columns) + "</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+def script_json(data: Any) -> str:
+    """JSON safe inside <script type="application/json">: no '<', '>' or '&' can end the element."""
+    return json.dumps(data, separators=(",", ":"), default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _num(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value) if value and any(ch.isdigit() for ch in value) and "." in value else value
-        except ValueError:
-            return value
-    return value
+def typed(value: str | None) -> Any:
+    """CSV text to a JSON value: numbers as numbers, empty as null, booleans as booleans."""
+    if value is None or value == "":
+        return None
+    if value in ("True", "False"):
+        return value == "True"
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else round(number, 6)
 
 
-def render_html(tables_dir: str | Path, results: Path, batches: list[str], info: dict[str, Any]) -> str:
-    """The self-contained HTML report (inline CSS, JS and base64 PNGs; no external assets)."""
-    tables = Path(tables_dir)
-    units = _read_csv(tables / "units.csv")
-    failures = _read_csv(tables / "failures.csv")
-    reviews = {}
-    with open(tables / "reviews.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            review = json.loads(line)
-            reviews[review["unit_id"]] = review
-    verdicts = Counter(u["verdict"] or "unreviewed" for u in units)
-    uses_llm = any(r["reviewer"].get("uses_llm") for r in reviews.values())
-    fallback = [r for r in reviews.values() if r.get("status") == "fallback"]
+def read_csv(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle, delimiter=delimiter))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def stage_timings(benchmarks: Path) -> list[dict[str, Any]]:
+    """Per rule: jobs, summed wall time and peak memory, from Snakemake's benchmark files (benchmarks/<rule>/*.tsv)."""
+    out = []
+    if not benchmarks.is_dir():
+        return out
+    for rule_dir in sorted(p for p in benchmarks.iterdir() if p.is_dir()):
+        seconds, rss, jobs = 0.0, 0.0, 0
+        for tsv in rule_dir.glob("*.tsv"):
+            for row in read_csv(tsv, delimiter="\t"):
+                seconds += float(row.get("s") or 0)
+                rss = max(rss, typed(row.get("max_rss")) if isinstance(typed(row.get("max_rss")), (int, float)) else 0)
+                jobs += 1
+        out.append({"rule": rule_dir.name, "jobs": jobs, "seconds": round(seconds, 1), "peak_rss_mb": round(rss, 1)})
+    return out
+
+
+def llm_provenance(reviews: list[dict[str, Any]], run_summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Distinct (model, digest, server version, options, prompt) combinations that answered, with unit counts."""
+    seen: dict[str, dict[str, Any]] = {}
+    records = [(r["reviewer"].get("provenance") or {}, "unit review") for r in reviews if r["reviewer"].get("uses_llm")]
+    if run_summary.get("uses_llm"):
+        records.append((run_summary.get("provenance") or {}, "run summary"))
+    for prov, purpose in records:
+        entry = {"purpose": purpose, "model": prov.get("model"), "model_digest": prov.get("model_digest"),
+                 "ollama_version": prov.get("ollama_version"), "options": prov.get("options"),
+                 "prompt_file": prov.get("prompt_file"), "prompt_version": prov.get("prompt_version"),
+                 "prompt_template_sha256": prov.get("prompt_template_sha256")}
+        key = json.dumps(entry, sort_keys=True, default=str)
+        seen.setdefault(key, {**entry, "answers": 0, "cache_hits": 0})
+        seen[key]["answers"] += 1
+        seen[key]["cache_hits"] += bool(prov.get("cache_hit"))
+    return list(seen.values())
+
+
+def _kv_table(pairs: list[tuple[str, Any]], klass: str = "kv") -> str:
+    return f"<table class='{klass}'><tbody>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in pairs) + "</tbody></table>"
+
+
+def _static_table(rows: list[dict[str, Any]], columns: list[str], table_id: str = "") -> str:
+    ident = f" id='{e(table_id)}'" if table_id else ""
+    head = "".join(f"<th>{e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{e(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table class='static'{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s" if minutes else f"{sec} s"
+
+
+def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gallery: dict[str, dict[str, Any]],
+                failures: list[dict[str, str]], actions: dict[str, Any], settings: ReportSettings) -> dict[str, Any]:
+    """The JSON document the page's script draws its tables, gallery and detail views from."""
+    meta_columns = [c for c in (units[0] if units else {}) if c.startswith("meta_")]
+    columns = [c for c in UNIT_COLUMNS if any(u.get(c) not in (None, "") for u in units) or c in ("unit_id", "verdict")]
+    with_details = len(units) <= settings.detail_images_max_units
+    by_unit = {r["unit_id"]: r for r in reviews}
+    unit_rows, details, thumbnails = [], {}, {}
+    for unit in units:
+        uid = unit["unit_id"]
+        row = {c: typed(unit.get(c)) for c in columns + meta_columns}
+        row["verdict"] = unit.get("verdict") or "unreviewed"
+        unit_rows.append(row)
+        images = gallery.get(uid, {})
+        if images.get("thumbnail"):
+            thumbnails[uid] = images["thumbnail"]
+        review = by_unit.get(uid, {})
+        details[uid] = {
+            "image": images.get("detail") if with_details else None,
+            "overlay_file": unit.get("overlay") or "",
+            "source": unit.get("source_path"), "scene": unit.get("scene"), "batch": unit.get("batch"),
+            "size": f"{unit.get('width')} x {unit.get('height')} px", "channels": unit.get("channels"),
+            "metrics": {k: typed(unit.get(k)) for k in ("snr", "focus_laplacian", "percent_saturated", "foreground_fraction",
+                                                         "background", "noise", "object_count", "density_per_mm2",
+                                                         "diameter_um_median", "area_um2_median", "fraction_low_solidity")},
+            "reviewer": (review.get("reviewer") or {}).get("name"), "status": review.get("status"),
+            "llm_verdict": review.get("llm_verdict"),
+            "rules_verdict": (review.get("second_opinion") or {}).get("verdict"),
+            "summary": review.get("summary"), "issues": review.get("issues", []), "flags": review.get("flags", []),
+            "actions": review.get("suggested_actions", []), "count_check": review.get("count_check"),
+            "critique": review.get("critique"), "answers": review.get("answers", []),
+            "refinement": {k: (review.get("refinement") or {}).get(k) for k in ("applied", "reason", "iterations")}
+            if review.get("refinement") else None,
+        }
+    flags = [{"unit_id": r["unit_id"], "check": f["check"], "llm_says": f["llm_says"], "numbers_say": f["numbers_say"]}
+             for r in reviews for f in r.get("flags", [])]
+    action_rows = [{"unit_id": a["unit_id"], "verdict": a["verdict"], "plate": a["position"]["plate"], "well": a["position"]["well"],
+                    "actions": ", ".join(x["action"] for x in a["actions"]),
+                    "why": "; ".join(i["evidence"] for i in a["issues"]), "suggestion": "; ".join(x["detail"] for x in a["actions"])}
+                   for a in actions.get("units", [])]
+    return {
+        "columns": columns + meta_columns, "units": unit_rows, "thumbnails": thumbnails, "details": details,
+        "detail_images": with_details, "page_size": settings.page_size, "flags": flags, "actions": action_rows,
+        "failures": [{k: f.get(k) for k in ("stage", "source_path", "sample_id", "unit_id", "reason")} for f in failures],
+    }
+
+
+def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str]) -> str:
+    """The whole page. ``info`` holds the static facts (dataset, model, versions, summary, aggregates)."""
+    units = data["units"]
+    verdicts = Counter(u["verdict"] for u in units)
+    reviews = info["reviews"]
+    uses_llm = any(r["reviewer"].get("uses_llm") for r in reviews)
+    fallback = [r for r in reviews if r.get("status") == "fallback"]
     run_summary = info.get("run_summary") or {}
-    model = info.get("model", {})
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>snakescope report: {_e(info.get('dataset'))}</title>",
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>snakescope report: {_e(info.get('dataset'))}</h1>",
-             f"<p class='muted'>generated {_e(info.get('generated'))} · snakescope {_e(info.get('version'))}</p>"]
+    model = info.get("model") or {}
+    timings = info.get("timings") or []
+    llm = info.get("llm") or []
+    failures = data["failures"]
+    total_seconds = sum(t["seconds"] for t in timings)
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>",
+             f"<title>snakescope report: {e(info['dataset'])}</title><style>{STYLE}</style></head><body>",
+             "<nav><a href='#summary'>Summary</a><a href='#flags'>Flags</a><a href='#actions'>Acquisition actions</a>"
+             "<a href='#plots'>Plots</a><a href='#conditions'>Conditions</a><a href='#units'>Units</a>"
+             "<a href='#gallery'>Gallery</a><a href='#failures'>Failures</a><a href='#provenance'>Provenance</a></nav><main>",
+             f"<h1>snakescope report: {e(info['dataset'])}</h1>",
+             f"<p class='muted'>generated {e(info['generated'])} · snakescope {e(info['version'])}</p>"]
+    # -- review backend, said plainly
     if uses_llm:
-        parts.append("<div class='banner llm' id='review-backend'><b>Review backend: Ollama vision model</b> "
-                     f"({_e(next(r['reviewer']['name'] for r in reviews.values() if r['reviewer'].get('uses_llm')))}), "
-                     "checked against the measurements and a rule-based second opinion.</div>")
+        names = sorted({r["reviewer"]["name"] for r in reviews if r["reviewer"].get("uses_llm")})
+        parts.append(f"<div class='banner llm' id='review-backend'><b>Review backend: Ollama vision model "
+                     f"{e(', '.join(names))}</b>, checked against the measurements and a rule-based second opinion; "
+                     "disagreements are listed under Flags.</div>")
     if fallback:
         parts.append(f"<div class='banner rules' id='review-fallback'><b>{len(fallback)} unit(s) were reviewed by the rule-based "
                      "fallback because the LLM reviewer was unavailable — no LLM was used for them.</b> "
-                     f"Reason: {_e(fallback[0]['summary'][:300])}</div>")
+                     f"Reason: {e(fallback[0]['summary'][:300])}</div>")
     elif not uses_llm:
         parts.append("<div class='banner rules' id='review-backend'><b>Review backend: deterministic rules — no LLM was used.</b> "
                      "Verdicts come from fixed thresholds on quality metrics and object measurements "
                      "(config section <code>review</code>), not from a vision model.</div>")
-    parts.append("<h2>Summary</h2><table><tbody>" + "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in [
-            ("image units", len(units)), ("pass", verdicts.get("pass", 0)), ("warn", verdicts.get("warn", 0)),
-            ("fail", verdicts.get("fail", 0)), ("failed inputs / steps", len(failures)),
-            ("model", f"{model.get('name')} ({model.get('source')})"), ("model digest", model.get("digest")),
-            ("model test", (model.get("test") or {}).get("status")), ("weight format", model.get("weight_format")),
-        ]) + "</tbody></table>")
+    # -- summary cards
+    cards = [("units", len(units), ""), ("pass", verdicts.get("pass", 0), "pass"), ("warn", verdicts.get("warn", 0), "warn"),
+             ("fail", verdicts.get("fail", 0), "fail"), ("unreviewed", verdicts.get("unreviewed", 0), ""),
+             ("failed inputs / steps", len(failures), "fail" if failures else ""),
+             ("disagreement flags", len(data["flags"]), "warn" if data["flags"] else ""),
+             ("to re-acquire", len(data["actions"]), "warn" if data["actions"] else ""),
+             ("compute time", _duration(total_seconds) if timings else "n/a", "")]
+    parts.append("<section id='summary'><h2>Summary</h2><div class='cards'>" + "".join(
+        f"<div class='card-n {klass}'><div class='n'>{e(value)}</div><div>{e(label)}</div></div>" for label, value, klass in cards)
+        + "</div>")
+    parts.append(_kv_table([
+        ("segmentation model", f"{model.get('name')} ({model.get('source')})"), ("model digest", model.get("digest")),
+        ("weight format", model.get("weight_format")), ("model test (bioimageio.core)", (model.get("test") or {}).get("status")),
+        ("reviewer", ", ".join(sorted({r['reviewer']['name'] for r in reviews})) or "none"),
+        ("conditions", f"{len(info['aggregates'].get('conditions', {}))} (column '{info['aggregates'].get('condition_column')}')"),
+        ("segmentations refined by critique", info["aggregates"].get("refined_units", 0)),
+    ]))
     if run_summary.get("text"):
         who = "written by the LLM" if run_summary.get("uses_llm") else "rule-based template, no LLM"
         mismatched = run_summary.get("numbers_mismatched") or []
-        check = (f"<p class='fail'>Numbers not found in the tables: {_e(', '.join(mismatched))}</p>" if mismatched
-                 else f"<p class='muted'>All {len(run_summary.get('numbers_checked', []))} numbers quoted were checked against the tables.</p>")
-        parts.append(f"<h2 id='narrative'>Summary ({_e(who)})</h2><p>{_e(run_summary['text'])}</p>{check}")
-    parts.append(f"<h2 id='failures'>Failed inputs and steps ({len(failures)})</h2>")
-    parts.append(_table(failures, ["stage", "source_path", "sample_id", "unit_id", "reason"]) if failures else "<p>None.</p>")
-    meta_cols = [c for c in (units[0].keys() if units else []) if c.startswith("meta_")]
-    unit_cols = ["unit_id", "verdict", "issues", "object_count", "density_per_mm2", "diameter_um_median", "snr",
-                 "focus_laplacian", "percent_saturated", "foreground_fraction", "pixel_size_x_um", *meta_cols, "status"]
-    parts.append(f"<h2 id='units'>Units ({len(units)})</h2><p class='muted'>Click a column header to sort. "
-                 "Metrics are for the model's input channel; see config/README.md for each measure.</p>")
-    parts.append(_table(units, unit_cols, row_class="verdict"))
-    parts.append("<h2 id='gallery'>Gallery</h2><p class='muted'>Left: contrast-stretched input; right: segmentation outlines. "
-                 "Scale bar bottom right.</p><div class='gallery'>")
-    for unit in units:
-        uid = unit["unit_id"]
-        overlay = Path(unit["overlay"]) if unit.get("overlay") else None
-        img = (f"<a href='#big-{_e(uid)}'><img alt='{_e(uid)}' src='data:image/png;base64,{base64.b64encode(overlay.read_bytes()).decode()}'></a>"
-               if overlay and overlay.is_file() else "<p><i>no segmentation</i></p>")
-        review = reviews.get(uid, {})
-        issues = "".join(f"<li><b>{_e(i['type'])}</b> ({_e(i['severity'])}): {_e(i['evidence'])}</li>" for i in review.get("issues", []))
-        verdict = unit["verdict"] or "unreviewed"
-        parts.append(f"<div class='card' id='unit-{_e(uid)}'><div><span class='badge {_e(verdict)}'>{_e(verdict)}</span> "
-                     f"<b>{_e(uid)}</b></div>{img}<div>{_e(unit['object_count'])} objects · "
-                     + " · ".join(_e(unit[c]) for c in meta_cols if unit.get(c)) + f"</div><ul>{issues}</ul></div>")
-    parts.append("</div>")
-    parts.append("<h2 id='provenance'>Provenance</h2>")
-    for title, key in [("Model check", "model"), ("Software versions", "software"), ("Parameters (config)", "params")]:
-        parts.append(f"<details><summary>{_e(title)}</summary><pre>{_e(json.dumps(info.get(key), indent=1, sort_keys=True, default=str))}</pre></details>")
+        check = (f"<p class='bad' id='narrative-check'>Numbers not found in the tables: {e(', '.join(map(str, mismatched)))}</p>" if mismatched
+                 else f"<p class='muted' id='narrative-check'>All {len(run_summary.get('numbers_checked', []))} numbers quoted were "
+                      "checked against the tables.</p>")
+        parts.append(f"<h3 id='narrative'>Narrative ({e(who)})</h3><blockquote>{e(run_summary['text'])}</blockquote>{check}")
+    parts.append("</section>")
+    # -- flags, actions
+    parts.append(f"<section id='flags'><h2>Disagreement flags ({len(data['flags'])})</h2><p class='muted'>Where the reviewer's "
+                 "claims and the measurements disagree (its count against the segmentation, its focus/saturation/empty/signal "
+                 "claims against the metrics, sizes against the knowledge base). Each flag turns a pass into a warn.</p>"
+                 + ("<div class='dt' data-table='flags'></div>" if data["flags"] else "<p>None.</p>") + "</section>")
+    counts = (info.get("actions_doc") or {}).get("counts", {})
+    parts.append(f"<section id='actions'><h2>Acquisition actions ({len(data['actions'])} unit(s))</h2>"
+                 "<p class='muted'>Units with verdict warn or fail and an action at the microscope. The same list, for a "
+                 "microscope-control script, is <code>tables/acquisition_actions.json</code> "
+                 "(shape: <code>workflow/schemas/acquisition_actions.schema.json</code>).</p>"
+                 + ("<p>" + " · ".join(f"<b>{e(k)}</b>: {e(v)}" for k, v in sorted(counts.items())) + "</p>" if counts else "")
+                 + ("<div class='dt' data-table='actions'></div>" if data["actions"] else "<p>None.</p>") + "</section>")
+    # -- plots
+    parts.append("<section id='plots'><h2>Plots</h2><p class='muted'>Hover a dot or well for the unit. Red: flagged by "
+                 "the review. Dashed: the warn threshold (config <code>review.thresholds</code>).</p><div class='plots'>")
+    for name, svg in plots.items():
+        parts.append(f"<figure id='plot-{e(name)}'><figcaption>{e(PLOT_TITLES.get(name, name))}</figcaption>{svg}</figure>")
+    parts.append("</div></section>")
+    # -- conditions and answers
+    conditions = info["aggregates"].get("conditions", {})
+    rows = [{"condition": c, "units": a["units"], "pass": a["verdicts"].get("pass", 0), "warn": a["verdicts"].get("warn", 0),
+             "fail": a["verdicts"].get("fail", 0), "unreviewed": a["verdicts"].get("unreviewed", 0),
+             "median objects": a["median_count"], "median diameter (µm)": a["median_diameter_um"]} for c, a in conditions.items()]
+    parts.append(f"<section id='conditions'><h2>Per condition ({e(info['aggregates'].get('condition_column'))})</h2>"
+                 + _static_table(rows, list(rows[0]) if rows else ["condition"], "conditions-table"))
+    answers = info.get("answers") or []
+    parts.append("<h3 id='answers'>Answers to the dataset's questions</h3>" + (
+        _static_table(answers, ["condition", "question", "yes", "no", "unsure"], "answers-table") if answers
+        else "<p class='muted'>No questions were asked (config <code>review.ollama.questions</code>, LLM backend only).</p>")
+        + "</section>")
+    # -- units and gallery (drawn by the script)
+    parts.append(f"<section id='units'><h2>Units ({len(units)})</h2><div class='controls'>"
+                 "<input id='unit-filter' type='search' placeholder='filter: any text, e.g. DMSO, out_of_focus, A03' size='40'>"
+                 "<select id='verdict-filter'><option value=''>all verdicts</option><option>pass</option><option>warn</option>"
+                 "<option>fail</option><option>unreviewed</option></select>"
+                 "<span class='muted'>filters apply to the table and the gallery · click a header to sort · "
+                 "click a unit for its detail</span></div><div class='dt' data-table='units'></div></section>")
+    parts.append("<section id='gallery'><h2>Gallery</h2><p class='muted'>Thumbnails: the model's input channel with "
+                 "segmentation outlines (yellow). The detail view shows raw and outlined side by side, scale bar bottom right.</p>"
+                 "<div class='pager' id='gallery-pager'></div><div class='gallery' id='gallery-cards'></div></section>")
+    parts.append(f"<section id='failures'><h2>Failed inputs and steps ({len(failures)})</h2>"
+                 + ("<div class='dt' data-table='failures'></div>" if failures else "<p>None: every input was processed.</p>")
+                 + "</section>")
+    # -- provenance
+    parts.append("<section id='provenance'><h2>Provenance</h2>")
+    parts.append("<h3>Segmentation model (bioimage.io)</h3>" + _kv_table([
+        ("name", model.get("name")), ("source", model.get("source")), ("digest (sha256 of weights)", model.get("digest")),
+        ("weight format", model.get("weight_format")), ("test_model", (model.get("test") or {}).get("status"))]))
+    parts.append("<h3>LLM reviewer (Ollama)</h3>" + (_static_table(
+        [{**x, "options": json.dumps(x["options"], sort_keys=True)} for x in llm],
+        ["purpose", "model", "model_digest", "ollama_version", "options", "prompt_file", "prompt_version",
+         "prompt_template_sha256", "answers", "cache_hits"], "llm-provenance") if llm else "<p>No LLM was used in this run.</p>"))
+    if timings:
+        parts.append("<h3>Compute per stage</h3><p class='muted'>From Snakemake's benchmark files (wall time summed over "
+                     "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "peak_rss_mb"], "timings"))
+    packages = (info.get("software") or {}).get("packages", {})
+    parts.append("<h3>Software versions</h3>" + _kv_table(
+        [("python", (info.get("software") or {}).get("python")), *sorted(packages.items())]))
+    parts.append("<details><summary>Parameters (the run's full config)</summary><pre>"
+                 + e(json.dumps(info.get("params"), indent=1, sort_keys=True, default=str)) + "</pre></details></section>")
+    parts.append("</main><dialog id='detail'><button id='detail-close' aria-label='close'>×</button><div id='detail-body'></div></dialog>")
+    parts.append(f"<script type='application/json' id='report-data'>{script_json(data)}</script>")
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
 
-def write_report(tables_dir: str | Path, results: str | Path, batches: list[str], model_check: str | Path,
-                 pipeline_info: str | Path, dataset: str, out_html: str | Path, run_summary: str | Path | None = None) -> None:
-    from datetime import datetime, timezone
-
+def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: list[str | Path], model_check: str | Path,
+                 pipeline_info: str | Path, dataset: str, out_html: str | Path, settings: ReportSettings,
+                 benchmarks: str | Path | None = None) -> dict[str, Any]:
+    """Read the tables, plots, gallery images and provenance; write the page atomically. Returns size facts."""
     from . import __version__
 
-    info_dir = Path(pipeline_info)
+    tables, info_dir = Path(tables_dir), Path(pipeline_info)
+    units = read_csv(tables / "units.csv")
+    reviews = read_jsonl(tables / "reviews.jsonl")
+    failures = read_csv(tables / "failures.csv")
+    gallery: dict[str, dict[str, Any]] = {}
+    for path in gallery_files:
+        doc = read_json(path)
+        gallery.update(doc["images"])
+        failures += doc["failures"]
+    actions = read_json(tables / "acquisition_actions.json")
+    run_summary_path = tables / "run_summary.json"
+    run_summary = read_json(run_summary_path) if run_summary_path.is_file() else {}
+    plots = {p.stem: p.read_text(encoding="utf-8") for p in sorted(Path(plots_dir).glob("*.svg"))}
+    from .plots import PLOT_NAMES
+
+    plots = {name: plots[name] for name in PLOT_NAMES if name in plots} | {k: v for k, v in plots.items() if k not in PLOT_NAMES}
     info = {
-        "dataset": dataset,
-        "version": __version__,
+        "dataset": dataset, "version": __version__,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": read_json(model_check),
-        "software": read_json(info_dir / "software_versions.json"),
-        "params": read_json(info_dir / "params.json"),
-        "run_summary": read_json(run_summary) if run_summary else None,
+        "model": read_json(model_check), "software": read_json(info_dir / "software_versions.json"),
+        "params": read_json(info_dir / "params.json"), "run_summary": run_summary, "reviews": reviews,
+        "aggregates": read_json(tables / "aggregates.json"), "answers": read_csv(tables / "answers.csv"),
+        "actions_doc": actions, "llm": llm_provenance(reviews, run_summary),
+        "timings": stage_timings(Path(benchmarks)) if benchmarks else [],
     }
+    data = report_data(units, reviews, gallery, failures, actions, settings)
+    page = render_html(info, data, plots)
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render_html(tables_dir, Path(results), batches, info), encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8")
     shutil.move(tmp, out)
+    size = os.path.getsize(out)
+    return {"units": len(units), "bytes": size, "bytes_per_unit": size / max(1, len(units)),
+            "detail_images": data["detail_images"]}
+
+
+STYLE = """
+:root{--pass:#d9f2d9;--warn:#fff0c2;--fail:#f8d0d0}
+body{font-family:system-ui,sans-serif;margin:0;color:#222}
+nav{position:sticky;top:0;background:#2b3a4a;padding:.4em 1em;z-index:5} nav a{color:#fff;margin-right:1.2em;text-decoration:none;font-size:.9em}
+main{padding:0 1.5em 3em;max-width:1500px} h1{margin:.6em 0 .1em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.muted{color:#666;font-size:.9em} .bad{color:#a00;font-weight:bold}
+.banner{padding:.6em 1em;border-radius:6px;margin:1em 0} .banner.rules{background:#fff4d6;border:1px solid #e0b84c}
+.banner.llm{background:#e6f2ff;border:1px solid #6aa0d8}
+.cards{display:flex;flex-wrap:wrap;gap:8px;margin:.5em 0} .card-n{border:1px solid #ccc;border-radius:6px;padding:.4em .8em;min-width:90px;font-size:.85em}
+.card-n .n{font-size:1.6em;font-weight:bold} .card-n.pass{background:var(--pass)} .card-n.warn{background:var(--warn)} .card-n.fail{background:var(--fail)}
+blockquote{background:#f7f7f7;border-left:4px solid #6aa0d8;margin:.5em 0;padding:.6em 1em;white-space:pre-wrap}
+table{border-collapse:collapse;font-size:.82em;margin:.4em 0} th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} table.kv th{width:16em} .dt{overflow-x:auto} .dt th{cursor:pointer;white-space:nowrap} .dt th.sorted-asc::after{content:' ▲'} .dt th.sorted-desc::after{content:' ▼'}
+tr.pass td.v,span.pass{background:var(--pass)} tr.warn td.v,span.warn{background:var(--warn)} tr.fail td.v,span.fail{background:var(--fail)}
+td.link{color:#0645ad;cursor:pointer;text-decoration:underline}
+.controls{display:flex;gap:.8em;align-items:center;flex-wrap:wrap;margin:.4em 0} .pager{margin:.4em 0;font-size:.85em}
+.pager button{margin:0 .2em} .plots{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0;border:1px solid #eee;padding:4px}
+figcaption{font-size:.8em;color:#555} .gallery{display:flex;flex-wrap:wrap;gap:8px}
+.card{border:1px solid #ccc;border-radius:6px;padding:5px;width:172px;font-size:.75em;cursor:pointer;background:#fff}
+.card img{width:160px;height:160px;object-fit:contain;background:#111;display:block;image-rendering:pixelated}
+.card .noimg{width:160px;height:160px;background:#eee;display:flex;align-items:center;justify-content:center;color:#666}
+.card ul{margin:.2em 0;padding-left:1.1em} .badge{display:inline-block;padding:0 5px;border-radius:4px;font-weight:bold;border:1px solid #bbb}
+.id{font-weight:bold;word-break:break-all} dialog{max-width:min(1100px,95vw);max-height:92vh;overflow:auto;border-radius:8px}
+dialog img{width:100%;max-width:900px;image-rendering:pixelated} #detail-close{float:right;font-size:1.4em;border:none;background:none;cursor:pointer}
+pre{white-space:pre-wrap;font-size:.8em;background:#f7f7f7;padding:.5em}
+"""
+
+SCRIPT = r"""
+(function(){
+'use strict';
+var D = JSON.parse(document.getElementById('report-data').textContent);
+function el(tag, attrs, text){ var n = document.createElement(tag); if (attrs) for (var k in attrs) n.setAttribute(k, attrs[k]);
+  if (text !== undefined && text !== null) n.textContent = String(text); return n; }
+function fmt(v){ if (v === null || v === undefined) return ''; if (typeof v === 'number' && !Number.isInteger(v)) return String(+v.toPrecision(4));
+  return String(v); }
+function cmp(a, b){ var an = a === null || a === undefined || a === '', bn = b === null || b === undefined || b === '';
+  if (an || bn) return an && bn ? 0 : an ? 1 : -1;
+  if (typeof a === 'number' && typeof b === 'number') return a - b; return String(a).localeCompare(String(b), undefined, {numeric: true}); }
+function pager(host, state, total, redraw){
+  host.textContent = ''; var pages = Math.max(1, Math.ceil(total / state.size)); state.page = Math.min(state.page, pages - 1);
+  var first = el('button', null, '«'), prev = el('button', null, '‹'), next = el('button', null, '›'), last = el('button', null, '»');
+  first.onclick = function(){ state.page = 0; redraw(); }; prev.onclick = function(){ state.page = Math.max(0, state.page - 1); redraw(); };
+  next.onclick = function(){ state.page = Math.min(pages - 1, state.page + 1); redraw(); }; last.onclick = function(){ state.page = pages - 1; redraw(); };
+  var start = total ? state.page * state.size + 1 : 0, end = Math.min(total, (state.page + 1) * state.size);
+  var sizes = el('select', {'class': 'page-size', 'aria-label': 'rows per page'});
+  [25, 50, 100, 500, 'all'].forEach(function(s){ var o = el('option', {value: s}, s === 'all' ? 'all' : s + ' per page');
+    if ((s === 'all' && state.size >= 1e9) || s === state.size) o.selected = true; sizes.appendChild(o); });
+  sizes.onchange = function(){ state.size = sizes.value === 'all' ? 1e9 : +sizes.value; state.page = 0; redraw(); };
+  [first, prev].forEach(function(b){ b.disabled = state.page === 0; host.appendChild(b); });
+  host.appendChild(el('span', {'class': 'range'}, start + '–' + end + ' of ' + total));
+  [next, last].forEach(function(b){ b.disabled = state.page >= pages - 1; host.appendChild(b); });
+  host.appendChild(sizes);
+  return [start ? start - 1 : 0, end];
+}
+function DataTable(host, columns, rowsFn, opts){
+  opts = opts || {}; var state = {page: 0, size: opts.size || D.page_size || 50, key: null, desc: false};
+  var top = el('div', {'class': 'pager'}), table = el('table'), thead = el('thead'), tbody = el('tbody');
+  var filter = null;
+  if (opts.filter) { filter = el('input', {type: 'search', placeholder: 'filter', 'class': 'table-filter'});
+    filter.oninput = function(){ state.page = 0; redraw(); }; host.appendChild(filter); }
+  host.appendChild(top); table.appendChild(thead); table.appendChild(tbody); host.appendChild(table);
+  var tr = el('tr'); columns.forEach(function(c){ var th = el('th', {'data-key': c}, c.replace(/^meta_/, ''));
+    th.onclick = function(){ state.desc = state.key === c ? !state.desc : false; state.key = c; state.page = 0; redraw(); }; tr.appendChild(th); });
+  thead.appendChild(tr);
+  function rows(){ var r = rowsFn(); if (filter && filter.value) { var q = filter.value.toLowerCase();
+      r = r.filter(function(x){ return columns.some(function(c){ return fmt(x[c]).toLowerCase().indexOf(q) >= 0; }); }); }
+    if (state.key) { var k = state.key, s = state.desc ? -1 : 1; r = r.slice().sort(function(a, b){ return s * cmp(a[k], b[k]); }); }
+    return r; }
+  function redraw(){
+    var r = rows(), span = pager(top, state, r.length, redraw); tbody.textContent = '';
+    Array.prototype.forEach.call(thead.rows[0].cells, function(th){ th.className = th.dataset.key === state.key ? (state.desc ? 'sorted-desc' : 'sorted-asc') : ''; });
+    r.slice(span[0], span[1]).forEach(function(x){
+      var row = el('tr', x.verdict ? {'class': x.verdict} : null);
+      columns.forEach(function(c){ var td = el('td', null, fmt(x[c]));
+        if (c === 'verdict') td.className = 'v';
+        if (c === 'unit_id' && D.details[x[c]]) { td.className = 'link'; td.onclick = function(){ showDetail(x[c]); }; }
+        row.appendChild(td); });
+      tbody.appendChild(row); });
+    if (opts.onchange) opts.onchange(r);
+  }
+  this.redraw = redraw; redraw();
+}
+var unitFilter = document.getElementById('unit-filter'), verdictFilter = document.getElementById('verdict-filter');
+function filteredUnits(){
+  var q = (unitFilter.value || '').toLowerCase(), v = verdictFilter.value;
+  return D.units.filter(function(u){ if (v && u.verdict !== v) return false; if (!q) return true;
+    return D.columns.some(function(c){ return fmt(u[c]).toLowerCase().indexOf(q) >= 0; }); });
+}
+var galleryState = {page: 0, size: D.page_size || 50}, galleryRows = D.units;
+function drawGallery(){
+  var host = document.getElementById('gallery-cards'), span = pager(document.getElementById('gallery-pager'), galleryState, galleryRows.length, drawGallery);
+  host.textContent = '';
+  var meta = D.columns.filter(function(c){ return c.indexOf('meta_') === 0; });
+  galleryRows.slice(span[0], span[1]).forEach(function(u){
+    var card = el('div', {'class': 'card', 'data-unit': u.unit_id, tabindex: 0});
+    var head = el('div'); head.appendChild(el('span', {'class': 'badge ' + u.verdict}, u.verdict)); head.appendChild(document.createTextNode(' '));
+    head.appendChild(el('span', {'class': 'id'}, u.unit_id)); card.appendChild(head);
+    var src = D.thumbnails[u.unit_id];
+    if (src) card.appendChild(el('img', {src: src, alt: 'unit ' + u.unit_id, loading: 'lazy', width: 160, height: 160}));
+    else card.appendChild(el('div', {'class': 'noimg'}, 'no image'));
+    card.appendChild(el('div', null, (u.object_count === null || u.object_count === undefined ? '–' : u.object_count) + ' objects · ' +
+      meta.map(function(c){ return fmt(u[c]); }).filter(Boolean).join(' · ')));
+    var issues = fmt(u.issues); if (issues) { var ul = el('ul'); issues.split(';').forEach(function(i){ ul.appendChild(el('li', null, i)); }); card.appendChild(ul); }
+    card.onclick = function(){ showDetail(u.unit_id); };
+    card.onkeydown = function(ev){ if (ev.key === 'Enter') showDetail(u.unit_id); };
+    host.appendChild(card);
+  });
+}
+function kvTable(pairs){ var t = el('table', {'class': 'kv'}); pairs.forEach(function(p){ if (p[1] === null || p[1] === undefined || p[1] === '') return;
+  var r = el('tr'); r.appendChild(el('th', null, p[0])); r.appendChild(el('td', null, fmt(p[1]))); t.appendChild(r); }); return t; }
+function list(title, items, line){ var box = el('div'); if (!items || !items.length) return box; box.appendChild(el('h4', null, title));
+  var ul = el('ul'); items.forEach(function(i){ ul.appendChild(el('li', null, line(i))); }); box.appendChild(ul); return box; }
+function showDetail(uid){
+  var d = D.details[uid], u = D.units.find(function(x){ return x.unit_id === uid; }), body = document.getElementById('detail-body');
+  body.textContent = '';
+  var h = el('h3'); h.appendChild(el('span', {'class': 'badge ' + u.verdict}, u.verdict)); h.appendChild(document.createTextNode(' ' + uid)); body.appendChild(h);
+  var src = d.image || D.thumbnails[uid];
+  if (src) body.appendChild(el('img', {src: src, alt: 'detail of unit ' + uid, id: 'detail-image'}));
+  if (!d.image) body.appendChild(el('p', {'class': 'muted'}, 'Detail images are embedded for reports of up to report.detail_images_max_units units; the full overlay is ' + d.overlay_file));
+  body.appendChild(el('p', {'class': 'muted'}, 'Left: input channel, contrast-stretched; right: segmentation outlines.'));
+  if (d.summary) body.appendChild(el('blockquote', null, d.summary));
+  body.appendChild(kvTable([['source', d.source], ['scene', d.scene], ['image', d.size], ['channels', d.channels], ['reviewer', d.reviewer],
+    ['review status', d.status], ['LLM verdict', d.llm_verdict], ['rules verdict', d.rules_verdict],
+    ['count: segmented / estimated by the LLM', d.count_check && d.count_check.estimated !== null ? fmt(d.count_check.segmented) + ' / ' + fmt(d.count_check.estimated) : null]]
+    .concat(Object.keys(d.metrics).map(function(k){ return [k, d.metrics[k]]; }))
+    .concat(D.columns.filter(function(c){ return c.indexOf('meta_') === 0; }).map(function(c){ return [c.slice(5), u[c]]; }))));
+  body.appendChild(list('Issues', d.issues, function(i){ return i.type + ' (' + i.severity + '): ' + i.evidence; }));
+  body.appendChild(list('Flags (reviewer vs numbers)', d.flags, function(f){ return f.check + ': reviewer says ' + f.llm_says + ' / numbers say ' + f.numbers_say; }));
+  body.appendChild(list('Suggested actions', d.actions, function(a){ return a.action + ': ' + a.detail; }));
+  if (d.critique) body.appendChild(list('Critique of the segmentation', [d.critique], function(c){ return 'merged ' + c.merged + ', split ' + c.split + ', missed ' + c.missed + ', artefacts ' + c.artefacts + '. ' + c.comment; }));
+  body.appendChild(list('Answers', d.answers, function(a){ return a.question + ' — ' + a.answer + ': ' + a.evidence; }));
+  if (d.refinement) body.appendChild(list('Refinement', [d.refinement], function(r){ return (r.applied ? 'applied' : 'not applied') + (r.reason ? ': ' + r.reason : ''); }));
+  var dlg = document.getElementById('detail'); if (!dlg.open) dlg.showModal();
+}
+document.getElementById('detail-close').onclick = function(){ document.getElementById('detail').close(); };
+document.getElementById('detail').addEventListener('click', function(ev){ if (ev.target === this) this.close(); });
+var tables = {};
+document.querySelectorAll('.dt[data-table]').forEach(function(host){
+  var name = host.dataset.table;
+  if (name === 'units') tables.units = new DataTable(host, D.columns, filteredUnits, {onchange: function(r){ galleryRows = r; galleryState.page = 0; drawGallery(); }});
+  else { var rows = D[name] || []; tables[name] = new DataTable(host, rows.length ? Object.keys(rows[0]) : [], function(){ return rows; }, {filter: true}); }
+});
+function refilter(){ tables.units.redraw(); }
+unitFilter.addEventListener('input', refilter); verdictFilter.addEventListener('change', refilter);
+window.snakescopeReport = {units: D.units.length, showDetail: showDetail};
+})();
+"""

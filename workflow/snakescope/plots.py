@@ -1,0 +1,351 @@
+"""Report plots as standalone SVG (no plotting library, no external assets): pure functions over numbers.
+
+Every text that comes from users (condition names, unit ids, wells) is XML-escaped, so a plot can be
+inlined into the HTML report or opened on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Iterable, Sequence
+
+PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac", "#e15759"]
+FLAGGED = "#d62728"
+FONT = "font-family='system-ui,sans-serif' font-size='11'"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One unit in a plot: its value, its id (shown on hover) and whether a review flagged it."""
+
+    value: float
+    unit_id: str
+    flagged: bool = False
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.3g}"
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi]."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return [0.0]
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / max(1, count)
+    step = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10):
+        if raw <= step * factor:
+            step *= factor
+            break
+    start = math.floor(lo / step) * step
+    ticks, value = [], start
+    while value <= hi + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    return ticks
+
+
+def _svg(width: int, height: int, body: list[str], title: str) -> str:
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' width='{width}' height='{height}' "
+            f"role='img' aria-label='{escape(title)}' {FONT}><title>{escape(title)}</title>"
+            f"<rect width='{width}' height='{height}' fill='white'/>{''.join(body)}</svg>")
+
+
+def _message(title: str, text: str, width: int = 520, height: int = 80) -> str:
+    return _svg(width, height, [f"<text x='10' y='20' font-weight='bold'>{escape(title)}</text>",
+                                f"<text x='10' y='48' fill='#666'>{escape(text)}</text>"], title)
+
+
+def _jitter(index: int) -> float:
+    """Deterministic spread in [-0.5, 0.5) (golden-ratio sequence): the same data gives the same plot."""
+    return ((index * 0.6180339887) % 1.0) - 0.5
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def strip_plot(groups: dict[str, list[Point]], title: str, y_label: str, threshold: float | None = None,
+               threshold_label: str = "", width: int = 520, height: int = 300) -> str:
+    """One column per group: every unit as a dot (flagged ones red), box of the quartiles, median line."""
+    values = [p.value for points in groups.values() for p in points if math.isfinite(p.value)]
+    if not values:
+        return _message(title, "no values to plot")
+    lo, hi = min(values + ([threshold] if threshold is not None else [])), max(values + ([threshold] if threshold is not None else []))
+    ticks = nice_ticks(min(lo, 0.0) if lo >= 0 else lo, hi)
+    y0, y1 = ticks[0], ticks[-1] if ticks[-1] > ticks[0] else ticks[0] + 1
+    left, right, top, bottom = 56, 10, 28, 46
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - (v - y0) / (y1 - y0))
+
+    body = [f"<text x='{left}' y='16' font-weight='bold'>{escape(title)}</text>",
+            f"<text transform='translate(12,{top + plot_h / 2}) rotate(-90)' text-anchor='middle'>{escape(y_label)}</text>"]
+    for tick in ticks:
+        body.append(f"<line x1='{left}' x2='{width - right}' y1='{y(tick):.1f}' y2='{y(tick):.1f}' stroke='#eee'/>"
+                    f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' fill='#555'>{_fmt(tick)}</text>")
+    column = plot_w / max(1, len(groups))
+    for index, (name, points) in enumerate(groups.items()):
+        cx = left + column * (index + 0.5)
+        colour = PALETTE[index % len(PALETTE)]
+        finite = [p for p in points if math.isfinite(p.value)]
+        if finite:
+            q1, med, q3 = (_quantile([p.value for p in finite], q) for q in (0.25, 0.5, 0.75))
+            half = min(40.0, column * 0.35)
+            body.append(f"<rect x='{cx - half:.1f}' y='{y(q3):.1f}' width='{2 * half:.1f}' height='{max(1.0, y(q1) - y(q3)):.1f}' "
+                        f"fill='{colour}' fill-opacity='0.15' stroke='{colour}'/>"
+                        f"<line x1='{cx - half:.1f}' x2='{cx + half:.1f}' y1='{y(med):.1f}' y2='{y(med):.1f}' stroke='{colour}' stroke-width='2'>"
+                        f"<title>{escape(name)}: median {_fmt(med)}</title></line>")
+        spread = min(60.0, column * 0.6)
+        for i, p in enumerate(finite):
+            fill = FLAGGED if p.flagged else colour
+            body.append(f"<circle cx='{cx + _jitter(i) * spread:.1f}' cy='{y(p.value):.1f}' r='{3 if p.flagged else 2.2}' fill='{fill}' "
+                        f"fill-opacity='0.8'><title>{escape(p.unit_id)}: {_fmt(p.value)}{' (flagged)' if p.flagged else ''}</title></circle>")
+        label = name if len(name) <= 18 else name[:17] + "…"
+        body.append(f"<text x='{cx:.1f}' y='{height - bottom + 16}' text-anchor='middle'>{escape(label)}<title>{escape(name)}</title></text>"
+                    f"<text x='{cx:.1f}' y='{height - bottom + 30}' text-anchor='middle' fill='#777'>n={len(finite)}</text>")
+    if threshold is not None:
+        body.append(f"<line x1='{left}' x2='{width - right}' y1='{y(threshold):.1f}' y2='{y(threshold):.1f}' stroke='{FLAGGED}' "
+                    f"stroke-dasharray='4 3'/><text x='{width - right}' y='{y(threshold) - 3:.1f}' text-anchor='end' fill='{FLAGGED}'>"
+                    f"{escape(threshold_label)}</text>")
+    return _svg(width, height, body, title)
+
+
+def histogram_plot(groups: dict[str, list[float]], title: str, x_label: str, bins: int = 30,
+                   width: int = 520, height: int = 300) -> str:
+    """Overlaid step histograms, one per group, each normalised to its own total (fraction of objects)."""
+    import numpy as np
+
+    values = [v for vs in groups.values() for v in vs if math.isfinite(v)]
+    if not values:
+        return _message(title, "no objects to plot")
+    lo, hi = float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    fractions = {name: np.histogram(np.clip(vs, lo, hi), edges)[0] / max(1, len(vs)) for name, vs in groups.items() if vs}
+    top_value = max(float(f.max()) for f in fractions.values()) or 1.0
+    left, right, top, bottom = 56, 10, 28, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(v: float) -> float:
+        return left + plot_w * (v - lo) / (hi - lo)
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - v / top_value)
+
+    body = [f"<text x='{left}' y='16' font-weight='bold'>{escape(title)}</text>",
+            f"<text x='{left + plot_w / 2}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>",
+            f"<text transform='translate(12,{top + plot_h / 2}) rotate(-90)' text-anchor='middle'>fraction of objects</text>"]
+    for tick in nice_ticks(lo, hi):
+        if lo <= tick <= hi:
+            body.append(f"<line x1='{x(tick):.1f}' x2='{x(tick):.1f}' y1='{top}' y2='{top + plot_h}' stroke='#eee'/>"
+                        f"<text x='{x(tick):.1f}' y='{top + plot_h + 14}' text-anchor='middle' fill='#555'>{_fmt(tick)}</text>")
+    for tick in nice_ticks(0, top_value, 4):
+        if tick <= top_value:
+            body.append(f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' fill='#555'>{_fmt(tick)}</text>")
+    for index, (name, fraction) in enumerate(fractions.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        path = [f"M{x(edges[0]):.1f},{y(0):.1f}"]
+        for i, f in enumerate(fraction):
+            path.append(f"L{x(edges[i]):.1f},{y(f):.1f}L{x(edges[i + 1]):.1f},{y(f):.1f}")
+        path.append(f"L{x(edges[-1]):.1f},{y(0):.1f}")
+        body.append(f"<path d='{''.join(path)}' fill='none' stroke='{colour}' stroke-width='1.6'><title>{escape(name)}</title></path>"
+                    f"<rect x='{width - right - 150}' y='{top + 14 * index}' width='10' height='10' fill='{colour}'/>"
+                    f"<text x='{width - right - 136}' y='{top + 9 + 14 * index}'>{escape(name[:20])} (n={len(groups[name])})</text>")
+    return _svg(width, height, body, title)
+
+
+WELL = re.compile(r"^\s*([A-Za-z]{1,2})\s*[-_]?\s*0*(\d{1,3})\s*$")
+
+
+def parse_well(text: str) -> tuple[int, int] | None:
+    """'A01', 'a1', 'AF48', 'B-03' -> (row index from 0, column from 1); None if it is not a well name."""
+    match = WELL.match(text or "")
+    if not match:
+        return None
+    letters, column = match.group(1).upper(), int(match.group(2))
+    row = 0
+    for letter in letters:
+        row = row * 26 + (ord(letter) - 64)
+    return row - 1, column
+
+
+def _row_name(row: int) -> str:
+    return chr(65 + row) if row < 26 else chr(64 + row // 26) + chr(65 + row % 26)
+
+
+def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], title: str, value_label: str) -> str:
+    """Heat map per plate: colour = mean value of the well's units, red outline = a unit of the well failed review.
+
+    ``wells`` maps (plate, well name) to [(value, verdict), ...] for the units in that well.
+    """
+    parsed: dict[str, dict[tuple[int, int], tuple[str, list[tuple[float | None, str]]]]] = {}
+    for (plate, well), members in wells.items():
+        position = parse_well(well)
+        if position is not None:
+            parsed.setdefault(plate, {})[position] = (well, members)
+    if not parsed:
+        return _message(title, "no well names like A01 in the sample sheet")
+    means = [sum(v for v, _ in m if v is not None) / n for wl in parsed.values() for _, m in wl.values()
+             if (n := sum(v is not None for v, _ in m))]
+    vmin, vmax = (min(means), max(means)) if means else (0.0, 1.0)
+    cell, left, gap = 18, 28, 30
+    blocks, y_offset, width = [], 22, 0
+    for plate, plate_wells in sorted(parsed.items()):
+        n_rows = max(8, max(r for r, _ in plate_wells) + 1)
+        n_cols = max(12, max(c for _, c in plate_wells))
+        n_rows, n_cols = (16, 24) if n_rows > 8 or n_cols > 12 else (n_rows, n_cols)
+        if any(r >= 16 for r, _ in plate_wells) or any(c > 24 for _, c in plate_wells):
+            n_rows, n_cols = 32, 48
+        top = y_offset + 30
+        blocks.append(f"<text x='{left}' y='{y_offset + 14}' font-weight='bold'>plate {escape(plate)}</text>")
+        for c in range(1, n_cols + 1):
+            blocks.append(f"<text x='{left + (c - 0.5) * cell:.1f}' y='{top - 4}' text-anchor='middle' fill='#555' font-size='9'>{c}</text>")
+        for r in range(n_rows):
+            blocks.append(f"<text x='{left - 6}' y='{top + (r + 0.7) * cell:.1f}' text-anchor='end' fill='#555' font-size='9'>{_row_name(r)}</text>")
+            for c in range(1, n_cols + 1):
+                x0, y0 = left + (c - 1) * cell, top + r * cell
+                if (r, c) not in plate_wells:
+                    blocks.append(f"<rect x='{x0 + 1}' y='{y0 + 1}' width='{cell - 2}' height='{cell - 2}' fill='#f4f4f4' stroke='#ddd'/>")
+                    continue
+                name, members = plate_wells[(r, c)]
+                values = [v for v, _ in members if v is not None]
+                mean = sum(values) / len(values) if values else None
+                failed = sum(verdict == "fail" for _, verdict in members)
+                fill = _sequential((mean - vmin) / (vmax - vmin) if mean is not None and vmax > vmin else 0.5) if mean is not None else "#ccc"
+                stroke = f"stroke='{FLAGGED}' stroke-width='2.5'" if failed else "stroke='#888'"
+                tip = f"{plate} {name}: {value_label} {_fmt(mean) if mean is not None else 'n/a'} ({len(members)} unit(s), {failed} failed)"
+                blocks.append(f"<rect x='{x0 + 1}' y='{y0 + 1}' width='{cell - 2}' height='{cell - 2}' fill='{fill}' {stroke}>"
+                              f"<title>{escape(tip)}</title></rect>")
+        y_offset = top + n_rows * cell + gap
+        width = max(width, left + n_cols * cell + 10)
+    legend_y = y_offset - gap + 14
+    width = max(width, 320, 7 * len(title) + left)
+    legend = [f"<text x='{left}' y='{legend_y + 12}'>{escape(value_label)} {_fmt(vmin)}</text>"]
+    for i in range(10):
+        legend.append(f"<rect x='{left + 150 + i * 12}' y='{legend_y + 2}' width='12' height='12' fill='{_sequential(i / 9)}'/>")
+    legend.append(f"<text x='{left + 276}' y='{legend_y + 12}'>{_fmt(vmax)}</text>"
+                  f"<text x='{left}' y='{legend_y + 30}' fill='{FLAGGED}'>red outline: a unit in the well failed review</text>")
+    body = [f"<text x='{left}' y='14' font-weight='bold'>{escape(title)}</text>", *blocks, *legend]
+    return _svg(width, legend_y + 40, body, title)
+
+
+def _sequential(t: float) -> str:
+    """Light yellow to dark blue (viridis-like), t in [0, 1]."""
+    stops = [(253, 231, 37), (94, 201, 98), (33, 145, 140), (59, 82, 139), (68, 1, 84)]
+    t = min(1.0, max(0.0, t)) * (len(stops) - 1)
+    i = min(int(t), len(stops) - 2)
+    a, b, f = stops[i], stops[i + 1], t - i
+    return "#" + "".join(f"{round(a[k] + (b[k] - a[k]) * f):02x}" for k in range(3))
+
+
+def finite_floats(values: Iterable[str | float | None]) -> list[float]:
+    out = []
+    for value in values:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out.append(number)
+    return out
+
+
+# --- the dataset's plots ------------------------------------------------------------------------
+
+# (file stem, units.csv column, axis label, issue type that flags a unit, threshold key in review.thresholds)
+QUALITY_PANELS = [
+    ("quality_snr", "snr", "signal-to-noise ratio", "low_signal", "snr_warn"),
+    ("quality_focus", "focus_laplacian", "focus score (Laplacian / contrast)", "out_of_focus", "focus_laplacian_warn"),
+    ("quality_saturation", "percent_saturated", "% pixels saturated", "saturated", "saturated_percent_warn"),
+    ("quality_foreground", "foreground_fraction", "foreground fraction", "empty_field", "empty_foreground_fraction"),
+]
+PLOT_NAMES = ["counts_by_condition", "diameters_by_condition", *(p[0] for p in QUALITY_PANELS), "plate_map"]
+PLOT_SUBCATEGORIES = {"counts_by_condition": "Counts and sizes", "diameters_by_condition": "Counts and sizes",
+                      **{p[0]: "Quality metrics" for p in QUALITY_PANELS}, "plate_map": "Plate map"}
+
+
+def _by_condition(units: list[dict[str, str]], condition_column: str) -> dict[str, list[dict[str, str]]]:
+    groups: dict[str, list[dict[str, str]]] = {}
+    for unit in units:
+        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
+    return dict(sorted(groups.items()))
+
+
+def _points(members: list[dict[str, str]], column: str, flagged) -> list[Point]:
+    out = []
+    for unit in members:
+        values = finite_floats([unit.get(column)])
+        if values:
+            out.append(Point(values[0], unit["unit_id"], flagged(unit)))
+    return out
+
+
+def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]], condition_column: str,
+                  thresholds: dict[str, float], plate_column: str = "plate", well_column: str = "well") -> dict[str, str]:
+    """All report plots as {name: svg}: counts and nucleus diameters per condition, quality metrics with the
+    flagged units in red and the warn threshold dashed, and a plate map when the sample sheet names wells."""
+    groups = _by_condition(units, condition_column)
+    plots = {
+        "counts_by_condition": strip_plot(
+            {c: _points(m, "object_count", lambda u: u.get("verdict") in ("warn", "fail")) for c, m in groups.items()},
+            f"Objects per image by {condition_column} (red: verdict warn/fail)", "objects per image"),
+        "diameters_by_condition": histogram_plot(
+            {c: [d for u in m for d in diameters.get(u["unit_id"], [])] for c, m in groups.items()},
+            f"Object diameters by {condition_column}", "equivalent diameter (µm)"),
+    }
+    for name, column, label, issue, key in QUALITY_PANELS:
+        threshold = thresholds.get(key)
+        plots[name] = strip_plot(
+            {c: _points(m, column, lambda u, issue=issue: issue in (u.get("issues") or "").split(";")) for c, m in groups.items()},
+            f"{label} (red: reviewed as {issue})", label, threshold, f"warn threshold {_fmt(threshold)}" if threshold is not None else "")
+    wells: dict[tuple[str, str], list[tuple[float | None, str]]] = {}
+    for unit in units:
+        well = unit.get(f"meta_{well_column}") or ""
+        if well:
+            count = finite_floats([unit.get("object_count")])
+            wells.setdefault((unit.get(f"meta_{plate_column}") or "1", well), []).append(
+                (count[0] if count else None, unit.get("verdict") or ""))
+    plots["plate_map"] = plate_map(wells, f"Plate map: mean objects per image (column '{well_column}')", "objects")
+    return plots
+
+
+def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: str, thresholds: dict[str, float],
+                plate_column: str = "plate", well_column: str = "well") -> list[Path]:
+    """Read units.csv and objects.csv, write ``<name>.svg`` for every plot in :data:`PLOT_NAMES`."""
+    import csv
+    from dataclasses import asdict
+
+    from .review import ReviewThresholds
+
+    tables = Path(tables_dir)
+    with open(tables / "units.csv", newline="", encoding="utf-8") as handle:
+        units = list(csv.DictReader(handle))
+    diameters: dict[str, list[float]] = {}
+    with open(tables / "objects.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
+    limits = asdict(ReviewThresholds.from_config(thresholds))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, svg in dataset_plots(units, diameters, condition_column, limits, plate_column, well_column).items():
+        (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+        written.append(out / f"{name}.svg")
+    return written

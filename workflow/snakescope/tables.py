@@ -1,0 +1,198 @@
+"""Stage 6a, tables: every batch's stage outputs merged into machine-readable tables (CSV, JSON) per dataset:
+units, objects, reviews, failures, answers per condition, aggregates, and the acquisition actions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .records import read_json, write_json
+from .review import model_channel_name
+
+METRIC_COLUMNS = ["snr", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
+                  "percent_minimal", "foreground_fraction", "background", "noise", "mean", "max"]
+SUMMARY_COLUMNS = ["object_count", "density_per_mm2", "diameter_um_median", "diameter_um_p10", "diameter_um_p90",
+                   "area_um2_median", "fraction_low_solidity"]
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _merge_objects(out, batches: list[str], results: Path, refined_units: dict[str, Path]) -> None:
+    """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv."""
+    from .segmentation import OBJECT_COLUMNS
+
+    writer = csv.DictWriter(out, fieldnames=OBJECT_COLUMNS)
+    writer.writeheader()
+    for batch in batches:
+        for row in read_csv(results / "segmentation" / batch / "objects.csv"):
+            if row["unit_id"] not in refined_units:
+                writer.writerow(row)
+        refined = results / "review" / batch / "refined_objects.csv"
+        if refined.is_file():
+            writer.writerows(r for r in read_csv(refined) if r["unit_id"] in refined_units)
+
+
+def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, Any]], condition_column: str) -> dict[str, Any]:
+    """Per condition: units, verdicts, median count and diameter, and the answers to the dataset's questions."""
+    import statistics
+
+    by_unit = {r["unit_id"]: r for r in reviews}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for unit in units:
+        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
+    out: dict[str, Any] = {}
+    for condition, members in sorted(groups.items()):
+        counts = [float(u["object_count"]) for u in members if u.get("object_count") not in (None, "")]
+        diameters = [float(u["diameter_um_median"]) for u in members if u.get("diameter_um_median") not in (None, "")]
+        answers: dict[str, Counter] = {}
+        for unit in members:
+            for answer in by_unit.get(unit["unit_id"], {}).get("answers", []):
+                answers.setdefault(answer["question"], Counter())[answer["answer"]] += 1
+        out[condition] = {
+            "units": len(members),
+            "verdicts": dict(Counter(u.get("verdict") or "unreviewed" for u in members)),
+            "median_count": round(statistics.median(counts), 1) if counts else None,
+            "median_diameter_um": round(statistics.median(diameters), 1) if diameters else None,
+            "answers": {q: dict(c) for q, c in answers.items()},
+        }
+    return out
+
+
+# Actions a microscope (or its operator) can carry out; adjust_segmentation and none are analysis-side.
+ACQUISITION_ACTIONS = ("refocus", "reduce_exposure", "increase_exposure", "skip_field", "reacquire", "check_sample")
+ACTIONS_FORMAT = "snakescope-acquisition-actions"
+ACTIONS_VERSION = 1
+
+
+def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], dataset: str,
+                        plate_column: str = "plate", well_column: str = "well") -> dict[str, Any]:
+    """The units to re-acquire (verdict warn/fail with an acquisition action), in the documented JSON shape of
+    ``workflow/schemas/acquisition_actions.schema.json``: failed units first, then by unit id."""
+    entries = []
+    for unit in unit_records:
+        review = reviews.get(unit["unit_id"])
+        if not review or review["verdict"] == "pass":
+            continue
+        actions, seen = [], set()
+        for action in review["suggested_actions"]:
+            if action["action"] in ACQUISITION_ACTIONS and action["action"] not in seen:
+                seen.add(action["action"])
+                actions.append({"action": action["action"], "detail": action["detail"]})
+        if not actions:
+            continue
+        metadata = unit.get("metadata", {})
+        entries.append({
+            "unit_id": unit["unit_id"], "sample_id": unit["sample_id"], "source_path": unit["source_path"],
+            "scene_index": unit["scene_index"], "scene_name": unit["scene_name"], "selection": unit.get("selection", {}),
+            "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
+            "metadata": metadata, "verdict": review["verdict"],
+            "reviewer": review["reviewer"]["backend"] + (" (LLM)" if review["reviewer"].get("uses_llm") else " (rules)"),
+            "issues": [{"type": i["type"], "severity": i["severity"], "evidence": i["evidence"]} for i in review["issues"]],
+            "actions": actions,
+        })
+    entries.sort(key=lambda e: (e["verdict"] != "fail", e["unit_id"]))
+    return {"format": ACTIONS_FORMAT, "version": ACTIONS_VERSION, "dataset": dataset,
+            "counts": dict(Counter(a["action"] for e in entries for a in e["actions"])), "units": entries}
+
+
+def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path,
+                 condition_column: str = "treatment", dataset: str = "", plate_column: str = "plate",
+                 well_column: str = "well") -> dict[str, Any]:
+    """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl, failures.csv,
+    answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    units, failures, reviews, unit_records = [], [], [], []
+    refined_units: dict[str, Path] = {}
+    review_backends = Counter()
+    for batch in batches:
+        imported = read_json(results / "import" / batch / "manifest.json")
+        quality = read_json(results / "quality" / f"{batch}.json")
+        inference = read_json(results / "inference" / batch / "manifest.json")
+        post = read_json(results / "segmentation" / batch / "summary.json")
+        review_doc = read_json(results / "review" / batch / "reviews.json")
+        review_backends[review_doc["backend"]] += 1
+        reviewed = {r["unit_id"]: r for r in review_doc["reviews"]}
+        failures += imported["failures"] + quality["failures"] + inference["failures"] + post["failures"]
+        failed_units = {f["unit_id"] for f in quality["failures"] + inference["failures"] + post["failures"]}
+        for unit in imported["units"]:
+            uid = unit["unit_id"]
+            unit_records.append(unit)
+            metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
+            review = reviewed.get(uid, {})
+            refinement = review.get("refinement") or {}
+            summary = refinement.get("summary") if refinement.get("applied") else post["summaries"].get(uid, {})
+            overlay = results / "review" / batch / f"{uid}.overlay.png"
+            if refinement.get("applied"):
+                refined_units[uid] = overlay
+            elif not (overlay := results / "segmentation" / batch / f"{uid}.overlay.png").is_file():
+                overlay = None
+            units.append({
+                "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
+                "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
+                "pixel_size_x_um": unit["pixel_size_um"]["x"], "pixel_size_y_um": unit["pixel_size_um"]["y"],
+                "height": unit["shape"][-2], "width": unit["shape"][-1], "channels": "|".join(unit["channel_names"]),
+                **{f"meta_{k}": v for k, v in unit["metadata"].items()},
+                **{m: metrics.get(m) for m in METRIC_COLUMNS},
+                **{k: (summary or {}).get(k) for k in SUMMARY_COLUMNS},
+                "verdict": review.get("verdict"),
+                "issues": ";".join(i["type"] for i in review.get("issues", [])),
+                "review_backend": review.get("reviewer", {}).get("backend"),
+                "review_status": review.get("status", "reviewed" if review else None),
+                "llm_verdict": review.get("llm_verdict"),
+                "llm_estimated_count": (review.get("count_check") or {}).get("estimated"),
+                "flags": len(review.get("flags", [])),
+                "refined": bool(refinement.get("applied")),
+                "overlay": str(overlay) if overlay else "",
+            })
+            if review:
+                reviews.append(review)
+    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
+        _merge_objects(handle, batches, results, refined_units)
+    columns = list(dict.fromkeys(k for row in units for k in row))
+    write_csv(out / "units.csv", units, columns)
+    write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason"])
+    review_rows = [{
+        "unit_id": r["unit_id"], "backend": r["reviewer"]["backend"], "uses_llm": r["reviewer"].get("uses_llm", False),
+        "status": r.get("status", "reviewed"), "verdict": r["verdict"], "llm_verdict": r.get("llm_verdict"),
+        "rules_verdict": (r.get("second_opinion") or {}).get("verdict", r["verdict"]),
+        "issues": ";".join(f"{i['type']}:{i['severity']}" for i in r["issues"]),
+        "evidence": " | ".join(i["evidence"] for i in r["issues"]),
+        "flags": " | ".join(f"{f['check']}: LLM {f['llm_says']} / numbers {f['numbers_say']}" for f in r.get("flags", [])),
+        "actions": ";".join(a["action"] for a in r["suggested_actions"]), "confidence": r["confidence"],
+        "segmented_count": r["count_check"]["segmented"], "estimated_count": r["count_check"]["estimated"],
+        "summary": r["summary"],
+    } for r in reviews]
+    write_csv(out / "reviews.csv", review_rows, list(review_rows[0]) if review_rows else ["unit_id"])
+    with open(out / "reviews.jsonl", "w", encoding="utf-8") as handle:
+        for review in reviews:
+            handle.write(json.dumps(review, sort_keys=True) + "\n")
+    conditions = condition_aggregates(units, reviews, condition_column)
+    answer_rows = [{"condition": c, "question": q, "yes": n.get("yes", 0), "no": n.get("no", 0), "unsure": n.get("unsure", 0)}
+                   for c, agg in conditions.items() for q, n in agg["answers"].items()]
+    write_csv(out / "answers.csv", answer_rows, ["condition", "question", "yes", "no", "unsure"])
+    issues = Counter(i["type"] for r in reviews for i in r["issues"])
+    aggregates = {
+        "units": len(units), "failed_inputs": len(failures),
+        "verdicts": dict(Counter(u["verdict"] or "unreviewed" for u in units)),
+        "issues": dict(issues), "condition_column": condition_column, "conditions": conditions,
+        "review_backends": dict(review_backends),
+        "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
+    }
+    write_json(out / "aggregates.json", aggregates)
+    actions = acquisition_actions(unit_records, {r["unit_id"]: r for r in reviews}, dataset, plate_column, well_column)
+    write_json(out / "acquisition_actions.json", actions)
+    return {"units": len(units), "failures": len(failures), "reviews": len(reviews), "reacquire": len(actions["units"])}
