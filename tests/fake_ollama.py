@@ -171,7 +171,9 @@ def review_answer(images: list[np.ndarray], prompt: str) -> dict[str, Any]:
         "suggested_actions": [{"action": actions[i["type"]], "detail": i["evidence"]} for i in issues] or
                              [{"action": "none", "detail": "image and segmentation look fine"}],
         "confidence": 0.7,
-        "summary": f"{seen['count']} nuclei; segmentation reports {data.get('segmentation', {}).get('object_count')}",
+        # like a real model it may quote the sample sheet: the report must show such text, never run it
+        "summary": f"{seen['count']} nuclei; segmentation reports {data.get('segmentation', {}).get('object_count')}"
+                   + (f"; notes: {notes}" if (notes := data.get("sample_sheet_metadata", {}).get("notes")) else ""),
     }
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
 
+from browser import browser_missing, open_page
+from conftest import ROOT
 from snakescope.records import sha256_file
-from workflow_helpers import planned_jobs, snakemake, write_config
+from workflow_helpers import planned_jobs, report_zip_text, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 CORRUPT = "corrupt_01"
@@ -46,8 +49,9 @@ def test_dry_run_lists_the_expected_jobs(workdir):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0, result.stderr
     # 14 demo files + 1 corrupt = 15 files, 6 per batch -> 3 batches
-    per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3}
-    assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "tables": 1, "run_summary": 1, "report": 1, "all": 1}
+    per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3, "gallery": 3}
+    assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "tables": 1, "plots": 1,
+                                           "run_summary": 1, "report": 1, "all": 1}
 
 
 def test_counts_match_truth_and_degraded_images_are_flagged(completed_run, demo_dir):
@@ -73,8 +77,9 @@ def test_corrupt_file_is_reported_and_the_rest_complete(completed_run):
     page = (completed_run / "report" / "report.html").read_text()
     assert "corrupt_01.ome.tif" in page
     assert "no LLM was used" in page
-    assert page.count("class='card'") == 15
-    assert "src='http" not in page and "<link" not in page  # self-contained
+    data = json.loads(page.split("id='report-data'>", 1)[1].split("</script>", 1)[0])
+    assert len(data["units"]) == 15 and len(data["thumbnails"]) == 15 and all(d["image"] for d in data["details"].values())
+    assert not re.search(r"(src|href)=['\"]?(https?:)?//", page)  # self-contained: nothing to fetch
     reviews = [json.loads(line) for line in (completed_run / "tables" / "reviews.jsonl").read_text().splitlines()]
     assert len(reviews) == 15 and all(r["reviewer"]["uses_llm"] is False for r in reviews)
     info = completed_run / "pipeline_info"
@@ -92,7 +97,8 @@ def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, 
     (workdir / "config-changed.yaml").write_text(text)
     result = snakemake(workdir, "-n", configfile=workdir / "config-changed.yaml")
     jobs = planned_jobs(result.stdout)
-    assert jobs == {"postprocess": 3, "review": 3, "tables": 1, "run_summary": 1, "report": 1, "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
+    assert jobs == {"postprocess": 3, "review": 3, "gallery": 3, "tables": 1, "plots": 1, "run_summary": 1, "report": 1,
+                    "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
 
 
 def test_bad_config_key_and_missing_file_give_one_clear_message(workdir, demo_dir, tmp_path):
@@ -104,3 +110,62 @@ def test_bad_config_key_and_missing_file_give_one_clear_message(workdir, demo_di
     (tmp_path / "samples.tsv").write_text("sample_id\tpath\nA1\t/nonexistent/plate/A1.czi\n")
     result = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, demo_dir))
     assert result.returncode != 0 and "/nonexistent/plate/A1.czi" in result.stdout + result.stderr
+
+
+def test_report_settings_rerun_only_the_report_steps_they_touch(completed_run, workdir, demo_dir):
+    def plan(**report):
+        config = write_config(workdir / "changed", demo_dir, batch_size=6, report=report)
+        (workdir / "config-report.yaml").write_text(config.read_text().replace(str(workdir / "changed"), str(workdir)))
+        return planned_jobs(snakemake(workdir, "-n", configfile=workdir / "config-report.yaml").stdout)
+
+    (workdir / "changed").mkdir(exist_ok=True)
+    shutil.copy(workdir / "samples.tsv", workdir / "changed" / "samples.tsv")
+    run_level = {"pipeline_info": 1, "all": 1}
+    assert plan(page_size=25) == {"report": 1, **run_level}
+    assert plan(thumbnail_px=96) == {"gallery": 3, "report": 1, **run_level}
+    assert plan(well_column="position") == {"tables": 1, "plots": 1, "run_summary": 1, "report": 1, **run_level}
+
+
+def test_acquisition_actions_name_the_degraded_fields(completed_run):
+    import jsonschema
+
+    doc = json.loads((completed_run / "tables" / "acquisition_actions.json").read_text())
+    jsonschema.validate(doc, json.loads((ROOT / "workflow" / "schemas" / "acquisition_actions.schema.json").read_text()))
+    actions = {u["unit_id"]: [a["action"] for a in u["actions"]] for u in doc["units"]}
+    assert actions == {"blurred_01": ["refocus"], "saturated_01": ["reduce_exposure"], "empty_01": ["skip_field"],
+                       "dim_01": ["increase_exposure"]}
+    assert doc["units"][0]["verdict"] == "fail" and doc["units"][0]["position"]["well"]
+
+
+def test_the_report_in_chromium_shows_every_unit_and_no_errors(completed_run):
+    if reason := browser_missing():
+        pytest.skip(reason)
+    ARTIFACTS = ROOT / "tests" / "artifacts"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open_page(completed_run / "report" / "report.html", height=2000) as (page, problems):
+        assert page.evaluate("window.snakescopeReport.units") == 15
+        assert page.locator("#units tbody tr").count() == 15
+        assert page.locator("#gallery .card").count() == 15
+        assert page.locator("#gallery .card img").count() == 15
+        page.locator("#gallery").scroll_into_view_if_needed()  # thumbnails load lazily, when shown
+        page.wait_for_function("Array.from(document.querySelectorAll('#gallery .card img')).every(i => i.complete && i.naturalWidth > 0)",
+                               timeout=10_000)
+        assert "corrupt_01.ome.tif" in page.locator("#failures").inner_text()
+        assert page.locator("#plots svg").count() == 7
+        assert "no LLM was used" in page.locator("#review-backend").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "report-demo.png"), full_page=True)
+        page.locator("#gallery .card[data-unit='blurred_01']").click()
+        detail = page.locator("#detail")
+        assert detail.is_visible() and "out_of_focus" in detail.inner_text() and "refocus" in detail.inner_text()
+        assert page.locator("#detail-image").evaluate("i => i.naturalWidth") > 2 * 200  # raw | outlined panels
+        page.screenshot(path=str(ARTIFACTS / "report-demo-detail.png"))
+    assert problems == [], problems
+
+
+def test_snakemake_report_has_categories_and_captions(completed_run, workdir):
+    names, page = report_zip_text(workdir)
+    files = {n.rsplit("/", 1)[-1] for n in names}
+    assert {"report.html", "units.csv", "acquisition_actions.json", "plate_map.svg", "quality_focus.svg",
+            "model_check.json", "software_versions.json"} <= files
+    for text in ("Acquisition actions", "Quality metrics", "Provenance", "microscope-control script", "warn threshold"):
+        assert text in page, text

@@ -46,3 +46,15 @@ def planned_jobs(output: str) -> dict[str, int]:
         jobs[match.group(1)] = int(match.group(2))
     jobs.pop("total", None)
     return jobs
+
+
+def report_zip_text(workdir: Path, configfile: Path | None = None) -> tuple[list[str], str]:
+    """Run `snakemake --report report.zip`; return the zip's file names and the text of its report page."""
+    import zipfile
+
+    result = snakemake(workdir, "--report", str(workdir / "report.zip"), configfile=configfile)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(workdir / "report.zip") as archive:
+        names = archive.namelist()
+        page = next(n for n in names if n.endswith("/report.html") and "/data/" not in n)
+        return names, archive.read(page).decode("utf-8")

@@ -1,6 +1,6 @@
 rule check_model:
     output:
-        R / "models/model_check.json",
+        report(R / "models/model_check.json", category="Provenance", caption="../report/model_check.rst"),
     params:
         settings=as_json(config["model"]),
         cache_dir=config["cache_dir"],

@@ -49,10 +49,11 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
             break
     start = math.floor(lo / step) * step
     ticks, value = [], start
-    while value <= hi + step * 1e-9:
+    while True:
         ticks.append(round(value, 12))
+        if value >= hi - step * 1e-9:
+            return ticks
         value += step
-    return ticks
 
 
 def _svg(width: int, height: int, body: list[str], title: str) -> str:

@@ -1,0 +1,170 @@
+"""The report stage without Snakemake: plots, acquisition actions, gallery images, escaping, and the page in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from browser import browser_missing, open_page
+from conftest import ROOT
+from synthetic_results import write_synthetic_results
+
+HOSTILE = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">&amp;\"'</textarea>"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def test_well_names_parse_and_others_are_refused():
+    from snakescope.plots import parse_well
+
+    assert parse_well("A01") == (0, 1) and parse_well("h12") == (7, 12) and parse_well("P-24") == (15, 24)
+    assert parse_well("AF48") == (31, 48)
+    assert parse_well("") is None and parse_well("well 3") is None and parse_well("12") is None
+
+
+def test_ticks_cover_the_range_with_round_steps():
+    from snakescope.plots import nice_ticks
+
+    ticks = nice_ticks(0.013, 0.87)
+    assert ticks[0] <= 0.013 and ticks[-1] >= 0.87 - 1e-9
+    steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+    assert len(steps) == 1 and steps.pop() in (0.1, 0.2, 0.25)
+
+
+def test_plots_mark_flagged_units_and_escape_names():
+    from snakescope.plots import Point, plate_map, strip_plot
+
+    svg = strip_plot({HOSTILE: [Point(1.0, "a"), Point(5.0, "b<x>", flagged=True)], "DMSO": [Point(2.0, "c")]},
+                     "counts", "objects", threshold=3.0, threshold_label="warn 3")
+    assert "<script" not in svg and "&lt;script&gt;" in svg and "b&lt;x&gt;" in svg
+    assert svg.count("<circle") == 3 and len(re.findall(r"<circle[^>]*fill='#d62728'", svg)) == 1  # the flagged dot is red
+    assert "stroke-dasharray" in svg  # threshold line
+    plate = plate_map({("P1", "A01"): [(10.0, "pass")], ("P1", "B02"): [(30.0, "fail"), (20.0, "pass")],
+                       ("P1", "not a well"): [(1.0, "pass")]}, "plate", "objects")
+    assert plate.count("stroke='#d62728' stroke-width='2.5'") == 1  # B02 holds a failed unit
+    assert "P1 B02: objects 25 (2 unit(s), 1 failed)" in plate
+    assert "no well names" in plate_map({("P1", "x"): [(1.0, "pass")]}, "plate", "objects")
+
+
+def test_acquisition_actions_list_only_microscope_actions_and_match_their_schema():
+    from snakescope.tables import acquisition_actions
+
+    def review(uid, verdict, *actions):
+        return {"unit_id": uid, "verdict": verdict, "reviewer": {"backend": "deterministic", "name": "rules", "version": "1"},
+                "issues": [{"type": "out_of_focus", "severity": verdict, "evidence": "soft edges"}] if verdict != "pass" else [],
+                "suggested_actions": [{"action": a, "detail": f"do {a}"} for a in actions]}
+
+    def unit(uid):
+        return {"unit_id": uid, "sample_id": uid, "source_path": f"/d/{uid}.czi", "scene_index": 2, "scene_name": "S2",
+                "selection": {"Z": "max"}, "metadata": {"well": "C07", "plate": "P3", "treatment": "DMSO"}}
+
+    reviews = {r["unit_id"]: r for r in [review("a", "warn", "refocus", "refocus", "adjust_segmentation"),
+                                         review("b", "pass", "none"), review("c", "warn", "adjust_segmentation"),
+                                         review("d", "fail", "skip_field")]}
+    doc = acquisition_actions([unit(u) for u in "abcde"], reviews, "screen")
+    jsonschema.validate(doc, json.loads((ROOT / "workflow" / "schemas" / "acquisition_actions.schema.json").read_text()))
+    assert [u["unit_id"] for u in doc["units"]] == ["d", "a"]  # fail first; pass, segmentation-only and unreviewed left out
+    assert doc["units"][1]["actions"] == [{"action": "refocus", "detail": "do refocus"}]
+    assert doc["units"][0]["position"] == {"plate": "P3", "well": "C07"} and doc["units"][0]["scene_index"] == 2
+    assert doc["counts"] == {"skip_field": 1, "refocus": 1}
+
+
+def test_gallery_images_are_small_webp_with_outlines(demo_batch):
+    from PIL import Image
+
+    from snakescope.gallery import GallerySettings, gallery_batch
+
+    root = demo_batch["root"]
+    doc = gallery_batch(root / "import" / "manifest.json", root / "segmentation", root / "no-review", ("DAPI",),
+                        GallerySettings(thumbnail_px=128), root / "gallery.json")
+    assert len(doc["images"]) == 7  # every unit of the batch
+    assert doc["failures"] == []
+    for uid, images in doc["images"].items():
+        assert images["thumbnail"].startswith("data:image/webp;base64,")
+        raw = base64.b64decode(images["thumbnail"].split(",", 1)[1])
+        thumb = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        assert max(thumb.shape[:2]) <= 128 and len(raw) < 12_000, (uid, thumb.shape, len(raw))
+        detail = Image.open(io.BytesIO(base64.b64decode(images["detail"].split(",", 1)[1])))
+        assert detail.width > 1.9 * detail.height  # raw | outlined
+        yellow = (thumb[..., 0] > 180) & (thumb[..., 1] > 150) & (thumb[..., 2] < 90)
+        expected_objects = uid != "empty_01"
+        assert yellow.any() == expected_objects, uid  # outlines drawn where objects were segmented
+
+
+@pytest.fixture(scope="module")
+def hostile_report(tmp_path_factory, demo_dir):
+    from snakescope.report import ReportSettings, write_report
+
+    root = tmp_path_factory.mktemp("hostile")
+    paths = write_synthetic_results(root, 6, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")), batch_size=4,
+                                    hostile=HOSTILE, llm=True)
+    out = root / "report" / "report.html"
+    write_report(paths["tables"], paths["plots"], paths["gallery"], paths["model_check"], paths["pipeline_info"],
+                 f"screen {HOSTILE}", out, ReportSettings(page_size=25))
+    return out
+
+
+def test_user_and_model_strings_are_escaped_in_the_page_source(hostile_report):
+    page = hostile_report.read_text()
+    assert "<script>window.__pwned" not in page and "<img src=x" not in page
+    assert page.count("<script") == 2  # the data block and the page's own script, nothing else
+    data = re.search(r"<script type='application/json' id='report-data'>(.*?)</script>", page, re.S).group(1)
+    assert "</" not in data and "<" not in data
+    decoded = json.loads(data)
+    assert decoded["units"][0]["meta_notes"] == HOSTILE  # the data itself is intact, only encoded
+    assert decoded["details"]["u00000"]["summary"].startswith(HOSTILE)
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page  # static sections show it as text
+
+
+def test_hostile_strings_show_as_text_in_chromium(hostile_report):
+    if reason := browser_missing():
+        pytest.skip(reason)
+    with open_page(hostile_report) as (page, problems):
+        assert page.evaluate("window.__pwned") is None, "markup from the data was executed"
+        assert HOSTILE in page.locator("#units tbody").inner_text()  # sample-sheet text in the table
+        assert HOSTILE in page.locator("blockquote").first.inner_text()  # the LLM-written narrative
+        assert HOSTILE in page.locator("#failures").inner_text()  # a reader's error message
+        page.locator("#gallery .card").first.click()
+        assert HOSTILE in page.locator("#detail").inner_text()  # the LLM's review in the detail view
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#units img, #detail-body img[src^='x']").count() == 0
+    assert problems == []
+
+
+def test_paging_sorting_and_filtering_reach_every_unit(tmp_path, demo_dir):
+    if reason := browser_missing():
+        pytest.skip(reason)
+    from snakescope.report import ReportSettings, write_report
+
+    paths = write_synthetic_results(tmp_path, 230, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")))
+    out = tmp_path / "report.html"
+    write_report(paths["tables"], paths["plots"], paths["gallery"], paths["model_check"], paths["pipeline_info"], "screen",
+                 out, ReportSettings(page_size=50, detail_images_max_units=100))
+    with open_page(out) as (page, problems):
+        rows = page.locator("#units tbody tr")
+        assert rows.count() == 50 and page.locator("#gallery .card").count() == 50
+        seen = set()
+        for index in range(5):  # page through the gallery with its own pager: 5 pages of 50
+            seen |= set(page.locator("#gallery .card").evaluate_all("cards => cards.map(c => c.dataset.unit)"))
+            if index < 4:
+                page.locator("#gallery-pager button", has_text="›").click()
+        assert page.locator("#gallery-pager button", has_text="›").is_disabled()
+        assert len(seen) == 230
+        page.locator("#units th[data-key='object_count']").click()
+        counts = [int(t) for t in page.locator("#units tbody tr td:nth-child(5)").all_inner_texts() if t]
+        assert counts == sorted(counts)
+        page.fill("#unit-filter", "staurosporine")
+        assert "of 57" in page.locator("#units .pager .range").inner_text()  # every 4th of 230
+        assert page.locator("#gallery .card").count() == 50
+        page.select_option("#verdict-filter", "fail")
+        n_fail = page.locator("#units .pager .range").inner_text()
+        assert all(t == "fail" for t in page.locator("#units tbody td.v").all_inner_texts()), n_fail
+        page.locator("#gallery .card").first.click()
+        assert "full overlay is" in page.locator("#detail").inner_text()  # 230 > 100: no embedded detail image
+    assert problems == []
