@@ -25,6 +25,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/workflow_vs_loop.py
 	$(BIN)/python bench/dryrun_scale.py
 	$(BIN)/python bench/refinement_f1.py
+	$(BIN)/python bench/report_scale.py
 
 clean-demo:
 	rm -rf demo results/demo

@@ -32,6 +32,17 @@ def browser_missing() -> str | None:
     return None
 
 
+def need_browser() -> None:
+    """Skip the calling test without a browser, or fail it when CI said one must be there
+    (``SNAKESCOPE_REQUIRE_BROWSER=1``, set by .ci/run after installing chromium)."""
+    import pytest
+
+    if reason := browser_missing():
+        if os.environ.get("SNAKESCOPE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser required by SNAKESCOPE_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
 @contextmanager
 def open_page(path: Path, width: int = 1400, height: int = 1000) -> Iterator[tuple[object, list[str]]]:
     """Open a local HTML file; yields (page, problems) where problems collects console errors, page errors and

@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from browser import browser_missing, open_page
+from browser import need_browser, open_page
 from conftest import ROOT
 from synthetic_results import write_synthetic_results
 
@@ -123,8 +123,7 @@ def test_user_and_model_strings_are_escaped_in_the_page_source(hostile_report):
 
 
 def test_hostile_strings_show_as_text_in_chromium(hostile_report):
-    if reason := browser_missing():
-        pytest.skip(reason)
+    need_browser()
     with open_page(hostile_report) as (page, problems):
         assert page.evaluate("window.__pwned") is None, "markup from the data was executed"
         assert HOSTILE in page.locator("#units tbody").inner_text()  # sample-sheet text in the table
@@ -138,8 +137,7 @@ def test_hostile_strings_show_as_text_in_chromium(hostile_report):
 
 
 def test_paging_sorting_and_filtering_reach_every_unit(tmp_path, demo_dir):
-    if reason := browser_missing():
-        pytest.skip(reason)
+    need_browser()
     from snakescope.report import ReportSettings, write_report
 
     paths = write_synthetic_results(tmp_path, 230, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")))

@@ -70,7 +70,8 @@ def test_demo_on_slurm_gives_the_same_tables_as_locally(tmp_path, demo_dir):
     output = result.stdout + result.stderr
     assert "has been submitted with SLURM jobid" in output
     assert "group_ingest" in output, "import and quality metrics of a batch share one SLURM job"
-    for table in ("units.csv", "objects.csv", "reviews.csv", "failures.csv", "answers.csv"):
+    assert "group_review" in output, "review and gallery images of a batch share one SLURM job"
+    for table in ("units.csv", "objects.csv", "reviews.csv", "failures.csv", "answers.csv", "acquisition_actions.json"):
         ours, theirs = (d / "results" / "demo" / "tables" / table for d in (local, cluster))
         assert ours.read_text() == theirs.read_text(), table
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from browser import browser_missing, open_page
+from browser import need_browser, open_page
 from conftest import ROOT
 from snakescope.records import sha256_file
 from workflow_helpers import planned_jobs, report_zip_text, snakemake, write_config
@@ -138,8 +138,7 @@ def test_acquisition_actions_name_the_degraded_fields(completed_run):
 
 
 def test_the_report_in_chromium_shows_every_unit_and_no_errors(completed_run):
-    if reason := browser_missing():
-        pytest.skip(reason)
+    need_browser()
     ARTIFACTS = ROOT / "tests" / "artifacts"
     ARTIFACTS.mkdir(exist_ok=True)
     with open_page(completed_run / "report" / "report.html", height=2000) as (page, problems):

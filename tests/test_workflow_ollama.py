@@ -10,11 +10,14 @@ import time
 import pytest
 import yaml
 
+from browser import need_browser, open_page
 from conftest import ROOT
 from workflow_helpers import planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["Is the staining nuclear?", "Are there mitotic cells?"]
+# free text in the sample sheet that the fake model quotes back in its review, as a real one may
+HOSTILE_NOTE = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2> & done"
 
 
 def ollama_config(work, demo_dir, host, **extra):
@@ -39,7 +42,9 @@ def server():
 @pytest.fixture(scope="module")
 def ollama_run(tmp_path_factory, demo_dir, server):
     work = tmp_path_factory.mktemp("ollama-run")
-    (work / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
+    sheet = (demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/").splitlines()
+    sheet[1] = "\t".join(sheet[1].split("\t")[:-1] + [HOSTILE_NOTE])  # ctrl_01's notes column
+    (work / "samples.tsv").write_text("\n".join(sheet) + "\n")
     ollama_config(work, demo_dir, server.host)
     result = snakemake(work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -60,6 +65,21 @@ def test_the_llm_reviews_every_unit_and_the_report_says_so(ollama_run, server):
     assert "Review backend: Ollama vision model" in page and "no LLM was used" not in page
 
 
+def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_as_text(ollama_run):
+    need_browser()
+    with open_page(ollama_run / "results" / "demo" / "report" / "report.html") as (page, problems):
+        provenance = page.locator("#llm-provenance").inner_text()
+        assert "qwen2.5vl:7b" in provenance and "0.12.6-fake" in provenance
+        assert "review_prompt" in provenance and "summary_v1" in provenance  # prompt versions (file stems) of both calls
+        assert "ab" * 32 in provenance and "unit review" in provenance and "run summary" in provenance
+        assert page.locator("#answers-table tbody tr").count() == 4  # 2 conditions x 2 questions
+        page.locator("#gallery .card[data-unit='ctrl_01']").click()
+        detail = page.locator("#detail").inner_text()
+        assert HOSTILE_NOTE in detail and "estimated by the LLM" in detail  # the model's answer, quoting the sheet
+        assert page.evaluate("window.__pwned") is None
+    assert problems == [], problems
+
+
 def test_unchanged_rerun_plans_nothing_and_makes_no_call(ollama_run, server, demo_dir):
     calls = len(server.chat_requests())
     result = snakemake(ollama_run, "-n")
@@ -68,7 +88,7 @@ def test_unchanged_rerun_plans_nothing_and_makes_no_call(ollama_run, server, dem
 
 
 def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(ollama_run, server, demo_dir):
-    downstream = {"review": 2, "tables": 1, "run_summary": 1, "report": 1, "all": 1}
+    downstream = {"review": 2, "gallery": 2, "tables": 1, "plots": 1, "run_summary": 1, "report": 1, "all": 1}
     prompt = ollama_run / "review_prompt.txt"
     time.sleep(1)
     prompt.write_text(prompt.read_text().replace("expert microscopist", "careful microscopist"))

@@ -36,7 +36,7 @@ class ReportSettings:
     """Config section ``report`` (the page part)."""
 
     page_size: int = 50
-    detail_images_max_units: int = 2000
+    detail_images_max_units: int = 1000
     plate_column: str = "plate"
     well_column: str = "well"
 
