@@ -134,8 +134,17 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s" if minutes else f"{sec} s"
 
 
+def condition_rows(aggregates: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per condition of ``aggregates.json``: verdict counts, median count and diameter."""
+    return [{"condition": c, "units": a["units"], "pass": a["verdicts"].get("pass", 0), "warn": a["verdicts"].get("warn", 0),
+             "fail": a["verdicts"].get("fail", 0), "unreviewed": a["verdicts"].get("unreviewed", 0),
+             "median objects": a["median_count"], "median diameter (µm)": a["median_diameter_um"]}
+            for c, a in aggregates.get("conditions", {}).items()]
+
+
 def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gallery: dict[str, dict[str, Any]],
-                failures: list[dict[str, str]], actions: dict[str, Any], settings: ReportSettings) -> dict[str, Any]:
+                failures: list[dict[str, str]], actions: dict[str, Any], settings: ReportSettings,
+                aggregates: dict[str, Any] | None = None, answers: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """The JSON document the page's script draws its tables, gallery and detail views from."""
     meta_columns = [c for c in (units[0] if units else {}) if c.startswith("meta_")]
     columns = [c for c in UNIT_COLUMNS if any(u.get(c) not in (None, "") for u in units) or c in ("unit_id", "verdict")]
@@ -178,6 +187,8 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
         "columns": columns + meta_columns, "units": unit_rows, "thumbnails": thumbnails, "details": details,
         "detail_images": with_details, "page_size": settings.page_size, "flags": flags, "actions": action_rows,
         "failures": [{k: f.get(k) for k in ("stage", "source_path", "sample_id", "unit_id", "reason")} for f in failures],
+        "conditions": condition_rows(aggregates or {}),
+        "answers": [{k: typed(v) if k in ("yes", "no", "unsure") else v for k, v in a.items()} for a in answers or []],
     }
 
 
@@ -259,16 +270,11 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
     for name, svg in plots.items():
         parts.append(f"<figure id='plot-{e(name)}'><figcaption>{e(PLOT_TITLES.get(name, name))}</figcaption>{svg}</figure>")
     parts.append("</div></section>")
-    # -- conditions and answers
-    conditions = info["aggregates"].get("conditions", {})
-    rows = [{"condition": c, "units": a["units"], "pass": a["verdicts"].get("pass", 0), "warn": a["verdicts"].get("warn", 0),
-             "fail": a["verdicts"].get("fail", 0), "unreviewed": a["verdicts"].get("unreviewed", 0),
-             "median objects": a["median_count"], "median diameter (µm)": a["median_diameter_um"]} for c, a in conditions.items()]
+    # -- conditions and answers (tables drawn by the script)
     parts.append(f"<section id='conditions'><h2>Per condition ({e(info['aggregates'].get('condition_column'))})</h2>"
-                 + _static_table(rows, list(rows[0]) if rows else ["condition"], "conditions-table"))
-    answers = info.get("answers") or []
+                 "<div class='dt' data-table='conditions' id='conditions-table'></div>")
     parts.append("<h3 id='answers'>Answers to the dataset's questions</h3>" + (
-        _static_table(answers, ["condition", "question", "yes", "no", "unsure"], "answers-table") if answers
+        "<div class='dt' data-table='answers' id='answers-table'></div>" if data["answers"]
         else "<p class='muted'>No questions were asked (config <code>review.ollama.questions</code>, LLM backend only).</p>")
         + "</section>")
     # -- units and gallery (drawn by the script)
@@ -338,7 +344,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
         "actions_doc": actions, "llm": llm_provenance(reviews, run_summary),
         "timings": stage_timings(Path(benchmarks)) if benchmarks else [],
     }
-    data = report_data(units, reviews, gallery, failures, actions, settings)
+    data = report_data(units, reviews, gallery, failures, actions, settings, info["aggregates"], info["answers"])
     page = render_html(info, data, plots)
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
