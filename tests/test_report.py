@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -17,7 +16,6 @@ from conftest import ROOT
 from synthetic_results import write_synthetic_results
 
 HOSTILE = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">&amp;\"'</textarea>"
-ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 def test_well_names_parse_and_others_are_refused():

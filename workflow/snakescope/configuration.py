@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _dotted(path) -> str:
@@ -29,3 +32,9 @@ def config_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
         else:
             messages.append(f"config key {_dotted(where)!r}: {error.message}")
     return messages
+
+
+def settings_from_section(cls: type[T], section: dict[str, Any]) -> T:
+    """A settings dataclass from its config section; keys it does not hold (used by other stages) are ignored."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in section.items() if k in known})

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import io
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .configuration import settings_from_section
 from .records import read_json, write_json
 
 
@@ -29,8 +30,7 @@ class GallerySettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "GallerySettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in known})
+        return settings_from_section(cls, section)
 
 
 def webp_data_uri(rgb: np.ndarray, quality: int) -> str:

@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .configuration import settings_from_section
 from .records import read_json
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
@@ -42,8 +43,7 @@ class ReportSettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "ReportSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in known})
+        return settings_from_section(cls, section)
 
 
 def e(value: Any) -> str:

@@ -6,11 +6,12 @@ It writes the same schema-validated JSON shape as the Ollama reviewer, so either
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .configuration import settings_from_section
 from .records import read_json, write_json
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "review.schema.json"
@@ -33,8 +34,7 @@ class ReviewThresholds:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "ReviewThresholds":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in known})
+        return settings_from_section(cls, section)
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .configuration import settings_from_section
 from .records import Failure, read_json, write_json
 
 
@@ -28,8 +29,7 @@ class PostprocessSettings:
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "PostprocessSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in known})
+        return settings_from_section(cls, section)
 
 
 OBJECT_COLUMNS = [
