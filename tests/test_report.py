@@ -164,3 +164,16 @@ def test_paging_sorting_and_filtering_reach_every_unit(tmp_path, demo_dir):
         page.locator("#gallery .card").first.click()
         assert "full overlay is" in page.locator("#detail").inner_text()  # 230 > 100: no embedded detail image
     assert problems == []
+
+
+def test_compute_time_counts_only_this_runs_batches(tmp_path):
+    from snakescope.report import stage_timings
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, name, seconds, rss in [("infer", "b0000", 10.5, 900.0), ("infer", "b0001", 4.5, 1200.5),
+                                     ("infer", "b0099", 100.0, 5000.0), ("tables", "run", 1.25, "-")]:
+        (tmp_path / rule).mkdir(exist_ok=True)
+        (tmp_path / rule / f"{name}.tsv").write_text(header + f"{seconds}\t0:00:10\t{rss}\t1\t1\t1\t0\t0\t50\t9\n")
+    timings = stage_timings(tmp_path, ["b0000", "b0001"])  # b0099 is left over from an earlier sample sheet
+    assert timings == [{"rule": "infer", "jobs": 2, "seconds": 15.0, "peak_rss_mb": 1200.5},
+                       {"rule": "tables", "jobs": 1, "seconds": 1.2, "peak_rss_mb": 0.0}]

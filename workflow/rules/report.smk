@@ -137,6 +137,7 @@ rule report:
         report(R / "report/report.html", category="Report", caption="../report/report_html.rst"),
     params:
         dataset=config["dataset"],
+        batches=as_json(list(BATCHES)),
         settings=as_json({k: config["report"][k] for k in ("page_size", "detail_images_max_units")}),
     log:
         R / "logs/report.log",
@@ -145,4 +146,4 @@ rule report:
     shell:
         "{SNAKESCOPE} report --tables {R}/tables --plots {R}/report/plots --gallery {input.gallery} "
         "--model-check {input.model_check} --pipeline-info {R}/pipeline_info --dataset {params.dataset:q} "
-        "--settings {params.settings:q} --benchmarks {R}/benchmarks --out {output} 2> {log}"
+        "--settings {params.settings:q} --benchmarks {R}/benchmarks --batches {params.batches:q} --out {output} 2> {log}"

@@ -148,7 +148,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .report import ReportSettings, write_report
 
     facts = write_report(args.tables, args.plots, args.gallery, args.model_check, args.pipeline_info, args.dataset, args.out,
-                         ReportSettings.from_config(args.settings), args.benchmarks)
+                         ReportSettings.from_config(args.settings), args.benchmarks, args.batches)
     print(f"report: {Path(args.out).resolve()} ({facts['units']} units, {facts['bytes'] / 1e6:.1f} MB, "
           f"{facts['bytes_per_unit'] / 1024:.1f} KiB per unit)", file=sys.stderr)
 
@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("report", cmd_report, "write the self-contained HTML report", tables=req, plots=req,
         gallery={"nargs": "*", "default": [], "help": "gallery JSON files of the batches"}, model_check=req,
         pipeline_info=req, dataset=req, out=req, settings={"type": _json, "default": {}, "help": "JSON of config section report"},
-        benchmarks={"default": None, "help": "folder of Snakemake benchmark files (benchmarks/<rule>/*.tsv)"})
+        benchmarks={"default": None, "help": "folder of Snakemake benchmark files (benchmarks/<rule>/*.tsv)"},
+        batches={"type": _json, "default": None, "help": "JSON list of this run's batches (whose benchmarks count)"})
     return parser
 
 

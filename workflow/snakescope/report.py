@@ -83,19 +83,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def stage_timings(benchmarks: Path) -> list[dict[str, Any]]:
-    """Per rule: jobs, summed wall time and peak memory, from Snakemake's benchmark files (benchmarks/<rule>/*.tsv)."""
+def stage_timings(benchmarks: Path, batches: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per rule: jobs, summed wall time and peak memory, from Snakemake's benchmark files (benchmarks/<rule>/*.tsv).
+
+    Only this run's batches (and run-level ``run.tsv``) count, so files left by batches no longer in the sample
+    sheet do not; a job that was not rerun counts with the time it took when it made its outputs."""
     out = []
     if not benchmarks.is_dir():
         return out
+    wanted = None if batches is None else {f"{b}.tsv" for b in batches} | {"run.tsv"}
     for rule_dir in sorted(p for p in benchmarks.iterdir() if p.is_dir()):
         seconds, rss, jobs = 0.0, 0.0, 0
-        for tsv in rule_dir.glob("*.tsv"):
+        for tsv in sorted(rule_dir.glob("*.tsv")):
+            if wanted is not None and tsv.name not in wanted:
+                continue
             for row in read_csv(tsv, delimiter="\t"):
                 seconds += float(row.get("s") or 0)
-                rss = max(rss, typed(row.get("max_rss")) if isinstance(typed(row.get("max_rss")), (int, float)) else 0)
+                memory = typed(row.get("max_rss"))
+                rss = max(rss, memory if isinstance(memory, (int, float)) else 0)
                 jobs += 1
-        out.append({"rule": rule_dir.name, "jobs": jobs, "seconds": round(seconds, 1), "peak_rss_mb": round(rss, 1)})
+        if jobs:
+            out.append({"rule": rule_dir.name, "jobs": jobs, "seconds": round(seconds, 1), "peak_rss_mb": round(rss, 1)})
     return out
 
 
@@ -315,7 +323,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
 
 def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: list[str | Path], model_check: str | Path,
                  pipeline_info: str | Path, dataset: str, out_html: str | Path, settings: ReportSettings,
-                 benchmarks: str | Path | None = None) -> dict[str, Any]:
+                 benchmarks: str | Path | None = None, batches: list[str] | None = None) -> dict[str, Any]:
     """Read the tables, plots, gallery images and provenance; write the page atomically. Returns size facts."""
     from . import __version__
 
@@ -342,7 +350,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
         "params": read_json(info_dir / "params.json"), "run_summary": run_summary, "reviews": reviews,
         "aggregates": read_json(tables / "aggregates.json"), "answers": read_csv(tables / "answers.csv"),
         "actions_doc": actions, "llm": llm_provenance(reviews, run_summary),
-        "timings": stage_timings(Path(benchmarks)) if benchmarks else [],
+        "timings": stage_timings(Path(benchmarks), batches) if benchmarks else [],
     }
     data = report_data(units, reviews, gallery, failures, actions, settings, info["aggregates"], info["answers"])
     page = render_html(info, data, plots)
