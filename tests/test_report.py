@@ -177,3 +177,16 @@ def test_compute_time_counts_only_this_runs_batches(tmp_path):
     timings = stage_timings(tmp_path, ["b0000", "b0001"])  # b0099 is left over from an earlier sample sheet
     assert timings == [{"rule": "infer", "jobs": 2, "seconds": 15.0, "peak_rss_mb": 1200.5},
                        {"rule": "tables", "jobs": 1, "seconds": 1.2, "peak_rss_mb": 0.0}]
+
+
+def test_plates_take_the_smallest_standard_format_and_sit_side_by_side():
+    from snakescope.plots import plate_format, plate_map
+
+    assert plate_format([(0, 1), (7, 12)]) == (8, 12)
+    assert plate_format([(0, 1), (8, 3)]) == (16, 24)  # row I needs a 384-well plate
+    assert plate_format([(20, 40)]) == (32, 48)
+    wells = {(f"P{p}", f"{chr(65 + r)}{c:02d}"): [(float(r * c), "pass")] for p in range(4) for r in range(16) for c in range(1, 25)}
+    svg = plate_map(wells, "plates", "objects", max_width=1400)
+    width, height = (int(v) for v in re.search(r"viewBox='0 0 (\d+) (\d+)'", svg).groups())
+    assert width <= 1400 and height < 700  # 4 plates of 384 wells (~280 px each) on two rows, not a column of four
+    assert svg.count("<title>P3 P16: objects") == 1 and "fill='#f4f4f4'" not in svg  # every well has data

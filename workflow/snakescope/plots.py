@@ -191,11 +191,22 @@ def _row_name(row: int) -> str:
     return chr(65 + row) if row < 26 else chr(64 + row // 26) + chr(65 + row % 26)
 
 
-def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], title: str, value_label: str) -> str:
-    """Heat map per plate: colour = mean value of the well's units, red outline = a unit of the well failed review.
+PLATE_FORMATS = [(8, 12), (16, 24), (32, 48)]  # 96, 384 and 1536 wells
 
-    ``wells`` maps (plate, well name) to [(value, verdict), ...] for the units in that well.
-    """
+
+def plate_format(positions: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The smallest standard plate (rows, columns) that holds every (row, column) position."""
+    positions = list(positions)
+    for rows, cols in PLATE_FORMATS:
+        if all(r < rows and c <= cols for r, c in positions):
+            return rows, cols
+    return max(r for r, _ in positions) + 1, max(c for _, c in positions)
+
+
+def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], title: str, value_label: str,
+              max_width: int = 1400) -> str:
+    """Heat map per plate, plates side by side: colour = mean value of the well's units, red outline = a unit of
+    the well failed review, grey = no image. ``wells`` maps (plate, well name) to [(value, verdict), ...]."""
     parsed: dict[str, dict[tuple[int, int], tuple[str, list[tuple[float | None, str]]]]] = {}
     for (plate, well), members in wells.items():
         position = parse_well(well)
@@ -206,22 +217,25 @@ def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], titl
     means = [sum(v for v, _ in m if v is not None) / n for wl in parsed.values() for _, m in wl.values()
              if (n := sum(v is not None for v, _ in m))]
     vmin, vmax = (min(means), max(means)) if means else (0.0, 1.0)
-    cell, left, gap = 18, 28, 30
-    blocks, y_offset, width = [], 22, 0
-    for plate, plate_wells in sorted(parsed.items()):
-        n_rows = max(8, max(r for r, _ in plate_wells) + 1)
-        n_cols = max(12, max(c for _, c in plate_wells))
-        n_rows, n_cols = (16, 24) if n_rows > 8 or n_cols > 12 else (n_rows, n_cols)
-        if any(r >= 16 for r, _ in plate_wells) or any(c > 24 for _, c in plate_wells):
-            n_rows, n_cols = 32, 48
-        top = y_offset + 30
-        blocks.append(f"<text x='{left}' y='{y_offset + 14}' font-weight='bold'>plate {escape(plate)}</text>")
-        for c in range(1, n_cols + 1):
-            blocks.append(f"<text x='{left + (c - 0.5) * cell:.1f}' y='{top - 4}' text-anchor='middle' fill='#555' font-size='9'>{c}</text>")
+    n_rows, n_cols = plate_format(pos for wl in parsed.values() for pos in wl)
+    cell = 18 if n_cols <= 12 else 14 if n_cols <= 24 else 8
+    left, head, gap = 24, 34, 24
+    block_w, block_h = left + n_cols * cell + gap, head + n_rows * cell + gap
+    per_row = max(1, min(len(parsed), max_width // block_w))
+    blocks = []
+    for index, (plate, plate_wells) in enumerate(sorted(parsed.items())):
+        ox, oy = (index % per_row) * block_w, 22 + (index // per_row) * block_h
+        top = oy + head
+        blocks.append(f"<text x='{ox + left}' y='{oy + 14}' font-weight='bold'>plate {escape(plate)}</text>")
+        for c in range(1, n_cols + 1, 1 if n_cols <= 24 else 4):
+            blocks.append(f"<text x='{ox + left + (c - 0.5) * cell:.1f}' y='{top - 4}' text-anchor='middle' fill='#555' "
+                          f"font-size='8'>{c}</text>")
         for r in range(n_rows):
-            blocks.append(f"<text x='{left - 6}' y='{top + (r + 0.7) * cell:.1f}' text-anchor='end' fill='#555' font-size='9'>{_row_name(r)}</text>")
+            if n_rows <= 16 or r % 4 == 0:
+                blocks.append(f"<text x='{ox + left - 4}' y='{top + (r + 0.75) * cell:.1f}' text-anchor='end' fill='#555' "
+                              f"font-size='8'>{_row_name(r)}</text>")
             for c in range(1, n_cols + 1):
-                x0, y0 = left + (c - 1) * cell, top + r * cell
+                x0, y0 = ox + left + (c - 1) * cell, top + r * cell
                 if (r, c) not in plate_wells:
                     blocks.append(f"<rect x='{x0 + 1}' y='{y0 + 1}' width='{cell - 2}' height='{cell - 2}' fill='#f4f4f4' stroke='#ddd'/>")
                     continue
@@ -229,15 +243,13 @@ def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], titl
                 values = [v for v, _ in members if v is not None]
                 mean = sum(values) / len(values) if values else None
                 failed = sum(verdict == "fail" for _, verdict in members)
-                fill = _sequential((mean - vmin) / (vmax - vmin) if mean is not None and vmax > vmin else 0.5) if mean is not None else "#ccc"
+                fill = _sequential((mean - vmin) / (vmax - vmin) if vmax > vmin else 0.5) if mean is not None else "#ccc"
                 stroke = f"stroke='{FLAGGED}' stroke-width='2.5'" if failed else "stroke='#888'"
                 tip = f"{plate} {name}: {value_label} {_fmt(mean) if mean is not None else 'n/a'} ({len(members)} unit(s), {failed} failed)"
                 blocks.append(f"<rect x='{x0 + 1}' y='{y0 + 1}' width='{cell - 2}' height='{cell - 2}' fill='{fill}' {stroke}>"
                               f"<title>{escape(tip)}</title></rect>")
-        y_offset = top + n_rows * cell + gap
-        width = max(width, left + n_cols * cell + 10)
-    legend_y = y_offset - gap + 14
-    width = max(width, 320, 7 * len(title) + left)
+    legend_y = 22 + -(-len(parsed) // per_row) * block_h - gap + 8
+    width = max(per_row * block_w, 320, 7 * len(title) + left)
     legend = [f"<text x='{left}' y='{legend_y + 12}'>{escape(value_label)} {_fmt(vmin)}</text>"]
     for i in range(10):
         legend.append(f"<rect x='{left + 150 + i * 12}' y='{legend_y + 2}' width='12' height='12' fill='{_sequential(i / 9)}'/>")

@@ -312,7 +312,8 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
                      "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "peak_rss_mb"], "timings"))
     packages = (info.get("software") or {}).get("packages", {})
     parts.append("<h3>Software versions</h3>" + _kv_table(
-        [("python", (info.get("software") or {}).get("python")), *sorted(packages.items())]))
+        [("python", (info.get("software") or {}).get("python")),
+         *((name, version or "not installed") for name, version in sorted(packages.items()))]))
     parts.append("<details><summary>Parameters (the run's full config)</summary><pre>"
                  + e(json.dumps(info.get("params"), indent=1, sort_keys=True, default=str)) + "</pre></details></section>")
     parts.append("</main><dialog id='detail'><button id='detail-close' aria-label='close'>×</button><div id='detail-body'></div></dialog>")
@@ -381,7 +382,7 @@ tr.pass td.v,span.pass{background:var(--pass)} tr.warn td.v,span.warn{background
 td.link{color:#0645ad;cursor:pointer;text-decoration:underline}
 .controls{display:flex;gap:.8em;align-items:center;flex-wrap:wrap;margin:.4em 0} .pager{margin:.4em 0;font-size:.85em}
 .pager button{margin:0 .2em} .plots{display:flex;flex-wrap:wrap;gap:12px} figure{margin:0;border:1px solid #eee;padding:4px}
-figcaption{font-size:.8em;color:#555} .gallery{display:flex;flex-wrap:wrap;gap:8px}
+figcaption{font-size:.8em;color:#555} figure svg{max-width:100%;height:auto} .gallery{display:flex;flex-wrap:wrap;gap:8px}
 .card{border:1px solid #ccc;border-radius:6px;padding:5px;width:172px;font-size:.75em;cursor:pointer;background:#fff}
 .card img{width:160px;height:160px;object-fit:contain;background:#111;display:block;image-rendering:pixelated}
 .card .noimg{width:160px;height:160px;background:#eee;display:flex;align-items:center;justify-content:center;color:#666}
