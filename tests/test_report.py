@@ -190,3 +190,14 @@ def test_plates_take_the_smallest_standard_format_and_sit_side_by_side():
     width, height = (int(v) for v in re.search(r"viewBox='0 0 (\d+) (\d+)'", svg).groups())
     assert width <= 1400 and height < 700  # 4 plates of 384 wells (~280 px each) on two rows, not a column of four
     assert svg.count("<title>P3 P16: objects") == 1 and "fill='#f4f4f4'" not in svg  # every well has data
+
+
+def test_refinement_is_described_in_one_line():
+    from snakescope.report import refinement_line
+
+    line = refinement_line({"applied": True, "direction": "split more", "target_count": 31, "attempts": [{}, {}],
+                            "best_settings": {"split_prominence_um": 0.3}})
+    assert line == "applied: split more towards 31 objects, 2 attempt(s); kept split_prominence_um 0.3"
+    assert refinement_line({"applied": False, "direction": "split less", "target_count": 9, "attempts": [{}]}).startswith(
+        "not applied (no attempt beat the original): split less towards 9 objects, 1 attempt(s)")
+    assert refinement_line(None) is None

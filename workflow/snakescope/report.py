@@ -150,6 +150,16 @@ def condition_rows(aggregates: dict[str, Any]) -> list[dict[str, Any]]:
             for c, a in aggregates.get("conditions", {}).items()]
 
 
+def refinement_line(refinement: dict[str, Any] | None) -> str | None:
+    """One line on the critique-driven re-run of post-processing, for the detail view."""
+    if not refinement:
+        return None
+    kept = ", ".join(f"{k} {v}" for k, v in sorted((refinement.get("best_settings") or {}).items()))
+    return (f"{'applied' if refinement.get('applied') else 'not applied (no attempt beat the original)'}: "
+            f"{refinement.get('direction', '')} towards {refinement.get('target_count')} objects, "
+            f"{len(refinement.get('attempts') or [])} attempt(s)" + (f"; kept {kept}" if refinement.get("applied") and kept else ""))
+
+
 def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gallery: dict[str, dict[str, Any]],
                 failures: list[dict[str, str]], actions: dict[str, Any], settings: ReportSettings,
                 aggregates: dict[str, Any] | None = None, answers: list[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -182,8 +192,7 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
             "summary": review.get("summary"), "issues": review.get("issues", []), "flags": review.get("flags", []),
             "actions": review.get("suggested_actions", []), "count_check": review.get("count_check"),
             "critique": review.get("critique"), "answers": review.get("answers", []),
-            "refinement": {k: (review.get("refinement") or {}).get(k) for k in ("applied", "reason", "iterations")}
-            if review.get("refinement") else None,
+            "refinement": refinement_line(review.get("refinement")),
         }
     flags = [{"unit_id": r["unit_id"], "check": f["check"], "llm_says": f["llm_says"], "numbers_say": f["numbers_say"]}
              for r in reviews for f in r.get("flags", [])]
@@ -241,7 +250,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
              ("failed inputs / steps", len(failures), "fail" if failures else ""),
              ("disagreement flags", len(data["flags"]), "warn" if data["flags"] else ""),
              ("to re-acquire", len(data["actions"]), "warn" if data["actions"] else ""),
-             ("compute time", _duration(total_seconds) if timings else "n/a", "")]
+             ("compute time (sum of jobs)", _duration(total_seconds) if timings else "n/a", "")]
     parts.append("<section id='summary'><h2>Summary</h2><div class='cards'>" + "".join(
         f"<div class='card-n {klass}'><div class='n'>{e(value)}</div><div>{e(label)}</div></div>" for label, value, klass in cards)
         + "</div>")
@@ -496,7 +505,7 @@ function showDetail(uid){
   body.appendChild(list('Suggested actions', d.actions, function(a){ return a.action + ': ' + a.detail; }));
   if (d.critique) body.appendChild(list('Critique of the segmentation', [d.critique], function(c){ return 'merged ' + c.merged + ', split ' + c.split + ', missed ' + c.missed + ', artefacts ' + c.artefacts + '. ' + c.comment; }));
   body.appendChild(list('Answers', d.answers, function(a){ return a.question + ' — ' + a.answer + ': ' + a.evidence; }));
-  if (d.refinement) body.appendChild(list('Refinement', [d.refinement], function(r){ return (r.applied ? 'applied' : 'not applied') + (r.reason ? ': ' + r.reason : ''); }));
+  if (d.refinement) body.appendChild(list('Refinement of the segmentation by the critique', [d.refinement], function(r){ return r; }));
   var dlg = document.getElementById('detail'); if (!dlg.open) dlg.showModal();
 }
 document.getElementById('detail-close').onclick = function(){ document.getElementById('detail').close(); };
