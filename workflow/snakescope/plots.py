@@ -294,13 +294,6 @@ PLOT_SUBCATEGORIES = {"counts_by_condition": "Counts and sizes", "diameters_by_c
                       **{p[0]: "Quality metrics" for p in QUALITY_PANELS}, "plate_map": "Plate map"}
 
 
-def _by_condition(units: list[dict[str, str]], condition_column: str) -> dict[str, list[dict[str, str]]]:
-    groups: dict[str, list[dict[str, str]]] = {}
-    for unit in units:
-        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
-    return dict(sorted(groups.items()))
-
-
 def _points(members: list[dict[str, str]], column: str, flagged) -> list[Point]:
     out = []
     for unit in members:
@@ -314,7 +307,9 @@ def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]]
                   thresholds: dict[str, float], plate_column: str = "plate", well_column: str = "well") -> dict[str, str]:
     """All report plots as {name: svg}: counts and nucleus diameters per condition, quality metrics with the
     flagged units in red and the warn threshold dashed, and a plate map when the sample sheet names wells."""
-    groups = _by_condition(units, condition_column)
+    from .tables import group_by_condition
+
+    groups = group_by_condition(units, condition_column)
     plots = {
         "counts_by_condition": strip_plot(
             {c: _points(m, "object_count", lambda u: u.get("verdict") in ("warn", "fail")) for c, m in groups.items()},
@@ -346,12 +341,12 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
     from dataclasses import asdict
 
     from .review import ReviewThresholds
+    from .tables import read_csv
 
     tables = Path(tables_dir)
-    with open(tables / "units.csv", newline="", encoding="utf-8") as handle:
-        units = list(csv.DictReader(handle))
+    units = read_csv(tables / "units.csv")
     diameters: dict[str, list[float]] = {}
-    with open(tables / "objects.csv", newline="", encoding="utf-8") as handle:
+    with open(tables / "objects.csv", newline="", encoding="utf-8") as handle:  # streamed: one row per object
         for row in csv.DictReader(handle):
             diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
     limits = asdict(ReviewThresholds.from_config(thresholds))

@@ -8,7 +8,6 @@ thousands of units opens quickly. Nothing is fetched from the network.
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from .configuration import settings_from_section
 from .records import read_json
+from .tables import read_csv
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
                 "density_per_mm2", "snr", "focus_laplacian", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
@@ -71,11 +71,6 @@ def typed(value: str | None) -> Any:
     except ValueError:
         return value
     return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else round(number, 6)
-
-
-def read_csv(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter=delimiter))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -25,9 +25,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
         writer.writerows(rows)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return list(csv.DictReader(handle, delimiter=delimiter))
+
+
+def group_by_condition(units: list[dict[str, Any]], condition_column: str) -> dict[str, list[dict[str, Any]]]:
+    """Units by their sample-sheet condition (``meta_<column>``; missing -> "(none)"), conditions sorted."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for unit in units:
+        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
+    return dict(sorted(groups.items()))
 
 
 def _merge_objects(out, batches: list[str], results: Path, refined_units: dict[str, Path]) -> None:
@@ -50,11 +58,8 @@ def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, An
     import statistics
 
     by_unit = {r["unit_id"]: r for r in reviews}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for unit in units:
-        groups.setdefault(unit.get(f"meta_{condition_column}") or "(none)", []).append(unit)
     out: dict[str, Any] = {}
-    for condition, members in sorted(groups.items()):
+    for condition, members in group_by_condition(units, condition_column).items():
         counts = [float(u["object_count"]) for u in members if u.get("object_count") not in (None, "")]
         diameters = [float(u["diameter_um_median"]) for u in members if u.get("diameter_um_median") not in (None, "")]
         answers: dict[str, Counter] = {}
