@@ -96,10 +96,82 @@ def test_broken_file_is_recorded_and_others_continue_inputs_untouched(tmp_path):
     assert doc["units"][0]["source_sha256"] == before[good]
 
 
-def test_missing_pixel_size_needs_a_default(tmp_path):
+NUCLEI = FORMATS.parent / "nuclei"
+
+
+def test_missing_pixel_size_is_measured_in_pixels_with_a_warning_or_fails_or_is_set(tmp_path):
     path = tmp_path / "plain.tif"
-    tifffile.imwrite(path, np.ones((16, 16), np.uint16))
-    units, (failure,) = import_source(Source("p", str(path)), ImportSettings(), tmp_path / "a")
-    assert units == [] and "import.default_pixel_size_um" in failure.reason
-    (unit,), _ = import_source(Source("p", str(path)), ImportSettings(default_pixel_size_um=0.65), tmp_path / "b")
-    assert unit.pixel_size_um["x"] == 0.65 and unit.pixel_size_origin.startswith("config")
+    tifffile.imwrite(path, np.ones((16, 16), np.uint16), resolution=(72, 72), resolutionunit="INCH")
+    (unit,), failures = import_source(Source("p", str(path)), ImportSettings(), tmp_path / "a")
+    assert failures == [] and unit.pixel_size_um["x"] is None and unit.pixel_size_origin.startswith("missing")
+    (warning,) = unit.warnings
+    assert str(path) in warning and "72 per inch" in warning and "pixel_size_um" in warning and "import.default_pixel_size_um" in warning
+    units, (failure,) = import_source(Source("p", str(path)), ImportSettings(missing_pixel_size="fail"), tmp_path / "b")
+    assert units == [] and str(path) in failure.reason and "import.missing_pixel_size: fail" in failure.reason
+    (unit,), _ = import_source(Source("p", str(path)), ImportSettings(default_pixel_size_um=0.65), tmp_path / "c")
+    assert unit.pixel_size_um["x"] == 0.65 and unit.pixel_size_origin.startswith("config") and unit.warnings == []
+    (unit,), _ = import_source(Source("p", str(path), {"pixel_size_um": "0.325"}), ImportSettings(default_pixel_size_um=0.65), tmp_path / "d")
+    assert unit.pixel_size_um == {"x": 0.325, "y": 0.325, "z": None} and unit.pixel_size_origin == "sample sheet column pixel_size_um"
+    units, (failure,) = import_source(Source("p", str(path), {"pixel_size_um": "about 0.3"}), ImportSettings(), tmp_path / "e")
+    assert "pixel_size_um" in failure.reason and "'about 0.3'" in failure.reason
+
+
+def test_imagej_units(tmp_path):
+    pixel = tmp_path / "pixel.tif"
+    tifffile.imwrite(pixel, np.ones((16, 16), np.uint16), imagej=True, resolution=(1 / 0.105, 1.0), metadata={"unit": "pixel"})
+    (unit,), _ = import_source(Source("p", str(pixel)), ImportSettings(), tmp_path / "a")
+    assert unit.pixel_size_um["x"] is None and "ImageJ unit 'pixel'" in unit.pixel_size_origin
+    micron = tmp_path / "micron.tif"
+    tifffile.imwrite(micron, np.ones((16, 16), np.uint16), imagej=True, resolution=(1 / 0.2, 1 / 0.25), metadata={"unit": "micron"})
+    (unit,), _ = import_source(Source("m", str(micron)), ImportSettings(), tmp_path / "b")
+    assert unit.pixel_size_um["x"] == pytest.approx(0.2) and unit.pixel_size_um["y"] == pytest.approx(0.25)
+    assert unit.pixel_size_origin.startswith("ImageJ") and unit.warnings == []
+
+
+def test_impossible_sizes_from_a_reader_are_not_believed(tmp_path):
+    path = write_ome(tmp_path / "odd.ome.tif", [np.ones((1, 16, 16), np.uint16)], "CYX", pixel=5000.0)
+    (unit,), _ = import_source(Source("o", str(path)), ImportSettings(), tmp_path / "a")
+    assert unit.pixel_size_um["x"] is None and "not believed" in unit.pixel_size_origin and unit.warnings
+
+
+def test_real_metamorph_tiffs_carry_their_calibration(tmp_path):
+    needs_shared(NUCLEI)
+    files = sorted((NUCLEI / "bbbc039" / "images").glob("*.tif"))
+    assert len(files) >= 10
+    doc = import_batch("b0000", [Source(f"f{i}", str(f)) for i, f in enumerate(files)], ImportSettings(), tmp_path / "a")
+    assert doc["failures"] == [] and len(doc["units"]) == len(files)
+    for unit in doc["units"]:  # 0.645 µm in the MetaMorph tags; the 72-dpi resolution tags would say 352.8 µm
+        assert unit["pixel_size_um"]["x"] == pytest.approx(0.645) and unit["pixel_size_um"]["y"] == pytest.approx(0.645)
+        assert unit["pixel_size_origin"] == "MetaMorph calibration tags" and unit["warnings"] == []
+    # DSB2018 files carry no calibration at all: imported in pixels, each with its warning
+    dsb = sorted((NUCLEI / "dsb2018" / "images").glob("*.tif"))[:2]
+    doc = import_batch("b0001", [Source(f"d{i}", str(f)) for i, f in enumerate(dsb)], ImportSettings(), tmp_path / "b")
+    assert all(u["pixel_size_um"]["x"] is None and len(u["warnings"]) == 1 for u in doc["units"])
+
+
+def test_identical_colour_samples_are_refused_and_grey_rgb_is_one_channel(tmp_path):
+    from snakescope.acquisition import check_samples
+
+    grey = np.random.default_rng(0).integers(0, 255, (20, 30), dtype=np.uint8)
+    copies = np.stack([grey] * 3 * 7)  # 7 channels, R = G = B in each: what bioio-czi 3.0.1 returns for RGB CZI
+    names = [f"C{c}:{s}" for c in range(7) for s in "RGB"]
+    with pytest.raises(ValueError, match="identical R, G and B samples in all 7 channels"):
+        check_samples(copies, names, {"rgb": "channels"}, Path("x.czi"))
+    array, kept, note = check_samples(copies[:3], names[:3], {"rgb": "channels"}, Path("x.tif"))
+    assert array.shape == (1, 20, 30) and kept == ["C0"] and "one grey channel" in note
+    colour = np.stack([grey, grey // 2, grey])
+    array, kept, note = check_samples(colour, names[:3], {"rgb": "channels"}, Path("x.tif"))
+    assert array.shape == (3, 20, 30) and note is None
+    # through import: a grey image saved as RGB
+    path = tmp_path / "grey.tif"
+    tifffile.imwrite(path, np.stack([grey] * 3, -1), photometric="rgb")
+    (unit,), _ = import_source(Source("g", str(path)), ImportSettings(default_pixel_size_um=1.0), tmp_path / "a")
+    assert unit.shape == [1, 20, 30] and any("one grey channel" in w for w in unit.warnings)
+
+
+def test_leica_frame_axes():
+    from snakescope.acquisition import frame_axes
+
+    assert frame_axes(("T", "λ", "Z", "Y", "X")) == ("Y", "X")
+    assert frame_axes(("Z", "X")) == ("Z", "X")  # an XZ scan: imported with Z as rows
+    assert frame_axes(("T", "X")) is None  # a line scan over time is not an image in space

@@ -14,3 +14,18 @@ rule quality_metrics:
         "../../envs/analysis.yaml"
     shell:
         "{SNAKESCOPE} quality --manifest {input}/manifest.json --out {output} 2> {log}"
+
+
+rule quality_reference:
+    input:
+        expand(R / "quality/{batch}.json", batch=BATCHES),
+    output:
+        R / "quality/reference.json",
+    log:
+        R / "logs/quality/reference.log",
+    benchmark:
+        R / "benchmarks/quality_reference/run.tsv",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "{SNAKESCOPE} quality-reference --quality {input} --out {output} 2> {log}"

@@ -31,6 +31,7 @@ rule tables:
         reviews=report(R / "tables/reviews.csv", category="Review", subcategory="Reviews", caption="../report/reviews.rst"),
         reviews_jsonl=R / "tables/reviews.jsonl",
         failures=report(R / "tables/failures.csv", category="Tables", subcategory="Failures", caption="../report/failures.rst"),
+        warnings=report(R / "tables/warnings.csv", category="Tables", subcategory="Warnings", caption="../report/warnings.rst"),
         answers=report(R / "tables/answers.csv", category="Review", subcategory="Answers", caption="../report/answers.rst"),
         aggregates=report(R / "tables/aggregates.json", category="Tables", subcategory="Aggregates", caption="../report/aggregates.rst"),
         actions=report(R / "tables/acquisition_actions.json", category="Acquisition actions", caption="../report/acquisition_actions.rst"),

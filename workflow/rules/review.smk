@@ -3,6 +3,7 @@ rule review:
         unpack(review_prompts),
         imported=R / "import/{batch}",
         quality=R / "quality/{batch}.json",
+        reference=R / "quality/reference.json",
         inference=R / "inference/{batch}",
         segmentation=R / "segmentation/{batch}",
         knowledge_base=config["review"]["knowledge_base"],
@@ -26,5 +27,5 @@ rule review:
         "{SNAKESCOPE} review --manifest {input.imported}/manifest.json --quality {input.quality} "
         "--inference {input.inference}/manifest.json --segmentation {input.segmentation} "
         "--knowledge-base {input.knowledge_base} --settings {params.settings:q} --postprocess {params.postprocess:q} "
-        "--model-settings {params.model:q} --schema {input.schema} --runtime {OLLAMA_RUNTIME:q} "
+        "--model-settings {params.model:q} --schema {input.schema} --reference {input.reference} --runtime {OLLAMA_RUNTIME:q} "
         "--cache-dir {CACHE_DIR:q} --out {output} 2> {log}"

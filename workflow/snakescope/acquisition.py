@@ -27,6 +27,7 @@ class ImportSettings:
     t_index: int = 0
     rgb: str = "channels"  # channels | luminance
     default_pixel_size_um: float | None = None
+    missing_pixel_size: str = "pixels"  # pixels (import uncalibrated, warned) | fail
 
     @classmethod
     def from_config(cls, section: dict[str, Any], reader: str = "bioio") -> "ImportSettings":
@@ -126,20 +127,24 @@ def read_unit(path: str | Path) -> np.ndarray:
     return array[None] if array.ndim == 2 else array
 
 
-TIFF_READERS = ("bioio_tifffile", "aicsimageio.readers.tiff_reader", "aicsimageio.readers.default_reader")
+def check_samples(array: np.ndarray, names: list[str], selection: dict[str, Any], path: Path) -> tuple[np.ndarray, list[str], str | None]:
+    """Sanity-check RGB samples a reader returned.
 
-
-def _pixel_size(image: Any, path: Path, scene: str, settings: ImportSettings) -> tuple[dict[str, float | None], str]:
-    pps = image.physical_pixel_sizes
-    size: dict[str, float | None] = {"x": pps.X, "y": pps.Y, "z": pps.Z}
-    # plain-TIFF readers report 1.0 when the file has no calibration: treat that as missing
-    placeholder = type(image.reader).__module__.startswith(TIFF_READERS) and pps.X == 1.0 and pps.Y == 1.0
-    if pps.X and pps.Y and not placeholder:
-        return size, "file"
-    if settings.default_pixel_size_um is None:
-        raise ValueError(f"{path} scene {scene!r} has no physical pixel size; set config key import.default_pixel_size_um")
-    size.update(x=settings.default_pixel_size_um, y=settings.default_pixel_size_um)
-    return size, "config import.default_pixel_size_um"
+    Several channels whose R, G and B samples are all identical are a reader fault (bioio-czi 3.0.1
+    copies sample 0 into all three for RGB CZI): refused. One RGB channel with R = G = B is a grey image
+    stored as RGB: kept as one channel, with a note.
+    """
+    if selection.get("rgb") != "channels" or array.shape[0] % 3 or not all(n.endswith((":R", ":G", ":B")) for n in names):
+        return array, names, None
+    samples = array.reshape(-1, 3, *array.shape[1:])
+    identical = [bool(np.array_equal(c[0], c[1]) and np.array_equal(c[0], c[2])) for c in samples]
+    if not all(identical):
+        return array, names, None
+    if len(identical) > 1:
+        raise ValueError(f"{path}: the reader returned identical R, G and B samples in all {len(identical)} channels "
+                         "(a known fault of bioio-czi 3.0.1 with RGB CZI files); refusing wrong colour data. Export the "
+                         "file to OME-TIFF (e.g. with Fiji/Bio-Formats) or read it with a reader that returns the samples")
+    return samples[:, 0], [names[0].rsplit(":", 1)[0]], "R, G and B samples are identical: imported as one grey channel"
 
 
 def import_source(source: Source, settings: ImportSettings, out_dir: Path) -> tuple[list[Unit], list[Failure]]:
@@ -173,41 +178,74 @@ def import_source(source: Source, settings: ImportSettings, out_dir: Path) -> tu
 SPECTRAL_AXES = {"λ": "em", "Λ": "ex"}
 
 
-def lif_spectral_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None], list[str]] | None:
-    """Read a Leica wavelength-sweep scene with liffile, its λ/Λ axis as channels (bioio-lif 2.0 cannot).
+def frame_axes(dims: tuple[str, ...]) -> tuple[str, str] | None:
+    """The two image axes of a Leica frame: (Y, X) normally, (Z, X) for an XZ scan; None when there is no 2D frame."""
+    if "Y" in dims and "X" in dims:
+        return "Y", "X"
+    if "Z" in dims and "X" in dims:
+        return "Z", "X"
+    return None
 
-    Returns None when the scene has no spectral axis (bioio-lif reads it).
+
+def lif_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None], list[str], str] | None:
+    """Read a Leica scene with liffile when bioio-lif 2.0 cannot: a wavelength sweep (λ/Λ axis, read as
+    channels) or an XZ scan (Z and X frame axes, imported as a 2D image with Z as its vertical axis).
+
+    Returns (TCZYX data, pixel size, channel names, note), or None when bioio-lif reads the scene.
+    Raises with the reason for frames that are not 2D images in space (line scans over time, points).
     """
     import liffile
     import xarray as xr
 
     with liffile.LifFile(path) as lif:
         lim = lif.images[scene_index]
-        spectral = [d for d in lim.dims if d in SPECTRAL_AXES]
-        if not spectral:
+        dims = tuple(lim.dims)
+        spectral = [d for d in dims if d in SPECTRAL_AXES]
+        frame = frame_axes(dims)
+        if frame is None:
+            raise ValueError(f"scene {scene_index} ({lim.name}) has dimensions {dims}: not a 2D image in space "
+                             "(a line or point scan over time or wavelength); snakescope imports XY and XZ frames only")
+        if not spectral and frame == ("Y", "X"):
             return None
         array = lim.asarray()
         coords = {k: np.asarray(v) for k, v in lim.coords.items()}
-        dims = ["C" if d in SPECTRAL_AXES else d for d in lim.dims]
-    data = xr.DataArray(array, dims=dims)
-    data = data.expand_dims([d for d in ("T", "C", "Z") if d not in dims]).transpose("T", "C", "Z", "Y", "X")
-    step = {ax: float(np.diff(coords[ax][:2])[0]) * 1e6 if ax in coords and len(coords[ax]) > 1 else None for ax in "XYZ"}
-    names = [f"{SPECTRAL_AXES[spectral[0]]} {w * 1e9:.0f} nm" for w in coords[spectral[0]]]
-    return data, {"x": step["X"], "y": step["Y"], "z": abs(step["Z"]) if step["Z"] else None}, names
+    rename = {d: "C" for d in spectral}
+    if frame == ("Z", "X"):
+        rename["Z"] = "Y"
+    data = xr.DataArray(array, dims=[rename.get(d, d) for d in dims])
+    data = data.expand_dims([d for d in ("T", "C", "Z") if d not in data.dims]).transpose("T", "C", "Z", "Y", "X")
+    step = {ax: abs(float(np.diff(coords[ax][:2])[0])) * 1e6 if ax in coords and len(coords[ax]) > 1 else None
+            for ax in ("X", "Y", "Z")}
+    names = [f"{SPECTRAL_AXES[spectral[0]]} {w * 1e9:.0f} nm" for w in coords[spectral[0]]] if spectral else []
+    if frame == ("Z", "X"):
+        note = "XZ scan: image rows are Z (pixel_size y is the Z step)"
+        return data, {"x": step["X"], "y": step["Z"], "z": None}, names, note
+    return data, {"x": step["X"], "y": step["Y"], "z": step["Z"]}, names, "wavelength axis as channels"
 
 
 def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_scenes: int, checksum: str, reader: str,
                   settings: ImportSettings, out_dir: Path) -> list[Unit]:
+    from .calibration import PixelSize, from_reader, resolve
+
     path = Path(source.path)
     image.set_scene(scene)
-    spectral = lif_spectral_scene(path, scene_index) if path.suffix.lower() == ".lif" else None
-    if spectral is not None:
-        data, pixel_size, raw_names = spectral
-        origin, reader = "file", f"{reader}; liffile {importlib.metadata.version('liffile')} (spectral axis as channels)"
+    leica = lif_scene(path, scene_index) if path.suffix.lower() == ".lif" else None
+    notes: list[str] = []
+    if leica is not None:
+        data, size, raw_names, note = leica
+        stated = PixelSize(size["x"], size["y"], size["z"], origin="file metadata (liffile)")
+        reader = f"{reader}; liffile {importlib.metadata.version('liffile')} ({note})"
+        notes.append(note)
     else:
         data = image.xarray_dask_data
-        pixel_size, origin = _pixel_size(image, path, str(scene), settings)
+        stated = from_reader(image, path)
         raw_names = list(image.channel_names or [])
+    pixel = resolve(stated, source.metadata.get("pixel_size_um"), settings.default_pixel_size_um, path, str(scene))
+    if not pixel.known and settings.missing_pixel_size == "fail":
+        raise ValueError(f"{pixel.warning} (config import.missing_pixel_size: fail)")
+    if pixel.warning:
+        notes.append(pixel.warning)
+        print(f"WARNING: {pixel.warning}", file=sys.stderr)
     sizes = {k: int(v) for k, v in dict(data.sizes).items()}
     units = []
     for selection, array in planes(data, settings):
@@ -220,13 +258,15 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
             parts.append(f"z{selection['z']}")
         unit_id = safe_id("_".join(parts))
         names = _channel_names(raw_names, array.shape[0], selection, sizes.get("S", 1))
+        array, names, note = check_samples(array, names, selection, path)
         image_path = out_dir / f"{unit_id}.ome.tif"
-        write_ome_tiff(image_path, array, names, pixel_size)
+        write_ome_tiff(image_path, array, names, pixel.as_dict())
         units.append(Unit(
             unit_id=unit_id, sample_id=source.sample_id, source_path=str(path), source_sha256=checksum,
             scene_index=scene_index, scene_name=str(scene), source_dims=sizes, selection=selection,
-            dtype=str(array.dtype), shape=list(array.shape), channel_names=names, pixel_size_um=pixel_size,
-            pixel_size_origin=origin, image_path=str(image_path), reader=reader, metadata=dict(source.metadata),
+            dtype=str(array.dtype), shape=list(array.shape), channel_names=names, pixel_size_um=pixel.as_dict(),
+            pixel_size_origin=pixel.origin, image_path=str(image_path), reader=reader, metadata=dict(source.metadata),
+            warnings=notes + ([note] if note else []),
         ))
     return units
 

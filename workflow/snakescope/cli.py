@@ -3,6 +3,7 @@
     snakescope demo-data DIR           write the built-in demo images, sample sheet and model
     snakescope import ...              acquisition import of one batch
     snakescope quality ...             quality metrics of one batch
+    snakescope quality-reference ...   the run's median and MAD of the metrics (relative checks)
     snakescope check-model ...         test a bioimage.io model once (cached per digest)
     snakescope infer ...               model inference for one batch (model loaded once)
     snakescope postprocess ...         labels and measurements for one batch
@@ -56,6 +57,13 @@ def cmd_quality(args: argparse.Namespace) -> None:
     quality_batch(args.manifest, args.out)
 
 
+def cmd_quality_reference(args: argparse.Namespace) -> None:
+    from .review import write_run_reference
+
+    doc = write_run_reference(args.quality, args.out)
+    print(f"quality reference: {doc['fields']} field(s) per channel", file=sys.stderr)
+
+
 def cmd_check_model(args: argparse.Namespace) -> None:
     from .inference import ModelError, ModelSettings, check_model
     from .records import write_json
@@ -97,7 +105,7 @@ def cmd_review(args: argparse.Namespace) -> None:
     settings = {**args.settings, "ollama": {**args.settings.get("ollama", {}), **args.runtime}}
     try:
         review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, settings,
-                     _channels(args.model_settings), args.out, args.schema, args.cache_dir, args.postprocess)
+                     _channels(args.model_settings), args.out, args.schema, args.cache_dir, args.postprocess, args.reference)
     except OllamaUnavailable as exc:
         sys.exit(f"snakescope: {exc} (review.ollama.on_unreachable: fail)")
 
@@ -169,13 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("import", cmd_import, "import one batch of acquisition files", batch=req, sources={**js, "help": "JSON list of sources"},
         settings={**js, "help": "JSON of config section import"}, reader={"default": "bioio"}, out=req)
     add("quality", cmd_quality, "quality metrics of one imported batch", manifest=req, out=req)
+    add("quality-reference", cmd_quality_reference, "the run's median and MAD of quality metrics (relative checks)",
+        quality={"nargs": "+", "required": True, "help": "quality JSON files of every batch"}, out=req)
     add("check-model", cmd_check_model, "run bioimageio test_model once per model digest", settings=js, cache_dir=req, out=req)
     add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req)
     add("postprocess", cmd_postprocess, "instance labels and measurements for one batch", manifest=req, inference=req,
         settings=js, model_settings=js, out=req)
     add("review", cmd_review, "review one batch (rules, and an Ollama vision model when configured)", manifest=req,
         quality=req, inference=req, segmentation=req, knowledge_base=req, settings=js, model_settings=js, schema=req, out=req,
-        postprocess={"type": _json, "default": {}}, runtime={"type": _json, "default": {}, "help": "Ollama settings that do not change results (host, timeouts)"},
+        postprocess={"type": _json, "default": {}}, reference={"default": None, "help": "the run's quality reference JSON"},
+        runtime={"type": _json, "default": {}, "help": "Ollama settings that do not change results (host, timeouts)"},
         cache_dir={"default": ".snakescope-cache"})
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
     add("tables", cmd_tables, "merge batch outputs into tables and acquisition_actions.json", batches={**js}, results=req,

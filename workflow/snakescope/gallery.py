@@ -41,7 +41,7 @@ def webp_data_uri(rgb: np.ndarray, quality: int) -> str:
     return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float,
+def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None,
                         settings: GallerySettings) -> dict[str, str]:
     """Thumbnail (outlines if labels) and detail (raw | outlines) of one 2D image, as WebP data URIs."""
     from .rendering import rgb_panel
@@ -81,7 +81,7 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
             labels_path = final_labels_path(uid, segmentation, review)
             labels = tifffile.imread(labels_path) if labels_path else None
-            pixel = float(unit["pixel_size_um"]["x"] or 1.0)
+            pixel = unit["pixel_size_um"].get("x") or None
             images[uid] = {**unit_gallery_images(image, labels, pixel, settings), "outlines": labels is not None}
         except Exception as exc:  # noqa: BLE001 - one unit's rendering must not lose the others
             failures.append({"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],

@@ -113,8 +113,68 @@ def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int
     return array[index]
 
 
+def axis_size_rule(axis: Any) -> tuple[int, int]:
+    """(minimum, step) of a spatial input axis: a fixed size is (size, 0); ``min + n*step`` is (min, step)."""
+    size = getattr(axis, "size", None)
+    if isinstance(size, int):
+        return size, 0
+    if hasattr(size, "min") and hasattr(size, "step"):
+        return int(size.min), int(size.step)
+    return 1, 1  # a size that refers to another tensor or depends on data: any size
+
+
+def padded_length(length: int, minimum: int, step: int) -> int:
+    """The smallest length >= ``length`` that an axis of size rule (minimum, step) accepts.
+
+    A fixed-size axis (step 0) accepts anything at least its size: bioimage.io blocking tiles the rest.
+    """
+    if length <= minimum:
+        return minimum
+    if step == 0:
+        return length
+    return minimum + -(-(length - minimum) // step) * step
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a YX image is padded before prediction: (before, after) per axis; crop back with :meth:`crop`."""
+
+    y: tuple[int, int]
+    x: tuple[int, int]
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        h, w = array.shape[-2:]
+        return array[..., self.y[0]:h - self.y[1], self.x[0]:w - self.x[1]]
+
+
+def plan_padding(shape: tuple[int, int], rules: dict[str, tuple[int, int]], halo: dict[str, int]) -> Padding:
+    """Pad each side by the output halo (context at the borders), then up to what the axis accepts."""
+    sides = {}
+    for axis, length in zip("yx", shape):
+        minimum, step = rules.get(axis, (1, 1))
+        margin = halo.get(axis, 0)
+        target = padded_length(length + 2 * margin, minimum, step)
+        extra = target - length
+        sides[axis] = (extra // 2, extra - extra // 2)
+    return Padding(y=sides["y"], x=sides["x"])
+
+
+def pad_image(image: np.ndarray, padding: Padding) -> np.ndarray:
+    """Mirror-pad a CYX image (reflection keeps the intensity statistics the model normalises with).
+
+    ``np.pad`` reflects repeatedly, so images far smaller than the model's tile work too; a 1-pixel
+    axis (nothing to reflect) is repeated.
+    """
+    mode = "reflect" if min(image.shape[-2:]) > 1 else "edge"
+    return np.pad(image, ((0, 0), padding.y, padding.x), mode=mode)
+
+
 class Predictor:
-    """A bioimage.io prediction pipeline created once and reused for every image of a batch."""
+    """A bioimage.io prediction pipeline created once and reused for every image of a batch.
+
+    Images of any size are mirror-padded to what the model's input axes accept (fixed size, or
+    ``min + n*step``) plus the output halo on every side, predicted block by block, and cropped back.
+    """
 
     def __init__(self, settings: ModelSettings) -> None:
         from bioimageio.core import create_prediction_pipeline
@@ -126,19 +186,25 @@ class Predictor:
         )
         self.input_id = self.descr.inputs[0].id
         self.output_id = self.descr.outputs[0].id
+        self.size_rules = {str(a.id): axis_size_rule(a) for a in self.descr.inputs[0].axes if str(a.id) in ("y", "x")}
+        self.halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in self.descr.outputs[0].axes if str(a.id) in ("y", "x")}
 
     def predict(self, image: np.ndarray, sample_id: str = "image") -> np.ndarray:
-        """Foreground probability (YX, float32) of a CYX image, predicted block by block."""
+        """Foreground probability (YX, float32, the image's own size) of a CYX image."""
         from bioimageio.core import Sample, Tensor
 
-        tensor = Tensor(image[None].astype(np.float32), dims=("batch", "channel", "y", "x"))
+        if image.ndim != 3 or min(image.shape[-2:]) < 1:
+            raise ValueError(f"expected a CYX image, got shape {image.shape}")
+        padding = plan_padding(image.shape[-2:], self.size_rules, self.halo)
+        padded = pad_image(image.astype(np.float32), padding)
+        tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
         sample = Sample(members={self.input_id: tensor}, stat={}, id=sample_id)
         result = self.pipeline.predict_sample_with_blocking(sample)
         out = result.members[self.output_id].data
         out = out.transpose(*[d for d in ("batch", "channel", "z", "y", "x") if d in out.dims])
         values = np.asarray(out.values)
         values = values.reshape(-1, *values.shape[-2:]) if values.ndim > 3 else values[0]
-        return values[self.settings.output_channel].astype(np.float32)
+        return padding.crop(values[self.settings.output_channel]).astype(np.float32)
 
     def close(self) -> None:
         self.pipeline.unload()

@@ -61,7 +61,7 @@ class OllamaSettings:
     summary_prompt: str = "config/prompts/summary_v1.txt"
     questions: tuple[str, ...] = ()
     refine: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "max_iterations": 3,
-                                                             "split_prominence_um": [0.3, 3.0], "min_object_area_um2": [5.0, 60.0]})
+                                                             "split_min_distance": [0.15, 1.5], "min_object_area_fraction": [0.05, 0.5]})
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "OllamaSettings":
@@ -188,7 +188,7 @@ def render_prompt(template: str, data: dict[str, Any], **fields_: Any) -> str:
 def unit_data(unit: dict[str, Any], metrics: dict[str, float] | None, summary: dict[str, Any] | None,
               expected: dict[str, Any], line: str, rules_review: dict[str, Any]) -> dict[str, Any]:
     """What the model reads besides the image: metadata, metrics, counts, sizes, expected range."""
-    keep = ("snr", "focus_laplacian", "percent_saturated", "foreground_fraction", "background", "noise", "max")
+    keep = ("snr", "blur", "focus_laplacian", "percent_saturated", "foreground_fraction", "background", "noise", "max")
     return {
         "unit_id": unit["unit_id"],
         "file_name": Path(unit.get("source_path", "")).name,
@@ -289,7 +289,7 @@ def check_claims(answer: dict[str, Any], rules: dict[str, Any], metrics: dict[st
     claimed = {i["type"] for i in answer["issues"]}
     measured = {i["type"]: i for i in rules["issues"]}
     metric_text = {
-        "out_of_focus": lambda m: f"focus score {m.get('focus_laplacian', float('nan')):.3f}",
+        "out_of_focus": lambda m: f"blur {m.get('blur', float('nan')):.2f} (0 sharp, 1 blurred)",
         "saturated": lambda m: f"{m.get('percent_saturated', float('nan')):.2f}% saturated pixels",
         "empty_field": lambda m: f"foreground fraction {m.get('foreground_fraction', float('nan')):.4f}",
         "low_signal": lambda m: f"SNR {m.get('snr', float('nan')):.1f}",
@@ -346,8 +346,8 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
                         expected: dict[str, Any], refine: dict[str, Any], direction: int, unit_id: str) -> dict[str, Any]:
     """Bounded search over post-processing settings towards the model's count estimate.
 
-    Each attempt changes ``split_prominence_um`` (halved to split more, doubled to split less; within
-    ``refine.split_prominence_um``) and, when splitting less, raises ``min_object_area_um2`` (within its
+    Each attempt changes ``split_min_distance`` (x0.6 to split more, x1.5 to split less; within
+    ``refine.split_min_distance``) and, when splitting less, raises ``min_object_area_fraction`` (within its
     range). Score (lower is better): relative count error to the model's estimate, plus the fraction of
     objects outside the expected diameter range, plus the fraction of non-convex objects (solidity < 0.9,
     the shape of merged nuclei). The model's count alone is not trusted: a change must also keep the
@@ -355,14 +355,15 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
     """
     from .segmentation import segment_unit
 
-    lo_p, hi_p = refine["split_prominence_um"]
-    lo_a, hi_a = refine["min_object_area_um2"]
+    lo_p, hi_p = refine["split_min_distance"]
+    lo_a, hi_a = refine["min_object_area_fraction"]
 
     def score(objects: list[dict[str, Any]]) -> float:
         n = len(objects)
         if not n:
             return abs(n - target) / max(target, 1) + 2.0
-        outside = sum(not expected["min"] <= o["equivalent_diameter_um"] <= expected["max"] for o in objects) / n
+        sized = [o["equivalent_diameter_um"] for o in objects if o["equivalent_diameter_um"] is not None]
+        outside = sum(not expected["min"] <= d <= expected["max"] for d in sized) / n  # uncalibrated: not checked
         merged_looking = sum(o["solidity"] < 0.9 for o in objects) / n  # two touching nuclei make a non-convex object
         return abs(n - target) / max(target, 1) + outside + merged_looking
 
@@ -372,12 +373,12 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
     best = (attempts[0]["score"], settings, labels, objects, summary)
     for _ in range(int(refine["max_iterations"])):
         if direction > 0:
-            new_p = max(lo_p, settings.split_prominence_um / 2)
-            settings = replace(settings, split_touching=True, split_prominence_um=new_p)
+            new_p = max(lo_p, round(settings.split_min_distance * 0.6, 4))
+            settings = replace(settings, split_touching=True, split_min_distance=new_p)
         else:
-            new_p = min(hi_p, settings.split_prominence_um * 2)
-            settings = replace(settings, split_prominence_um=new_p,
-                               min_object_area_um2=min(hi_a, max(lo_a, settings.min_object_area_um2 * 1.5)))
+            new_p = min(hi_p, round(settings.split_min_distance * 1.5, 4))
+            settings = replace(settings, split_min_distance=new_p,
+                               min_object_area_fraction=min(hi_a, max(lo_a, round(settings.min_object_area_fraction * 1.5, 4))))
         if asdict(settings) == attempts[-1]["settings"]:
             break  # at the bound
         labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id)
@@ -433,7 +434,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     from .acquisition import read_unit
     from .inference import select_channels
     from .rendering import overlay_png, scale_bar_um
-    from .segmentation import OBJECT_COLUMNS
+    from .segmentation import OBJECT_COLUMNS, calibrated
 
     template = Path(settings.prompt).read_text(encoding="utf-8")
     schema = read_json(ANSWER_SCHEMA_PATH)
@@ -454,13 +455,13 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                 reviews.append({**rules, "status": "unreviewed", "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
                                 "summary": f"not sent to the LLM: {rules['summary']}"})
                 continue
-            pixel = (float(unit["pixel_size_um"]["y"]), float(unit["pixel_size_um"]["x"]))
+            pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
             labels = tifffile.imread(ctx["labels_path"])
-            images = review_images(image, labels, pixel[1], settings.images_per_request)
+            images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
             questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"
             prompt = render_prompt(template, unit_data(unit, ctx["metrics"], ctx["summary"], ctx["expected"], ctx["line"], rules),
-                                   scale_bar_um=f"{scale_bar_um(image.shape, pixel[1]):g}", questions=questions,
+                                   scale_bar_um=(f"{scale_bar_um(image.shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
                                    taxonomy=", ".join(schema["properties"]["issues"]["items"]["properties"]["type"]["enum"]))
             key = cache.key(images, prompt, settings.model, digest, settings.options, schema)
             cached = cache.get(key)
@@ -496,7 +497,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                     summary = result["summary"]
                     refinement["summary"] = summary
                     tifffile.imwrite(out_dir / f"{unit['unit_id']}.labels.tif", result["labels"].astype(np.uint16), compression="zlib")
-                    (out_dir / f"{unit['unit_id']}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1]))
+                    (out_dir / f"{unit['unit_id']}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1] if pixel else None))
                     refined_rows.extend(result["objects"])
                     flags = check_claims(answer, rules, ctx["metrics"], summary, count_tolerance)
             verdict, issues = combine(rules, answer, flags)

@@ -285,7 +285,7 @@ def finite_floats(values: Iterable[str | float | None]) -> list[float]:
 # (file stem, units.csv column, axis label, issue type that flags a unit, threshold key in review.thresholds)
 QUALITY_PANELS = [
     ("quality_snr", "snr", "signal-to-noise ratio", "low_signal", "snr_warn"),
-    ("quality_focus", "focus_laplacian", "focus score (Laplacian / contrast)", "out_of_focus", "focus_laplacian_warn"),
+    ("quality_focus", "blur", "blur (0 sharp, 1 blurred)", "out_of_focus", "blur_warn"),
     ("quality_saturation", "percent_saturated", "% pixels saturated", "saturated", "saturated_percent_warn"),
     ("quality_foreground", "foreground_fraction", "foreground fraction", "empty_field", "empty_foreground_fraction"),
 ]
@@ -348,7 +348,8 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
     diameters: dict[str, list[float]] = {}
     with open(tables / "objects.csv", newline="", encoding="utf-8") as handle:  # streamed: one row per object
         for row in csv.DictReader(handle):
-            diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
+            if row["equivalent_diameter_um"] not in ("", None):  # uncalibrated units have sizes in pixels only
+                diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
     limits = asdict(ReviewThresholds.from_config(thresholds))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ class Unit:
     image_path: str
     reader: str
     metadata: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

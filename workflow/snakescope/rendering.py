@@ -27,8 +27,11 @@ def downscale_factor(shape: tuple[int, ...], max_size: int) -> int:
     return max(1, int(np.ceil(max(shape) / max_size)))
 
 
-def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float, max_size: int = 256) -> np.ndarray:
-    """An RGB uint8 panel: grey intensity, yellow outlines (if labels), white scale bar bottom right."""
+def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None, max_size: int = 256) -> np.ndarray:
+    """An RGB uint8 panel: grey intensity, yellow outlines (if labels), white scale bar bottom right.
+
+    An uncalibrated image (``pixel_size_um`` None) gets no scale bar: a bar of unknown length would mislead.
+    """
     from skimage.segmentation import find_boundaries
 
     factor = downscale_factor(image.shape, max_size)
@@ -42,6 +45,8 @@ def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float
             edges = block_reduce(edges, (factor, factor), np.max)
         rgb[edges[: rgb.shape[0], : rgb.shape[1]]] = (255, 210, 0)
     h, w = rgb.shape[:2]
+    if not pixel_size_um:
+        return rgb
     um_per_px = pixel_size_um * factor
     bar_um = _nice_length(w * um_per_px / 5)
     bar_px = max(2, int(round(bar_um / um_per_px)))
@@ -59,7 +64,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay_png(image: np.ndarray, labels: np.ndarray, pixel_size_um: float, max_size: int = 512) -> bytes:
+def overlay_png(image: np.ndarray, labels: np.ndarray, pixel_size_um: float | None, max_size: int = 512) -> bytes:
     """Two panels side by side: the raw channel, and the same with segmentation outlines."""
     left = rgb_panel(image, None, pixel_size_um, max_size)
     right = rgb_panel(image, labels, pixel_size_um, max_size)

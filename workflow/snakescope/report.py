@@ -23,7 +23,7 @@ from .records import read_json
 from .tables import read_csv
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
-                "density_per_mm2", "snr", "focus_laplacian", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
+                "diameter_px_median", "density_per_mm2", "snr", "blur", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
                 "status", "refined"]
 PLOT_TITLES = {
     "counts_by_condition": "Objects per image", "diameters_by_condition": "Object diameters",
@@ -178,9 +178,12 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
             "overlay_file": unit.get("overlay") or "",
             "source": unit.get("source_path"), "scene": unit.get("scene"), "batch": unit.get("batch"),
             "size": f"{unit.get('width')} x {unit.get('height')} px", "channels": unit.get("channels"),
-            "metrics": {k: typed(unit.get(k)) for k in ("snr", "focus_laplacian", "percent_saturated", "foreground_fraction",
+            "metrics": {k: typed(unit.get(k)) for k in ("snr", "blur", "percent_saturated", "foreground_fraction",
                                                          "background", "noise", "object_count", "density_per_mm2",
-                                                         "diameter_um_median", "area_um2_median", "fraction_low_solidity")},
+                                                         "diameter_um_median", "area_um2_median", "diameter_px_median",
+                                                         "fraction_large", "fraction_low_solidity")},
+            "pixel_size": (f"{unit.get('pixel_size_x_um')} x {unit.get('pixel_size_y_um')} µm" if unit.get("pixel_size_x_um")
+                           else "unknown: sizes in pixels") + f" ({unit.get('pixel_size_origin') or 'origin not recorded'})",
             "reviewer": (review.get("reviewer") or {}).get("name"), "status": review.get("status"),
             "llm_verdict": review.get("llm_verdict"),
             "rules_verdict": (review.get("second_opinion") or {}).get("verdict"),
@@ -222,7 +225,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
              f"<title>snakescope report: {e(info['dataset'])}</title><style>{STYLE}</style></head><body>",
              "<nav><a href='#summary'>Summary</a><a href='#flags'>Flags</a><a href='#actions'>Acquisition actions</a>"
              "<a href='#plots'>Plots</a><a href='#conditions'>Conditions</a><a href='#units'>Units</a>"
-             "<a href='#gallery'>Gallery</a><a href='#failures'>Failures</a><a href='#provenance'>Provenance</a></nav><main>",
+             "<a href='#gallery'>Gallery</a><a href='#failures'>Failures</a><a href='#warnings'>Warnings</a><a href='#provenance'>Provenance</a></nav><main>",
              f"<h1>snakescope report: {e(info['dataset'])}</h1>",
              f"<p class='muted'>generated {e(info['generated'])} · snakescope {e(info['version'])}</p>"]
     # -- review backend, said plainly
@@ -302,6 +305,12 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
     parts.append(f"<section id='failures'><h2>Failed inputs and steps ({len(failures)})</h2>"
                  + ("<div class='dt' data-table='failures'></div>" if failures else "<p>None: every input was processed.</p>")
                  + "</section>")
+    warnings = data.get("warnings") or []
+    parts.append(f"<section id='warnings'><h2>Warnings ({len(warnings)})</h2>"
+                 + ("<p class='muted'>Processed, but check these: missing or overridden pixel sizes (such units are "
+                    "measured in pixels), data a reader returned that needed a correction.</p>"
+                    "<div class='dt' data-table='warnings'></div>" if warnings else "<p>None.</p>")
+                 + "</section>")
     # -- provenance
     parts.append("<section id='provenance'><h2>Provenance</h2>")
     parts.append("<h3>Segmentation model (bioimage.io)</h3>" + _kv_table([
@@ -336,6 +345,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
     units = read_csv(tables / "units.csv")
     reviews = read_jsonl(tables / "reviews.jsonl")
     failures = read_csv(tables / "failures.csv")
+    warnings = read_csv(tables / "warnings.csv") if (tables / "warnings.csv").is_file() else []
     gallery: dict[str, dict[str, Any]] = {}
     for path in gallery_files:
         doc = read_json(path)
@@ -358,6 +368,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
         "timings": stage_timings(Path(benchmarks), batches) if benchmarks else [],
     }
     data = report_data(units, reviews, gallery, failures, actions, settings, info["aggregates"], info["answers"])
+    data["warnings"] = [{k: w.get(k) for k in ("stage", "source_path", "unit_id", "warning")} for w in warnings]
     page = render_html(info, data, plots)
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -490,7 +501,7 @@ function showDetail(uid){
   if (!d.image) body.appendChild(el('p', {'class': 'muted'}, 'Detail images are embedded for reports of up to report.detail_images_max_units units; the full overlay is ' + d.overlay_file));
   body.appendChild(el('p', {'class': 'muted'}, 'Left: input channel, contrast-stretched; right: segmentation outlines.'));
   if (d.summary) body.appendChild(el('blockquote', null, d.summary));
-  body.appendChild(kvTable([['source', d.source], ['scene', d.scene], ['image', d.size], ['channels', d.channels], ['reviewer', d.reviewer],
+  body.appendChild(kvTable([['source', d.source], ['scene', d.scene], ['image', d.size], ['pixel size', d.pixel_size], ['channels', d.channels], ['reviewer', d.reviewer],
     ['review status', d.status], ['LLM verdict', d.llm_verdict], ['rules verdict', d.rules_verdict],
     ['count: segmented / estimated by the LLM', d.count_check && d.count_check.estimated !== null ? fmt(d.count_check.segmented) + ' / ' + fmt(d.count_check.estimated) : null]]
     .concat(Object.keys(d.metrics).map(function(k){ return [k, d.metrics[k]]; }))

@@ -17,13 +17,23 @@ from .records import Failure, read_json, write_json
 
 @dataclass(frozen=True)
 class PostprocessSettings:
-    """Config section ``postprocess``; lengths in µm so settings carry across pixel sizes."""
+    """Config section ``postprocess``.
+
+    Scales are relative to the typical nucleus of each field (estimated from the probability map, or
+    ``nucleus_diameter_um`` when set), so the same defaults fit small dense nuclei and large sparse
+    ones, calibrated images and uncalibrated ones. Defaults were chosen on the real BBBC039 and
+    DSB2018 nuclei in ../shared (see config/README.md), not on the synthetic demo.
+    """
 
     probability_threshold: float = 0.5
-    min_object_area_um2: float = 15.0
+    nucleus_diameter_um: float | None = None  # None: estimate the typical nucleus per field
     split_touching: bool = True
-    split_prominence_um: float = 0.5
-    smoothing_sigma_um: float = 0.5
+    split_min_distance: float = 0.4  # nucleus centres at least this many typical radii apart
+    split_smoothing: float = 0.25  # smoothing of the marker map, in typical radii
+    split_intensity_weight: float = 0.5  # markers from intensity (1) or from shape/distance (0)
+    min_object_area_fraction: float = 0.1  # of the typical nucleus area
+    min_object_area_um2: float = 0.0  # absolute floor, calibrated images only
+    min_object_contrast: float = 3.0  # object mean above background, in background noise SDs
     fill_holes: bool = True
     exclude_border_objects: bool = False
 
@@ -33,105 +43,229 @@ class PostprocessSettings:
 
 
 OBJECT_COLUMNS = [
-    "unit_id", "label", "centroid_y_um", "centroid_x_um", "area_um2", "equivalent_diameter_um",
+    "unit_id", "label", "centroid_y_px", "centroid_x_px", "area_px", "equivalent_diameter_px",
+    "centroid_y_um", "centroid_x_um", "area_um2", "equivalent_diameter_um",
     "perimeter_um", "circularity", "eccentricity", "solidity", "major_axis_um", "minor_axis_um",
-    "mean_intensity", "touches_border",
+    "mean_intensity", "contrast_snr", "touches_border",
 ]
 
 
-def instance_labels(probability: np.ndarray, pixel_size_um: tuple[float, float], settings: PostprocessSettings) -> np.ndarray:
-    """Threshold a probability map and split touching objects (distance transform + h-maxima + watershed)."""
-    from skimage.morphology import h_maxima, remove_small_objects
-    from skimage.segmentation import clear_border, watershed
 
-    py, px = pixel_size_um
+def calibrated(pixel_size_um: tuple[float | None, float | None] | None) -> tuple[float, float] | None:
+    """(y, x) in µm when both are known and positive, else None (the unit is measured in pixels)."""
+    if not pixel_size_um or any(v is None or not np.isfinite(v) or v <= 0 for v in pixel_size_um):
+        return None
+    return float(pixel_size_um[0]), float(pixel_size_um[1])
+
+
+def typical_radius_px(mask: np.ndarray) -> float | None:
+    """The typical nucleus radius of a field, in pixels, from its foreground mask.
+
+    Each connected object's largest inscribed radius (distance-transform maximum) is one nucleus
+    radius whether the object is one nucleus or a cluster of touching ones. The area-weighted median
+    finds the scale that holds most of the foreground (specks of debris barely count); the median over
+    objects at least 0.4 of that scale is the estimate.
+    """
+    components, n = ndi.label(mask)
+    if n == 0:
+        return None
+    distance = ndi.distance_transform_edt(mask)
+    radii = np.asarray(ndi.maximum(distance, components, np.arange(1, n + 1)), float)
+    areas = np.bincount(components.ravel())[1:].astype(float)
+    order = np.argsort(radii)
+    cumulative = np.cumsum(areas[order])
+    weighted_median = radii[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
+    return float(np.median(radii[radii >= 0.4 * weighted_median]))
+
+
+def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
+                    settings: PostprocessSettings) -> tuple[np.ndarray, dict[str, Any]]:
+    """Instance labels from a foreground probability map, and how they were made.
+
+    Threshold, fill holes, estimate the typical nucleus radius r; remove objects smaller than
+    ``min_object_area_fraction`` of a typical nucleus; split touching nuclei by a marker-controlled
+    watershed on a map that mixes normalised intensity (nuclei are brighter in the middle than where
+    they touch) with the distance to the background capped at r (the shape), smoothed at a fraction of
+    r, markers at least ``split_min_distance`` radii apart; finally drop objects whose mean intensity
+    is not ``min_object_contrast`` noise SDs above the background (noise the model took for nuclei).
+    """
+    from skimage.feature import peak_local_max
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import clear_border, relabel_sequential, watershed
+
+    pixel = calibrated(pixel_size_um)
+    probability = np.nan_to_num(np.asarray(probability, np.float32), nan=0.0)
     mask = probability >= settings.probability_threshold
     if settings.fill_holes:
         mask = ndi.binary_fill_holes(mask)
-    min_px = max(1, int(round(settings.min_object_area_um2 / (py * px))))
+    info: dict[str, Any] = {"typical_diameter_px": None, "scale_source": None, "removed_small": 0, "removed_low_contrast": 0}
+    if settings.nucleus_diameter_um and pixel:
+        radius = settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1]))
+        info["scale_source"] = "config postprocess.nucleus_diameter_um"
+    else:
+        radius = typical_radius_px(mask)
+        info["scale_source"] = "estimated from this field"
+    if radius is None or not mask.any():
+        return np.zeros(mask.shape, np.int32), info
+    radius = max(radius, 1.0)
+    info["typical_diameter_px"] = round(2 * radius, 2)
+    min_px = settings.min_object_area_fraction * np.pi * radius**2
+    if pixel and settings.min_object_area_um2 > 0:
+        min_px = max(min_px, settings.min_object_area_um2 / (pixel[0] * pixel[1]))
+    min_px = max(1, int(round(min_px)))
+    components, before = ndi.label(mask)
     mask = remove_small_objects(mask, max_size=min_px - 1) if min_px > 1 else mask
     if not mask.any():
-        return np.zeros(mask.shape, np.int32)
+        info["removed_small"] = before
+        return np.zeros(mask.shape, np.int32), info
+    components, n_components = ndi.label(mask)
+    info["removed_small"] = before - n_components
     if settings.split_touching:
-        distance = ndi.distance_transform_edt(mask, sampling=(py, px))
-        if settings.smoothing_sigma_um > 0:
-            distance = ndi.gaussian_filter(distance, (settings.smoothing_sigma_um / py, settings.smoothing_sigma_um / px))
-        markers, _ = ndi.label(h_maxima(distance, settings.split_prominence_um) & mask)
-        labels = watershed(-distance, markers, mask=mask)
-        # a component whose maxima were all lost to smoothing keeps one label of its own
-        orphans, n_orphans = ndi.label(mask & (labels == 0))
+        shape_map = np.minimum(ndi.distance_transform_edt(mask) / radius, 1.0)
+        weight = settings.split_intensity_weight if intensity is not None else 0.0
+        marker_map = (1 - weight) * shape_map
+        if weight > 0:
+            marker_map = marker_map + weight * _normalised_intensity(intensity, mask)
+        marker_map = ndi.gaussian_filter(marker_map, settings.split_smoothing * radius) if settings.split_smoothing > 0 else marker_map
+        marker_map[~mask] = 0
+        peaks = peak_local_max(marker_map, min_distance=max(1, int(round(settings.split_min_distance * radius))),
+                               labels=components, exclude_border=False)
+        markers = np.zeros(mask.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        labels = watershed(-marker_map, markers, mask=mask)
+        orphans, _ = ndi.label(mask & (labels == 0))  # an object without a marker keeps one label of its own
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     else:
-        labels, _ = ndi.label(mask)
+        labels = components
     labels = remove_small_objects(labels, max_size=min_px - 1) if min_px > 1 else labels
+    if intensity is not None and settings.min_object_contrast > 0 and labels.max() > 0:
+        labels, info["removed_low_contrast"] = _drop_low_contrast(labels, intensity, settings.min_object_contrast)
     if settings.exclude_border_objects:
         labels = clear_border(labels)
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(labels.astype(np.int32))[0]
+    return relabel_sequential(labels.astype(np.int32))[0], info
 
 
-def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float], unit_id: str = "") -> list[dict[str, Any]]:
-    """Per-object measurements in µm / µm² (perimeter uses the geometric mean pixel size)."""
+def _normalised_intensity(intensity: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Intensity mapped so the background median is 0 and the 95th percentile of the foreground is 1."""
+    values = np.nan_to_num(intensity.astype(np.float32), nan=0.0)
+    background = float(np.median(values[~mask])) if (~mask).any() else float(values.min())
+    top = float(np.percentile(values[mask], 95))
+    return np.clip((values - background) / max(top - background, 1e-6), 0, 1.5)
+
+
+def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None) -> tuple[float, float]:
+    """Background level and noise SD from pixels outside ``foreground`` (robust: median and 1.4826 MAD)."""
+    values = intensity[~foreground] if foreground is not None and (~foreground).sum() >= 64 else intensity.ravel()
+    values = values[np.isfinite(values)].astype(np.float64)
+    if values.size == 0:
+        return 0.0, 1.0
+    level = float(np.median(values))
+    noise = 1.4826 * float(np.median(np.abs(values - level)))
+    if noise <= 0:  # integer images with a flat background: fall back to the SD
+        noise = float(values.std())
+    return level, max(noise, 1e-6)
+
+
+def _drop_low_contrast(labels: np.ndarray, intensity: np.ndarray, min_contrast: float) -> tuple[np.ndarray, int]:
+    """Remove objects whose mean intensity is less than ``min_contrast`` background noise SDs above the background."""
+    contrast = object_contrast(labels, intensity)
+    low = [label for label, value in contrast.items() if value < min_contrast]
+    if low:
+        labels = np.where(np.isin(labels, low), 0, labels)
+    return labels, len(low)
+
+
+def object_contrast(labels: np.ndarray, intensity: np.ndarray) -> dict[int, float]:
+    """Per object: (mean intensity - background) / background noise SD, background outside every object."""
+    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0)
+    grown = ndi.binary_dilation(labels > 0, iterations=2)
+    level, noise = background_noise(values, grown)
+    ids = np.unique(labels[labels > 0])
+    means = ndi.mean(values, labels, ids) if ids.size else []
+    return {int(i): (float(m) - level) / noise for i, m in zip(ids, means)}
+
+
+def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
+                    unit_id: str = "") -> list[dict[str, Any]]:
+    """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty)."""
     from skimage.measure import regionprops
 
-    py, px = pixel_size_um
+    pixel = calibrated(pixel_size_um)
+    py, px = pixel or (np.nan, np.nan)
     scale = float(np.sqrt(py * px))
     h, w = labels.shape
+    contrast = object_contrast(labels, intensity) if labels.max() > 0 else {}
     rows = []
     for region in regionprops(labels, intensity_image=intensity):
-        area = float(region.area) * py * px
-        perimeter = float(region.perimeter) * scale
+        area_px = float(region.area)
+        perimeter_px = float(region.perimeter)
         minr, minc, maxr, maxc = region.bbox
+        um = {
+            "centroid_y_um": float(region.centroid[0]) * py, "centroid_x_um": float(region.centroid[1]) * px,
+            "area_um2": area_px * py * px, "equivalent_diameter_um": float(np.sqrt(4 * area_px / np.pi)) * scale,
+            "perimeter_um": perimeter_px * scale, "major_axis_um": float(region.axis_major_length) * scale,
+            "minor_axis_um": float(region.axis_minor_length) * scale,
+        }
         rows.append({
             "unit_id": unit_id,
             "label": int(region.label),
-            "centroid_y_um": float(region.centroid[0]) * py,
-            "centroid_x_um": float(region.centroid[1]) * px,
-            "area_um2": area,
-            "equivalent_diameter_um": float(np.sqrt(4 * area / np.pi)),
-            "perimeter_um": perimeter,
-            "circularity": float(min(1.0, 4 * np.pi * area / perimeter**2)) if perimeter > 0 else 0.0,
+            "centroid_y_px": round(float(region.centroid[0]), 2),
+            "centroid_x_px": round(float(region.centroid[1]), 2),
+            "area_px": area_px,
+            "equivalent_diameter_px": float(np.sqrt(4 * area_px / np.pi)),
+            **{k: (v if pixel else None) for k, v in um.items()},
+            "circularity": float(min(1.0, 4 * np.pi * area_px / perimeter_px**2)) if perimeter_px > 0 else 0.0,
             "eccentricity": float(region.eccentricity),
             "solidity": float(region.solidity),
-            "major_axis_um": float(region.axis_major_length) * scale,
-            "minor_axis_um": float(region.axis_minor_length) * scale,
             "mean_intensity": float(region.intensity_mean),
+            "contrast_snr": round(contrast.get(int(region.label), float("nan")), 3),
             "touches_border": bool(minr == 0 or minc == 0 or maxr == h or maxc == w),
         })
     return rows
 
 
-def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pixel_size_um: tuple[float, float]) -> dict[str, Any]:
-    """Per-image summary: count, density per mm², size distribution."""
-    field_mm2 = shape[0] * shape[1] * pixel_size_um[0] * pixel_size_um[1] / 1e6
-    diam = np.array([o["equivalent_diameter_um"] for o in objects], float)
-    area = np.array([o["area_um2"] for o in objects], float)
+def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pixel_size_um: tuple[float, float] | None,
+                      info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-image summary: count, density, size distribution (µm when calibrated, always in pixels)."""
+    pixel = calibrated(pixel_size_um)
+    diam_px = np.array([o["equivalent_diameter_px"] for o in objects], float)
+    area_px = np.array([o["area_px"] for o in objects], float)
     solidity = np.array([o["solidity"] for o in objects], float)
+    scale = float(np.sqrt(pixel[0] * pixel[1])) if pixel else None
+    field_mm2 = shape[0] * shape[1] * pixel[0] * pixel[1] / 1e6 if pixel else None
 
-    def stat(values: np.ndarray, q: float) -> float | None:
-        return float(np.percentile(values, q)) if values.size else None
+    def stat(values: np.ndarray, q: float, factor: float | None = 1.0) -> float | None:
+        return float(np.percentile(values, q)) * factor if values.size and factor is not None else None
 
+    # a merged object is at least about twice the area of a typical nucleus of this field
+    typical = float(np.median(area_px)) if area_px.size else 0.0
     return {
         "object_count": len(objects),
+        "length_unit": "µm" if pixel else "px",
         "field_area_mm2": field_mm2,
         "density_per_mm2": len(objects) / field_mm2 if field_mm2 else None,
-        "diameter_um_median": stat(diam, 50),
-        "diameter_um_p10": stat(diam, 10),
-        "diameter_um_p90": stat(diam, 90),
-        "area_um2_median": stat(area, 50),
-        "area_um2_mean": float(area.mean()) if area.size else None,
+        "diameter_um_median": stat(diam_px, 50, scale),
+        "diameter_um_p10": stat(diam_px, 10, scale),
+        "diameter_um_p90": stat(diam_px, 90, scale),
+        "area_um2_median": stat(area_px, 50, scale**2 if scale else None),
+        "area_um2_mean": float(area_px.mean()) * scale**2 if area_px.size and scale else None,
+        "diameter_px_median": stat(diam_px, 50),
+        "area_px_median": stat(area_px, 50),
+        "typical_diameter_px": (info or {}).get("typical_diameter_px"),
         "solidity_median": stat(solidity, 50),
         "fraction_low_solidity": float(np.mean(solidity < 0.85)) if solidity.size else None,
+        "fraction_large": float(np.mean(area_px > 2.0 * typical)) if area_px.size else None,
         "fraction_touching_border": float(np.mean([o["touches_border"] for o in objects])) if objects else None,
+        "removed_low_contrast": (info or {}).get("removed_low_contrast", 0),
     }
 
 
-def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float], settings: PostprocessSettings, unit_id: str = ""):
+def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
+                 settings: PostprocessSettings, unit_id: str = ""):
     """Labels, object rows and summary of one unit."""
-    labels = instance_labels(probability, pixel_size_um, settings)
+    labels, info = instance_labels(probability, intensity, pixel_size_um, settings)
     objects = measure_objects(labels, intensity, pixel_size_um, unit_id)
-    return labels, objects, summarize_objects(objects, labels.shape, pixel_size_um)
+    return labels, objects, summarize_objects(objects, labels.shape, pixel_size_um, info)
 
 
 def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Path, settings: PostprocessSettings,
@@ -155,12 +289,12 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
         if uid not in predicted["predictions"]:
             continue  # its inference failure is already recorded
         try:
-            pixel = (float(unit["pixel_size_um"]["y"]), float(unit["pixel_size_um"]["x"]))
+            pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)
             probability = np.load(predicted["predictions"][uid]["path"]).astype(np.float32)
             labels, objects, summary = segment_unit(probability, image[0], pixel, settings, uid)
             tifffile.imwrite(out / f"{uid}.labels.tif", labels.astype(np.uint32 if labels.max() > 65535 else np.uint16), compression="zlib")
-            (out / f"{uid}.overlay.png").write_bytes(overlay_png(image[0], labels, pixel[1]))
+            (out / f"{uid}.overlay.png").write_bytes(overlay_png(image[0], labels, pixel[1] if pixel else None))
             summaries[uid] = summary
             all_objects.extend(objects)
         except Exception as exc:  # noqa: BLE001

@@ -12,10 +12,11 @@ from typing import Any
 from .records import read_json, write_json
 from .review import model_channel_name
 
-METRIC_COLUMNS = ["snr", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
+METRIC_COLUMNS = ["snr", "blur", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
                   "percent_minimal", "foreground_fraction", "background", "noise", "mean", "max"]
-SUMMARY_COLUMNS = ["object_count", "density_per_mm2", "diameter_um_median", "diameter_um_p10", "diameter_um_p90",
-                   "area_um2_median", "fraction_low_solidity"]
+SUMMARY_COLUMNS = ["object_count", "length_unit", "density_per_mm2", "diameter_um_median", "diameter_um_p10", "diameter_um_p90",
+                   "area_um2_median", "diameter_px_median", "typical_diameter_px", "fraction_large", "fraction_low_solidity",
+                   "removed_low_contrast"]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -120,7 +121,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    units, failures, reviews, unit_records = [], [], [], []
+    units, failures, reviews, unit_records, warnings = [], [], [], [], []
     refined_units: dict[str, Path] = {}
     review_backends = Counter()
     for batch in batches:
@@ -136,6 +137,8 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
         for unit in imported["units"]:
             uid = unit["unit_id"]
             unit_records.append(unit)
+            warnings += [{"stage": "import", "source_path": unit["source_path"], "sample_id": unit["sample_id"], "unit_id": uid,
+                          "warning": text} for text in unit.get("warnings", [])]
             metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
             review = reviewed.get(uid, {})
             refinement = review.get("refinement") or {}
@@ -149,6 +152,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                 "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
                 "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
                 "pixel_size_x_um": unit["pixel_size_um"]["x"], "pixel_size_y_um": unit["pixel_size_um"]["y"],
+                "pixel_size_origin": unit.get("pixel_size_origin"),
                 "height": unit["shape"][-2], "width": unit["shape"][-1], "channels": "|".join(unit["channel_names"]),
                 **{f"meta_{k}": v for k, v in unit["metadata"].items()},
                 **{m: metrics.get(m) for m in METRIC_COLUMNS},
@@ -170,6 +174,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     columns = list(dict.fromkeys(k for row in units for k in row))
     write_csv(out / "units.csv", units, columns)
     write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason"])
+    write_csv(out / "warnings.csv", warnings, ["stage", "source_path", "sample_id", "unit_id", "warning"])
     review_rows = [{
         "unit_id": r["unit_id"], "backend": r["reviewer"]["backend"], "uses_llm": r["reviewer"].get("uses_llm", False),
         "status": r.get("status", "reviewed"), "verdict": r["verdict"], "llm_verdict": r.get("llm_verdict"),
@@ -191,7 +196,8 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     write_csv(out / "answers.csv", answer_rows, ["condition", "question", "yes", "no", "unsure"])
     issues = Counter(i["type"] for r in reviews for i in r["issues"])
     aggregates = {
-        "units": len(units), "failed_inputs": len(failures),
+        "units": len(units), "failed_inputs": len(failures), "warnings": len(warnings),
+        "uncalibrated_units": sum(1 for u in unit_records if u["pixel_size_um"].get("x") is None),
         "verdicts": dict(Counter(u["verdict"] or "unreviewed" for u in units)),
         "issues": dict(issues), "condition_column": condition_column, "conditions": conditions,
         "review_backends": dict(review_backends),
