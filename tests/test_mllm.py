@@ -116,13 +116,13 @@ def test_cache_hits_and_misses(demo_batch, fake_ollama, tmp_path):
 
 def test_guardrails_flag_claims_the_numbers_contradict():
     rules = {"verdict": "pass", "issues": []}
-    metrics = {"focus_laplacian": 0.14, "percent_saturated": 0.0, "foreground_fraction": 0.2, "snr": 150.0}
+    metrics = {"blur": 0.31, "percent_saturated": 0.0, "foreground_fraction": 0.2, "snr": 150.0}
     answer = {"verdict": "fail", "estimated_count": 40, "issues": [{"type": "out_of_focus", "severity": "fail", "evidence": "blurry"}]}
     flags = check_claims(answer, rules, metrics, {"object_count": 24, "diameter_um_median": 12.0}, 0.2)
     checks = {f["check"]: f for f in flags}
     assert set(checks) == {"object count", "out_of_focus", "verdict"}
     assert checks["object count"]["llm_says"] == "40 nuclei" and "24 segmented" in checks["object count"]["numbers_say"]
-    assert "0.140" in checks["out_of_focus"]["numbers_say"]
+    assert "blur 0.31" in checks["out_of_focus"]["numbers_say"]
     # the other direction: the rules measured saturation the model did not mention
     rules = {"verdict": "fail", "issues": [{"type": "saturated", "severity": "fail", "evidence": "8% of pixels at 4095"}]}
     answer = {"verdict": "pass", "estimated_count": 24, "issues": []}
@@ -252,7 +252,7 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_ollama, demo
     model = ModelSettings(source=str(demo_dir / "model" / "bioimageio.yaml"), channels=("DAPI",))
     write_json(tmp_path / "check.json", check_model(model, tmp_path / "cache"))
     predict_batch(tmp_path / "import" / "manifest.json", model, tmp_path / "check.json", tmp_path / "inference")
-    start = {"split_prominence_um": 3.0}  # deliberately under-splits touching nuclei
+    start = {"split_min_distance": 3.0}  # deliberately under-splits touching nuclei
     postprocess_batch(tmp_path / "import" / "manifest.json", tmp_path / "inference" / "manifest.json",
                       PostprocessSettings.from_config(start), ("DAPI",), tmp_path / "seg")
     settings = {"backend": "ollama", "ollama": {"host": fake_ollama.host, "prompt": PROMPT, "refine": {"max_iterations": 3}}}
@@ -263,8 +263,8 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_ollama, demo
         refinement = review["refinement"]
         assert refinement["applied"] and refinement["direction"] == "split more"
         assert 2 <= len(refinement["attempts"]) <= 4  # the original + at most max_iterations
-        prominences = [a["settings"]["split_prominence_um"] for a in refinement["attempts"]]
-        assert prominences == sorted(prominences, reverse=True) and min(prominences) >= 0.3
+        distances = [a["settings"]["split_min_distance"] for a in refinement["attempts"]]
+        assert distances == sorted(distances, reverse=True) and min(distances) >= 0.15
         truth = tifffile.imread(tmp_path / "data" / "truth" / f"{uid}.tif")
         before = object_f1(tifffile.imread(tmp_path / "seg" / f"{uid}.labels.tif"), truth)["f1"]
         after = object_f1(tifffile.imread(tmp_path / "out" / f"{uid}.labels.tif"), truth)["f1"]

@@ -196,8 +196,8 @@ def test_refinement_is_described_in_one_line():
     from snakescope.report import refinement_line
 
     line = refinement_line({"applied": True, "direction": "split more", "target_count": 31, "attempts": [{}, {}],
-                            "best_settings": {"split_prominence_um": 0.3}})
-    assert line == "applied: split more towards 31 objects, 2 attempt(s); kept split_prominence_um 0.3"
+                            "best_settings": {"split_min_distance": 0.3}})
+    assert line == "applied: split more towards 31 objects, 2 attempt(s); kept split_min_distance 0.3"
     assert refinement_line({"applied": False, "direction": "split less", "target_count": 9, "attempts": [{}]}).startswith(
         "not applied (no attempt beat the original): split less towards 9 objects, 1 attempt(s)")
     assert refinement_line(None) is None

@@ -12,18 +12,66 @@ def disk(shape, centre, radius):
     return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
 
 
-def test_touching_disks_are_split_only_when_asked():
-    mask = disk((80, 120), (40, 40), 15) | disk((80, 120), (40, 66), 15)
-    prob = mask.astype(np.float32)
-    split = instance_labels(prob, (0.5, 0.5), PostprocessSettings(split_prominence_um=1.0))
-    merged = instance_labels(prob, (0.5, 0.5), PostprocessSettings(split_touching=False))
-    assert split.max() == 2 and merged.max() == 1
+def nuclei_image(shape, centres, radius, contrast=100.0, noise=5.0, seed=0):
+    """Touching bright disks on a noisy background, and their probability map (the disks)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    for c in centres:
+        mask |= disk(shape, c, radius)
+    yy, xx = np.indices(shape)
+    image = 100 + rng.normal(0, noise, shape)
+    for c in centres:  # brighter in the middle, as stained nuclei are
+        image += contrast * np.clip(1 - ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / radius**2, 0, None) ** 0.5
+    return mask.astype(np.float32), image.astype(np.float32)
+
+
+@pytest.mark.parametrize("radius", [5, 15, 40])
+def test_touching_nuclei_split_at_any_scale_with_the_same_defaults(radius):
+    """No absolute length: the same defaults split touching pairs of small and of large nuclei, calibrated or not."""
+    step = int(1.7 * radius)
+    centres = [(3 * radius, 3 * radius), (3 * radius, 3 * radius + step), (8 * radius, 4 * radius)]
+    prob, image = nuclei_image((11 * radius, 8 * radius), centres, radius)
+    for pixel in [(0.5, 0.5), None]:
+        labels, info = instance_labels(prob, image, pixel, PostprocessSettings())
+        assert labels.max() == 3, (radius, pixel, info)
+        assert info["typical_diameter_px"] == pytest.approx(2 * radius, rel=0.15)
+    merged, _ = instance_labels(prob, image, (0.5, 0.5), PostprocessSettings(split_touching=False))
+    assert merged.max() == 2
+
+
+def test_a_fixed_nucleus_diameter_overrides_the_estimate():
+    prob, image = nuclei_image((120, 120), [(40, 40), (40, 66)], 15)
+    labels, info = instance_labels(prob, image, (0.5, 0.5), PostprocessSettings(nucleus_diameter_um=15.0))
+    assert info["scale_source"].startswith("config") and info["typical_diameter_px"] == pytest.approx(30)
+    assert labels.max() == 2
+
+
+def test_noise_objects_are_removed_dim_nuclei_kept():
+    rng = np.random.default_rng(3)
+    noise = (100 + rng.normal(0, 5, (128, 128))).astype(np.float32)
+    specks = np.zeros((128, 128), np.float32)
+    specks[10:13, 10:13] = specks[50:54, 80:83] = specks[90:92, 30:33] = 1  # what a normalising model finds in noise
+    labels, info = instance_labels(specks, noise, None, PostprocessSettings())
+    assert labels.max() == 0 and info["removed_low_contrast"] + info["removed_small"] >= 1
+    prob, dim = nuclei_image((128, 128), [(40, 40), (90, 90)], 12, contrast=8.0, noise=5.0)  # 1.6 noise SDs
+    labels, _ = instance_labels(prob, dim, None, PostprocessSettings())
+    assert labels.max() == 2
 
 
 def test_known_count_recovered_from_truth_probability():
-    _, truth = render_field(DemoField("s", 30, touching_pairs=4, seed=5))
-    labels = instance_labels((truth > 0).astype(np.float32), (0.65, 0.65), PostprocessSettings())
-    assert abs(int(labels.max()) - int(truth.max())) <= 1
+    image, truth = render_field(DemoField("s", 30, touching_pairs=4, seed=5))
+    labels, _ = instance_labels((truth > 0).astype(np.float32), image.astype(np.float32), (0.65, 0.65), PostprocessSettings())
+    assert abs(int(labels.max()) - int(truth.max())) <= 2
+
+
+def test_uncalibrated_units_are_measured_in_pixels_only():
+    labels = disk((60, 60), (30, 30), 10).astype(np.int32)
+    (obj,) = measure_objects(labels, np.ones((60, 60)), None)
+    assert obj["area_px"] == pytest.approx(np.pi * 100, rel=0.03) and obj["equivalent_diameter_px"] == pytest.approx(20, rel=0.02)
+    assert obj["area_um2"] is None and obj["equivalent_diameter_um"] is None
+    summary = summarize_objects([obj], (60, 60), None)
+    assert summary["length_unit"] == "px" and summary["diameter_um_median"] is None and summary["density_per_mm2"] is None
+    assert summary["diameter_px_median"] == pytest.approx(20, rel=0.02)
 
 
 @pytest.mark.parametrize("pixel", [0.5, 1.0])
@@ -41,9 +89,9 @@ def test_small_objects_removed_and_empty_probability_gives_no_objects():
     prob = np.zeros((50, 50), np.float32)
     prob[5:7, 5:7] = 1  # 4 px = 1 µm² at 0.5 µm
     prob[20:40, 20:40] = 1
-    labels, objects, summary = segment_unit(prob, prob, (0.5, 0.5), PostprocessSettings(min_object_area_um2=5))
+    labels, objects, summary = segment_unit(prob, prob * 1000, (0.5, 0.5), PostprocessSettings(min_object_area_um2=5))
     assert summary["object_count"] == 1 and objects[0]["area_um2"] == pytest.approx(100)
-    labels, objects, summary = segment_unit(np.zeros((50, 50), np.float32), prob, (0.5, 0.5), PostprocessSettings())
+    labels, objects, summary = segment_unit(np.zeros((50, 50), np.float32), prob * 1000, (0.5, 0.5), PostprocessSettings())
     assert summary["object_count"] == 0 and summary["diameter_um_median"] is None
 
 
