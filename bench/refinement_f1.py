@@ -55,8 +55,8 @@ def main() -> None:
         host = fake.host
     print(f"{args.fields} fields of touching nuclei; reviewer: {'fake test server' if fake else host}")
     print(f"{'start setting':42s} {'F1 before':>9s} {'F1 after':>9s} {'|count err| before':>19s} {'after':>6s} refined")
-    for name, start in [("defaults (split_prominence_um 0.5)", {}),
-                        ("under-splitting (split_prominence_um 3.0)", {"split_prominence_um": 3.0}),
+    for name, start in [("defaults (split_min_distance 0.4)", {}),
+                        ("under-splitting (split_min_distance 3.0)", {"split_min_distance": 3.0}),
                         ("no splitting (split_touching false)", {"split_touching": False})]:
         seg = root / f"seg-{len(start)}-{abs(hash(name)) % 1000}"
         postprocess_batch(root / "import" / "manifest.json", root / "inference" / "manifest.json",

@@ -50,7 +50,7 @@ def test_dry_run_lists_the_expected_jobs(workdir):
     assert result.returncode == 0, result.stderr
     # 14 demo files + 1 corrupt = 15 files, 6 per batch -> 3 batches
     per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3, "gallery": 3}
-    assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "tables": 1, "plots": 1,
+    assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "quality_reference": 1, "tables": 1, "plots": 1,
                                            "run_summary": 1, "report": 1, "all": 1}
 
 
@@ -91,7 +91,7 @@ def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, 
     assert planned_jobs(snakemake(workdir, "-n").stdout + "\nJob stats:\n\n\n") == {}, "an unchanged rerun plans nothing"
     changed = workdir / "changed"
     changed.mkdir(exist_ok=True)
-    config = write_config(changed, demo_dir, postprocess__split_prominence_um=2.0, batch_size=6)
+    config = write_config(changed, demo_dir, postprocess__split_min_distance=0.8, batch_size=6)
     shutil.copy(workdir / "samples.tsv", changed / "samples.tsv")
     text = config.read_text().replace(str(changed), str(workdir))
     (workdir / "config-changed.yaml").write_text(text)
@@ -102,11 +102,11 @@ def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, 
 
 
 def test_bad_config_key_and_missing_file_give_one_clear_message(workdir, demo_dir, tmp_path):
-    bad = write_config(tmp_path, demo_dir, postprocess__split_promience_um=2.0)
+    bad = write_config(tmp_path, demo_dir, postprocess__split_min_distnce=0.8)
     shutil.copy(workdir / "samples.tsv", tmp_path / "samples.tsv")
     result = snakemake(tmp_path, "-n", configfile=bad)
     assert result.returncode != 0
-    assert "unknown config key 'postprocess.split_promience_um' (did you mean 'split_prominence_um'?)" in result.stdout + result.stderr
+    assert "unknown config key 'postprocess.split_min_distnce' (did you mean 'split_min_distance'?)" in result.stdout + result.stderr
     (tmp_path / "samples.tsv").write_text("sample_id\tpath\nA1\t/nonexistent/plate/A1.czi\n")
     result = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, demo_dir))
     assert result.returncode != 0 and "/nonexistent/plate/A1.czi" in result.stdout + result.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -62,6 +63,13 @@ REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the revie
 if config["review"]["backend"] != "ollama":
     REVIEW_PARAMS.pop("ollama")  # irrelevant without the LLM backend
 CACHE_DIR = config["cache_dir"]
+
+
+def dataset_normalization(wildcards):
+    """With model.normalization: dataset, inference normalises with statistics pooled over the whole run."""
+    if config["model"].get("normalization", "per_image") != "dataset":
+        return {}
+    return {"pixels": R / "inference/dataset_pixels.npy"}
 
 
 def review_prompts(wildcards):

@@ -17,14 +17,34 @@ rule check_model:
         "{SNAKESCOPE} check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output} 2> {log}"
 
 
+rule dataset_pixels:
+    input:
+        expand(R / "import/{batch}", batch=BATCHES),
+    output:
+        R / "inference/dataset_pixels.npy",
+    params:
+        manifests=lambda wildcards, input: [f"{d}/manifest.json" for d in input],
+        model=as_json({"channels": config["model"]["channels"]}),
+    log:
+        R / "logs/inference/dataset_pixels.log",
+    benchmark:
+        R / "benchmarks/dataset_pixels/run.tsv",
+    conda:
+        "../../envs/inference.yaml"
+    shell:
+        "{SNAKESCOPE} dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output} 2> {log}"
+
+
 rule infer:
     input:
+        unpack(dataset_normalization),
         imported=R / "import/{batch}",
         model_check=R / "models/model_check.json",
     output:
         directory(R / "inference/{batch}"),
     params:
         settings=as_json(MODEL_PARAMS),
+        dataset_pixels=lambda wildcards, input: f"--dataset-pixels {shlex.quote(input.pixels)}" if hasattr(input, "pixels") else "",
     threads: 2
     log:
         R / "logs/inference/{batch}.log",
@@ -37,4 +57,4 @@ rule infer:
         "../../envs/inference.yaml"
     shell:
         "{SNAKESCOPE} infer --manifest {input.imported}/manifest.json --settings {params.settings:q} "
-        "--model-check {input.model_check} --out {output} 2> {log}"
+        "--model-check {input.model_check} --out {output} {params.dataset_pixels} 2> {log}"

@@ -6,6 +6,7 @@
     snakescope quality-reference ...   the run's median and MAD of the metrics (relative checks)
     snakescope check-model ...         test a bioimage.io model once (cached per digest)
     snakescope infer ...               model inference for one batch (model loaded once)
+    snakescope dataset-pixels ...      a pooled pixel sample of the run (model.normalization: dataset)
     snakescope postprocess ...         labels and measurements for one batch
     snakescope review ...              review of one batch (rules; Ollama vision model when configured)
     snakescope summary ...             the run's narrative summary, numbers checked against the tables
@@ -86,9 +87,20 @@ def cmd_infer(args: argparse.Namespace) -> None:
     from .inference import ModelError, ModelSettings, predict_batch
 
     try:
-        predict_batch(args.manifest, ModelSettings.from_config(args.settings), args.model_check, args.out)
+        predict_batch(args.manifest, ModelSettings.from_config(args.settings), args.model_check, args.out, args.dataset_pixels)
     except ModelError as exc:
         sys.exit(f"snakescope: {exc}")
+
+
+def cmd_dataset_pixels(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .inference import pooled_pixels
+
+    pixels = pooled_pixels(args.manifests, _channels(args.model_settings))
+    with open(args.out, "wb") as handle:
+        np.save(handle, pixels)
+    print(f"dataset pixels: {pixels.shape[1]} per channel from {len(args.manifests)} batch(es)", file=sys.stderr)
 
 
 def cmd_postprocess(args: argparse.Namespace) -> None:
@@ -180,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("quality-reference", cmd_quality_reference, "the run's median and MAD of quality metrics (relative checks)",
         quality={"nargs": "+", "required": True, "help": "quality JSON files of every batch"}, out=req)
     add("check-model", cmd_check_model, "run bioimageio test_model once per model digest", settings=js, cache_dir=req, out=req)
-    add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req)
+    add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req,
+        dataset_pixels={"default": None, "help": "pooled pixels (.npy) for dataset-level normalisation"})
+    add("dataset-pixels", cmd_dataset_pixels, "a pooled pixel sample of the run (dataset-level normalisation)",
+        manifests={"nargs": "+", "required": True}, model_settings=js, out=req)
     add("postprocess", cmd_postprocess, "instance labels and measurements for one batch", manifest=req, inference=req,
         settings=js, model_settings=js, out=req)
     add("review", cmd_review, "review one batch (rules, and an Ollama vision model when configured)", manifest=req,

@@ -29,6 +29,7 @@ class ModelSettings:
     channels: tuple[str | int, ...] = (0,)
     output_channel: int = 0
     run_test: bool = True
+    normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "ModelSettings":
@@ -176,13 +177,15 @@ class Predictor:
     ``min + n*step``) plus the output halo on every side, predicted block by block, and cropped back.
     """
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None) -> None:
         from bioimageio.core import create_prediction_pipeline
 
         self.settings = settings
         self.descr = load_description(settings.source)
+        fixed = dataset_statistics(self.descr, dataset_pixels) if dataset_pixels is not None else {}
+        self.fixed_stats = fixed  # also put into every sample: blocked prediction reads them from sample.stat
         self.pipeline = create_prediction_pipeline(
-            self.descr, weight_format=settings.weight_format, devices=[settings.device]
+            self.descr, weight_format=settings.weight_format, devices=[settings.device], fixed_dataset_statistics=fixed
         )
         self.input_id = self.descr.inputs[0].id
         self.output_id = self.descr.outputs[0].id
@@ -198,7 +201,7 @@ class Predictor:
         padding = plan_padding(image.shape[-2:], self.size_rules, self.halo)
         padded = pad_image(image.astype(np.float32), padding)
         tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
-        sample = Sample(members={self.input_id: tensor}, stat={}, id=sample_id)
+        sample = Sample(members={self.input_id: tensor}, stat=dict(self.fixed_stats), id=sample_id)
         result = self.pipeline.predict_sample_with_blocking(sample)
         out = result.members[self.output_id].data
         out = out.transpose(*[d for d in ("batch", "channel", "z", "y", "x") if d in out.dims])
@@ -210,7 +213,43 @@ class Predictor:
         self.pipeline.unload()
 
 
-def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_check: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def pooled_pixels(import_manifests: list[str | Path], channels: tuple[str | int, ...], per_unit: int = 20_000,
+                  seed: int = 0) -> np.ndarray:
+    """A (C, N) sample of pixel values from every unit of a run: the basis of dataset-level normalisation."""
+    from .acquisition import read_unit
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for manifest in import_manifests:
+        for unit in read_json(manifest)["units"]:
+            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels).reshape(len(channels), -1)
+            take = rng.choice(image.shape[1], size=min(per_unit, image.shape[1]), replace=False)
+            parts.append(image[:, take].astype(np.float32))
+    if not parts:
+        raise ValueError("no imported units to compute dataset statistics from")
+    return np.concatenate(parts, axis=1)
+
+
+def dataset_statistics(descr: Any, pixels: np.ndarray) -> dict[Any, Any]:
+    """The model's per-sample normalisation measures, computed once over a pooled sample of the run.
+
+    Passed to bioimageio.core as fixed statistics, they replace the per-image ones: every image is then
+    normalised alike, so a field's prediction no longer depends on how much background it holds.
+    """
+    from bioimageio.core import Sample, Tensor
+    from bioimageio.core.proc_setup import get_requried_measures
+    from bioimageio.core.stat_calculators import compute_measures
+
+    measures = {m for m in get_requried_measures(descr).pre if getattr(m, "scope", "") == "sample"}
+    if not measures:
+        return {}
+    tensor = Tensor(pixels[None, :, None, :], dims=("batch", "channel", "y", "x"))
+    sample = Sample(members={descr.inputs[0].id: tensor}, stat={}, id="dataset")
+    return compute_measures(measures, [sample])
+
+
+def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_check: str | Path, out_dir: str | Path,
+                  dataset_pixels: str | Path | None = None) -> dict[str, Any]:
     """Predict every unit of an imported batch with one pipeline; per-unit errors are recorded."""
     from .acquisition import read_unit
 
@@ -221,7 +260,8 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     predictions: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     started = time.time()
-    predictor = Predictor(settings) if doc["units"] else None
+    pooled = np.load(dataset_pixels) if dataset_pixels else None
+    predictor = Predictor(settings, pooled) if doc["units"] else None
     load_seconds = time.time() - started
     for i, unit in enumerate(doc["units"], start=1):
         try:
@@ -242,6 +282,7 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
         "batch": doc["batch"],
         "model": {k: check[k] for k in ("source", "name", "digest", "weight_format")},
         "device": settings.device,
+        "normalization": "dataset statistics" if dataset_pixels else "per image (the model's own)",
         "model_load_seconds": round(load_seconds, 3),
         "predictions": predictions,
         "failures": failures,

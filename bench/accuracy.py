@@ -1,0 +1,247 @@
+"""Right answers on real microscopy: the workflow with its default config on the real nuclei sets.
+
+    python bench/accuracy.py [--shared ../shared] [--project .] [--sets bbbc039 dsb2018 qc]
+
+Runs the real Snakemake on the real Snakefile, with the real U-Net from ../shared/models, once per set:
+
+- ``bbbc039`` and ``dsb2018`` (../shared/data/nuclei, instance ground truth): object F1 at IoU 0.5,
+  precision, recall and mean absolute relative count error, per set and pooled over both. Only the
+  model and its input channel are configured; everything else is the default. The images are read
+  where they are (nothing is copied into the project).
+- ``qc``: a quality-control set built from the same real fields: every field untouched, plus one
+  degraded copy of each (cycling blur, clipping, dimming with noise, empty), with degradation
+  strengths drawn at random (seeded) around the ones the thresholds were set on. Prints the
+  confusion table (true condition x the review's quality issue), the share of degraded fields that
+  get the right issue, the share of untouched fields that pass with no quality issue, separately for
+  fields the thresholds were calibrated on (even positions) and held-out fields (odd positions).
+
+``--project`` points at another checkout (e.g. a worktree of an older commit) to measure "before"
+with the same script. The last line is ``pooled_f1=… dsb2018_f1=… bbbc039_f1=… qc_right_issue=… qc_ok_pass=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUALITY_ISSUES = ("empty_field", "saturated", "low_signal", "out_of_focus")
+DEGRADATIONS = ("blur", "saturated", "low_signal", "empty")
+EXPECTED_ISSUE = {"blur": "out_of_focus", "saturated": "saturated", "low_signal": "low_signal", "empty": "empty_field"}
+
+
+def object_f1(predicted: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+    """Matches at IoU > 0.5 (each object matches at most one other at that threshold)."""
+    pred, true = predicted.ravel().astype(np.int64), truth.ravel().astype(np.int64)
+    both = (pred > 0) & (true > 0)
+    pairs, overlap = np.unique(np.stack([pred[both], true[both]]), axis=1, return_counts=True)
+    union = np.bincount(pred)[pairs[0]] + np.bincount(true)[pairs[1]] - overlap
+    return {"tp": int(np.sum(overlap / union > 0.5)), "predicted": len(np.unique(pred[pred > 0])),
+            "true": len(np.unique(true[true > 0]))}
+
+
+def run_workflow(project: Path, work: Path, dataset: str, sheet: Path, model: Path) -> float:
+    """The workflow with its defaults: only dataset, samples, results, model and its channel are set."""
+    import yaml
+
+    config = {"dataset": dataset, "samples": str(sheet), "results": str(work / "results"), "cache_dir": str(work / "cache"),
+              "model": {"source": str(model), "channels": [0]}}
+    path = work / f"{dataset}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.time()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(project / "Snakefile"), "--configfile", str(path), "--cores", "2"]
+    result = subprocess.run(cmd, cwd=project, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    (work / f"{dataset}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        print(f"  workflow failed for {dataset} (log: {work / f'{dataset}.log'}):\n" + result.stderr[-1500:])
+    return time.time() - started
+
+
+def units_by_source(results: Path) -> dict[str, tuple[str, str]]:
+    """source path -> (batch, unit id) from the import manifests."""
+    out = {}
+    for manifest in sorted(results.glob("import/*/manifest.json")):
+        doc = json.loads(manifest.read_text())
+        for unit in doc["units"]:
+            out[str(Path(unit["source_path"]).resolve())] = (doc["batch"], unit["unit_id"])
+    return out
+
+
+def segmentation_scores(shared: Path, work: Path, name: str, project: Path, model: Path) -> dict[str, float]:
+    import tifffile
+
+    images = sorted((shared / "data" / "nuclei" / name / "images").glob("*.tif"))
+    sheet = work / f"{name}.tsv"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["sample_id", "path"])
+        writer.writerows([[image.stem, str(image)] for image in images])
+    seconds = run_workflow(project, work, name, sheet, model)
+    results = work / "results" / name
+    found = units_by_source(results)
+    tp = predicted = true = 0
+    errors, failed = [], 0
+    for image in images:
+        truth = tifffile.imread(shared / "data" / "nuclei" / name / "masks" / image.name)
+        n_true = len(np.unique(truth[truth > 0]))
+        batch, uid = found.get(str(image.resolve()), (None, None))
+        labels_path = results / "segmentation" / str(batch) / f"{uid}.labels.tif"
+        if uid is None or not labels_path.is_file():
+            failed += 1
+            labels = np.zeros_like(truth)
+        else:
+            labels = tifffile.imread(labels_path)
+        score = object_f1(labels, truth)
+        tp, predicted, true = tp + score["tp"], predicted + score["predicted"], true + n_true
+        errors.append(abs(score["predicted"] - n_true) / n_true)
+    return {"fields": len(images), "failed": failed, "tp": tp, "predicted": predicted, "true": true,
+            "mean_abs_count_error": float(np.mean(errors)), "seconds": seconds}
+
+
+def degrade(image: np.ndarray, truth: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A real field with one known degradation; strengths vary (seeded) around the calibration's."""
+    from scipy import ndimage as ndi
+
+    x = image.astype(np.float64)
+    top = float(np.iinfo(image.dtype).max)
+    background = float(np.median(x))
+    diffs = np.diff(x, axis=1).ravel()
+    noise = max(2.0, float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2)))
+    if kind == "blur":  # defocus
+        y = ndi.gaussian_filter(x, rng.uniform(2.5, 5.0))
+    elif kind == "saturated":  # exposure too long: the brightest 3-15 % of pixels clip at the camera maximum
+        high = np.percentile(x, 100 - rng.uniform(3, 15))
+        y = background + (x - background) * (top - background) / max(high - background, 1e-9)
+    elif kind == "low_signal":  # nuclei dimmed to 1-2.5 noise SDs above the background, camera noise added
+        contrast = float(np.median(x[truth > 0])) - background
+        y = background + (x - background) * rng.uniform(1.0, 2.5) * noise / max(contrast, 1e-9) + rng.normal(0, noise, x.shape)
+    elif kind == "empty":  # background and camera noise only
+        y = background + rng.normal(0, noise, x.shape)
+    else:
+        y = x
+    return np.clip(np.round(y), 0, top).astype(image.dtype)
+
+
+def qc_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str, object]:
+    import tifffile
+
+    rng = np.random.default_rng(2026)
+    folder = work / "qc-fields"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, truth_of = [], {}
+    position = 0
+    for name, pixel in (("bbbc039", "0.645"), ("dsb2018", "")):
+        for index, image_path in enumerate(sorted((shared / "data" / "nuclei" / name / "images").glob("*.tif"))):
+            image = tifffile.imread(image_path)
+            truth = tifffile.imread(shared / "data" / "nuclei" / name / "masks" / image_path.name)
+            kind = DEGRADATIONS[position % len(DEGRADATIONS)]
+            position += 1
+            split = "calibration" if index % 2 == 0 else "held-out"
+            for condition, data in (("ok", image), (kind, degrade(image, truth, kind, rng))):
+                sample = f"{name}_{image_path.stem[:16]}_{condition}"
+                path = folder / f"{sample}.tif"
+                tifffile.imwrite(path, data)
+                rows.append([sample, str(path), pixel, condition, split])
+                truth_of[sample] = (condition, split)
+    sheet = work / "qc.tsv"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["sample_id", "path", "pixel_size_um", "condition", "split"])
+        writer.writerows(rows)
+    seconds = run_workflow(project, work, "qc", sheet, model)
+    reviews = work / "results" / "qc" / "tables" / "reviews.csv"
+    issues: dict[str, list[str]] = {}
+    if reviews.is_file():
+        with reviews.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                found = [part.split(":")[0] for part in (row["issues"] or "").split(";") if part]
+                issues[row["unit_id"]] = [i for i in found if i in QUALITY_ISSUES]
+    confusion: Counter = Counter()
+    right: Counter = Counter()
+    total: Counter = Counter()
+    for sample, (condition, split) in truth_of.items():
+        found = issues.get(sample)
+        if found is None:
+            predicted = "not reviewed"
+        else:
+            predicted = next((i for i in QUALITY_ISSUES if i in found), "none")  # the most severe kind first
+        confusion[(condition, predicted)] += 1
+        if condition == "ok":
+            ok = found == []
+            right[("ok", split)] += ok
+            total[("ok", split)] += 1
+        else:
+            right[("degraded", split)] += found is not None and EXPECTED_ISSUE[condition] in found
+            total[("degraded", split)] += 1
+    return {"confusion": confusion, "right": right, "total": total, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--project", type=Path, default=ROOT, help="checkout whose Snakefile runs (default: this one)")
+    parser.add_argument("--sets", nargs="+", default=["bbbc039", "dsb2018", "qc"])
+    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
+    args = parser.parse_args()
+    shared, project = args.shared.resolve(), args.project.resolve()
+    model = shared / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"
+    if not model.is_file():
+        sys.exit(f"no model at {model}: pass --shared")
+    work = args.work or Path(tempfile.mkdtemp(prefix="snakescope-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"project {project} (commit {_commit(project)}); working folder {work}")
+    scores = {}
+    for name in [s for s in args.sets if s != "qc"]:
+        scores[name] = segmentation_scores(shared, work, name, project, model)
+    summary = []
+    if scores:
+        print(f"\n{'set':10s} {'fields':>6s} {'failed':>6s} {'nuclei':>6s} {'found':>6s} {'F1@0.5':>7s} {'prec':>6s} "
+              f"{'recall':>6s} {'MAE count':>9s} {'time s':>7s}")
+        pooled = Counter()
+        for name, s in scores.items():
+            pooled.update({k: s[k] for k in ("tp", "predicted", "true")})
+            f1 = 2 * s["tp"] / (s["predicted"] + s["true"]) if s["predicted"] + s["true"] else 0.0
+            print(f"{name:10s} {s['fields']:6d} {s['failed']:6d} {s['true']:6d} {s['predicted']:6d} {f1:7.3f} "
+                  f"{s['tp'] / max(s['predicted'], 1):6.3f} {s['tp'] / max(s['true'], 1):6.3f} "
+                  f"{100 * s['mean_abs_count_error']:8.1f}% {s['seconds']:7.0f}")
+            summary.append(f"{name}_f1={f1:.3f}")
+        if len(scores) > 1:
+            f1 = 2 * pooled["tp"] / (pooled["predicted"] + pooled["true"])
+            errors = [s["mean_abs_count_error"] * s["fields"] for s in scores.values()]
+            print(f"{'pooled':10s} {sum(s['fields'] for s in scores.values()):6d} {sum(s['failed'] for s in scores.values()):6d} "
+                  f"{pooled['true']:6d} {pooled['predicted']:6d} {f1:7.3f} {pooled['tp'] / pooled['predicted']:6.3f} "
+                  f"{pooled['tp'] / pooled['true']:6.3f} {100 * sum(errors) / sum(s['fields'] for s in scores.values()):8.1f}%")
+            summary.insert(0, f"pooled_f1={f1:.3f}")
+    if "qc" in args.sets:
+        qc = qc_scores(shared, work, project, model)
+        columns = [*QUALITY_ISSUES, "none", "not reviewed"]
+        print(f"\nQC set ({sum(qc['total'].values())} real fields, {qc['seconds']:.0f} s): rows = true condition, "
+              "columns = the review's quality issue (most severe)")
+        print(f"{'':12s}" + "".join(f"{c:>14s}" for c in columns))
+        for condition in ("ok", *DEGRADATIONS):
+            print(f"{condition:12s}" + "".join(f"{qc['confusion'][(condition, c)]:14d}" for c in columns))
+        for split in ("calibration", "held-out"):
+            print(f"{split:12s} degraded fields with the right issue: {qc['right'][('degraded', split)]}/{qc['total'][('degraded', split)]}"
+                  f"; untouched fields passing with no quality issue: {qc['right'][('ok', split)]}/{qc['total'][('ok', split)]}")
+        right = sum(qc["right"][("degraded", s)] for s in ("calibration", "held-out")) / max(1, sum(qc["total"][("degraded", s)] for s in ("calibration", "held-out")))
+        ok = sum(qc["right"][("ok", s)] for s in ("calibration", "held-out")) / max(1, sum(qc["total"][("ok", s)] for s in ("calibration", "held-out")))
+        summary += [f"qc_right_issue={right:.3f}", f"qc_ok_pass={ok:.3f}"]
+    print(" ".join(summary))
+
+
+def _commit(project: Path) -> str:
+    result = subprocess.run(["git", "-C", str(project), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
