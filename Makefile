@@ -21,6 +21,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -ra
 
 bench: $(BIN)/.installed
+	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/inference_throughput.py
 	$(BIN)/python bench/workflow_vs_loop.py
 	$(BIN)/python bench/dryrun_scale.py

@@ -143,6 +143,7 @@ def test_real_metamorph_tiffs_carry_their_calibration(tmp_path):
     for unit in doc["units"]:  # 0.645 µm in the MetaMorph tags; the 72-dpi resolution tags would say 352.8 µm
         assert unit["pixel_size_um"]["x"] == pytest.approx(0.645) and unit["pixel_size_um"]["y"] == pytest.approx(0.645)
         assert unit["pixel_size_origin"] == "MetaMorph calibration tags" and unit["warnings"] == []
+        assert unit["channel_names"] == ["DAPI"]  # MetaMorph's own channel name, so model.channels: [DAPI] works
     # DSB2018 files carry no calibration at all: imported in pixels, each with its warning
     dsb = sorted((NUCLEI / "dsb2018" / "images").glob("*.tif"))[:2]
     doc = import_batch("b0001", [Source(f"d{i}", str(f)) for i, f in enumerate(dsb)], ImportSettings(), tmp_path / "b")

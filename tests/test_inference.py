@@ -42,11 +42,12 @@ def test_unet_reproduces_its_test_output_and_tiles_large_images(unet_tensors, we
         predictor.close()
 
 
-@pytest.mark.parametrize("shape", [(20, 66), (256, 256), (512, 510), (520, 696), (2100, 2300), (1, 40)])
-def test_unet_predicts_any_image_size(unet_tensors, shape):
+@pytest.mark.parametrize("weight_format,shape", [("onnx", s) for s in [(20, 66), (256, 256), (512, 510), (520, 696), (2100, 2300), (1, 40)]]
+                         + [("torchscript", s) for s in [(20, 66), (520, 696)]])
+def test_unet_predicts_any_image_size(unet_tensors, weight_format, shape):
     """Smaller than one 512 tile, odd, thin, and multi-megapixel: padded to the input axes, cropped back."""
     image, expected = unet_tensors
-    predictor = shared_predictor()
+    predictor = shared_predictor(weight_format)
     field = np.tile(image, (1, 5, 5))[:, : shape[0], : shape[1]]
     probability = predictor.predict(field)
     assert probability.shape == shape and np.isfinite(probability).all()
@@ -59,10 +60,27 @@ def test_unet_predicts_any_image_size(unet_tensors, shape):
 _PREDICTORS: dict = {}
 
 
-def shared_predictor():
-    if "unet" not in _PREDICTORS:
-        _PREDICTORS["unet"] = Predictor(ModelSettings(source=str(UNET)))
-    return _PREDICTORS["unet"]
+def shared_predictor(weight_format="onnx"):
+    if weight_format not in _PREDICTORS:
+        _PREDICTORS[weight_format] = Predictor(ModelSettings(source=str(UNET), weight_format=weight_format))
+    return _PREDICTORS[weight_format]
+
+
+def test_dataset_normalisation_makes_a_field_independent_of_its_background(unet_tensors):
+    """Per-image statistics change when a field sits in more background; statistics pooled over a run do not."""
+    from snakescope.inference import pooled_pixels  # noqa: F401 - the workflow's way to build the pool
+
+    image, _ = unet_tensors
+    canvas = np.full((1, 1024, 1024), np.median(image), np.float32)
+    canvas[:, 256:768, 256:768] = image
+    pool = np.concatenate([image.reshape(1, -1), canvas.reshape(1, -1)[:, ::7]], axis=1)
+    per_image = shared_predictor()
+    dataset = Predictor(ModelSettings(source=str(UNET)), pool)
+    inner = (slice(32, -32), slice(32, -32))
+    alone, embedded = per_image.predict(image), per_image.predict(canvas)[256:768, 256:768]
+    d_alone, d_embedded = dataset.predict(image), dataset.predict(canvas)[256:768, 256:768]
+    assert np.abs(d_alone - d_embedded)[inner].max() < 0.02
+    assert np.abs(alone - embedded)[inner].max() > 5 * np.abs(d_alone - d_embedded)[inner].max()
 
 
 def test_padding_plan_follows_the_axis_rules():

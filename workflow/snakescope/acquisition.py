@@ -225,7 +225,7 @@ def lif_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None
 
 def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_scenes: int, checksum: str, reader: str,
                   settings: ImportSettings, out_dir: Path) -> list[Unit]:
-    from .calibration import PixelSize, from_reader, resolve
+    from .calibration import PixelSize, from_reader, metamorph_channel_name, resolve
 
     path = Path(source.path)
     image.set_scene(scene)
@@ -240,6 +240,8 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         data = image.xarray_dask_data
         stated = from_reader(image, path)
         raw_names = list(image.channel_names or [])
+        if path.suffix.lower() in (".tif", ".tiff", ".stk") and len(raw_names) == 1 and raw_names[0].startswith("Channel:"):
+            raw_names = [metamorph_channel_name(path) or raw_names[0]]
     pixel = resolve(stated, source.metadata.get("pixel_size_um"), settings.default_pixel_size_um, path, str(scene))
     if not pixel.known and settings.missing_pixel_size == "fail":
         raise ValueError(f"{pixel.warning} (config import.missing_pixel_size: fail)")

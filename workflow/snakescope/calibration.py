@@ -88,6 +88,19 @@ def tiff_pixel_size(path: str | Path) -> tuple[float | None, float | None, str]:
         return None, None, f"TIFF resolution {dpi:g} per {kind} (a display setting, not a pixel size)"
 
 
+def metamorph_channel_name(path: str | Path) -> str | None:
+    """The channel name MetaMorph stores in its UIC1 tag (e.g. 'DAPI'); plain-TIFF readers report 'Channel:0:0'."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            uic = tif.pages.first.tags.get("UIC1tag")
+            name = uic.value.get("Name") if uic is not None and isinstance(uic.value, dict) else None
+            return str(name) if name else None
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+
+
 def _resolution(tags: Any) -> tuple[float, float] | None:
     """(y, x) pixels per resolution unit from YResolution/XResolution, or None."""
     values = []
