@@ -49,12 +49,15 @@ def object_f1(predicted: np.ndarray, truth: np.ndarray) -> dict[str, int]:
             "true": len(np.unique(true[true > 0]))}
 
 
+EXTRA_CONFIG: dict = {}
+
+
 def run_workflow(project: Path, work: Path, dataset: str, sheet: Path, model: Path) -> float:
     """The workflow with its defaults: only dataset, samples, results, model and its channel are set."""
     import yaml
 
     config = {"dataset": dataset, "samples": str(sheet), "results": str(work / "results"), "cache_dir": str(work / "cache"),
-              "model": {"source": str(model), "channels": [0]}}
+              "model": {"source": str(model), "channels": [0]}, **EXTRA_CONFIG}
     path = work / f"{dataset}.yaml"
     path.write_text(yaml.safe_dump(config))
     started = time.time()
@@ -191,7 +194,11 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=ROOT, help="checkout whose Snakefile runs (default: this one)")
     parser.add_argument("--sets", nargs="+", default=["bbbc039", "dsb2018", "qc"])
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
+    parser.add_argument("--default-pixel-size", type=float, default=None,
+                        help="set import.default_pixel_size_um (older checkouts refuse files without a pixel size)")
     args = parser.parse_args()
+    if args.default_pixel_size:
+        EXTRA_CONFIG["import"] = {"default_pixel_size_um": args.default_pixel_size}
     shared, project = args.shared.resolve(), args.project.resolve()
     model = shared / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"
     if not model.is_file():
