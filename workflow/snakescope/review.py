@@ -110,18 +110,22 @@ def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str
         sev = "fail" if m["percent_saturated"] >= t.saturated_percent_fail else "warn"
         issues.append(_issue("saturated", sev, f"{m['percent_saturated']:.2f}% of pixels at the maximum value {m['max']:.0f} "
                                                 f"(warn >= {t.saturated_percent_warn}%, fail >= {t.saturated_percent_fail}%)"))
-    snr_z = relative_position("snr", m["snr"], reference)
-    if m["snr"] < t.snr_warn or (snr_z is not None and snr_z <= -t.outlier_mad):
-        sev = "fail" if m["snr"] < t.snr_fail else "warn"
-        issues.append(_issue("low_signal", sev, f"signal-to-noise {m['snr']:.1f} (warn < {t.snr_warn:g}, fail < {t.snr_fail:g})"
-                                                + _relative_text("snr", m["snr"], reference)))
     blur = m.get("blur")
+    blurred = False
     if blur is not None and np.isfinite(blur):
         blur_z = relative_position("blur", blur, reference)
         if blur >= t.blur_warn or (blur_z is not None and blur_z >= t.outlier_mad):
+            blurred = True
             sev = "fail" if blur >= t.blur_fail else "warn"
             issues.append(_issue("out_of_focus", sev, f"blur {blur:.2f} (0 sharp, 1 blurred; warn >= {t.blur_warn:g}, "
                                                       f"fail >= {t.blur_fail:g})" + _relative_text("blur", blur, reference)))
+    snr_z = relative_position("snr", m["snr"], reference)
+    # defocus spreads the signal, so a blurred field is dimmer than its run: only the absolute limit counts then
+    relative_low = snr_z is not None and snr_z <= -t.outlier_mad and not blurred
+    if m["snr"] < t.snr_warn or relative_low:
+        sev = "fail" if m["snr"] < t.snr_fail else "warn"
+        issues.insert(len(issues) - blurred, _issue("low_signal", sev, f"signal-to-noise {m['snr']:.1f} (warn < {t.snr_warn:g}, "
+                                                                      f"fail < {t.snr_fail:g})" + _relative_text("snr", m["snr"], reference)))
     return issues
 
 
@@ -191,7 +195,9 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
     if metrics is not None:
         issues += quality_issues(metrics, thresholds, reference)
     line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, cell_line_column)
-    if summary is not None and not any(i["type"] in ("empty_field", "low_signal") and i["severity"] == "fail" for i in issues):
+    # the objects of an empty, very dim or blurred field say nothing about the sample or the segmentation
+    if summary is not None and not any((i["type"] in ("empty_field", "low_signal") and i["severity"] == "fail")
+                                       or i["type"] == "out_of_focus" for i in issues):
         issues += segmentation_issues(summary, diameters, expected, thresholds)
     severities = {i["severity"] for i in issues}
     verdict = "fail" if "fail" in severities else "warn" if issues else "pass"
