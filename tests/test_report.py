@@ -201,3 +201,18 @@ def test_refinement_is_described_in_one_line():
     assert refinement_line({"applied": False, "direction": "split less", "target_count": 9, "attempts": [{}]}).startswith(
         "not applied (no attempt beat the original): split less towards 9 objects, 1 attempt(s)")
     assert refinement_line(None) is None
+
+
+def test_uncalibrated_runs_plot_diameters_in_pixels_and_say_so(tmp_path):
+    """A run without pixel sizes: the diameter plot uses pixels, labelled; the narrative names no µm value."""
+    from snakescope.mllm import rules_summary
+    from snakescope.plots import write_plots
+
+    (tmp_path / "units.csv").write_text("unit_id,meta_treatment,object_count,verdict,issues\nu1,DMSO,2,pass,\n")
+    (tmp_path / "objects.csv").write_text("unit_id,label,equivalent_diameter_px,equivalent_diameter_um\nu1,1,20.5,\nu1,2,22.0,\n")
+    write_plots(tmp_path, tmp_path / "plots", "treatment", {})
+    svg = (tmp_path / "plots" / "diameters_by_condition.svg").read_text()
+    assert "equivalent diameter (px, no pixel size)" in svg and "no objects to plot" not in svg
+    text = rules_summary({"units": 1, "failed_inputs": 0, "verdicts": {"pass": 1}, "issues": {},
+                          "conditions": {"DMSO": {"units": 1, "median_count": 2, "median_diameter_um": None}}})
+    assert "None" not in text and "no pixel size" in text

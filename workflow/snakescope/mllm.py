@@ -579,8 +579,9 @@ def rules_summary(data: dict[str, Any]) -> str:
         parts.append(f"Most frequent issues: {top}.")
     for condition, agg in data["conditions"].items():
         if agg.get("median_count") is not None:
-            parts.append(f"{condition}: {agg['units']} units, median {agg['median_count']} nuclei per field, "
-                         f"median diameter {agg['median_diameter_um']} µm.")
+            size = (f"median diameter {agg['median_diameter_um']} µm" if agg.get("median_diameter_um") is not None
+                    else "no pixel size, so no diameter in µm")
+            parts.append(f"{condition}: {agg['units']} units, median {agg['median_count']} nuclei per field, {size}.")
     return " ".join(parts)
 
 

@@ -304,7 +304,8 @@ def _points(members: list[dict[str, str]], column: str, flagged) -> list[Point]:
 
 
 def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]], condition_column: str,
-                  thresholds: dict[str, float], plate_column: str = "plate", well_column: str = "well") -> dict[str, str]:
+                  thresholds: dict[str, float], plate_column: str = "plate", well_column: str = "well",
+                  length_unit: str = "µm") -> dict[str, str]:
     """All report plots as {name: svg}: counts and nucleus diameters per condition, quality metrics with the
     flagged units in red and the warn threshold dashed, and a plate map when the sample sheet names wells."""
     from .tables import group_by_condition
@@ -316,7 +317,7 @@ def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]]
             f"Objects per image by {condition_column} (red: verdict warn/fail)", "objects per image"),
         "diameters_by_condition": histogram_plot(
             {c: [d for u in m for d in diameters.get(u["unit_id"], [])] for c, m in groups.items()},
-            f"Object diameters by {condition_column}", "equivalent diameter (µm)"),
+            f"Object diameters by {condition_column}", f"equivalent diameter ({length_unit})"),
     }
     for name, column, label, issue, key in QUALITY_PANELS:
         threshold = thresholds.get(key)
@@ -346,15 +347,21 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
     tables = Path(tables_dir)
     units = read_csv(tables / "units.csv")
     diameters: dict[str, list[float]] = {}
+    pixels: dict[str, list[float]] = {}
     with open(tables / "objects.csv", newline="", encoding="utf-8") as handle:  # streamed: one row per object
         for row in csv.DictReader(handle):
             if row["equivalent_diameter_um"] not in ("", None):  # uncalibrated units have sizes in pixels only
                 diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
+            elif row.get("equivalent_diameter_px") not in ("", None):
+                pixels.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_px"]))
+    unit = "µm"
+    if not diameters and pixels:  # nothing calibrated: show pixels, and say so (never mix the two)
+        diameters, unit = pixels, "px, no pixel size"
     limits = asdict(ReviewThresholds.from_config(thresholds))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, svg in dataset_plots(units, diameters, condition_column, limits, plate_column, well_column).items():
+    for name, svg in dataset_plots(units, diameters, condition_column, limits, plate_column, well_column, unit).items():
         (out / f"{name}.svg").write_text(svg, encoding="utf-8")
         written.append(out / f"{name}.svg")
     return written

@@ -244,7 +244,8 @@ def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pix
         return float(np.percentile(values, q)) * factor if values.size and factor is not None else None
 
     # a merged object is at least about twice the area of a typical nucleus of this field
-    typical = float(np.median(area_px)) if area_px.size else 0.0
+    # the lower median: with two objects, one of them a whole-tissue blob, the typical one is the small one
+    typical = float(np.percentile(area_px, 50, method="lower")) if area_px.size else 0.0
     return {
         "object_count": len(objects),
         "length_unit": "µm" if pixel else "px",
