@@ -108,3 +108,21 @@ def test_object_f1_counts_matches_at_iou_half():
     assert scores["tp"] == 1 and scores["predicted"] == 3 and scores["true"] == 2
     assert scores["f1"] == pytest.approx(2 / 5)
     assert object_f1(truth, truth)["f1"] == 1.0
+
+
+def test_tissue_taken_for_one_nucleus_is_segmented_into_its_confident_cores():
+    """A model that calls a whole embryo foreground is still surest about the nuclei in it (real DSB2018 embryos)."""
+    shape = (200, 300)
+    tissue = disk(shape, (100, 150), 90)
+    prob = np.where(tissue, 0.95, 0.0).astype(np.float32)
+    centres = [(100 + dy, 150 + dx) for dy in range(-60, 61, 20) for dx in range(-60, 61, 20)]
+    for c in centres:
+        prob[disk(shape, c, 5)] = 0.99995
+    image = (10 + 50 * tissue + 100 * (prob > 0.999)).astype(np.float32)
+    labels, info = instance_labels(prob, image, None, PostprocessSettings())
+    assert info.get("tissue") and labels.max() == len(centres), info
+    assert info["typical_diameter_px"] == pytest.approx(10, rel=0.25)
+    # separate nuclei whose cores are merely smaller than their outlines are not tissue
+    prob, image = nuclei_image((120, 120), [(40, 40), (90, 90)], 15)
+    labels, info = instance_labels(np.where(prob > 0, 0.995, 0).astype(np.float32), image, None, PostprocessSettings())
+    assert not info.get("tissue") and labels.max() == 2
