@@ -279,6 +279,7 @@ def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pix
         "diameter_px_median": stat(diam_px, 50),
         "area_px_median": stat(area_px, 50),
         "typical_diameter_px": (info or {}).get("typical_diameter_px"),
+        "scale_source": (info or {}).get("scale_source"),
         "solidity_median": stat(solidity, 50),
         "fraction_low_solidity": float(np.mean(solidity < 0.85)) if solidity.size else None,
         "fraction_large": float(np.mean(area_px > 2.0 * typical)) if area_px.size else None,
