@@ -64,3 +64,26 @@ def test_failed_processing_is_a_fail_verdict():
     review = review_unit({"unit_id": "u", "metadata": {}}, None, None, [], KB, ReviewThresholds(), failure="inference: boom")
     assert review["verdict"] == "fail" and review["issues"][0]["type"] == "processing_failed"
     validate_review(review, load_schema())
+
+
+def test_relative_checks_compare_a_field_with_its_plate_and_say_so(tmp_path):
+    """An outlier of its own plate is flagged with both numbers, even where the absolute limit is not reached."""
+    from snakescope.records import write_json
+    from snakescope.review import quality_issues, unit_reference, write_run_reference
+
+    rng = np.random.default_rng(0)
+    metrics, units = {}, []
+    for plate, blur in (("P1", 0.30), ("P2", 0.50)):
+        for i in range(12):
+            uid = f"{plate}_{i}"
+            metrics[uid] = {"DAPI": {"snr": float(rng.normal(80, 5)), "blur": float(blur + rng.normal(0, 0.01))}}
+            units.append({"unit_id": uid, "metadata": {"plate": plate}})
+    metrics["P1_odd"] = {"DAPI": {"snr": 80.0, "blur": 0.55}}  # ordinary on P2, far out on P1
+    units.append({"unit_id": "P1_odd", "metadata": {"plate": "P1"}})
+    write_json(tmp_path / "q.json", {"metrics": metrics})
+    write_json(tmp_path / "m.json", {"units": units})
+    doc = write_run_reference([tmp_path / "q.json"], tmp_path / "ref.json", [tmp_path / "m.json"])
+    field = {"snr": 80.0, "blur": 0.55, "foreground_fraction": 0.2, "percent_saturated": 0.0, "max": 100.0}
+    (issue,) = quality_issues(field, ReviewThresholds(), unit_reference(doc, "P1_odd", "DAPI"))
+    assert issue["type"] == "out_of_focus" and "blur 0.55" in issue["evidence"] and "median of plate P1" in issue["evidence"]
+    assert quality_issues(field, ReviewThresholds(), unit_reference(doc, "P2_0", "DAPI")) == []  # P2's own median is 0.5

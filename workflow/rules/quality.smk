@@ -18,9 +18,13 @@ rule quality_metrics:
 
 rule quality_reference:
     input:
-        expand(R / "quality/{batch}.json", batch=BATCHES),
+        quality=expand(R / "quality/{batch}.json", batch=BATCHES),
+        imported=expand(R / "import/{batch}", batch=BATCHES),
     output:
         R / "quality/reference.json",
+    params:
+        manifests=lambda wildcards, input: [f"{d}/manifest.json" for d in input.imported],
+        plate_column=config["report"]["plate_column"],
     log:
         R / "logs/quality/reference.log",
     benchmark:
@@ -28,4 +32,5 @@ rule quality_reference:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} quality-reference --quality {input} --out {output} 2> {log}"
+        "{SNAKESCOPE} quality-reference --quality {input.quality} --manifests {params.manifests:q} "
+        "--plate-column {params.plate_column:q} --out {output} 2> {log}"

@@ -61,7 +61,7 @@ def cmd_quality(args: argparse.Namespace) -> None:
 def cmd_quality_reference(args: argparse.Namespace) -> None:
     from .review import write_run_reference
 
-    doc = write_run_reference(args.quality, args.out)
+    doc = write_run_reference(args.quality, args.out, args.manifests, args.plate_column)
     print(f"quality reference: {doc['fields']} field(s) per channel", file=sys.stderr)
 
 
@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         settings={**js, "help": "JSON of config section import"}, reader={"default": "bioio"}, out=req)
     add("quality", cmd_quality, "quality metrics of one imported batch", manifest=req, out=req)
     add("quality-reference", cmd_quality_reference, "the run's median and MAD of quality metrics (relative checks)",
-        quality={"nargs": "+", "required": True, "help": "quality JSON files of every batch"}, out=req)
+        quality={"nargs": "+", "required": True, "help": "quality JSON files of every batch"}, out=req,
+        manifests={"nargs": "*", "default": [], "help": "import manifests (for the plate of each unit)"},
+        plate_column={"default": "plate", "help": "sample-sheet column naming the plate"})
     add("check-model", cmd_check_model, "run bioimageio test_model once per model digest", settings=js, cache_dir=req, out=req)
     add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req,
         dataset_pixels={"default": None, "help": "pooled pixels (.npy) for dataset-level normalisation"})

@@ -92,7 +92,8 @@ def _relative_text(metric: str, value: float, reference: dict[str, Any] | None) 
     if z is None:
         return ""
     side = "below" if z < 0 else "above"
-    return f"; {abs(z):.1f} MAD {side} this run's median ({reference[metric]['n']} fields)"
+    scope = reference[metric].get("scope", "this run")
+    return f"; {abs(z):.1f} MAD {side} the median of {scope} ({reference[metric]['n']} fields)"
 
 
 def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str, Any] | None = None) -> list[dict[str, str]]:
@@ -262,7 +263,7 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
                 diameters.setdefault(row["unit_id"], []).append(float(row["equivalent_diameter_um"]))
     failed = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in quality["failures"] + inference["failures"] + post["failures"]}
     column = settings.get("cell_line_column", "cell_line")
-    references = read_json(reference_path)["channels"] if reference_path else {}
+    references = read_json(reference_path) if reference_path else {}
     rules_reviews, context = [], {}
     for unit in imported["units"]:
         uid = unit["unit_id"]
@@ -270,7 +271,7 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
         metrics = quality["metrics"].get(uid, {}).get(channel)
         summary = post["summaries"].get(uid)
         review = review_unit(unit, metrics, summary, diameters.get(uid, []), knowledge_base, thresholds, column, failed.get(uid),
-                             references.get(channel))
+                             unit_reference(references, uid, channel))
         rules_reviews.append(review)
         line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, column)
         labels = Path(postprocess_dir) / f"{uid}.labels.tif"
@@ -301,14 +302,36 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     return doc
 
 
-def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path) -> dict[str, Any]:
-    """The run's reference for relative quality checks, per channel name, from every batch's metrics."""
+def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path, import_manifests: list[str | Path] = (),
+                        plate_column: str = "plate") -> dict[str, Any]:
+    """The run's reference for relative quality checks: per channel name, and per plate and channel when the
+    sample sheet names plates (plates differ in staining and focus; a field is compared with its own plate)."""
+    plates = {}
+    for manifest in import_manifests:
+        for unit in read_json(manifest)["units"]:
+            plate = (unit.get("metadata") or {}).get(plate_column)
+            if plate:
+                plates[unit["unit_id"]] = plate
     per_channel: dict[str, list[dict[str, float]]] = {}
+    per_plate: dict[str, dict[str, list[dict[str, float]]]] = {}
     for path in quality_jsons:
-        for channels in read_json(path)["metrics"].values():
+        for uid, channels in read_json(path)["metrics"].items():
             for name, metrics in channels.items():
                 per_channel.setdefault(name, []).append(metrics)
+                if uid in plates:
+                    per_plate.setdefault(plates[uid], {}).setdefault(name, []).append(metrics)
     doc = {"channels": {name: run_reference(values) for name, values in per_channel.items()},
+           "plates": {plate: {name: run_reference(values) for name, values in channels.items()} for plate, channels in per_plate.items()},
+           "plate_column": plate_column, "unit_plates": plates,
            "fields": {name: len(values) for name, values in per_channel.items()}}
     write_json(out_path, doc)
     return doc
+
+
+def unit_reference(doc: dict[str, Any], unit_id: str, channel: str) -> dict[str, Any] | None:
+    """The reference a unit is compared with: its plate's (when that has enough fields), else the run's."""
+    plate = doc.get("unit_plates", {}).get(unit_id)
+    plate_ref = doc.get("plates", {}).get(plate, {}).get(channel) if plate else None
+    if plate_ref:
+        return {metric: {**values, "scope": f"plate {plate}"} for metric, values in plate_ref.items()}
+    return doc.get("channels", {}).get(channel)
