@@ -168,3 +168,22 @@ def test_snakemake_report_has_categories_and_captions(completed_run, workdir):
             "model_check.json", "software_versions.json"} <= files
     for text in ("Acquisition actions", "Quality metrics", "Provenance", "microscope-control script", "warn threshold"):
         assert text in page, text
+
+
+def test_paths_with_spaces_and_shell_syntax_are_data_not_commands(tmp_path, demo_dir):
+    """A results folder and an input folder named with a space and `$(...)` run normally; nothing is executed."""
+    weird = tmp_path / "my data $(touch INJECTED_IN)"
+    weird.mkdir()
+    for name in ("ctrl_01.ome.tif", "dim_01.ome.tif"):
+        shutil.copy(demo_dir / "images" / name, weird / name)
+    (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\n"
+                                          f"ctrl 01\t{weird / 'ctrl_01.ome.tif'}\tDMSO\n"
+                                          f"dim;01\t{weird / 'dim_01.ome.tif'}\tDMSO\n")
+    results = tmp_path / "res ults $(touch INJECTED_OUT)"
+    config = write_config(tmp_path, demo_dir, results=str(results))
+    result = snakemake(tmp_path, configfile=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(tmp_path.rglob("INJECTED_*")) and not list(ROOT.glob("INJECTED_*"))
+    units = read_csv(results / "demo" / "tables" / "units.csv")
+    assert sorted(u["unit_id"] for u in units) == ["ctrl_01", "dim_01"]
+    assert (results / "demo" / "report" / "report.html").is_file()

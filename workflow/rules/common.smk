@@ -35,7 +35,10 @@ if not Path(config["review"]["knowledge_base"]).is_file():
 # Snakemake (e.g. the project's venv). The package is found through PYTHONPATH either way.
 _PKG = Path(workflow.basedir) / "workflow"
 _PYTHON = "python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable
-SNAKESCOPE = os.environ.get("SNAKESCOPE_CMD") or f"PYTHONPATH={_PKG}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m snakescope.cli"
+# Paths are data: quoted, so a space or a `$(...)` in a folder name is never run by the shell.
+SNAKESCOPE = os.environ.get("SNAKESCOPE_CMD") or (
+    f"PYTHONPATH={shlex.quote(str(_PKG))}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(_PYTHON)} -m snakescope.cli"
+)
 
 
 def as_json(value):

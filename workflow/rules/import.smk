@@ -18,4 +18,4 @@ rule import_batch:
         "../../envs/import-aicsimageio.yaml" if config["reader"] == "aicsimageio" else "../../envs/import.yaml"
     shell:
         "{SNAKESCOPE} import --batch {wildcards.batch} --sources {params.sources:q} --settings {params.settings:q} "
-        "--reader {params.reader} --out {output} 2> {log}"
+        "--reader {params.reader:q} --out {output:q} 2> {log:q}"

@@ -14,7 +14,7 @@ rule check_model:
     conda:
         "../../envs/inference.yaml"
     shell:
-        "{SNAKESCOPE} check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output:q} 2> {log:q}"
 
 
 rule dataset_pixels:
@@ -32,7 +32,7 @@ rule dataset_pixels:
     conda:
         "../../envs/inference.yaml"
     shell:
-        "{SNAKESCOPE} dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}"
 
 
 rule infer:
@@ -56,5 +56,5 @@ rule infer:
     conda:
         "../../envs/inference.yaml"
     shell:
-        "{SNAKESCOPE} infer --manifest {input.imported}/manifest.json --settings {params.settings:q} "
-        "--model-check {input.model_check} --out {output} {params.dataset_pixels} 2> {log}"
+        "{SNAKESCOPE} infer --manifest {input.imported:q}/manifest.json --settings {params.settings:q} "
+        "--model-check {input.model_check:q} --out {output:q} {params.dataset_pixels} 2> {log:q}"

@@ -13,7 +13,7 @@ rule quality_metrics:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} quality --manifest {input}/manifest.json --out {output} 2> {log}"
+        "{SNAKESCOPE} quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}"
 
 
 rule quality_reference:
@@ -32,5 +32,5 @@ rule quality_reference:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} quality-reference --quality {input.quality} --manifests {params.manifests:q} "
-        "--plate-column {params.plate_column:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} quality-reference --quality {input.quality:q} --manifests {params.manifests:q} "
+        "--plate-column {params.plate_column:q} --out {output:q} 2> {log:q}"

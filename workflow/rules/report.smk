@@ -15,7 +15,7 @@ rule pipeline_info:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} pipeline-info --config {params.config:q} --out {R}/pipeline_info 2> {log}"
+        "{SNAKESCOPE} pipeline-info --config {params.config:q} --out {R:q}/pipeline_info 2> {log:q}"
 
 
 rule tables:
@@ -48,9 +48,9 @@ rule tables:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} tables --batches {params.batches:q} --results {R} --model-settings {params.model:q} "
+        "{SNAKESCOPE} tables --batches {params.batches:q} --results {R:q} --model-settings {params.model:q} "
         "--condition-column {params.condition_column:q} --dataset {params.dataset:q} --report-settings {params.positions:q} "
-        "--out {R}/tables 2> {log}"
+        "--out {R:q}/tables 2> {log:q}"
 
 
 rule gallery:
@@ -73,8 +73,8 @@ rule gallery:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} gallery --manifest {input.imported}/manifest.json --segmentation {input.segmentation} "
-        "--review {input.review} --model-settings {params.model:q} --settings {params.settings:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} "
+        "--review {input.review:q} --model-settings {params.model:q} --settings {params.settings:q} --out {output:q} 2> {log:q}"
 
 
 rule plots:
@@ -102,8 +102,8 @@ rule plots:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} plots --tables {R}/tables --condition-column {params.condition_column:q} "
-        "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {R}/report/plots 2> {log}"
+        "{SNAKESCOPE} plots --tables {R:q}/tables --condition-column {params.condition_column:q} "
+        "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {R:q}/report/plots 2> {log:q}"
 
 
 rule run_summary:
@@ -121,8 +121,8 @@ rule run_summary:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} summary --aggregates {input.aggregates} --settings {params.settings:q} --runtime {OLLAMA_RUNTIME:q} "
-        "--cache-dir {CACHE_DIR:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} summary --aggregates {input.aggregates:q} --settings {params.settings:q} --runtime {OLLAMA_RUNTIME:q} "
+        "--cache-dir {CACHE_DIR:q} --out {output:q} 2> {log:q}"
 
 
 rule report:
@@ -145,6 +145,6 @@ rule report:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} report --tables {R}/tables --plots {R}/report/plots --gallery {input.gallery} "
-        "--model-check {input.model_check} --pipeline-info {R}/pipeline_info --dataset {params.dataset:q} "
-        "--settings {params.settings:q} --benchmarks {R}/benchmarks --batches {params.batches:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} report --tables {R:q}/tables --plots {R:q}/report/plots --gallery {input.gallery:q} "
+        "--model-check {input.model_check:q} --pipeline-info {R:q}/pipeline_info --dataset {params.dataset:q} "
+        "--settings {params.settings:q} --benchmarks {R:q}/benchmarks --batches {params.batches:q} --out {output:q} 2> {log:q}"

@@ -24,8 +24,8 @@ rule review:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} review --manifest {input.imported}/manifest.json --quality {input.quality} "
-        "--inference {input.inference}/manifest.json --segmentation {input.segmentation} "
-        "--knowledge-base {input.knowledge_base} --settings {params.settings:q} --postprocess {params.postprocess:q} "
-        "--model-settings {params.model:q} --schema {input.schema} --reference {input.reference} --runtime {OLLAMA_RUNTIME:q} "
-        "--cache-dir {CACHE_DIR:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} review --manifest {input.imported:q}/manifest.json --quality {input.quality:q} "
+        "--inference {input.inference:q}/manifest.json --segmentation {input.segmentation:q} "
+        "--knowledge-base {input.knowledge_base:q} --settings {params.settings:q} --postprocess {params.postprocess:q} "
+        "--model-settings {params.model:q} --schema {input.schema:q} --reference {input.reference:q} --runtime {OLLAMA_RUNTIME:q} "
+        "--cache-dir {CACHE_DIR:q} --out {output:q} 2> {log:q}"

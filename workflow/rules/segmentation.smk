@@ -17,5 +17,5 @@ rule postprocess:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} postprocess --manifest {input.imported}/manifest.json --inference {input.inference}/manifest.json "
-        "--settings {params.settings:q} --model-settings {params.model:q} --out {output} 2> {log}"
+        "{SNAKESCOPE} postprocess --manifest {input.imported:q}/manifest.json --inference {input.inference:q}/manifest.json "
+        "--settings {params.settings:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}"
