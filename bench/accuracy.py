@@ -34,19 +34,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))  # the metric is this checkout's, whichever --project runs
+
+from snakescope.segmentation import object_f1  # noqa: E402
+
 QUALITY_ISSUES = ("empty_field", "saturated", "low_signal", "out_of_focus")
 DEGRADATIONS = ("blur", "saturated", "low_signal", "empty")
 EXPECTED_ISSUE = {"blur": "out_of_focus", "saturated": "saturated", "low_signal": "low_signal", "empty": "empty_field"}
-
-
-def object_f1(predicted: np.ndarray, truth: np.ndarray) -> dict[str, int]:
-    """Matches at IoU > 0.5 (each object matches at most one other at that threshold)."""
-    pred, true = predicted.ravel().astype(np.int64), truth.ravel().astype(np.int64)
-    both = (pred > 0) & (true > 0)
-    pairs, overlap = np.unique(np.stack([pred[both], true[both]]), axis=1, return_counts=True)
-    union = np.bincount(pred)[pairs[0]] + np.bincount(true)[pairs[1]] - overlap
-    return {"tp": int(np.sum(overlap / union > 0.5)), "predicted": len(np.unique(pred[pred > 0])),
-            "true": len(np.unique(true[true > 0]))}
 
 
 EXTRA_CONFIG: dict = {}

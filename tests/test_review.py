@@ -84,6 +84,6 @@ def test_relative_checks_compare_a_field_with_its_plate_and_say_so(tmp_path):
     write_json(tmp_path / "m.json", {"units": units})
     doc = write_run_reference([tmp_path / "q.json"], tmp_path / "ref.json", [tmp_path / "m.json"])
     field = {"snr": 80.0, "blur": 0.55, "foreground_fraction": 0.2, "percent_saturated": 0.0, "max": 100.0}
-    (issue,) = quality_issues(field, ReviewThresholds(), unit_reference(doc, "P1_odd", "DAPI"))
+    (issue,) = quality_issues(field, ReviewThresholds(), unit_reference(doc, "P1", "DAPI"))
     assert issue["type"] == "out_of_focus" and "blur 0.55" in issue["evidence"] and "median of plate P1" in issue["evidence"]
-    assert quality_issues(field, ReviewThresholds(), unit_reference(doc, "P2_0", "DAPI")) == []  # P2's own median is 0.5
+    assert quality_issues(field, ReviewThresholds(), unit_reference(doc, "P2", "DAPI")) == []  # P2's own median is 0.5

@@ -68,6 +68,9 @@ if config["review"]["backend"] != "ollama":
 CACHE_DIR = config["cache_dir"]
 
 
+IMPORT_MANIFESTS = [str(R / f"import/{batch}/manifest.json") for batch in BATCHES]
+
+
 def dataset_normalization(wildcards):
     """With model.normalization: dataset, inference normalises with statistics pooled over the whole run."""
     if config["model"].get("normalization", "per_image") != "dataset":

@@ -23,7 +23,7 @@ rule dataset_pixels:
     output:
         R / "inference/dataset_pixels.npy",
     params:
-        manifests=lambda wildcards, input: [f"{d}/manifest.json" for d in input],
+        manifests=IMPORT_MANIFESTS,
         model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/inference/dataset_pixels.log",

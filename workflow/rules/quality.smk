@@ -23,7 +23,7 @@ rule quality_reference:
     output:
         R / "quality/reference.json",
     params:
-        manifests=lambda wildcards, input: [f"{d}/manifest.json" for d in input.imported],
+        manifests=IMPORT_MANIFESTS,
         plate_column=config["report"]["plate_column"],
     log:
         R / "logs/quality/reference.log",

@@ -108,9 +108,9 @@ def _resolution(tags: Any) -> tuple[float, float] | None:
         tag = tags.get(name)
         if tag is None:
             return None
-        value = tag.value
-        number = value[0] / value[1] if isinstance(value, tuple) and value[1] else float(value if not isinstance(value, tuple) else 0)
-        if not number or number <= 0:
+        value = tag.value  # a rational (numerator, denominator)
+        number = value[0] / value[1] if isinstance(value, tuple) and value[1] else 0.0
+        if number <= 0:
             return None
         values.append(float(number))
     return values[0], values[1]

@@ -51,9 +51,7 @@ def pixel_noise(image: np.ndarray) -> float:
     (8-bit exports) has no measurable noise, and dividing by zero would call any field perfect.
     """
     values = image.astype(np.float64)
-    if values.shape[-1] < 2:
-        values = values.T
-    diffs = np.diff(values, axis=-1).ravel() if values.shape[-1] > 1 else values.ravel() * 0
+    diffs = np.diff(values, axis=-1 if values.shape[-1] > 1 else 0).ravel()  # a 1-pixel-wide image: vertical neighbours
     noise = float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2)) if diffs.size else 0.0
     floor = 1.0 if np.issubdtype(image.dtype, np.integer) else float(np.finfo(np.float32).eps)
     return max(noise, floor)
@@ -68,9 +66,9 @@ def blur_score(image: np.ndarray) -> float:
     """
     from skimage.measure import blur_effect
 
-    size = int(min(11, max(3, min(image.shape) // 2)))
     if min(image.shape) < 4:
         return float("nan")
+    size = int(min(11, min(image.shape) // 2))
     return float(blur_effect(image.astype(np.float64), h_size=size))
 
 

@@ -112,21 +112,18 @@ def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str
         issues.append(_issue("saturated", sev, f"{m['percent_saturated']:.2f}% of pixels at the maximum value {m['max']:.0f} "
                                                 f"(warn >= {t.saturated_percent_warn}%, fail >= {t.saturated_percent_fail}%)"))
     blur = m.get("blur")
-    blurred = False
-    if blur is not None and np.isfinite(blur):
-        blur_z = relative_position("blur", blur, reference)
-        if blur >= t.blur_warn or (blur_z is not None and blur_z >= t.outlier_mad):
-            blurred = True
-            sev = "fail" if blur >= t.blur_fail else "warn"
-            issues.append(_issue("out_of_focus", sev, f"blur {blur:.2f} (0 sharp, 1 blurred; warn >= {t.blur_warn:g}, "
-                                                      f"fail >= {t.blur_fail:g})" + _relative_text("blur", blur, reference)))
+    blur_z = relative_position("blur", blur, reference) if blur is not None and np.isfinite(blur) else None
+    blurred = blur is not None and np.isfinite(blur) and (blur >= t.blur_warn or (blur_z is not None and blur_z >= t.outlier_mad))
     snr_z = relative_position("snr", m["snr"], reference)
     # defocus spreads the signal, so a blurred field is dimmer than its run: only the absolute limit counts then
-    relative_low = snr_z is not None and snr_z <= -t.outlier_mad and not blurred
-    if m["snr"] < t.snr_warn or relative_low:
+    if m["snr"] < t.snr_warn or (snr_z is not None and snr_z <= -t.outlier_mad and not blurred):
         sev = "fail" if m["snr"] < t.snr_fail else "warn"
-        issues.insert(len(issues) - blurred, _issue("low_signal", sev, f"signal-to-noise {m['snr']:.1f} (warn < {t.snr_warn:g}, "
-                                                                      f"fail < {t.snr_fail:g})" + _relative_text("snr", m["snr"], reference)))
+        issues.append(_issue("low_signal", sev, f"signal-to-noise {m['snr']:.1f} (warn < {t.snr_warn:g}, fail < {t.snr_fail:g})"
+                                                + _relative_text("snr", m["snr"], reference)))
+    if blurred:
+        sev = "fail" if blur >= t.blur_fail else "warn"
+        issues.append(_issue("out_of_focus", sev, f"blur {blur:.2f} (0 sharp, 1 blurred; warn >= {t.blur_warn:g}, "
+                                                  f"fail >= {t.blur_fail:g})" + _relative_text("blur", blur, reference)))
     return issues
 
 
@@ -271,7 +268,7 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
         metrics = quality["metrics"].get(uid, {}).get(channel)
         summary = post["summaries"].get(uid)
         review = review_unit(unit, metrics, summary, diameters.get(uid, []), knowledge_base, thresholds, column, failed.get(uid),
-                             unit_reference(references, uid, channel))
+                             unit_reference(references, unit.get("metadata", {}).get(references.get("plate_column", "")), channel))
         rules_reviews.append(review)
         line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, column)
         labels = Path(postprocess_dir) / f"{uid}.labels.tif"
@@ -322,15 +319,14 @@ def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path, i
                     per_plate.setdefault(plates[uid], {}).setdefault(name, []).append(metrics)
     doc = {"channels": {name: run_reference(values) for name, values in per_channel.items()},
            "plates": {plate: {name: run_reference(values) for name, values in channels.items()} for plate, channels in per_plate.items()},
-           "plate_column": plate_column, "unit_plates": plates,
+           "plate_column": plate_column,
            "fields": {name: len(values) for name, values in per_channel.items()}}
     write_json(out_path, doc)
     return doc
 
 
-def unit_reference(doc: dict[str, Any], unit_id: str, channel: str) -> dict[str, Any] | None:
+def unit_reference(doc: dict[str, Any], plate: str | None, channel: str) -> dict[str, Any] | None:
     """The reference a unit is compared with: its plate's (when that has enough fields), else the run's."""
-    plate = doc.get("unit_plates", {}).get(unit_id)
     plate_ref = doc.get("plates", {}).get(plate, {}).get(channel) if plate else None
     if plate_ref:
         return {metric: {**values, "scope": f"plate {plate}"} for metric, values in plate_ref.items()}

@@ -191,7 +191,7 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
 def _normalised_intensity(intensity: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Intensity mapped so the background median is 0 and the 95th percentile of the foreground is 1."""
     values = np.nan_to_num(intensity.astype(np.float32), nan=0.0)
-    background = float(np.median(values[~mask])) if (~mask).any() else float(values.min())
+    background, _ = background_noise(values, mask)
     top = float(np.percentile(values[mask], 95))
     return np.clip((values - background) / max(top - background, 1e-6), 0, 1.5)
 
