@@ -15,7 +15,7 @@ demo/samples.tsv: $(BIN)/.installed
 	$(BIN)/snakescope demo-data --out demo
 
 demo: $(BIN)/.installed demo/samples.tsv
-	$(BIN)/snakemake --configfile config/config.yaml
+	$(BIN)/snakemake --configfile config/demo.yaml
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -ra

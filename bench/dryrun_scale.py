@@ -37,7 +37,7 @@ def main() -> None:
         (work / "samples.tsv").write_text("\n".join(rows) + "\n")
         model = work / "model.yaml"
         model.write_text("placeholder")
-        config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+        config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
         config.update(samples=str(work / "samples.tsv"), batch_size=args.batch_size)
         config["model"]["source"] = str(model)
         config["review"]["knowledge_base"] = str(ROOT / "config" / "knowledge_base.yaml")

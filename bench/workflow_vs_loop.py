@@ -72,7 +72,7 @@ def plain_loop(folder: Path, model: Path) -> float:
 
 
 def workflow(folder: Path, model: Path, batch_size: int, cores: int) -> float:
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config.update(samples=str(folder / "samples.tsv"), batch_size=batch_size, cache_dir=str(folder / "cache"))
     config["model"]["source"] = str(model)
     config["model"]["channels"] = [0]

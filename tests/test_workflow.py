@@ -6,8 +6,11 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from browser import need_browser, open_page
 from conftest import ROOT
@@ -187,3 +190,52 @@ def test_paths_with_spaces_and_shell_syntax_are_data_not_commands(tmp_path, demo
     units = read_csv(results / "demo" / "tables" / "units.csv")
     assert sorted(u["unit_id"] for u in units) == ["ctrl_01", "dim_01"]
     assert (results / "demo" / "report" / "report.html").is_file()
+
+
+def test_the_template_config_asks_for_what_only_the_user_knows(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n"],
+                            capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    for key in ("'dataset'", "'model.source'", "'samples'"):
+        assert f"set config key {key}" in out, out[-2000:]
+    assert "Traceback" not in out
+
+
+def test_a_user_config_with_globs_plans_its_own_files_not_the_demo(tmp_path, demo_dir):
+    """The template in config/ (as a user's copy would be) is merged under the user's config: nothing of the demo leaks."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    (tmp_path / "data").mkdir()
+    for name in ("ctrl_01.ome.tif", "dim_01.ome.tif"):
+        shutil.copy(demo_dir / "images" / name, tmp_path / "data" / name)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"dataset": "screen1", "inputs": ["data/*.ome.tif"],
+                                    "model": {"source": str(demo_dir / "model" / "bioimageio.yaml")}}))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                             "--configfile", str(mine), "-n", "-p", "--cores", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result.stdout)["import_batch"] == 1
+    assert "ctrl_01.ome.tif" in result.stdout and "dim_01.ome.tif" in result.stdout
+    assert "saturated_01" not in result.stdout and "demo/model" not in result.stdout.replace(str(demo_dir / "model"), "")
+    assert "results/screen1/" in result.stdout
+
+
+def test_the_workflow_runs_as_a_module_of_another_workflow(tmp_path, demo_dir):
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "config.yaml"\n\n\n'
+        f'module snakescope:\n    snakefile:\n        "{ROOT / "workflow" / "Snakefile"}"\n    config:\n        config["imaging"]\n\n\n'
+        "use rule * from snakescope as snakescope_*\n\n\n"
+        "rule all:\n    input:\n        rules.snakescope_all.input,\n    default_target: True\n")
+    sheet = (demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/")
+    (tmp_path / "samples.tsv").write_text(sheet)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"imaging": {
+        "dataset": "mod", "samples": "samples.tsv", "batch_size": 8,
+        "model": {"source": str(demo_dir / "model" / "bioimageio.yaml"), "channels": ["DAPI"]}}}))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--directory", str(tmp_path), "-n", "--cores", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs = planned_jobs(result.stdout)
+    assert jobs["snakescope_import_batch"] == 2 and jobs["snakescope_report"] == 1 and jobs["all"] == 1, jobs

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 
 def write_config(workdir: Path, demo_dir: Path, **overrides) -> Path:
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["samples"] = str(workdir / "samples.tsv")
     config["model"]["source"] = str(demo_dir / "model" / "bioimageio.yaml")
     config["review"]["knowledge_base"] = str(ROOT / "config" / "knowledge_base.yaml")

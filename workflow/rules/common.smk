@@ -3,18 +3,30 @@
 import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
-from snakescope.configuration import config_errors  # noqa: E402
+# The package beside the rules (workflow/snakescope), found from this file, not the working directory,
+# so the workflow also runs as a module of another workflow.
+WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
+PROJECT_DIR = WORKFLOW_DIR.parent
+sys.path.insert(0, str(WORKFLOW_DIR))
+from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
 from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
+from snakescope.progress import run_summary_message  # noqa: E402
 
-# One readable line per problem first; then Snakemake's validate fills in the schema's defaults.
+# The keys a user must set first (config/config.yaml leaves them null), then one readable line per
+# schema problem; then Snakemake's validate fills in the schema's defaults.
+_problems = unset_required(config)
+if _problems:
+    raise WorkflowError(
+        "snakescope: the configuration is missing what only you can say (copy config/config.yaml, "
+        "see config/README.md; the demo is config/demo.yaml):\n  " + "\n  ".join(_problems)
+    )
+drop_nulls(config)
 _problems = config_errors(config, json.loads(Path(workflow.source_path("../schemas/config.schema.json")).read_text()))
 if _problems:
     raise WorkflowError("snakescope: invalid configuration:\n  " + "\n  ".join(_problems))
@@ -22,23 +34,29 @@ validate(config, schema="../schemas/config.schema.json")
 
 R = Path(config["results"]) / config["dataset"]
 
+
+def project_file(path):
+    """A file named in the config: relative to the working directory, else one shipped with snakescope (module use)."""
+    if path and not Path(path).exists() and not Path(path).is_absolute() and (PROJECT_DIR / path).exists():
+        return str(PROJECT_DIR / path)
+    return path
+
+
 try:
     SOURCES = read_sample_sheet(config["samples"]) if config["samples"] else sources_from_globs(config["inputs"])
     BATCHES = batches(SOURCES, config["batch_size"])
 except InputError as err:
     raise WorkflowError(f"snakescope: {err}")
 
-if not Path(config["review"]["knowledge_base"]).is_file():
-    raise WorkflowError(f"snakescope: knowledge base not found: {config['review']['knowledge_base']} (config key review.knowledge_base)")
+KNOWLEDGE_BASE = project_file(config["review"]["knowledge_base"])
+if not Path(KNOWLEDGE_BASE).is_file():
+    raise WorkflowError(f"snakescope: knowledge base not found: {KNOWLEDGE_BASE} (config key review.knowledge_base)")
 
-# The stage CLI. With --sdm conda each rule's env provides the Python; otherwise the Python running
-# Snakemake (e.g. the project's venv). The package is found through PYTHONPATH either way.
-_PKG = Path(workflow.basedir) / "workflow"
-_PYTHON = "python" if "conda" in str(workflow.deployment_settings.deployment_method).lower() else sys.executable
-# Paths are data: quoted, so a space or a `$(...)` in a folder name is never run by the shell.
-SNAKESCOPE = os.environ.get("SNAKESCOPE_CMD") or (
-    f"PYTHONPATH={shlex.quote(str(_PKG))}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(_PYTHON)} -m snakescope.cli"
-)
+# How jobs call the stage CLI. With --sdm conda each rule's env provides the Python; otherwise the
+# Python running Snakemake (e.g. the project's venv). Both reach jobs through the environment, so no
+# path is pasted into a shell command. Paths in the commands are quoted: data, never code.
+_CONDA = "conda" in str(workflow.deployment_settings.deployment_method).lower()
+os.environ.update(job_environment("python" if _CONDA else sys.executable, WORKFLOW_DIR))
 
 
 def as_json(value):
@@ -51,21 +69,30 @@ def batch_sources(wildcards):
 
 
 def batch_sources_json(wildcards):
-    return as_json([{"sample_id": s.sample_id, "path": s.path, "metadata": s.metadata} for s in BATCHES[wildcards.batch]])
+    return as_json(
+        [{"sample_id": s.sample_id, "path": s.path, "metadata": s.metadata} for s in BATCHES[wildcards.batch]]
+    )
 
 
 MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
 
-# Ollama settings that do not change answers (where the server is, how long to wait) are passed
-# outside params, so changing them does not rerun reviews; everything else is a rerun trigger.
-_OLLAMA = config["review"].get("ollama", {})
+# Ollama settings that do not change answers (where the server is, how long to wait) and the cache
+# folder reach jobs through the environment, not params, so changing them does not rerun reviews;
+# everything else is a rerun trigger.
+_OLLAMA = dict(config["review"].get("ollama", {}))
+for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
+    _OLLAMA[_key] = project_file(_OLLAMA.get(_key, _default))
 OLLAMA_RUNTIME_KEYS = ("host", "keep_alive", "timeout_s", "server", "pull")
-OLLAMA_RUNTIME = as_json({k: v for k, v in _OLLAMA.items() if k in OLLAMA_RUNTIME_KEYS})
+os.environ.update(
+    job_environment(
+        llm_runtime=as_json({k: v for k, v in _OLLAMA.items() if k in OLLAMA_RUNTIME_KEYS}),
+        cache_dir=config["cache_dir"],
+    )
+)
 REVIEW_PARAMS = {**config["review"], "ollama": {k: v for k, v in _OLLAMA.items() if k not in OLLAMA_RUNTIME_KEYS}}
 REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
 if config["review"]["backend"] != "ollama":
     REVIEW_PARAMS.pop("ollama")  # irrelevant without the LLM backend
-CACHE_DIR = config["cache_dir"]
 
 
 IMPORT_MANIFESTS = [str(R / f"import/{batch}/manifest.json") for batch in BATCHES]
@@ -82,13 +109,13 @@ def review_prompts(wildcards):
     """Prompt templates are inputs when the LLM reviews: editing one reruns the reviews."""
     if config["review"]["backend"] != "ollama":
         return {}
-    return {"prompt": _OLLAMA.get("prompt", "config/prompts/review_v1.txt")}
+    return {"prompt": _OLLAMA["prompt"]}
 
 
 def summary_prompts(wildcards):
     if config["review"]["backend"] != "ollama":
         return {}
-    return {"prompt": _OLLAMA.get("summary_prompt", "config/prompts/summary_v1.txt")}
+    return {"prompt": _OLLAMA["summary_prompt"]}
 
 
 wildcard_constraints:

@@ -1,20 +1,20 @@
 rule check_model:
     output:
         report(R / "models/model_check.json", category="Provenance", caption="../report/model_check.rst"),
-    params:
-        settings=as_json(config["model"]),
-        cache_dir=config["cache_dir"],
     log:
         R / "logs/check_model.log",
     benchmark:
-        R / "benchmarks/check_model/run.tsv",
+        R / "benchmarks/check_model/run.tsv"
+    conda:
+        "../../envs/inference.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/inference.yaml"
+    params:
+        settings=as_json(config["model"]),
+        cache_dir=config["cache_dir"],
     shell:
-        "{SNAKESCOPE} check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output:q} 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output:q} 2> {log:q}'
 
 
 rule dataset_pixels:
@@ -22,17 +22,17 @@ rule dataset_pixels:
         expand(R / "import/{batch}", batch=BATCHES),
     output:
         R / "inference/dataset_pixels.npy",
-    params:
-        manifests=IMPORT_MANIFESTS,
-        model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/inference/dataset_pixels.log",
     benchmark:
-        R / "benchmarks/dataset_pixels/run.tsv",
+        R / "benchmarks/dataset_pixels/run.tsv"
     conda:
         "../../envs/inference.yaml"
+    params:
+        manifests=IMPORT_MANIFESTS,
+        model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        "{SNAKESCOPE} dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}'
 
 
 rule infer:
@@ -42,19 +42,21 @@ rule infer:
         model_check=R / "models/model_check.json",
     output:
         directory(R / "inference/{batch}"),
-    params:
-        settings=as_json(MODEL_PARAMS),
-        dataset_pixels=lambda wildcards, input: f"--dataset-pixels {shlex.quote(input.pixels)}" if hasattr(input, "pixels") else "",
-    threads: 2
     log:
         R / "logs/inference/{batch}.log",
     benchmark:
-        R / "benchmarks/infer/{batch}.tsv",
+        R / "benchmarks/infer/{batch}.tsv"
+    conda:
+        "../../envs/inference.yaml"
+    threads: 2
     resources:
         mem_mb=6000,
         runtime=120,
-    conda:
-        "../../envs/inference.yaml"
+    params:
+        settings=as_json(MODEL_PARAMS),
+        dataset_pixels=lambda wildcards, input: (
+            f"--dataset-pixels {shlex.quote(input.pixels)}" if hasattr(input, "pixels") else ""
+        ),
     shell:
-        "{SNAKESCOPE} infer --manifest {input.imported:q}/manifest.json --settings {params.settings:q} "
-        "--model-check {input.model_check:q} --out {output:q} {params.dataset_pixels} 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli infer --manifest {input.imported:q}/manifest.json --settings {params.settings:q} '
+        "--model-check {input.model_check:q} --threads {threads} --out {output:q} {params.dataset_pixels} 2> {log:q}"

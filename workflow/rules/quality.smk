@@ -6,14 +6,14 @@ rule quality_metrics:
     log:
         R / "logs/quality/{batch}.log",
     benchmark:
-        R / "benchmarks/quality_metrics/{batch}.tsv",
+        R / "benchmarks/quality_metrics/{batch}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/analysis.yaml"
     shell:
-        "{SNAKESCOPE} quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}'
 
 
 rule quality_reference:
@@ -22,15 +22,15 @@ rule quality_reference:
         imported=expand(R / "import/{batch}", batch=BATCHES),
     output:
         R / "quality/reference.json",
-    params:
-        manifests=IMPORT_MANIFESTS,
-        plate_column=config["report"]["plate_column"],
     log:
         R / "logs/quality/reference.log",
     benchmark:
-        R / "benchmarks/quality_reference/run.tsv",
+        R / "benchmarks/quality_reference/run.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        manifests=IMPORT_MANIFESTS,
+        plate_column=config["report"]["plate_column"],
     shell:
-        "{SNAKESCOPE} quality-reference --quality {input.quality:q} --manifests {params.manifests:q} "
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli quality-reference --quality {input.quality:q} --manifests {params.manifests:q} '
         "--plate-column {params.plate_column:q} --out {output:q} 2> {log:q}"

@@ -5,17 +5,22 @@
 rule pipeline_info:
     output:
         params=report(R / "pipeline_info/params.json", category="Provenance", caption="../report/params.rst"),
-        versions=report(R / "pipeline_info/software_versions.json", category="Provenance", caption="../report/software_versions.rst"),
-    params:
-        config=as_json(config),
+        versions=report(
+            R / "pipeline_info/software_versions.json",
+            category="Provenance",
+            caption="../report/software_versions.rst",
+        ),
     log:
         R / "logs/pipeline_info.log",
     benchmark:
-        R / "benchmarks/pipeline_info/run.tsv",
+        R / "benchmarks/pipeline_info/run.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        config=as_json(config),
+        out=lambda wildcards, output: Path(output.params).parent,
     shell:
-        "{SNAKESCOPE} pipeline-info --config {params.config:q} --out {R:q}/pipeline_info 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli pipeline-info --config {params.config:q} --out {params.out:q} 2> {log:q}'
 
 
 rule tables:
@@ -27,30 +32,51 @@ rule tables:
         review=expand(R / "review/{batch}", batch=BATCHES),
     output:
         units=report(R / "tables/units.csv", category="Tables", subcategory="Units", caption="../report/units.rst"),
-        objects=report(R / "tables/objects.csv", category="Tables", subcategory="Objects", caption="../report/objects.rst"),
-        reviews=report(R / "tables/reviews.csv", category="Review", subcategory="Reviews", caption="../report/reviews.rst"),
+        objects=report(
+            R / "tables/objects.csv", category="Tables", subcategory="Objects", caption="../report/objects.rst"
+        ),
+        reviews=report(
+            R / "tables/reviews.csv", category="Review", subcategory="Reviews", caption="../report/reviews.rst"
+        ),
         reviews_jsonl=R / "tables/reviews.jsonl",
-        failures=report(R / "tables/failures.csv", category="Tables", subcategory="Failures", caption="../report/failures.rst"),
-        warnings=report(R / "tables/warnings.csv", category="Tables", subcategory="Warnings", caption="../report/warnings.rst"),
-        answers=report(R / "tables/answers.csv", category="Review", subcategory="Answers", caption="../report/answers.rst"),
-        aggregates=report(R / "tables/aggregates.json", category="Tables", subcategory="Aggregates", caption="../report/aggregates.rst"),
-        actions=report(R / "tables/acquisition_actions.json", category="Acquisition actions", caption="../report/acquisition_actions.rst"),
+        failures=report(
+            R / "tables/failures.csv", category="Tables", subcategory="Failures", caption="../report/failures.rst"
+        ),
+        warnings=report(
+            R / "tables/warnings.csv", category="Tables", subcategory="Warnings", caption="../report/warnings.rst"
+        ),
+        answers=report(
+            R / "tables/answers.csv", category="Review", subcategory="Answers", caption="../report/answers.rst"
+        ),
+        aggregates=report(
+            R / "tables/aggregates.json",
+            category="Tables",
+            subcategory="Aggregates",
+            caption="../report/aggregates.rst",
+        ),
+        actions=report(
+            R / "tables/acquisition_actions.json",
+            category="Acquisition actions",
+            caption="../report/acquisition_actions.rst",
+        ),
+    log:
+        R / "logs/tables.log",
+    benchmark:
+        R / "benchmarks/tables/run.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     params:
         batches=as_json(list(BATCHES)),
         model=as_json({"channels": config["model"]["channels"]}),
         condition_column=config["review"]["condition_column"],
         dataset=config["dataset"],
         positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column")}),
-    log:
-        R / "logs/tables.log",
-    benchmark:
-        R / "benchmarks/tables/run.tsv",
-    conda:
-        "../../envs/analysis.yaml"
+        results=lambda wildcards, output: Path(output.units).parents[1],
+        out=lambda wildcards, output: Path(output.units).parent,
     shell:
-        "{SNAKESCOPE} tables --batches {params.batches:q} --results {R:q} --model-settings {params.model:q} "
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli tables --batches {params.batches:q} --results {params.results:q} --model-settings {params.model:q} '
         "--condition-column {params.condition_column:q} --dataset {params.dataset:q} --report-settings {params.positions:q} "
-        "--out {R:q}/tables 2> {log:q}"
+        "--out {params.out:q} 2> {log:q}"
 
 
 rule gallery:
@@ -60,20 +86,20 @@ rule gallery:
         review=R / "review/{batch}",
     output:
         R / "report/gallery/{batch}.json",
-    params:
-        settings=as_json({k: config["report"][k] for k in ("thumbnail_px", "detail_px", "image_quality")}),
-        model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/gallery/{batch}.log",
     benchmark:
-        R / "benchmarks/gallery/{batch}.tsv",
+        R / "benchmarks/gallery/{batch}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        settings=as_json({k: config["report"][k] for k in ("thumbnail_px", "detail_px", "image_quality")}),
+        model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        "{SNAKESCOPE} gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} "
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} '
         "--review {input.review:q} --model-settings {params.model:q} --settings {params.settings:q} --out {output:q} 2> {log:q}"
 
 
@@ -91,19 +117,21 @@ rule plots:
             )
             for name in PLOT_NAMES
         },
+    log:
+        R / "logs/plots.log",
+    benchmark:
+        R / "benchmarks/plots/run.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     params:
         condition_column=config["review"]["condition_column"],
         thresholds=as_json(config["review"]["thresholds"]),
         positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column")}),
-    log:
-        R / "logs/plots.log",
-    benchmark:
-        R / "benchmarks/plots/run.tsv",
-    conda:
-        "../../envs/analysis.yaml"
+        tables=lambda wildcards, input: Path(input.units).parent,
+        out=lambda wildcards, output: Path(output[0]).parent,
     shell:
-        "{SNAKESCOPE} plots --tables {R:q}/tables --condition-column {params.condition_column:q} "
-        "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {R:q}/report/plots 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli plots --tables {params.tables:q} --condition-column {params.condition_column:q} '
+        "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {params.out:q} 2> {log:q}"
 
 
 rule run_summary:
@@ -111,18 +139,23 @@ rule run_summary:
         unpack(summary_prompts),
         aggregates=R / "tables/aggregates.json",
     output:
-        report(R / "tables/run_summary.json", category="Review", subcategory="Narrative summary", caption="../report/run_summary.rst"),
-    params:
-        settings=as_json(REVIEW_PARAMS),
+        report(
+            R / "tables/run_summary.json",
+            category="Review",
+            subcategory="Narrative summary",
+            caption="../report/run_summary.rst",
+        ),
     log:
         R / "logs/run_summary.log",
     benchmark:
-        R / "benchmarks/run_summary/run.tsv",
+        R / "benchmarks/run_summary/run.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        settings=as_json(REVIEW_PARAMS),
     shell:
-        "{SNAKESCOPE} summary --aggregates {input.aggregates:q} --settings {params.settings:q} --runtime {OLLAMA_RUNTIME:q} "
-        "--cache-dir {CACHE_DIR:q} --out {output:q} 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli summary --aggregates {input.aggregates:q} --settings {params.settings:q} '
+        "--out {output:q} 2> {log:q}"
 
 
 rule report:
@@ -136,15 +169,19 @@ rule report:
         versions=R / "pipeline_info/software_versions.json",
     output:
         report(R / "report/report.html", category="Report", caption="../report/report_html.rst"),
-    params:
-        dataset=config["dataset"],
-        batches=as_json(list(BATCHES)),
-        settings=as_json({k: config["report"][k] for k in ("page_size", "detail_images_max_units")}),
     log:
         R / "logs/report.log",
     conda:
         "../../envs/analysis.yaml"
+    params:
+        dataset=config["dataset"],
+        batches=as_json(list(BATCHES)),
+        settings=as_json({k: config["report"][k] for k in ("page_size", "detail_images_max_units")}),
+        tables=lambda wildcards, input: Path(input.run_summary).parent,
+        plots=lambda wildcards, input: Path(input.plots[0]).parent,
+        pipeline_info=lambda wildcards, input: Path(input.params).parent,
+        benchmarks=lambda wildcards, output: Path(output[0]).parents[1] / "benchmarks",
     shell:
-        "{SNAKESCOPE} report --tables {R:q}/tables --plots {R:q}/report/plots --gallery {input.gallery:q} "
-        "--model-check {input.model_check:q} --pipeline-info {R:q}/pipeline_info --dataset {params.dataset:q} "
-        "--settings {params.settings:q} --benchmarks {R:q}/benchmarks --batches {params.batches:q} --out {output:q} 2> {log:q}"
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli report --tables {params.tables:q} --plots {params.plots:q} --gallery {input.gallery:q} '
+        "--model-check {input.model_check:q} --pipeline-info {params.pipeline_info:q} --dataset {params.dataset:q} "
+        "--settings {params.settings:q} --benchmarks {params.benchmarks:q} --batches {params.batches:q} --out {output:q} 2> {log:q}"

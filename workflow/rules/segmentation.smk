@@ -4,18 +4,18 @@ rule postprocess:
         inference=R / "inference/{batch}",
     output:
         directory(R / "segmentation/{batch}"),
-    params:
-        settings=as_json(config["postprocess"]),
-        model=as_json({"channels": config["model"]["channels"]}),
     log:
         R / "logs/segmentation/{batch}.log",
     benchmark:
-        R / "benchmarks/postprocess/{batch}.tsv",
+        R / "benchmarks/postprocess/{batch}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        settings=as_json(config["postprocess"]),
+        model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        "{SNAKESCOPE} postprocess --manifest {input.imported:q}/manifest.json --inference {input.inference:q}/manifest.json "
+        '"$SNAKESCOPE_PYTHON" -m snakescope.cli postprocess --manifest {input.imported:q}/manifest.json --inference {input.inference:q}/manifest.json '
         "--settings {params.settings:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ def _json(text: str) -> Any:
 
 def _channels(settings: dict[str, Any]) -> tuple[str | int, ...]:
     return tuple(settings.get("channels", (0,)))
+
+
+def _progress(stage: str, doc: dict[str, Any], done: int) -> None:
+    from collections import Counter
+
+    from .progress import batch_progress
+
+    failures = len(doc.get("failures", []))
+    verdicts = Counter(r["verdict"] for r in doc.get("reviews", []))
+    extra = "".join(f", {n} {v}" for v, n in sorted(verdicts.items()))
+    batch_progress(stage, doc["batch"], f"{done} unit(s) done{extra}" + (f", {failures} FAILED (see the log)" if failures else ""))
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
@@ -49,13 +61,14 @@ def cmd_import(args: argparse.Namespace) -> None:
     sources = [Source(**s) for s in args.sources]
     settings = ImportSettings.from_config(args.settings, reader=args.reader)
     doc = import_batch(args.batch, sources, settings, args.out)
-    print(f"[import {args.batch}] {len(doc['units'])} unit(s), {len(doc['failures'])} failure(s)", file=sys.stderr)
+    _progress("import", doc, len(doc["units"]))
 
 
 def cmd_quality(args: argparse.Namespace) -> None:
     from .quality import quality_batch
 
-    quality_batch(args.manifest, args.out)
+    doc = quality_batch(args.manifest, args.out)
+    _progress("quality", doc, len(doc["metrics"]))
 
 
 def cmd_quality_reference(args: argparse.Namespace) -> None:
@@ -87,9 +100,11 @@ def cmd_infer(args: argparse.Namespace) -> None:
     from .inference import ModelError, ModelSettings, predict_batch
 
     try:
-        predict_batch(args.manifest, ModelSettings.from_config(args.settings), args.model_check, args.out, args.dataset_pixels)
+        doc = predict_batch(args.manifest, ModelSettings.from_config(args.settings), args.model_check, args.out,
+                            args.dataset_pixels, threads=args.threads)
     except ModelError as exc:
         sys.exit(f"snakescope: {exc}")
+    _progress("inference", doc, len(doc["predictions"]))
 
 
 def cmd_dataset_pixels(args: argparse.Namespace) -> None:
@@ -106,8 +121,9 @@ def cmd_dataset_pixels(args: argparse.Namespace) -> None:
 def cmd_postprocess(args: argparse.Namespace) -> None:
     from .segmentation import PostprocessSettings, postprocess_batch
 
-    postprocess_batch(args.manifest, args.inference, PostprocessSettings.from_config(args.settings),
-                      _channels(args.model_settings), args.out)
+    doc = postprocess_batch(args.manifest, args.inference, PostprocessSettings.from_config(args.settings),
+                            _channels(args.model_settings), args.out)
+    _progress("segmentation", doc, len(doc["summaries"]))
 
 
 def cmd_review(args: argparse.Namespace) -> None:
@@ -116,10 +132,11 @@ def cmd_review(args: argparse.Namespace) -> None:
 
     settings = {**args.settings, "ollama": {**args.settings.get("ollama", {}), **args.runtime}}
     try:
-        review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, settings,
-                     _channels(args.model_settings), args.out, args.schema, args.cache_dir, args.postprocess, args.reference)
+        doc = review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, settings,
+                           _channels(args.model_settings), args.out, args.schema, args.cache_dir, args.postprocess, args.reference)
     except OllamaUnavailable as exc:
         sys.exit(f"snakescope: {exc} (review.ollama.on_unreachable: fail)")
+    _progress("review", doc, len(doc["reviews"]))
 
 
 def cmd_pipeline_info(args: argparse.Namespace) -> None:
@@ -185,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     req = {"required": True}
     js = {"required": True, "type": _json}
+    # Settings that do not change results reach jobs through the environment (set by the workflow), so
+    # changing them reruns nothing: the LLM server's address and timeouts, and the cache folder.
+    runtime = {"type": _json, "default": os.environ.get("SNAKESCOPE_LLM_RUNTIME", "{}"),
+               "help": "LLM settings that do not change results (host, timeouts); default $SNAKESCOPE_LLM_RUNTIME"}
+    cache_dir = {"default": os.environ.get("SNAKESCOPE_CACHE_DIR", ".snakescope-cache"),
+                 "help": "model-test and review cache; default $SNAKESCOPE_CACHE_DIR"}
     add("demo-data", cmd_demo_data, "write the built-in demo data set and demo model", out={**req, "help": "output folder"})
     add("import", cmd_import, "import one batch of acquisition files", batch=req, sources={**js, "help": "JSON list of sources"},
         settings={**js, "help": "JSON of config section import"}, reader={"default": "bioio"}, out=req)
@@ -195,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         plate_column={"default": "plate", "help": "sample-sheet column naming the plate"})
     add("check-model", cmd_check_model, "run bioimageio test_model once per model digest", settings=js, cache_dir=req, out=req)
     add("infer", cmd_infer, "bioimage.io inference for one batch", manifest=req, settings=js, model_check=req, out=req,
-        dataset_pixels={"default": None, "help": "pooled pixels (.npy) for dataset-level normalisation"})
+        dataset_pixels={"default": None, "help": "pooled pixels (.npy) for dataset-level normalisation"},
+        threads={"type": int, "default": 1, "help": "CPU threads for the model runtime (onnxruntime, torch)"})
     add("dataset-pixels", cmd_dataset_pixels, "a pooled pixel sample of the run (dataset-level normalisation)",
         manifests={"nargs": "+", "required": True}, model_settings=js, out=req)
     add("postprocess", cmd_postprocess, "instance labels and measurements for one batch", manifest=req, inference=req,
@@ -203,8 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("review", cmd_review, "review one batch (rules, and an Ollama vision model when configured)", manifest=req,
         quality=req, inference=req, segmentation=req, knowledge_base=req, settings=js, model_settings=js, schema=req, out=req,
         postprocess={"type": _json, "default": {}}, reference={"default": None, "help": "the run's quality reference JSON"},
-        runtime={"type": _json, "default": {}, "help": "Ollama settings that do not change results (host, timeouts)"},
-        cache_dir={"default": ".snakescope-cache"})
+        runtime=runtime, cache_dir=cache_dir)
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
     add("tables", cmd_tables, "merge batch outputs into tables and acquisition_actions.json", batches={**js}, results=req,
         model_settings=js, out=req, condition_column={"default": "treatment"}, dataset={"default": ""},
@@ -215,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         condition_column={"default": "treatment"}, thresholds={"type": _json, "default": {}, "help": "JSON of review.thresholds"},
         settings={"type": _json, "default": {}, "help": "JSON of config section report"})
     add("summary", cmd_summary, "the run's narrative summary (LLM or template), numbers checked", aggregates=req,
-        settings=js, runtime={"type": _json, "default": {}}, cache_dir={"default": ".snakescope-cache"}, out=req)
+        settings=js, runtime=runtime, cache_dir=cache_dir, out=req)
     add("report", cmd_report, "write the self-contained HTML report", tables=req, plots=req,
         gallery={"nargs": "*", "default": [], "help": "gallery JSON files of the batches"}, model_check=req,
         pipeline_info=req, dataset=req, out=req, settings={"type": _json, "default": {}, "help": "JSON of config section report"},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +34,56 @@ def config_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
         else:
             messages.append(f"config key {_dotted(where)!r}: {error.message}")
     return messages
+
+
+# What a user must set; config/config.yaml leaves them null. (key path, what to write there)
+REQUIRED = (
+    (("dataset",), "a name for the dataset; results go to <results>/<dataset>/"),
+    (("model", "source"), "the bioimage.io model: a local bioimageio.yaml, a zoo id, a DOI or a URL"),
+)
+
+
+def unset_required(config: dict[str, Any]) -> list[str]:
+    """One line per key a user must set and has not (null or absent), and samples-or-inputs."""
+    messages = []
+    for path, meaning in REQUIRED:
+        node: Any = config
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node in (None, ""):
+            messages.append(f"set config key {_dotted(path)!r}: {meaning}")
+    if not config.get("samples") and not config.get("inputs"):
+        messages.append("set config key 'samples' (a TSV sample sheet) or 'inputs' (glob patterns): the images to process")
+    return messages
+
+
+def drop_nulls(config: dict[str, Any], keys: tuple[str, ...] = ("samples",)) -> None:
+    """Top-level keys left null in the template take their schema default."""
+    for key in keys:
+        if key in config and config[key] is None:
+            del config[key]
+
+
+def job_environment(python: str | None = None, package_dir: str | Path | None = None, llm_runtime: str | None = None,
+                    cache_dir: str | None = None) -> dict[str, str]:
+    """Environment variables through which jobs get what is not a rerun trigger and not a shell word.
+
+    ``SNAKESCOPE_PYTHON`` (the interpreter that runs the stage CLI) and ``PYTHONPATH`` (the package beside
+    the rules), the LLM server's address and timeouts and the cache folder (the CLI's defaults for
+    ``--runtime`` and ``--cache-dir``). Set in the Snakemake process, they reach local jobs and SLURM jobs.
+    """
+    env: dict[str, str] = {}
+    if python is not None:
+        env["SNAKESCOPE_PYTHON"] = python
+    if package_dir is not None:
+        current = os.environ.get("PYTHONPATH", "")
+        parts = [str(package_dir)] + [p for p in current.split(os.pathsep) if p and p != str(package_dir)]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    if llm_runtime is not None:
+        env["SNAKESCOPE_LLM_RUNTIME"] = llm_runtime
+    if cache_dir is not None:
+        env["SNAKESCOPE_CACHE_DIR"] = cache_dir
+    return env
 
 
 def settings_from_section(cls: type[T], section: dict[str, Any]) -> T:

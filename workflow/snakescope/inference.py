@@ -170,6 +170,41 @@ def pad_image(image: np.ndarray, padding: Padding) -> np.ndarray:
     return np.pad(image, ((0, 0), padding.y, padding.x), mode=mode)
 
 
+def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None) -> Any:
+    """A model adapter that uses exactly ``threads`` CPU threads (the job's declared cores), or None for the default.
+
+    bioimageio.core creates its onnxruntime session with default options, which on a shared node starts
+    one thread per core of the machine, not of the job; torch is told through ``torch.set_num_threads``.
+    """
+    if not threads or settings.device != "cpu":
+        return None
+    if settings.weight_format in ("torchscript", "pytorch_state_dict"):
+        import torch
+
+        torch.set_num_threads(threads)
+        return None
+    if settings.weight_format != "onnx":
+        return None
+    import onnxruntime
+    from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
+
+    class ThreadedONNXAdapter(ONNXModelAdapter):
+        def _init_model_on_device(self, device: Any) -> Any:
+            weights = self._onnx_descr
+            if getattr(weights, "external_data", None) is not None:  # large models: bioimageio.core's own loading
+                return super()._init_model_on_device(device)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = onnxruntime.InferenceSession(weights.get_reader().read(), sess_options=options,
+                                                   providers=None if device is None else [device])
+            if self._input_names is None:
+                self._input_names = [str(i.name) for i in session.get_inputs()]
+            return session
+
+    return ThreadedONNXAdapter(model_description=descr, devices=["CPUExecutionProvider"])
+
+
 class Predictor:
     """A bioimage.io prediction pipeline created once and reused for every image of a batch.
 
@@ -177,7 +212,7 @@ class Predictor:
     ``min + n*step``) plus the output halo on every side, predicted block by block, and cropped back.
     """
 
-    def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None) -> None:
+    def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None, threads: int | None = None) -> None:
         from bioimageio.core import create_prediction_pipeline
 
         self.settings = settings
@@ -185,7 +220,8 @@ class Predictor:
         fixed = dataset_statistics(self.descr, dataset_pixels) if dataset_pixels is not None else {}
         self.fixed_stats = fixed  # also put into every sample: blocked prediction reads them from sample.stat
         self.pipeline = create_prediction_pipeline(
-            self.descr, weight_format=settings.weight_format, devices=[settings.device], fixed_dataset_statistics=fixed
+            self.descr, weight_format=settings.weight_format, devices=[settings.device], fixed_dataset_statistics=fixed,
+            model_adapter=threaded_adapter(self.descr, settings, threads),
         )
         self.input_id = self.descr.inputs[0].id
         self.output_id = self.descr.outputs[0].id
@@ -249,7 +285,7 @@ def dataset_statistics(descr: Any, pixels: np.ndarray) -> dict[Any, Any]:
 
 
 def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_check: str | Path, out_dir: str | Path,
-                  dataset_pixels: str | Path | None = None) -> dict[str, Any]:
+                  dataset_pixels: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """Predict every unit of an imported batch with one pipeline; per-unit errors are recorded."""
     from .acquisition import read_unit
 
@@ -261,7 +297,7 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     failures: list[dict[str, Any]] = []
     started = time.time()
     pooled = np.load(dataset_pixels) if dataset_pixels else None
-    predictor = Predictor(settings, pooled) if doc["units"] else None
+    predictor = Predictor(settings, pooled, threads) if doc["units"] else None
     load_seconds = time.time() - started
     for i, unit in enumerate(doc["units"], start=1):
         try:

@@ -1,0 +1,92 @@
+"""The config's documentation, template and schema agree; required keys are named; the job environment."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required
+
+SCHEMA = json.loads((ROOT / "workflow" / "schemas" / "config.schema.json").read_text())
+NO_DEFAULT = object()
+
+
+def schema_default(path: list[str]):
+    node = SCHEMA
+    for key in path:
+        node = node["properties"][key]
+    return node.get("default", NO_DEFAULT)
+
+
+def documented_defaults() -> dict[tuple[str, ...], str]:
+    """{key path: default cell} from every `| key | default | ...` table of config/README.md."""
+    rows: dict[tuple[str, ...], str] = {}
+    section: list[str] = []
+    for line in (ROOT / "config" / "README.md").read_text().splitlines():
+        heading = re.match(r"^#{2,3} (?:`([\w.]+)`|Top level)", line)
+        if heading:
+            section = heading.group(1).split(".") if heading.group(1) else []
+            continue
+        if line.startswith("## "):
+            section = ["(not a key table)"]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"`[\w.]+`", cells[0]) and section != ["(not a key table)"]:
+            rows[tuple(section + cells[0].strip("`").split("."))] = cells[1]
+    return rows
+
+
+def test_every_documented_default_is_the_applied_default():
+    rows = documented_defaults()
+    assert len(rows) > 40, "the README's key tables were not found"
+    checked = 0
+    for path, cell in rows.items():
+        try:
+            applied = schema_default(list(path))
+        except KeyError:
+            pytest.fail(f"config/README.md documents {'.'.join(path)}, which the schema does not know")
+        if cell == "(required)":
+            assert applied is NO_DEFAULT, path
+            continue
+        documented = yaml.safe_load(cell.strip("`").replace("`, `", ", ")) if cell.startswith("`") else cell
+        if isinstance(applied, dict):  # e.g. `{temperature: 0, ...}`
+            documented = yaml.safe_load(cell.strip("`"))
+        assert documented == applied, f"{'.'.join(path)}: documented {cell}, applied {applied!r}"
+        checked += 1
+    assert checked > 40
+
+
+def test_the_template_changes_no_default():
+    """config/config.yaml is merged under every user config: each value it sets must be the schema's default."""
+    template = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+    def walk(node, path):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, path + [key])
+            elif value is not None:
+                assert schema_default(path + [key]) == value, ".".join(path + [key])
+
+    walk(template, [])
+    assert template["dataset"] is None and template["model"]["source"] is None and template["samples"] is None
+
+
+def test_required_keys_are_named_and_nulls_take_defaults():
+    template = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    messages = unset_required(template)
+    assert [m.split("'")[1] for m in messages] == ["dataset", "model.source", "samples"]
+    config = {**template, "dataset": "d", "model": {**template["model"], "source": "m.yaml"}, "inputs": ["*.tif"]}
+    assert unset_required(config) == []
+    drop_nulls(config)
+    assert "samples" not in config
+    assert config_errors(config, SCHEMA) == []
+
+
+def test_job_environment_puts_the_package_first_once(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/pkg:/other")
+    env = job_environment("python3", "/pkg", llm_runtime="{}", cache_dir="c")
+    assert env == {"SNAKESCOPE_PYTHON": "python3", "PYTHONPATH": "/pkg:/other", "SNAKESCOPE_LLM_RUNTIME": "{}",
+                   "SNAKESCOPE_CACHE_DIR": "c"}

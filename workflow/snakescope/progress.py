@@ -1,0 +1,65 @@
+"""What the terminal says: one progress line per batch and stage while a run goes, one summary at its end.
+
+Stage commands write their details to the job's log (stderr); `batch_progress` also prints one line to
+stdout, which Snakemake shows in the terminal (or the SLURM job's output). `run_summary_message` is
+called from the workflow's onsuccess/onerror handlers.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from .records import read_json
+
+LISTED_FAILURES = 10
+
+
+def batch_progress(stage: str, batch: str, text: str) -> None:
+    """``[import b0001] 6 unit(s), 1 failure(s)`` in the terminal and in the job's log."""
+    line = f"[{stage} {batch}] {text}"
+    print(line, flush=True)
+    print(line, file=sys.stderr, flush=True)
+
+
+def _failures(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def summary_lines(results: Path, failed: bool = False) -> list[str]:
+    """The end-of-run summary: units and verdicts, failed inputs with the table listing them, the report."""
+    tables = results / "tables"
+    lines = []
+    aggregates = tables / "aggregates.json"
+    if aggregates.is_file():
+        facts = read_json(aggregates)
+        verdicts = facts.get("verdicts", {})
+        shown = ", ".join(f"{k} {verdicts[k]}" for k in ("pass", "warn", "fail", "unreviewed") if verdicts.get(k))
+        lines.append(f"snakescope: {facts.get('units', 0)} unit(s) reviewed ({shown or 'none'}) by "
+                     f"{', '.join(facts.get('review_backends', {})) or 'no reviewer'}")
+        if facts.get("uncalibrated_units"):
+            lines.append(f"  {facts['uncalibrated_units']} unit(s) without a pixel size, measured in pixels: "
+                         f"see {tables / 'warnings.csv'}")
+    failures = _failures(tables / "failures.csv")
+    if failures:
+        lines.append(f"  {len(failures)} failed input(s) or step(s), listed in {tables / 'failures.csv'}:")
+        for row in failures[:LISTED_FAILURES]:
+            lines.append(f"    {row.get('stage')}: {row.get('unit_id') or row.get('sample_id')} "
+                         f"({Path(row.get('source_path') or '').name}): {row.get('reason')}")
+        if len(failures) > LISTED_FAILURES:
+            lines.append(f"    ... and {len(failures) - LISTED_FAILURES} more")
+    report = results / "report" / "report.html"
+    if failed:
+        lines.append(f"snakescope: the run stopped with errors; each failed job names its log, under {results / 'logs'}. "
+                     "Rerun the same command to continue where it stopped.")
+    elif report.is_file():
+        lines.append(f"snakescope: report written to {report.resolve()}")
+    return lines
+
+
+def run_summary_message(results: str | Path, failed: bool = False) -> None:
+    print("\n" + "\n".join(summary_lines(Path(results), failed)), flush=True)
