@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test lint bench clean-demo
 
-$(BIN)/.installed: requirements.txt pyproject.toml
+# pyproject.toml lists the dependencies, constraints.txt pins the versions tested together.
+$(BIN)/.installed: constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[torch,slurm,test]"
 	touch $@
 
 demo/samples.tsv: $(BIN)/.installed
@@ -17,8 +17,13 @@ demo/samples.tsv: $(BIN)/.installed
 demo: $(BIN)/.installed demo/samples.tsv
 	$(BIN)/snakemake --configfile config/demo.yaml
 
-test: $(BIN)/.installed
+test: lint
 	$(BIN)/python -m pytest -ra
+
+# The Snakemake workflow catalog's checks: `snakemake --lint` and snakefmt, both clean.
+lint: $(BIN)/.installed demo/samples.tsv
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/accuracy.py

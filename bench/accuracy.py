@@ -91,7 +91,7 @@ def segmentation_scores(shared: Path, work: Path, name: str, project: Path, mode
         truth = tifffile.imread(shared / "data" / "nuclei" / name / "masks" / image.name)
         n_true = len(np.unique(truth[truth > 0]))
         batch, uid = found.get(str(image.resolve()), (None, None))
-        labels_path = results / "segmentation" / str(batch) / f"{uid}.labels.tif"
+        labels_path = results / "segmentation" / str(batch) / f"{uid}.labels.ome.tif"
         if uid is None or not labels_path.is_file():
             failed += 1
             labels = np.zeros_like(truth)

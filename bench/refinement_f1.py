@@ -71,9 +71,9 @@ def main() -> None:
         for review in doc["reviews"]:
             uid = review["unit_id"]
             truth = tifffile.imread(root / "data" / "truth" / f"{uid}.tif")
-            first = tifffile.imread(seg / f"{uid}.labels.tif")
-            final = tifffile.imread(out / f"{uid}.labels.tif") if (out / f"{uid}.labels.tif").is_file() else first
-            refined += (out / f"{uid}.labels.tif").is_file()
+            first = tifffile.imread(seg / f"{uid}.labels.ome.tif")
+            final = tifffile.imread(out / f"{uid}.labels.ome.tif") if (out / f"{uid}.labels.ome.tif").is_file() else first
+            refined += (out / f"{uid}.labels.ome.tif").is_file()
             before.append(object_f1(first, truth)["f1"])
             after.append(object_f1(final, truth)["f1"])
             err_before.append(abs(int(first.max()) - int(truth.max())))

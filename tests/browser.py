@@ -28,7 +28,7 @@ def browser_missing() -> str | None:
     try:
         import playwright  # noqa: F401
     except ImportError:
-        return "the Python package playwright is not installed (requirements.txt)"
+        return "the Python package playwright is not installed (pyproject.toml extra 'test')"
     return None
 
 

@@ -96,6 +96,18 @@ def test_broken_file_is_recorded_and_others_continue_inputs_untouched(tmp_path):
     assert doc["units"][0]["source_sha256"] == before[good]
 
 
+def test_a_truncated_file_fails_with_the_readers_own_reason_not_a_pixel_size(tmp_path):
+    """A file cut short in transfer: the reason names the short read, in both missing_pixel_size modes."""
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.random.default_rng(0).integers(0, 4000, (2, 256, 256), dtype=np.uint16), ome=True,
+                     metadata={"axes": "CYX"})  # an OME-TIFF without a pixel size, like many exported files
+    cut = tmp_path / "cut.ome.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    for mode in ("pixels", "fail"):
+        units, (failure,) = import_source(Source("cut", str(cut)), ImportSettings(missing_pixel_size=mode), tmp_path / mode)
+        assert units == [] and "failed to read" in failure.reason and "pixel size" not in failure.reason, failure.reason
+
+
 NUCLEI = FORMATS.parent / "nuclei"
 
 

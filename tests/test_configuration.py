@@ -90,3 +90,15 @@ def test_job_environment_puts_the_package_first_once(monkeypatch):
     env = job_environment("python3", "/pkg", llm_runtime="{}", cache_dir="c")
     assert env == {"SNAKESCOPE_PYTHON": "python3", "PYTHONPATH": "/pkg:/other", "SNAKESCOPE_LLM_RUNTIME": "{}",
                    "SNAKESCOPE_CACHE_DIR": "c"}
+
+
+def test_every_runtime_dependency_is_in_a_stage_env():
+    """pyproject.toml is the one dependency list; the per-stage conda envs together must cover it."""
+    import tomllib
+
+    from snakescope.provenance import declared_in_envs
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.\-]+", d).group(0) for d in deps} - {"snakemake"}
+    declared = {k.lower() for k in declared_in_envs()}
+    assert sorted(n for n in names if n.lower() not in declared) == []

@@ -59,3 +59,20 @@ def test_globs_and_batches(tmp_path):
     assert list(grouped) == ["b0000", "b0001", "b0002"]
     assert [len(v) for v in grouped.values()] == [2, 2, 1]
     assert safe_id("a/b c:d") == "a_b_c_d"
+
+
+def test_a_malformed_sample_sheet_names_the_sheet_line_and_column(tmp_path):
+    write(tmp_path / "a.tif", "x")
+    header = "sample_id\tpath\tnotes\n# a comment line\n"
+    cases = {
+        "huge.tsv": (header + "A\ta.tif\t" + "x" * 200_000 + "\n", "line 3"),  # beyond the csv module's field limit
+        "long.tsv": (header + "A\ta.tif\t" + "x" * 20_000 + "\n", "line 3, column 'notes': a cell of 20,000 characters"),
+        "extra.tsv": (header + "A\ta.tif\tok\t\t\nB\ta.tif\tok\tsurplus\n", "line 4: more cells than columns"),
+    }
+    for name, (text, expected) in cases.items():
+        with pytest.raises(InputError) as err:
+            read_sample_sheet(write(tmp_path / name, text))
+        assert str(tmp_path / name) in str(err.value) and expected in str(err.value), str(err.value)
+    (tmp_path / "latin.tsv").write_bytes(b"sample_id\tpath\tnotes\nA\ta.tif\t\xe9t\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_sample_sheet(tmp_path / "latin.tsv")

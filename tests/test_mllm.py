@@ -266,8 +266,8 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_ollama, demo
         distances = [a["settings"]["split_min_distance"] for a in refinement["attempts"]]
         assert distances == sorted(distances, reverse=True) and min(distances) >= 0.15
         truth = tifffile.imread(tmp_path / "data" / "truth" / f"{uid}.tif")
-        before = object_f1(tifffile.imread(tmp_path / "seg" / f"{uid}.labels.tif"), truth)["f1"]
-        after = object_f1(tifffile.imread(tmp_path / "out" / f"{uid}.labels.tif"), truth)["f1"]
+        before = object_f1(tifffile.imread(tmp_path / "seg" / f"{uid}.labels.ome.tif"), truth)["f1"]
+        after = object_f1(tifffile.imread(tmp_path / "out" / f"{uid}.labels.ome.tif"), truth)["f1"]
         assert after > before + 0.2, (uid, before, after)
         assert review["count_check"]["segmented"] == refinement["summary"]["object_count"]
     refined_rows = (tmp_path / "out" / "refined_objects.csv").read_text().splitlines()

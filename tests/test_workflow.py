@@ -90,6 +90,34 @@ def test_corrupt_file_is_reported_and_the_rest_complete(completed_run):
     assert json.loads((info / "params.json").read_text())["dataset"] == "demo"
 
 
+def test_outputs_open_calibrated_typed_and_readable_by_others(completed_run):
+    """Labels open in bioio at the image's pixel size; Parquet reads back typed; objects carry the sample sheet and
+    every channel; overlay paths are relative to the results folder; files follow the umask (022 here)."""
+    import os
+    import stat
+
+    import pandas as pd
+    from bioio import BioImage
+
+    units = pd.read_parquet(completed_run / "tables" / "units.parquet")
+    assert len(units) == 15 and units["object_count"].dtype.kind in "if" and str(units["meta_well"].dtype).startswith("str")
+    ctrl = units.set_index("unit_id").loc["ctrl_01"]
+    labels = BioImage(completed_run / "segmentation" / ctrl["batch"] / "ctrl_01.labels.ome.tif")
+    assert labels.physical_pixel_sizes.X == pytest.approx(float(ctrl["pixel_size_x_um"]))
+    assert int(labels.get_image_data("YX").max()) == int(ctrl["object_count"])
+    assert (completed_run / ctrl["overlay"]).is_file() and not os.path.isabs(ctrl["overlay"])
+    objects = pd.read_parquet(completed_run / "tables" / "objects.parquet")
+    assert len(objects) == units["object_count"].sum()
+    assert {"sample_id", "meta_well", "meta_treatment", "mean_intensity_DAPI"} <= set(objects.columns)
+    assert (objects.loc[objects.unit_id == "ctrl_01", "meta_treatment"] == "DMSO").all()
+    assert pd.read_parquet(completed_run / "tables" / "reviews.parquet")["verdict"].notna().all()
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [completed_run / "tables" / "acquisition_actions.json", next((completed_run / "import").glob("*/manifest.json")),
+                 completed_run / "models" / "model_check.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
 def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, workdir, demo_dir):
     assert planned_jobs(snakemake(workdir, "-n").stdout + "\nJob stats:\n\n\n") == {}, "an unchanged rerun plans nothing"
     changed = workdir / "changed"

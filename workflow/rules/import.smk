@@ -8,7 +8,7 @@ rule import_batch:
     benchmark:
         R / "benchmarks/import_batch/{batch}.tsv"
     conda:
-        "../../envs/import-aicsimageio.yaml" if config["reader"] == "aicsimageio" else "../../envs/import.yaml"
+        "../envs/import-aicsimageio.yaml" if config["reader"] == "aicsimageio" else "../envs/import.yaml"
     resources:
         mem_mb=4000,
         runtime=60,

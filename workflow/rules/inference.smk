@@ -6,7 +6,7 @@ rule check_model:
     benchmark:
         R / "benchmarks/check_model/run.tsv"
     conda:
-        "../../envs/inference.yaml"
+        "../envs/inference.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -27,7 +27,7 @@ rule dataset_pixels:
     benchmark:
         R / "benchmarks/dataset_pixels/run.tsv"
     conda:
-        "../../envs/inference.yaml"
+        "../envs/inference.yaml"
     params:
         manifests=IMPORT_MANIFESTS,
         model=as_json({"channels": config["model"]["channels"]}),
@@ -47,7 +47,7 @@ rule infer:
     benchmark:
         R / "benchmarks/infer/{batch}.tsv"
     conda:
-        "../../envs/inference.yaml"
+        "../envs/inference.yaml"
     threads: 2
     resources:
         mem_mb=6000,

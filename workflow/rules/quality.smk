@@ -8,7 +8,7 @@ rule quality_metrics:
     benchmark:
         R / "benchmarks/quality_metrics/{batch}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -27,7 +27,7 @@ rule quality_reference:
     benchmark:
         R / "benchmarks/quality_reference/run.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         manifests=IMPORT_MANIFESTS,
         plate_column=config["report"]["plate_column"],

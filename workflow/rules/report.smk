@@ -15,7 +15,7 @@ rule pipeline_info:
     benchmark:
         R / "benchmarks/pipeline_info/run.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         config=as_json(config),
         out=lambda wildcards, output: Path(output.params).parent,
@@ -32,6 +32,9 @@ rule tables:
         review=expand(R / "review/{batch}", batch=BATCHES),
     output:
         units=report(R / "tables/units.csv", category="Tables", subcategory="Units", caption="../report/units.rst"),
+        units_parquet=R / "tables/units.parquet",
+        objects_parquet=R / "tables/objects.parquet",
+        reviews_parquet=R / "tables/reviews.parquet",
         objects=report(
             R / "tables/objects.csv", category="Tables", subcategory="Objects", caption="../report/objects.rst"
         ),
@@ -64,7 +67,7 @@ rule tables:
     benchmark:
         R / "benchmarks/tables/run.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         batches=as_json(list(BATCHES)),
         model=as_json({"channels": config["model"]["channels"]}),
@@ -91,7 +94,7 @@ rule gallery:
     benchmark:
         R / "benchmarks/gallery/{batch}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -122,7 +125,7 @@ rule plots:
     benchmark:
         R / "benchmarks/plots/run.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         condition_column=config["review"]["condition_column"],
         thresholds=as_json(config["review"]["thresholds"]),
@@ -150,7 +153,7 @@ rule run_summary:
     benchmark:
         R / "benchmarks/run_summary/run.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         settings=as_json(REVIEW_PARAMS),
     shell:
@@ -172,7 +175,7 @@ rule report:
     log:
         R / "logs/report.log",
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         dataset=config["dataset"],
         batches=as_json(list(BATCHES)),

@@ -15,7 +15,7 @@ rule review:
     benchmark:
         R / "benchmarks/review/{batch}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     resources:
         mem_mb=4000,
         runtime=240,

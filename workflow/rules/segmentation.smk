@@ -9,7 +9,7 @@ rule postprocess:
     benchmark:
         R / "benchmarks/postprocess/{batch}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     resources:
         mem_mb=4000,
         runtime=60,

@@ -243,14 +243,15 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         if path.suffix.lower() in (".tif", ".tiff", ".stk") and len(raw_names) == 1 and raw_names[0].startswith("Channel:"):
             raw_names = [metamorph_channel_name(path) or raw_names[0]]
     pixel = resolve(stated, source.metadata.get("pixel_size_um"), settings.default_pixel_size_um, path, str(scene))
-    if not pixel.known and settings.missing_pixel_size == "fail":
-        raise ValueError(f"{pixel.warning} (config import.missing_pixel_size: fail)")
     if pixel.warning:
         notes.append(pixel.warning)
         print(f"WARNING: {pixel.warning}", file=sys.stderr)
     sizes = {k: int(v) for k, v in dict(data.sizes).items()}
     units = []
     for selection, array in planes(data, settings):
+        # checked once the pixels were read: a file that cannot be read says that first, not "no pixel size"
+        if not pixel.known and settings.missing_pixel_size == "fail":
+            raise ValueError(f"{pixel.warning} (config import.missing_pixel_size: fail)")
         parts = [source.sample_id]
         if n_scenes > 1:
             parts.append(f"s{scene_index}")

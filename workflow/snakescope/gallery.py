@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .configuration import settings_from_section
-from .records import read_json, write_json
+from .records import LABELS_SUFFIX, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size
 def final_labels_path(uid: str, segmentation_dir: Path, review_dir: Path) -> Path | None:
     """The review's refined labels when its critique re-ran post-processing, else post-processing's labels."""
     for folder in (review_dir, segmentation_dir):
-        path = folder / f"{uid}.labels.tif"
+        path = folder / f"{uid}{LABELS_SUFFIX}"
         if path.is_file():
             return path
     return None

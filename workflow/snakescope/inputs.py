@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import glob
 import re
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,44 @@ def _expand(pattern: str, base: Path) -> list[Path]:
     return [path]
 
 
+MAX_CELL_CHARS = 10_000  # metadata travels in job parameters and the report; a longer cell is an error in the sheet
+LINE = "\0line"  # the sheet line of a row, kept beside its cells while reading
+
+
+def _sheet_rows(sheet: Path) -> list[dict[str, Any]]:
+    """The sheet's rows (comment lines skipped), each with its line number; any problem names the sheet and line."""
+    rows: list[dict[str, Any]] = []
+    line_no = 0
+    try:
+        with sheet.open(newline="", encoding="utf-8") as handle:
+            numbered = ((n, line) for n, line in enumerate(handle, start=1) if not line.startswith("#"))
+            lines = {}
+
+            def feed():
+                for n, line in numbered:
+                    lines[len(lines) + 1] = n
+                    yield line
+
+            reader = csv.DictReader(feed(), delimiter="\t")
+            for row in reader:
+                line_no = lines.get(reader.line_num, reader.line_num)
+                for column, value in row.items():
+                    if value is not None and not isinstance(value, str):  # more cells than header columns
+                        if not any(v.strip() for v in value):
+                            continue  # trailing tabs
+                        raise InputError(f"sample sheet {sheet}, line {line_no}: more cells than columns "
+                                         f"({len(row) - 1 + len(value)} for {len(row) - 1})")
+                    if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+                        raise InputError(f"sample sheet {sheet}, line {line_no}, column {column!r}: a cell of {len(value):,} "
+                                         f"characters (at most {MAX_CELL_CHARS:,})")
+                rows.append({**row, LINE: line_no})
+    except csv.Error as exc:
+        raise InputError(f"sample sheet {sheet}, line {lines.get(len(lines), line_no + 1)}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"sample sheet {sheet}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 TSV") from None
+    return rows
+
+
 def read_sample_sheet(sheet: str | Path) -> list[Source]:
     """Read a TSV sample sheet; relative paths are resolved against the sheet's folder.
 
@@ -54,14 +93,14 @@ def read_sample_sheet(sheet: str | Path) -> list[Source]:
     sheet = Path(sheet)
     if not sheet.is_file():
         raise InputError(f"sample sheet not found: {sheet} (config key 'samples')")
-    with sheet.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader((line for line in handle if not line.startswith("#")), delimiter="\t"))
-        columns = rows[0].keys() if rows else []
+    rows = _sheet_rows(sheet)
+    columns = rows[0].keys() if rows else []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if rows and missing:
         raise InputError(f"sample sheet {sheet} lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}")
     sources: list[Source] = []
-    for line_no, row in enumerate(rows, start=2):
+    for row in rows:
+        line_no = row.pop(LINE)
         sample_id = (row.get("sample_id") or "").strip()
         pattern = (row.get("path") or "").strip()
         if not sample_id or not pattern:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from .records import read_json, write_json
+from .records import LABELS_SUFFIX, read_json, write_json
 
 ANSWER_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "mllm_answer.schema.json"
 SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
@@ -434,7 +434,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     from .acquisition import read_unit
     from .inference import select_channels
     from .rendering import overlay_png, scale_bar_um
-    from .segmentation import OBJECT_COLUMNS, calibrated
+    from .segmentation import OBJECT_COLUMNS, calibrated, write_labels
 
     template = Path(settings.prompt).read_text(encoding="utf-8")
     schema = read_json(ANSWER_SCHEMA_PATH)
@@ -496,7 +496,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                 if result["improved"]:
                     summary = result["summary"]
                     refinement["summary"] = summary
-                    tifffile.imwrite(out_dir / f"{unit['unit_id']}.labels.tif", result["labels"].astype(np.uint16), compression="zlib")
+                    write_labels(out_dir / f"{unit['unit_id']}{LABELS_SUFFIX}", result["labels"], unit)
                     (out_dir / f"{unit['unit_id']}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1] if pixel else None))
                     refined_rows.extend(result["objects"])
                     flags = check_claims(answer, rules, ctx["metrics"], summary, count_tolerance)

@@ -15,8 +15,34 @@ PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "
             "scikit-image", "scipy", "tifffile", "ollama", "jsonschema", "PyYAML", "pydantic"]
 
 
+ENVS_DIR = Path(__file__).resolve().parents[1] / "envs"
+CONDA_NAMES = {"pytorch-cpu": "torch", "pytorch-gpu": "torch", "pytorch": "torch", "pyyaml": "PyYAML"}
+
+
+def declared_in_envs(envs_dir: Path = ENVS_DIR) -> dict[str, str]:
+    """{package: "<spec> (envs/<file>)"} from the per-stage conda env files (conda and pip entries)."""
+    import re
+
+    import yaml
+
+    declared: dict[str, str] = {}
+    for path in sorted(envs_dir.glob("*.yaml")):
+        entries = []
+        for dep in yaml.safe_load(path.read_text()).get("dependencies", []):
+            entries += dep.get("pip", []) if isinstance(dep, dict) else [dep]
+        for entry in entries:
+            match = re.match(r"^([A-Za-z0-9_.\-]+)\s*(.*)$", str(entry).strip())
+            if match and match.group(1) not in ("python", "pip"):
+                name = CONDA_NAMES.get(match.group(1), match.group(1))
+                declared.setdefault(name, f"{match.group(2) or 'any'} (envs/{path.name})")
+    return declared
+
+
 def software_versions() -> dict[str, Any]:
-    """Versions of Python and of the packages the stages use (``null`` when not installed)."""
+    """Versions of Python and of the packages the stages use, as installed where this runs.
+
+    With ``--sdm conda`` each stage has its own environment: a package absent here (``null``) is listed
+    under ``declared`` with the version its stage's env file asks for."""
     from . import __version__
 
     versions: dict[str, str | None] = {}
@@ -25,7 +51,9 @@ def software_versions() -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"snakescope": __version__, "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
+    declared = declared_in_envs() if ENVS_DIR.is_dir() else {}
+    return {"snakescope": __version__, "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "declared": {k: v for k, v in declared.items() if k in versions and versions[k] is None}}
 
 
 def write_pipeline_info(config: dict[str, Any], out_dir: str | Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Label images: OME-TIFF with the unit's pixel size, so napari, Fiji and bioio open them calibrated.
+LABELS_SUFFIX = ".labels.ome.tif"
 
 
 @dataclass
@@ -63,8 +66,9 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so a killed job leaves no partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    # mode "x" creates the file with 0666 minus the umask, like any other output (mkstemp would make it 0600)
+    with open(tmp, "x", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1, sort_keys=True, default=_jsonable)
     os.replace(tmp, path)
 

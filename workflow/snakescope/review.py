@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .configuration import settings_from_section
-from .records import read_json, write_json
+from .records import LABELS_SUFFIX, read_json, write_json
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "review.schema.json"
 
@@ -271,7 +271,7 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
                              unit_reference(references, unit.get("metadata", {}).get(references.get("plate_column", "")), channel))
         rules_reviews.append(review)
         line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, column)
-        labels = Path(postprocess_dir) / f"{uid}.labels.tif"
+        labels = Path(postprocess_dir) / f"{uid}{LABELS_SUFFIX}"
         context[uid] = {"rules": review, "metrics": metrics, "summary": summary, "expected": expected, "line": line,
                         "channels": channels, "labels_path": labels if labels.is_file() and uid not in failed else None,
                         "probability_path": inference["predictions"].get(uid, {}).get("path")}

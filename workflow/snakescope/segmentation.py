@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .configuration import settings_from_section
-from .records import Failure, read_json, write_json
+from .records import LABELS_SUFFIX, Failure, read_json, write_json
 
 
 # Tissue detection: when the objects at the probability threshold are TISSUE_RATIO times wider than the
@@ -318,6 +318,27 @@ def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: 
     return labels, objects, summarize_objects(objects, labels.shape, pixel_size_um, info)
 
 
+def channel_means(objects: list[dict[str, Any]], labels: np.ndarray, image: np.ndarray, channel_names: list[str]) -> None:
+    """Add every channel's mean intensity per object (``mean_intensity_<channel>``), not only the model's channel."""
+    import re
+
+    if not objects:
+        return
+    index = [int(o["label"]) for o in objects]
+    for c, name in enumerate(channel_names):
+        column = "mean_intensity_" + (re.sub(r"[^A-Za-z0-9]+", "_", str(name)).strip("_") or f"C{c}")
+        for obj, value in zip(objects, ndi.mean(image[c].astype(np.float64), labels, index)):
+            obj[column] = round(float(value), 3)
+
+
+def write_labels(path: Path, labels: np.ndarray, unit: dict[str, Any]) -> None:
+    """Instance labels as OME-TIFF (uint16, uint32 beyond 65535 objects) with the unit's pixel size."""
+    from .acquisition import write_ome_tiff
+
+    dtype = np.uint32 if labels.max() > 65535 else np.uint16
+    write_ome_tiff(path, labels.astype(dtype)[None], [f"labels of {unit['unit_id']}"], unit.get("pixel_size_um") or {})
+
+
 def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Path, settings: PostprocessSettings,
                       channels: tuple[str | int, ...], out_dir: str | Path) -> dict[str, Any]:
     """Segment and measure every predicted unit of a batch; writes labels, overlays, objects.csv, summary."""
@@ -340,10 +361,12 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
             continue  # its inference failure is already recorded
         try:
             pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)
+            full = read_unit(unit["image_path"])
+            image = select_channels(full, unit["channel_names"], channels)
             probability = np.load(predicted["predictions"][uid]["path"]).astype(np.float32)
             labels, objects, summary = segment_unit(probability, image[0], pixel, settings, uid)
-            tifffile.imwrite(out / f"{uid}.labels.tif", labels.astype(np.uint32 if labels.max() > 65535 else np.uint16), compression="zlib")
+            channel_means(objects, labels, full, unit["channel_names"])
+            write_labels(out / f"{uid}{LABELS_SUFFIX}", labels, unit)
             (out / f"{uid}.overlay.png").write_bytes(overlay_png(image[0], labels, pixel[1] if pixel else None))
             summaries[uid] = summary
             all_objects.extend(objects)
@@ -352,7 +375,8 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
             failures.append(failure.__dict__)
             print(f"[postprocess {imported['batch']}] FAILED {uid}: {failure.reason}", file=sys.stderr)
     with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS)
+        extra = dict.fromkeys(k for o in all_objects for k in o if k not in OBJECT_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS + list(extra), restval="")
         writer.writeheader()
         writer.writerows(all_objects)
     doc = {"batch": imported["batch"], "settings": asdict(settings), "summaries": summaries, "failures": failures}

@@ -39,19 +39,50 @@ def group_by_condition(units: list[dict[str, Any]], condition_column: str) -> di
     return dict(sorted(groups.items()))
 
 
-def _merge_objects(out, batches: list[str], results: Path, refined_units: dict[str, Path]) -> None:
-    """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv."""
+# Identifiers and free text stay text in Parquet even when they look like numbers (sample "001", well "12").
+TEXT_COLUMNS = ("unit_id", "sample_id", "batch", "scene", "source_path", "channels", "overlay", "issues", "verdict", "label_file")
+
+
+def write_parquet(csv_path: Path) -> Path:
+    """The CSV table again as Parquet (typed columns for pandas, polars, R arrow), beside it."""
+    import pandas as pd
+
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    text = {c: "string" for c in header if c in TEXT_COLUMNS or c.startswith("meta_")}
+    frame = pd.read_csv(csv_path, dtype=text, keep_default_na=False, na_values=[""])
+    path = csv_path.with_suffix(".parquet")
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def _merge_objects(path: Path, batches: list[str], results: Path, refined_units: dict[str, Path],
+                   unit_meta: dict[str, dict[str, Any]]) -> None:
+    """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv, each
+    row carrying its unit's sample id and sample-sheet metadata (well, condition, ...) and every channel's mean."""
     from .segmentation import OBJECT_COLUMNS
 
-    writer = csv.DictWriter(out, fieldnames=OBJECT_COLUMNS)
-    writer.writeheader()
-    for batch in batches:
-        for row in read_csv(results / "segmentation" / batch / "objects.csv"):
-            if row["unit_id"] not in refined_units:
-                writer.writerow(row)
-        refined = results / "review" / batch / "refined_objects.csv"
-        if refined.is_file():
-            writer.writerows(r for r in read_csv(refined) if r["unit_id"] in refined_units)
+    def rows():
+        for batch in batches:
+            for row in read_csv(results / "segmentation" / batch / "objects.csv"):
+                if row["unit_id"] not in refined_units:
+                    yield row
+            refined = results / "review" / batch / "refined_objects.csv"
+            if refined.is_file():
+                yield from (r for r in read_csv(refined) if r["unit_id"] in refined_units)
+
+    channel_columns, meta_columns = {}, {}
+    for batch in batches:  # headers only: the columns of every batch
+        with open(results / "segmentation" / batch / "objects.csv", newline="", encoding="utf-8") as handle:
+            channel_columns.update(dict.fromkeys(c for c in next(csv.reader(handle), []) if c not in OBJECT_COLUMNS))
+    for meta in unit_meta.values():
+        meta_columns.update(dict.fromkeys(k for k in meta if k != "sample_id"))
+    columns = ["unit_id", "sample_id", *meta_columns, *OBJECT_COLUMNS[1:], *channel_columns]
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows():
+            writer.writerow({**row, **unit_meta.get(row["unit_id"], {})})
 
 
 def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, Any]], condition_column: str) -> dict[str, Any]:
@@ -165,12 +196,13 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                 "llm_estimated_count": (review.get("count_check") or {}).get("estimated"),
                 "flags": len(review.get("flags", [])),
                 "refined": bool(refinement.get("applied")),
-                "overlay": str(overlay) if overlay else "",
+                "overlay": str(overlay.relative_to(results)) if overlay else "",  # relative to the results folder
             })
             if review:
                 reviews.append(review)
-    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
-        _merge_objects(handle, batches, results, refined_units)
+    unit_meta = {u["unit_id"]: {"sample_id": u["sample_id"], **{k: v for k, v in u.items() if k.startswith("meta_")}}
+                 for u in units}
+    _merge_objects(out / "objects.csv", batches, results, refined_units, unit_meta)
     columns = list(dict.fromkeys(k for row in units for k in row))
     write_csv(out / "units.csv", units, columns)
     write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason"])
@@ -206,4 +238,6 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     write_json(out / "aggregates.json", aggregates)
     actions = acquisition_actions(unit_records, {r["unit_id"]: r for r in reviews}, dataset, plate_column, well_column)
     write_json(out / "acquisition_actions.json", actions)
+    for name in ("units", "objects", "reviews"):
+        write_parquet(out / f"{name}.csv")
     return {"units": len(units), "failures": len(failures), "reviews": len(reviews), "reacquire": len(actions["units"])}
