@@ -43,3 +43,41 @@ def test_power_spectrum_slope_of_white_noise_is_flat():
     assert abs(power_log_log_slope(rng.normal(size=(128, 128)))) < 0.2
     smooth = ndi.gaussian_filter(rng.normal(size=(128, 128)), 3)
     assert power_log_log_slope(smooth) < -2
+
+
+def test_a_few_nan_pixels_do_not_empty_a_real_field(tmp_path, unet_model):
+    """A real BBBC039 field as float32 with 0.1 % NaN pixels: finite metrics, not 'empty', and the same nuclei as
+    the clean field through the real U-Net and post-processing."""
+    import tifffile
+
+    from conftest import FORMATS, needs_shared
+    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inputs import Source
+    from snakescope.quality import quality_batch
+    from snakescope.records import read_json, write_json
+    from snakescope.segmentation import PostprocessSettings, postprocess_batch
+
+    images = FORMATS.parent / "nuclei" / "bbbc039" / "images"
+    needs_shared(images)
+    clean = tifffile.imread(next(iter(sorted(images.glob("*.tif"))))).astype(np.float32)
+    holed = clean.copy()
+    holed.flat[np.random.default_rng(0).choice(holed.size, holed.size // 1000, replace=False)] = np.nan
+    sources = []
+    for name, image in (("clean", clean), ("holed", holed)):
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", image[None], ome=True,
+                         metadata={"axes": "CYX", "PhysicalSizeX": 0.645, "PhysicalSizeY": 0.645, "Channel": {"Name": ["DNA"]}})
+        sources.append(Source(name, str(tmp_path / f"{name}.ome.tif")))
+    import_batch("b0000", sources, ImportSettings(), tmp_path / "import")
+    quality = quality_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json")["metrics"]
+    assert quality["holed"]["DNA"]["percent_non_finite"] == pytest.approx(0.1, abs=0.01)
+    for metric in ("snr", "blur", "foreground_fraction"):
+        assert np.isfinite(quality["holed"]["DNA"][metric])
+        assert quality["holed"]["DNA"][metric] == pytest.approx(quality["clean"]["DNA"][metric], rel=0.05), metric
+    settings = ModelSettings(source=str(unet_model), channels=("DNA",))
+    write_json(tmp_path / "check.json", check_model(settings, tmp_path / "cache"))
+    predict_batch(tmp_path / "import" / "manifest.json", settings, tmp_path / "check.json", tmp_path / "inference")
+    postprocess_batch(tmp_path / "import" / "manifest.json", tmp_path / "inference" / "manifest.json", PostprocessSettings(),
+                      ("DNA",), tmp_path / "segmentation")
+    counts = {uid: s["object_count"] for uid, s in read_json(tmp_path / "segmentation" / "summary.json")["summaries"].items()}
+    assert counts["clean"] > 50 and abs(counts["holed"] - counts["clean"]) <= 0.03 * counts["clean"], counts

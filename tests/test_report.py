@@ -44,9 +44,12 @@ def test_plots_mark_flagged_units_and_escape_names():
     assert svg.count("<circle") == 3 and len(re.findall(r"<circle[^>]*fill='#d62728'", svg)) == 1  # the flagged dot is red
     assert "stroke-dasharray" in svg  # threshold line
     plate = plate_map({("P1", "A01"): [(10.0, "pass")], ("P1", "B02"): [(30.0, "fail"), (20.0, "pass")],
+                       ("P1", "C03"): [(12.0, "warn")], ("P1", "D04"): [(None, "failed_input")],
                        ("P1", "not a well"): [(1.0, "pass")]}, "plate", "objects")
-    assert plate.count("stroke='#d62728' stroke-width='2.5'") == 1  # B02 holds a failed unit
-    assert "P1 B02: objects 25 (2 unit(s), 1 failed)" in plate
+    assert plate.count("stroke='#d62728' stroke-width='2.5'") == 2  # B02 holds a failed unit, D04 an unreadable file
+    assert "P1 B02: objects 25 (2 unit(s), 1 failed review, 0 warned)" in plate
+    assert plate.count("class='failed-input'") == 1 and "D04: objects n/a (1 unit(s), 0 failed review, 0 warned, 1 file(s)" in plate
+    assert plate.count("stroke-dasharray='3,2'") == 1 and "C03: objects 12 (1 unit(s), 0 failed review, 1 warned)" in plate
     assert "no well names" in plate_map({("P1", "x"): [(1.0, "pass")]}, "plate", "objects")
 
 
@@ -153,7 +156,8 @@ def test_paging_sorting_and_filtering_reach_every_unit(tmp_path, demo_dir):
         assert page.locator("#gallery-pager button", has_text="›").is_disabled()
         assert len(seen) == 230
         page.locator("#units th[data-key='object_count']").click()
-        counts = [int(t) for t in page.locator("#units tbody tr td:nth-child(5)").all_inner_texts() if t]
+        column = page.locator("#units th").evaluate_all("hs => hs.map(h => h.dataset.key)").index("object_count") + 1
+        counts = [int(t) for t in page.locator(f"#units tbody tr td:nth-child({column})").all_inner_texts() if t != "n/a"]
         assert counts == sorted(counts)
         page.fill("#unit-filter", "staurosporine")
         assert "of 57" in page.locator("#units .pager .range").inner_text()  # every 4th of 230
@@ -216,3 +220,47 @@ def test_uncalibrated_runs_plot_diameters_in_pixels_and_say_so(tmp_path):
     text = rules_summary({"units": 1, "failed_inputs": 0, "verdicts": {"pass": 1}, "issues": {},
                           "conditions": {"DMSO": {"units": 1, "median_count": 2, "median_diameter_um": None}}})
     assert "None" not in text and "no pixel size" in text
+
+
+def test_nan_and_infinite_values_never_break_the_page(tmp_path, demo_dir):
+    """NaN/inf metrics (a float image with bad pixels, a division by zero upstream) reach the tables as text; the
+    page's JSON holds null for them, the page draws every table, and the cells say n/a."""
+    need_browser()
+    import csv
+
+    from snakescope.report import ReportSettings, write_report
+
+    paths = write_synthetic_results(tmp_path, 8, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")))
+    units_csv = paths["tables"] / "units.csv"
+    with open(units_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[0].update(snr="nan", blur="inf", diameter_um_median="-inf")
+    with open(units_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "report.html"
+    write_report(paths["tables"], paths["plots"], paths["gallery"], paths["model_check"], paths["pipeline_info"], "screen",
+                 out, ReportSettings())
+    data = re.search(r"<script type='application/json' id='report-data'>(.*?)</script>", out.read_text(), re.S).group(1)
+    assert "NaN" not in data and "Infinity" not in data
+    first = json.loads(data)["units"][0]
+    assert first["snr"] is None and first["blur"] is None
+    with open_page(out) as (page, problems):
+        assert page.evaluate("window.snakescopeReport.units") == 8
+        assert page.locator("#units tbody tr").count() == 8 and page.locator("#gallery .card").count() == 8
+        row = page.locator("#units tbody tr").first.inner_text()
+        assert "n/a" in row
+        failures = len(json.loads(data)["failures"])
+        assert f"Failed inputs and steps ({failures})" in page.locator("#failures h2").inner_text()
+        assert page.locator("#failures tbody tr").count() == failures
+    assert problems == []
+
+
+def test_json_records_hold_null_for_nan(tmp_path):
+    import numpy as np
+
+    from snakescope.records import read_json, write_json
+
+    write_json(tmp_path / "m.json", {"snr": float("nan"), "v": [np.float32("inf"), 1.5], "a": np.array([np.nan, 2.0])})
+    assert read_json(tmp_path / "m.json") == {"snr": None, "v": [None, 1.5], "a": [None, 2.0]}

@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -164,8 +165,30 @@ def test_acquisition_actions_name_the_degraded_fields(completed_run):
     jsonschema.validate(doc, json.loads((ROOT / "workflow" / "schemas" / "acquisition_actions.schema.json").read_text()))
     actions = {u["unit_id"]: [a["action"] for a in u["actions"]] for u in doc["units"]}
     assert actions == {"blurred_01": ["refocus"], "saturated_01": ["reduce_exposure"], "empty_01": ["skip_field"],
-                       "dim_01": ["increase_exposure"]}
+                       "dim_01": ["increase_exposure"], CORRUPT: ["reacquire"]}
     assert doc["units"][0]["verdict"] == "fail" and doc["units"][0]["position"]["well"]
+    (unreadable,) = [u for u in doc["units"] if u["unit_id"] == CORRUPT]
+    assert unreadable["position"]["well"] == "H12" and unreadable["issues"][0]["type"] == "unreadable_input"
+    assert unreadable["issues"][0]["evidence"] in unreadable["actions"][0]["detail"]
+
+
+def test_failed_wells_on_the_plate_map_and_statistics_on_usable_fields(completed_run):
+    plate = (completed_run / "report" / "plots" / "plate_map.svg").read_text()
+    assert plate.count("class='failed-input'") == 1 and "H12: objects n/a" in plate  # the unreadable file's well
+    assert "stroke-dasharray='3,2'" in plate  # a warned well, marked apart from the failed ones
+    aggregates = json.loads((completed_run / "tables" / "aggregates.json").read_text())
+    assert aggregates["usable_verdicts"] == ["pass", "warn"]
+    units = read_csv(completed_run / "tables" / "units.csv")
+    for condition, agg in aggregates["conditions"].items():
+        members = [u for u in units if u["meta_treatment"] == condition]
+        kept = [u for u in members if u["verdict"] in ("pass", "warn")]
+        assert agg["usable_units"] == len(kept) and agg["units"] == len(members)
+        if kept:
+            assert agg["median_count"] == round(statistics.median(int(u["object_count"]) for u in kept), 1)
+    dmso = aggregates["conditions"]["DMSO"]
+    assert dmso["usable_units"] < dmso["units"]  # the empty and saturated fields do not count
+    page = (completed_run / "report" / "report.html").read_text()
+    assert "usable fields only" in page and "verdict pass, warn" in page
 
 
 def test_the_report_in_chromium_shows_every_unit_and_no_errors(completed_run):
@@ -188,7 +211,14 @@ def test_the_report_in_chromium_shows_every_unit_and_no_errors(completed_run):
         detail = page.locator("#detail")
         assert detail.is_visible() and "out_of_focus" in detail.inner_text() and "refocus" in detail.inner_text()
         assert page.locator("#detail-image").evaluate("i => i.naturalWidth") > 2 * 200  # raw | outlined panels
+        text = detail.inner_text()
+        assert re.search(r"Scale bar \(white, bottom right\): [\d.]+ µm", text) and "warn ≥ 0.65" in text, text[:600]
         page.screenshot(path=str(ARTIFACTS / "report-demo-detail.png"))
+        shown = page.locator("#detail-body h3").inner_text()
+        page.locator("#detail-next").click()
+        assert page.locator("#detail-body h3").inner_text() != shown
+        page.keyboard.press("ArrowLeft")
+        assert page.locator("#detail-body h3").inner_text() == shown
     assert problems == [], problems
 
 

@@ -73,7 +73,7 @@ rule tables:
         model=as_json({"channels": config["model"]["channels"]}),
         condition_column=config["review"]["condition_column"],
         dataset=config["dataset"],
-        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column")}),
+        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}),
         results=lambda wildcards, output: Path(output.units).parents[1],
         out=lambda wildcards, output: Path(output.units).parent,
     shell:
@@ -129,7 +129,7 @@ rule plots:
     params:
         condition_column=config["review"]["condition_column"],
         thresholds=as_json(config["review"]["thresholds"]),
-        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column")}),
+        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}),
         tables=lambda wildcards, input: Path(input.units).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
     shell:

@@ -119,12 +119,26 @@ def write_ome_tiff(path: Path, array: np.ndarray, channel_names: list[str], pixe
     tmp.replace(path)
 
 
-def read_unit(path: str | Path) -> np.ndarray:
-    """Read a unit written by :func:`write_ome_tiff` as a CYX array."""
+def finite(image: np.ndarray) -> np.ndarray:
+    """The image with NaN/inf pixels replaced by the median of the finite ones, per 2D plane (a few bad
+    pixels of a float image must not turn the field into NaN probabilities, an 'empty' field or NaN metrics)."""
+    if not np.issubdtype(image.dtype, np.floating) or np.isfinite(image).all():
+        return image
+    if image.ndim > 2:
+        return np.stack([finite(plane) for plane in image])
+    good = np.isfinite(image)
+    fill = float(np.median(image[good])) if good.any() else 0.0
+    return np.where(good, image, fill).astype(image.dtype)
+
+
+def read_unit(path: str | Path, raw: bool = False) -> np.ndarray:
+    """Read a unit written by :func:`write_ome_tiff` as a CYX array; NaN/inf pixels filled (see :func:`finite`)
+    unless ``raw`` (the quality stage counts them first)."""
     import tifffile
 
     array = tifffile.imread(path)
-    return array[None] if array.ndim == 2 else array
+    array = array[None] if array.ndim == 2 else array
+    return array if raw else finite(array)
 
 
 def check_samples(array: np.ndarray, names: list[str], selection: dict[str, Any], path: Path) -> tuple[np.ndarray, list[str], str | None]:
@@ -169,7 +183,7 @@ def import_source(source: Source, settings: ImportSettings, out_dir: Path) -> tu
         try:
             units.extend(_import_scene(source, image, scene_index, scene, len(scenes), checksum, reader, settings, out_dir))
         except Exception as exc:  # noqa: BLE001 - one unreadable scene must not lose the others
-            failure = Failure.from_exception("import", str(path), exc, sample_id=source.sample_id)
+            failure = Failure.from_exception("import", str(path), exc, sample_id=source.sample_id, metadata=dict(source.metadata))
             failure.reason = f"scene {scene_index} ({scene}): {failure.reason}"
             failures.append(failure)
     return units, failures
@@ -288,7 +302,7 @@ def import_batch(batch: str, sources: list[Source], settings: ImportSettings, ou
             print(f"[import {batch}] {i}/{len(sources)} {source.path}: {len(new)} unit(s), "
                   f"{len(scene_failures)} failed scene(s)", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - any reader error is recorded, not fatal
-            failure = Failure.from_exception("import", source.path, exc, sample_id=source.sample_id)
+            failure = Failure.from_exception("import", source.path, exc, sample_id=source.sample_id, metadata=dict(source.metadata))
             failures.append(failure)
             print(f"[import {batch}] FAILED {source.path}: {failure.reason}", file=sys.stderr)
     doc = manifest(batch, units, failures, settings=settings.__dict__)

@@ -149,7 +149,8 @@ def cmd_tables(args: argparse.Namespace) -> None:
     from .tables import build_tables
 
     counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out, args.condition_column,
-                          args.dataset, args.report_settings.get("plate_column", "plate"), args.report_settings.get("well_column", "well"))
+                          args.dataset, args.report_settings.get("plate_column", "plate"), args.report_settings.get("well_column", "well"),
+                          args.report_settings.get("usable_verdicts", ["pass", "warn"]))
     print(f"tables: {counts}", file=sys.stderr)
 
 
@@ -164,7 +165,8 @@ def cmd_plots(args: argparse.Namespace) -> None:
     from .plots import write_plots
 
     written = write_plots(args.tables, args.out, args.condition_column, args.thresholds,
-                          args.settings.get("plate_column", "plate"), args.settings.get("well_column", "well"))
+                          args.settings.get("plate_column", "plate"), args.settings.get("well_column", "well"),
+                          args.settings.get("usable_verdicts", ["pass", "warn"]))
     print(f"plots: {len(written)} SVG file(s) in {args.out}", file=sys.stderr)
 
 

@@ -79,10 +79,13 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
         uid = unit["unit_id"]
         try:
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
+            from .rendering import scale_bar_um
+
             labels_path = final_labels_path(uid, segmentation, review)
             labels = tifffile.imread(labels_path) if labels_path else None
             pixel = unit["pixel_size_um"].get("x") or None
-            images[uid] = {**unit_gallery_images(image, labels, pixel, settings), "outlines": labels is not None}
+            images[uid] = {**unit_gallery_images(image, labels, pixel, settings), "outlines": labels is not None,
+                           "scale_bar_um": scale_bar_um(image.shape, pixel, settings.detail_px) if pixel else None}
         except Exception as exc:  # noqa: BLE001 - one unit's rendering must not lose the others
             failures.append({"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],
                              "unit_id": uid, "reason": f"{type(exc).__name__}: {exc}"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Iterable, Sequence
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f", "#bab0ac", "#e15759"]
 FLAGGED = "#d62728"
+WARNED = "#e08a00"
 FONT = "font-family='system-ui,sans-serif' font-size='11'"
 
 
@@ -205,8 +207,10 @@ def plate_format(positions: Iterable[tuple[int, int]]) -> tuple[int, int]:
 
 def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], title: str, value_label: str,
               max_width: int = 1400) -> str:
-    """Heat map per plate, plates side by side: colour = mean value of the well's units, red outline = a unit of
-    the well failed review, grey = no image. ``wells`` maps (plate, well name) to [(value, verdict), ...]."""
+    """Heat map per plate, plates side by side: colour = mean value of the well's units; red outline = a unit of
+    the well failed review, red cross = a file of the well could not be read or processed (verdict
+    ``failed_input``), dashed orange outline = a unit to revisit with a warning; light grey = no image.
+    ``wells`` maps (plate, well name) to [(value, verdict), ...]."""
     parsed: dict[str, dict[tuple[int, int], tuple[str, list[tuple[float | None, str]]]]] = {}
     for (plate, well), members in wells.items():
         position = parse_well(well)
@@ -242,21 +246,29 @@ def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], titl
                 name, members = plate_wells[(r, c)]
                 values = [v for v, _ in members if v is not None]
                 mean = sum(values) / len(values) if values else None
-                failed = sum(verdict == "fail" for _, verdict in members)
+                verdicts = Counter(verdict for _, verdict in members)
+                failed, unreadable, warned = verdicts["fail"], verdicts["failed_input"], verdicts["warn"]
                 fill = _sequential((mean - vmin) / (vmax - vmin) if vmax > vmin else 0.5) if mean is not None else "#ccc"
-                stroke = f"stroke='{FLAGGED}' stroke-width='2.5'" if failed else "stroke='#888'"
-                tip = f"{plate} {name}: {value_label} {_fmt(mean) if mean is not None else 'n/a'} ({len(members)} unit(s), {failed} failed)"
+                stroke = (f"stroke='{FLAGGED}' stroke-width='2.5'" if failed or unreadable else
+                          f"stroke='{WARNED}' stroke-width='2.5' stroke-dasharray='3,2'" if warned else "stroke='#888'")
+                tip = (f"{plate} {name}: {value_label} {_fmt(mean) if mean is not None else 'n/a'} ({len(members)} unit(s), "
+                       f"{failed} failed review, {warned} warned" + (f", {unreadable} file(s) not read or processed" if unreadable else "") + ")")
                 blocks.append(f"<rect x='{x0 + 1}' y='{y0 + 1}' width='{cell - 2}' height='{cell - 2}' fill='{fill}' {stroke}>"
                               f"<title>{escape(tip)}</title></rect>")
+                if unreadable:
+                    blocks.append(f"<path d='M{x0 + 3} {y0 + 3}L{x0 + cell - 3} {y0 + cell - 3}M{x0 + cell - 3} {y0 + 3}L{x0 + 3} {y0 + cell - 3}' "
+                                  f"stroke='{FLAGGED}' stroke-width='2' class='failed-input'><title>{escape(tip)}</title></path>")
     legend_y = 22 + -(-len(parsed) // per_row) * block_h - gap + 8
     width = max(per_row * block_w, 320, 7 * len(title) + left)
     legend = [f"<text x='{left}' y='{legend_y + 12}'>{escape(value_label)} {_fmt(vmin)}</text>"]
     for i in range(10):
         legend.append(f"<rect x='{left + 150 + i * 12}' y='{legend_y + 2}' width='12' height='12' fill='{_sequential(i / 9)}'/>")
     legend.append(f"<text x='{left + 276}' y='{legend_y + 12}'>{_fmt(vmax)}</text>"
-                  f"<text x='{left}' y='{legend_y + 30}' fill='{FLAGGED}'>red outline: a unit in the well failed review</text>")
+                  f"<text x='{left}' y='{legend_y + 30}' fill='{FLAGGED}'>red outline: a unit failed review; "
+                  f"red cross: a file not read or processed</text>"
+                  f"<text x='{left}' y='{legend_y + 46}' fill='{WARNED}'>dashed orange outline: a unit warned (see acquisition actions)</text>")
     body = [f"<text x='{left}' y='14' font-weight='bold'>{escape(title)}</text>", *blocks, *legend]
-    return _svg(width, legend_y + 40, body, title)
+    return _svg(width, legend_y + 56, body, title)
 
 
 def _sequential(t: float) -> str:
@@ -305,19 +317,23 @@ def _points(members: list[dict[str, str]], column: str, flagged) -> list[Point]:
 
 def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]], condition_column: str,
                   thresholds: dict[str, float], plate_column: str = "plate", well_column: str = "well",
-                  length_unit: str = "µm") -> dict[str, str]:
-    """All report plots as {name: svg}: counts and nucleus diameters per condition, quality metrics with the
-    flagged units in red and the warn threshold dashed, and a plate map when the sample sheet names wells."""
-    from .tables import group_by_condition
+                  length_unit: str = "µm", failures: list[dict[str, str]] | None = None,
+                  usable_verdicts: Sequence[str] = ("pass", "warn")) -> dict[str, str]:
+    """All report plots as {name: svg}: counts and nucleus diameters per condition over the usable fields
+    (verdict in ``usable_verdicts``), quality metrics of every field with the flagged units in red and the warn
+    threshold dashed, and a plate map when the sample sheet names wells."""
+    from .tables import group_by_condition, usable
 
     groups = group_by_condition(units, condition_column)
+    kept = group_by_condition([u for u in units if usable(u, usable_verdicts)], condition_column)
+    rule = f"usable fields only: verdict {', '.join(usable_verdicts)}; {len(units) - sum(map(len, kept.values()))} excluded"
     plots = {
         "counts_by_condition": strip_plot(
-            {c: _points(m, "object_count", lambda u: u.get("verdict") in ("warn", "fail")) for c, m in groups.items()},
-            f"Objects per image by {condition_column} (red: verdict warn/fail)", "objects per image"),
+            {c: _points(m, "object_count", lambda u: u.get("verdict") in ("warn", "fail")) for c, m in kept.items()},
+            f"Objects per image by {condition_column} ({rule}; red: warn)", "objects per image"),
         "diameters_by_condition": histogram_plot(
-            {c: [d for u in m for d in diameters.get(u["unit_id"], [])] for c, m in groups.items()},
-            f"Object diameters by {condition_column}", f"equivalent diameter ({length_unit})"),
+            {c: [d for u in m for d in diameters.get(u["unit_id"], [])] for c, m in kept.items()},
+            f"Object diameters by {condition_column} ({rule})", f"equivalent diameter ({length_unit})"),
     }
     for name, column, label, issue, key in QUALITY_PANELS:
         threshold = thresholds.get(key)
@@ -330,13 +346,18 @@ def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]]
         if well:
             count = finite_floats([unit.get("object_count")])
             wells.setdefault((unit.get(f"meta_{plate_column}") or "1", well), []).append(
-                (count[0] if count else None, unit.get("verdict") or ""))
+                (count[0] if count else None, "failed_input" if unit.get("status") == "failed" else unit.get("verdict") or ""))
+    for failure in failures or []:  # files that never became units: their well is marked, never "no image"
+        well = failure.get(f"meta_{well_column}") or ""
+        if well and failure.get("stage") == "import":
+            wells.setdefault((failure.get(f"meta_{plate_column}") or "1", well), []).append((None, "failed_input"))
     plots["plate_map"] = plate_map(wells, f"Plate map: mean objects per image (column '{well_column}')", "objects")
     return plots
 
 
 def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: str, thresholds: dict[str, float],
-                plate_column: str = "plate", well_column: str = "well") -> list[Path]:
+                plate_column: str = "plate", well_column: str = "well",
+                usable_verdicts: Sequence[str] = ("pass", "warn")) -> list[Path]:
     """Read units.csv and objects.csv, write ``<name>.svg`` for every plot in :data:`PLOT_NAMES`."""
     import csv
     from dataclasses import asdict
@@ -346,6 +367,7 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
 
     tables = Path(tables_dir)
     units = read_csv(tables / "units.csv")
+    failures = read_csv(tables / "failures.csv") if (tables / "failures.csv").is_file() else []
     diameters: dict[str, list[float]] = {}
     pixels: dict[str, list[float]] = {}
     with open(tables / "objects.csv", newline="", encoding="utf-8") as handle:  # streamed: one row per object
@@ -361,7 +383,8 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, svg in dataset_plots(units, diameters, condition_column, limits, plate_column, well_column, unit).items():
+    for name, svg in dataset_plots(units, diameters, condition_column, limits, plate_column, well_column, unit, failures,
+                                   usable_verdicts).items():
         (out / f"{name}.svg").write_text(svg, encoding="utf-8")
         written.append(out / f"{name}.svg")
     return written

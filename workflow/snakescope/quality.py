@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .acquisition import finite
 from .records import Failure, read_json, write_json
 
 
@@ -72,15 +73,6 @@ def blur_score(image: np.ndarray) -> float:
     return float(blur_effect(image.astype(np.float64), h_size=size))
 
 
-def finite(image: np.ndarray) -> np.ndarray:
-    """The image with NaN/inf pixels replaced by the median of the finite ones (the metrics stay defined)."""
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        good = np.isfinite(image)
-        fill = float(np.median(image[good])) if good.any() else 0.0
-        return np.where(good, image, fill)
-    return image
-
-
 def channel_metrics(image: np.ndarray) -> dict[str, float]:
     """Quality metrics of one 2D channel; see config/README.md for one line on each."""
     img = np.asarray(image)
@@ -136,7 +128,7 @@ def quality_batch(import_manifest: str | Path, out_path: str | Path) -> dict[str
     failures: list[dict[str, Any]] = []
     for unit in doc["units"]:
         try:
-            results[unit["unit_id"]] = unit_metrics(read_unit(unit["image_path"]), unit["channel_names"])
+            results[unit["unit_id"]] = unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"])
         except Exception as exc:  # noqa: BLE001
             failure = Failure.from_exception("quality", unit["source_path"], exc, unit_id=unit["unit_id"])
             failures.append(failure.__dict__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,10 @@ class Failure:
     reason: str
     sample_id: str = ""
     unit_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # the sample sheet's columns (well, plate, ...)
 
     @classmethod
-    def from_exception(cls, stage: str, source_path: str, exc: BaseException, **ids: str) -> "Failure":
+    def from_exception(cls, stage: str, source_path: str, exc: BaseException, **ids: Any) -> "Failure":
         text = str(exc).strip().splitlines()
         reason = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
         return cls(stage=stage, source_path=source_path, reason=reason, **ids)
@@ -62,6 +64,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf (Python or numpy float) replaced by None: JSON has no NaN, and one
+    ``NaN`` in a document makes ``JSON.parse`` in the report fail."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # numpy arrays
+        return json_safe(value.tolist())
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so a killed job leaves no partial file."""
     path = Path(path)
@@ -69,7 +87,7 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     # mode "x" creates the file with 0666 minus the umask, like any other output (mkstemp would make it 0600)
     with open(tmp, "x", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True, default=_jsonable)
+        json.dump(json_safe(data), handle, indent=1, sort_keys=True, default=_jsonable, allow_nan=False)
     os.replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .configuration import settings_from_section
-from .records import read_json
+from .records import json_safe, read_json
 from .tables import read_csv
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
@@ -57,7 +58,7 @@ def e(value: Any) -> str:
 
 def script_json(data: Any) -> str:
     """JSON safe inside <script type="application/json">: no '<', '>' or '&' can end the element."""
-    return json.dumps(data, separators=(",", ":"), default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return json.dumps(json_safe(data), separators=(",", ":"), default=str, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def typed(value: str | None) -> Any:
@@ -70,6 +71,8 @@ def typed(value: str | None) -> Any:
         number = float(value)
     except ValueError:
         return value
+    if not math.isfinite(number):
+        return None  # "nan", "inf" in a table: no value (shown as n/a), never a NaN in the page's JSON
     return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else round(number, 6)
 
 
@@ -138,10 +141,14 @@ def _duration(seconds: float) -> str:
 
 
 def condition_rows(aggregates: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per condition of ``aggregates.json``: verdict counts, median count and diameter."""
+    """One row per condition of ``aggregates.json``: verdict counts, median count and diameter over the usable
+    fields, and the same over all fields."""
     return [{"condition": c, "units": a["units"], "pass": a["verdicts"].get("pass", 0), "warn": a["verdicts"].get("warn", 0),
              "fail": a["verdicts"].get("fail", 0), "unreviewed": a["verdicts"].get("unreviewed", 0),
-             "median objects": a["median_count"], "median diameter (µm)": a["median_diameter_um"]}
+             "usable": a.get("usable_units", a["units"]),
+             "median objects": a["median_count"], "median diameter (µm)": a["median_diameter_um"],
+             "all fields: median objects": a.get("all_fields", {}).get("median_count"),
+             "all fields: median diameter (µm)": a.get("all_fields", {}).get("median_diameter_um")}
             for c, a in aggregates.get("conditions", {}).items()]
 
 
@@ -155,10 +162,32 @@ def refinement_line(refinement: dict[str, Any] | None) -> str | None:
             f"{len(refinement.get('attempts') or [])} attempt(s)" + (f"; kept {kept}" if refinement.get("applied") and kept else ""))
 
 
+def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
+    """What the detail view calls each number: its meaning, unit and the threshold it was judged against."""
+    from dataclasses import asdict
+
+    from .review import ReviewThresholds
+
+    t = asdict(ReviewThresholds.from_config(thresholds or {}))
+    return {
+        "snr": f"SNR, (signal − background) / noise (warn < {t['snr_warn']:g}, fail < {t['snr_fail']:g}, or {t['outlier_mad']:g} MAD below the run)",
+        "blur": f"blur, 0 sharp to 1 blurred (warn ≥ {t['blur_warn']:g}, fail ≥ {t['blur_fail']:g}, or {t['outlier_mad']:g} MAD above the run)",
+        "percent_saturated": f"saturated pixels, % (warn ≥ {t['saturated_percent_warn']:g}, fail ≥ {t['saturated_percent_fail']:g})",
+        "foreground_fraction": f"foreground fraction (empty field ≤ {t['empty_foreground_fraction']:g})",
+        "background": "background, grey levels", "noise": "pixel noise SD, grey levels", "object_count": "objects",
+        "density_per_mm2": "density, objects per mm²", "diameter_um_median": "median equivalent diameter, µm",
+        "area_um2_median": "median area, µm²", "diameter_px_median": "median equivalent diameter, px",
+        "fraction_large": f"objects over twice the median area, fraction (under-segmentation ≥ {t['large_object_fraction']:g})",
+        "fraction_low_solidity": f"non-convex objects, fraction (under-segmentation ≥ {t['low_solidity_fraction']:g})",
+    }
+
+
 def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gallery: dict[str, dict[str, Any]],
                 failures: list[dict[str, str]], actions: dict[str, Any], settings: ReportSettings,
-                aggregates: dict[str, Any] | None = None, answers: list[dict[str, str]] | None = None) -> dict[str, Any]:
+                aggregates: dict[str, Any] | None = None, answers: list[dict[str, str]] | None = None,
+                thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON document the page's script draws its tables, gallery and detail views from."""
+    labels = metric_labels(thresholds)
     meta_columns = [c for c in (units[0] if units else {}) if c.startswith("meta_")]
     columns = [c for c in UNIT_COLUMNS if any(u.get(c) not in (None, "") for u in units) or c in ("unit_id", "verdict")]
     with_details = len(units) <= settings.detail_images_max_units
@@ -178,10 +207,8 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
             "overlay_file": unit.get("overlay") or "",
             "source": unit.get("source_path"), "scene": unit.get("scene"), "batch": unit.get("batch"),
             "size": f"{unit.get('width')} x {unit.get('height')} px", "channels": unit.get("channels"),
-            "metrics": {k: typed(unit.get(k)) for k in ("snr", "blur", "percent_saturated", "foreground_fraction",
-                                                         "background", "noise", "object_count", "density_per_mm2",
-                                                         "diameter_um_median", "area_um2_median", "diameter_px_median",
-                                                         "fraction_large", "fraction_low_solidity")},
+            "metrics": {label: typed(unit.get(k)) for k, label in labels.items()},
+            "scale_bar": f"{images['scale_bar_um']:g} µm" if images.get("scale_bar_um") else None,
             "pixel_size": (f"{unit.get('pixel_size_x_um')} x {unit.get('pixel_size_y_um')} µm" if unit.get("pixel_size_x_um")
                            else "unknown: sizes in pixels") + f" ({unit.get('pixel_size_origin') or 'origin not recorded'})",
             "reviewer": (review.get("reviewer") or {}).get("name"), "status": review.get("status"),
@@ -199,7 +226,8 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
                     "why": "; ".join(i["evidence"] for i in a["issues"]), "suggestion": "; ".join(x["detail"] for x in a["actions"])}
                    for a in actions.get("units", [])]
     return {
-        "columns": columns + meta_columns, "units": unit_rows, "thumbnails": thumbnails, "details": details,
+        # well, treatment and the other sample-sheet columns next to the unit id, where a screener looks first
+        "columns": columns[:2] + meta_columns + columns[2:], "units": unit_rows, "thumbnails": thumbnails, "details": details,
         "detail_images": with_details, "page_size": settings.page_size, "flags": flags, "actions": action_rows,
         "failures": [{k: f.get(k) for k in ("stage", "source_path", "sample_id", "unit_id", "reason")} for f in failures],
         "conditions": condition_rows(aggregates or {}),
@@ -286,7 +314,11 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         parts.append(f"<figure id='plot-{e(name)}'><figcaption>{e(PLOT_TITLES.get(name, name))}</figcaption>{svg}</figure>")
     parts.append("</div></section>")
     # -- conditions and answers (tables drawn by the script)
+    usable_verdicts = ", ".join(info["aggregates"].get("usable_verdicts", ["pass", "warn"]))
     parts.append(f"<section id='conditions'><h2>Per condition ({e(info['aggregates'].get('condition_column'))})</h2>"
+                 f"<p class='muted' id='statistics-rule'>Medians and the per-condition plots count the usable fields only: "
+                 f"verdict {e(usable_verdicts)} (config <code>report.usable_verdicts</code>). The columns "
+                 "'all fields: …' include every field, failed ones too.</p>"
                  "<div class='dt' data-table='conditions' id='conditions-table'></div>")
     parts.append("<h3 id='answers'>Answers to the dataset's questions</h3>" + (
         "<div class='dt' data-table='answers' id='answers-table'></div>" if data["answers"]
@@ -367,7 +399,8 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
         "actions_doc": actions, "llm": llm_provenance(reviews, run_summary),
         "timings": stage_timings(Path(benchmarks), batches) if benchmarks else [],
     }
-    data = report_data(units, reviews, gallery, failures, actions, settings, info["aggregates"], info["answers"])
+    data = report_data(units, reviews, gallery, failures, actions, settings, info["aggregates"], info["answers"],
+                       (info["params"].get("review") or {}).get("thresholds"))
     data["warnings"] = [{k: w.get(k) for k in ("stage", "source_path", "unit_id", "warning")} for w in warnings]
     page = render_html(info, data, plots)
     out = Path(out_html)
@@ -405,6 +438,7 @@ figcaption{font-size:.8em;color:#555} figure svg{max-width:100%;height:auto} .ga
 .id{font-weight:bold;word-break:break-all} dialog{max-width:min(1100px,95vw);max-height:92vh;overflow:auto;border-radius:8px}
 dialog img{width:100%;max-width:900px;image-rendering:pixelated} #detail-close{float:right;font-size:1.4em;border:none;background:none;cursor:pointer}
 pre{white-space:pre-wrap;font-size:.8em;background:#f7f7f7;padding:.5em}
+section,h2,h3{scroll-margin-top:3em} .detail-nav button{margin-right:.4em}
 """
 
 SCRIPT = r"""
@@ -413,7 +447,7 @@ SCRIPT = r"""
 var D = JSON.parse(document.getElementById('report-data').textContent);
 function el(tag, attrs, text){ var n = document.createElement(tag); if (attrs) for (var k in attrs) n.setAttribute(k, attrs[k]);
   if (text !== undefined && text !== null) n.textContent = String(text); return n; }
-function fmt(v){ if (v === null || v === undefined) return ''; if (typeof v === 'number' && !Number.isInteger(v)) return String(+v.toPrecision(4));
+function fmt(v){ if (v === null || v === undefined) return 'n/a'; if (typeof v === 'number' && !Number.isInteger(v)) return String(+v.toPrecision(4));
   return String(v); }
 function cmp(a, b){ var an = a === null || a === undefined || a === '', bn = b === null || b === undefined || b === '';
   if (an || bn) return an && bn ? 0 : an ? 1 : -1;
@@ -495,11 +529,20 @@ function list(title, items, line){ var box = el('div'); if (!items || !items.len
 function showDetail(uid){
   var d = D.details[uid], u = D.units.find(function(x){ return x.unit_id === uid; }), body = document.getElementById('detail-body');
   body.textContent = '';
+  // previous / next within the units the filters show (arrow keys too)
+  var shown = filteredUnits().map(function(x){ return x.unit_id; }), at = shown.indexOf(uid);
+  var nav = el('div', {'class': 'detail-nav'});
+  [['‹ previous', at - 1, 'detail-prev'], ['next ›', at + 1, 'detail-next']].forEach(function(b){
+    var button = el('button', {id: b[2]}, b[0]); button.disabled = at < 0 || b[1] < 0 || b[1] >= shown.length;
+    button.onclick = function(){ showDetail(shown[b[1]]); }; nav.appendChild(button); });
+  nav.appendChild(el('span', {'class': 'muted'}, at >= 0 ? ' ' + (at + 1) + ' of ' + shown.length : ''));
+  body.appendChild(nav);
   var h = el('h3'); h.appendChild(el('span', {'class': 'badge ' + u.verdict}, u.verdict)); h.appendChild(document.createTextNode(' ' + uid)); body.appendChild(h);
   var src = d.image || D.thumbnails[uid];
   if (src) body.appendChild(el('img', {src: src, alt: 'detail of unit ' + uid, id: 'detail-image'}));
   if (!d.image) body.appendChild(el('p', {'class': 'muted'}, 'Detail images are embedded for reports of up to report.detail_images_max_units units; the full overlay is ' + d.overlay_file));
-  body.appendChild(el('p', {'class': 'muted'}, 'Left: input channel, contrast-stretched; right: segmentation outlines.'));
+  body.appendChild(el('p', {'class': 'muted'}, 'Left: input channel, contrast-stretched; right: segmentation outlines. ' +
+    (d.scale_bar ? 'Scale bar (white, bottom right): ' + d.scale_bar + '.' : 'No scale bar: the image has no pixel size.')));
   if (d.summary) body.appendChild(el('blockquote', null, d.summary));
   body.appendChild(kvTable([['source', d.source], ['scene', d.scene], ['image', d.size], ['pixel size', d.pixel_size], ['channels', d.channels], ['reviewer', d.reviewer],
     ['review status', d.status], ['LLM verdict', d.llm_verdict], ['rules verdict', d.rules_verdict],
@@ -515,6 +558,9 @@ function showDetail(uid){
   var dlg = document.getElementById('detail'); if (!dlg.open) dlg.showModal();
 }
 document.getElementById('detail-close').onclick = function(){ document.getElementById('detail').close(); };
+document.getElementById('detail').addEventListener('keydown', function(ev){
+  var b = document.getElementById(ev.key === 'ArrowLeft' ? 'detail-prev' : ev.key === 'ArrowRight' ? 'detail-next' : '');
+  if (b && !b.disabled) { ev.preventDefault(); b.click(); } });
 document.getElementById('detail').addEventListener('click', function(ev){ if (ev.target === this) this.close(); });
 var tables = {};
 document.querySelectorAll('.dt[data-table]').forEach(function(host){

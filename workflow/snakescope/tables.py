@@ -85,15 +85,32 @@ def _merge_objects(path: Path, batches: list[str], results: Path, refined_units:
             writer.writerow({**row, **unit_meta.get(row["unit_id"], {})})
 
 
-def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, Any]], condition_column: str) -> dict[str, Any]:
-    """Per condition: units, verdicts, median count and diameter, and the answers to the dataset's questions."""
+USABLE_VERDICTS = ("pass", "warn")
+
+
+def usable(unit: dict[str, Any], verdicts: tuple[str, ...] | list[str] = USABLE_VERDICTS) -> bool:
+    """Does this unit count in the per-condition statistics (its verdict is one of ``report.usable_verdicts``)?"""
+    return (unit.get("verdict") or "unreviewed") in verdicts and unit.get("status") != "failed"
+
+
+def _medians(members: list[dict[str, Any]]) -> tuple[float | None, float | None]:
     import statistics
 
+    counts = [float(u["object_count"]) for u in members if u.get("object_count") not in (None, "")]
+    diameters = [float(u["diameter_um_median"]) for u in members if u.get("diameter_um_median") not in (None, "")]
+    return (round(statistics.median(counts), 1) if counts else None, round(statistics.median(diameters), 1) if diameters else None)
+
+
+def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, Any]], condition_column: str,
+                         usable_verdicts: tuple[str, ...] | list[str] = USABLE_VERDICTS) -> dict[str, Any]:
+    """Per condition: units, verdicts, median count and diameter over the usable fields (``usable_verdicts``) and
+    over all fields, and the answers to the dataset's questions."""
     by_unit = {r["unit_id"]: r for r in reviews}
     out: dict[str, Any] = {}
     for condition, members in group_by_condition(units, condition_column).items():
-        counts = [float(u["object_count"]) for u in members if u.get("object_count") not in (None, "")]
-        diameters = [float(u["diameter_um_median"]) for u in members if u.get("diameter_um_median") not in (None, "")]
+        kept = [u for u in members if usable(u, usable_verdicts)]
+        median_count, median_diameter = _medians(kept)
+        all_count, all_diameter = _medians(members)
         answers: dict[str, Counter] = {}
         for unit in members:
             for answer in by_unit.get(unit["unit_id"], {}).get("answers", []):
@@ -101,8 +118,9 @@ def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, An
         out[condition] = {
             "units": len(members),
             "verdicts": dict(Counter(u.get("verdict") or "unreviewed" for u in members)),
-            "median_count": round(statistics.median(counts), 1) if counts else None,
-            "median_diameter_um": round(statistics.median(diameters), 1) if diameters else None,
+            "usable_units": len(kept),
+            "median_count": median_count, "median_diameter_um": median_diameter,
+            "all_fields": {"median_count": all_count, "median_diameter_um": all_diameter},
             "answers": {q: dict(c) for q, c in answers.items()},
         }
     return out
@@ -115,10 +133,23 @@ ACTIONS_VERSION = 1
 
 
 def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], dataset: str,
-                        plate_column: str = "plate", well_column: str = "well") -> dict[str, Any]:
-    """The units to re-acquire (verdict warn/fail with an acquisition action), in the documented JSON shape of
-    ``workflow/schemas/acquisition_actions.schema.json``: failed units first, then by unit id."""
+                        plate_column: str = "plate", well_column: str = "well",
+                        import_failures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The units to re-acquire, in the documented JSON shape of ``workflow/schemas/acquisition_actions.schema.json``:
+    units reviewed warn/fail with an acquisition action, units a stage failed on (``reacquire``, with the reason),
+    and files that could not be read at all (``reacquire``: their unit id is the sample id); fail first, then by id."""
     entries = []
+    for failure in import_failures or []:
+        metadata = failure.get("metadata") or {}
+        entries.append({
+            "unit_id": failure.get("unit_id") or failure["sample_id"], "sample_id": failure["sample_id"],
+            "source_path": failure["source_path"], "scene_index": 0, "scene_name": "", "selection": {},
+            "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
+            "metadata": metadata, "verdict": "fail", "reviewer": "snakescope (the file could not be read)",
+            "issues": [{"type": "unreadable_input", "severity": "fail", "evidence": failure["reason"]}],
+            "actions": [{"action": "reacquire", "detail": "the file could not be read; re-acquire or re-export it "
+                                                          f"({failure['reason']})"}],
+        })
     for unit in unit_records:
         review = reviews.get(unit["unit_id"])
         if not review or review["verdict"] == "pass":
@@ -128,6 +159,10 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
             if action["action"] in ACQUISITION_ACTIONS and action["action"] not in seen:
                 seen.add(action["action"])
                 actions.append({"action": action["action"], "detail": action["detail"]})
+        failed = [i for i in review["issues"] if i["type"] == "processing_failed"]
+        if failed and "reacquire" not in seen:
+            actions.append({"action": "reacquire", "detail": f"processing failed ({failed[0]['evidence']}); check the "
+                                                             "image and re-acquire it if it is damaged"})
         if not actions:
             continue
         metadata = unit.get("metadata", {})
@@ -147,7 +182,7 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
 
 def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path,
                  condition_column: str = "treatment", dataset: str = "", plate_column: str = "plate",
-                 well_column: str = "well") -> dict[str, Any]:
+                 well_column: str = "well", usable_verdicts: tuple[str, ...] | list[str] = USABLE_VERDICTS) -> dict[str, Any]:
     """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl, failures.csv,
     answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
     out = Path(out_dir)
@@ -205,7 +240,11 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     _merge_objects(out / "objects.csv", batches, results, refined_units, unit_meta)
     columns = list(dict.fromkeys(k for row in units for k in row))
     write_csv(out / "units.csv", units, columns)
-    write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason"])
+    metadata_of = {u["unit_id"]: u.get("metadata", {}) for u in unit_records}
+    for failure in failures:  # each failure with its sample-sheet columns (the well to re-image, ...)
+        failure.update({f"meta_{k}": v for k, v in (failure.get("metadata") or metadata_of.get(failure.get("unit_id"), {})).items()})
+    meta_columns = list(dict.fromkeys(k for f in failures for k in f if k.startswith("meta_")))
+    write_csv(out / "failures.csv", failures, ["stage", "source_path", "sample_id", "unit_id", "reason", *meta_columns])
     write_csv(out / "warnings.csv", warnings, ["stage", "source_path", "sample_id", "unit_id", "warning"])
     review_rows = [{
         "unit_id": r["unit_id"], "backend": r["reviewer"]["backend"], "uses_llm": r["reviewer"].get("uses_llm", False),
@@ -222,7 +261,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     with open(out / "reviews.jsonl", "w", encoding="utf-8") as handle:
         for review in reviews:
             handle.write(json.dumps(review, sort_keys=True) + "\n")
-    conditions = condition_aggregates(units, reviews, condition_column)
+    conditions = condition_aggregates(units, reviews, condition_column, usable_verdicts)
     answer_rows = [{"condition": c, "question": q, "yes": n.get("yes", 0), "no": n.get("no", 0), "unsure": n.get("unsure", 0)}
                    for c, agg in conditions.items() for q, n in agg["answers"].items()]
     write_csv(out / "answers.csv", answer_rows, ["condition", "question", "yes", "no", "unsure"])
@@ -232,11 +271,13 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
         "uncalibrated_units": sum(1 for u in unit_records if u["pixel_size_um"].get("x") is None),
         "verdicts": dict(Counter(u["verdict"] or "unreviewed" for u in units)),
         "issues": dict(issues), "condition_column": condition_column, "conditions": conditions,
+        "usable_verdicts": list(usable_verdicts),
         "review_backends": dict(review_backends),
         "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
     }
     write_json(out / "aggregates.json", aggregates)
-    actions = acquisition_actions(unit_records, {r["unit_id"]: r for r in reviews}, dataset, plate_column, well_column)
+    actions = acquisition_actions(unit_records, {r["unit_id"]: r for r in reviews}, dataset, plate_column, well_column,
+                                  [f for f in failures if f["stage"] == "import"])
     write_json(out / "acquisition_actions.json", actions)
     for name in ("units", "objects", "reviews"):
         write_parquet(out / f"{name}.csv")
