@@ -57,7 +57,7 @@ def open_page(path: Path, width: int = 1400, height: int = 1000) -> Iterator[tup
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
             page.on("request", lambda r: problems.append(f"request: {r.url}")
-                    if not r.url.startswith(("file:", "data:", "about:")) else None)
+                    if not r.url.startswith(("file:", "data:", "about:", "blob:")) else None)
             page.goto(Path(path).resolve().as_uri(), wait_until="load")
             yield page, problems
         finally:

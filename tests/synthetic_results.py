@@ -38,7 +38,9 @@ def write_synthetic_results(root: Path, n_units: int, demo_images: list[Path], b
     rng = np.random.default_rng(seed)
     tables = root / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    rendered = [unit_gallery_images(read_unit(p)[0], None, 0.65, GallerySettings()) for p in demo_images]
+    planes = [read_unit(p)[0] for p in demo_images]
+    shared = tuple(float(v) for v in np.percentile(np.concatenate([p.ravel() for p in planes]), [1, 99.8]))  # a run's contrast
+    rendered = [unit_gallery_images(p, None, 0.65, GallerySettings(), shared) for p in planes]
     schema = load_schema()
     units, reviews, objects, records, galleries = [], [], [], [], {}
     for i in range(n_units):

@@ -264,3 +264,22 @@ def test_json_records_hold_null_for_nan(tmp_path):
 
     write_json(tmp_path / "m.json", {"snr": float("nan"), "v": [np.float32("inf"), 1.5], "a": np.array([np.nan, 2.0])})
     assert read_json(tmp_path / "m.json") == {"snr": None, "v": [None, 1.5], "a": [None, 2.0]}
+
+
+def test_plots_use_log_axes_for_decades_and_say_what_they_leave_out():
+    from snakescope.plots import Point, histogram_plot, strip_plot
+
+    snr = strip_plot({"DMSO": [Point(v, f"u{i}") for i, v in enumerate([8, 12, 15, 20, 746])]}, "SNR", "SNR", 12.0, "warn 12",
+                     x_label="treatment")
+    assert "SNR (log scale)" in snr and ">treatment<" in snr
+    ys = sorted(float(m) for m in re.findall(r"<circle cx='[\d.]+' cy='([\d.]+)'", snr))
+    assert ys[-1] - ys[-2] > 10  # 8 and 12 are apart (a linear axis to 746 puts them 1 px apart)
+    linear = strip_plot({"DMSO": [Point(v, f"u{i}") for i, v in enumerate([8, 12, 15, 20, 40])]}, "SNR", "SNR")
+    assert "log scale" not in linear
+    foreground = strip_plot({"DMSO": [Point(v, f"u{i}") for i, v in enumerate([0.0, 0.0004, 0.2, 0.3, 0.5])]}, "fg", "fraction",
+                            0.002, "empty 0.002")
+    threshold_y = float(re.search(r"<line x1='\d+' x2='\d+' y1='([\d.]+)'[^>]*stroke-dasharray", foreground).group(1))
+    assert 40 < threshold_y < 250  # the 0.002 line sits inside the plot, away from the edges
+    assert "1 value(s) ≤ 0" in foreground
+    hist = histogram_plot({"DMSO": [10.0] * 300 + [11.0] * 300 + [500.0]}, "d", "µm")
+    assert "above" in hist and re.search(r"beyond the axis: \d+ below [\d.]+, [1-9]\d* above", hist)

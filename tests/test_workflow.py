@@ -172,6 +172,30 @@ def test_acquisition_actions_name_the_degraded_fields(completed_run):
     assert unreadable["issues"][0]["evidence"] in unreadable["actions"][0]["detail"]
 
 
+def test_thumbnails_share_the_runs_contrast_so_dim_and_clipped_fields_stand_out(completed_run):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    images = {}
+    for path in (completed_run / "report" / "gallery").glob("*.json"):
+        images.update(json.loads(path.read_text())["images"])
+
+    def brightness(uri):
+        return float(np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("L")).mean())
+
+    names = ("ctrl_01", "dim_01", "saturated_01", "empty_01")
+    shared = {u: brightness(images[u]["thumbnail"]) for u in names}
+    own = {u: brightness(images[u]["thumbnail_own"]) for u in names}
+    assert shared["empty_01"] < shared["dim_01"] < shared["ctrl_01"] < shared["saturated_01"], shared
+    # stretched one by one, the empty and the dim field light up like the others (their noise fills the range)
+    assert own["empty_01"] > 10 * shared["empty_01"] and own["dim_01"] > 3 * shared["dim_01"], (shared, own)
+    reference = json.loads((completed_run / "quality" / "reference.json").read_text())
+    assert reference["display"]["DAPI"]["high"] > reference["display"]["DAPI"]["low"]
+
+
 def test_failed_wells_on_the_plate_map_and_statistics_on_usable_fields(completed_run):
     plate = (completed_run / "report" / "plots" / "plate_map.svg").read_text()
     assert plate.count("class='failed-input'") == 1 and "H12: objects n/a" in plate  # the unreadable file's well
@@ -206,6 +230,10 @@ def test_the_report_in_chromium_shows_every_unit_and_no_errors(completed_run):
         assert "corrupt_01.ome.tif" in page.locator("#failures").inner_text()
         assert page.locator("#plots svg").count() == 7
         assert "no LLM was used" in page.locator("#review-backend").inner_text()
+        first = page.locator("#gallery .card img").first.get_attribute("src")
+        page.check("#own-contrast")
+        assert page.locator("#gallery .card img").first.get_attribute("src") != first
+        page.uncheck("#own-contrast")
         page.screenshot(path=str(ARTIFACTS / "report-demo.png"), full_page=True)
         page.locator("#gallery .card[data-unit='blurred_01']").click()
         detail = page.locator("#detail")
@@ -297,3 +325,59 @@ def test_the_workflow_runs_as_a_module_of_another_workflow(tmp_path, demo_dir):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     jobs = planned_jobs(result.stdout)
     assert jobs["snakescope_import_batch"] == 2 and jobs["snakescope_report"] == 1 and jobs["all"] == 1, jobs
+
+
+def test_a_correction_made_in_the_page_changes_verdicts_statistics_and_actions_on_rerun(completed_run, workdir, demo_dir):
+    """The human loop end to end: correct dim_01 to pass in Chromium, export, feed the file back through the config;
+    only the tables and what follows rerun; verdict, per-condition statistics and acquisition actions follow it.
+    (Last in this module: it changes the shared run's tables.)"""
+    need_browser()
+    import jsonschema
+
+    with open_page(completed_run / "report" / "report.html") as (page, problems):
+        page.evaluate("window.snakescopeReport.showDetail('dim_01')")
+        page.select_option("#correction-verdict", "pass")
+        page.fill("#correction-comment", "actually fine: a dim but real field")
+        page.locator("#correction-save").click()
+        assert "1 correction(s) made in this page" in page.locator("#corrections-count").inner_text()
+        page.screenshot(path=str(ROOT / "tests" / "artifacts" / "report-correction.png"))
+        page.locator("#detail-close").click()
+        with page.expect_download() as download:
+            page.locator("#corrections-export").click()
+        exported = workdir / "corrections.json"
+        download.value.save_as(exported)
+    assert problems == [], problems
+    doc = json.loads(exported.read_text())
+    jsonschema.validate(doc, json.loads((ROOT / "workflow" / "schemas" / "corrections.schema.json").read_text()))
+    assert [(c["unit_id"], c["verdict"]) for c in doc["corrections"]] == [("dim_01", "pass")]
+
+    before_units = {u["unit_id"]: u for u in read_csv(completed_run / "tables" / "units.csv")}
+    before = json.loads((completed_run / "tables" / "aggregates.json").read_text())["conditions"]
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["review"]["corrections"] = str(exported)
+    corrected = workdir / "config-corrected.yaml"
+    corrected.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=corrected).stdout)
+    assert jobs == {"tables": 1, "plots": 1, "run_summary": 1, "report": 1, "pipeline_info": 1, "all": 1}, jobs
+    result = snakemake(workdir, configfile=corrected)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    units = {u["unit_id"]: u for u in read_csv(completed_run / "tables" / "units.csv")}
+    dim = units["dim_01"]
+    assert before_units["dim_01"]["verdict"] in ("warn", "fail")
+    assert dim["verdict"] == "pass" and dim["machine_verdict"] == before_units["dim_01"]["verdict"]
+    assert dim["overruled"] == "rules" and dim["human_comment"].startswith("actually fine")
+    actions = json.loads((completed_run / "tables" / "acquisition_actions.json").read_text())
+    assert "dim_01" not in {u["unit_id"] for u in actions["units"]}
+    aggregates = json.loads((completed_run / "tables" / "aggregates.json").read_text())
+    condition = before_units["dim_01"]["meta_treatment"]
+    if before_units["dim_01"]["verdict"] == "fail":
+        assert aggregates["conditions"][condition]["usable_units"] == before[condition]["usable_units"] + 1
+    assert aggregates["conditions"][condition]["verdicts"].get("pass", 0) == before[condition]["verdicts"].get("pass", 0) + 1
+    assert aggregates["corrections"]["applied"] == 1 and aggregates["corrections"]["agreement"]["human_rules"]["rate"] == 0.0
+    with open_page(completed_run / "report" / "report.html") as (page, problems):
+        assert "1 verdict(s) corrected by a person" in page.locator("#human-review").inner_text()
+        assert "overruled: the rules 1" in page.locator("#human-review").inner_text()
+        page.evaluate("window.snakescopeReport.showDetail('dim_01')")
+        assert "Corrected by a person" in page.locator("#detail").inner_text()
+    assert problems == [], problems

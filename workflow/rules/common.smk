@@ -14,6 +14,7 @@ WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
 PROJECT_DIR = WORKFLOW_DIR.parent
 sys.path.insert(0, str(WORKFLOW_DIR))
 from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required  # noqa: E402
+from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
 from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.progress import run_summary_message  # noqa: E402
@@ -47,6 +48,12 @@ try:
     BATCHES = batches(SOURCES, config["batch_size"])
 except InputError as err:
     raise WorkflowError(f"snakescope: {err}")
+
+if config["review"].get("corrections"):  # a person's corrections: checked now, so a bad file stops before any job
+    try:
+        load_corrections(config["review"]["corrections"])
+    except CorrectionsError as err:
+        raise WorkflowError(f"snakescope: {err}")
 
 KNOWLEDGE_BASE = project_file(config["review"]["knowledge_base"])
 if not Path(KNOWLEDGE_BASE).is_file():
@@ -91,6 +98,7 @@ os.environ.update(
 )
 REVIEW_PARAMS = {**config["review"], "ollama": {k: v for k, v in _OLLAMA.items() if k not in OLLAMA_RUNTIME_KEYS}}
 REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
+REVIEW_PARAMS.pop("corrections", None)  # a person's corrections change the final verdicts (tables), not the reviews
 if config["review"]["backend"] != "ollama":
     REVIEW_PARAMS.pop("ollama")  # irrelevant without the LLM backend
 
@@ -103,6 +111,12 @@ def dataset_normalization(wildcards):
     if config["model"].get("normalization", "per_image") != "dataset":
         return {}
     return {"pixels": R / "inference/dataset_pixels.npy"}
+
+
+def review_corrections(wildcards):
+    """A corrections file exported from the report (review.corrections) is an input of the tables: editing it reruns
+    the tables, plots, summary and report, never a review."""
+    return {"corrections": config["review"]["corrections"]} if config["review"].get("corrections") else {}
 
 
 def review_prompts(wildcards):

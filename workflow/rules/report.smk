@@ -25,6 +25,7 @@ rule pipeline_info:
 
 rule tables:
     input:
+        unpack(review_corrections),
         imported=expand(R / "import/{batch}", batch=BATCHES),
         quality=expand(R / "quality/{batch}.json", batch=BATCHES),
         inference=expand(R / "inference/{batch}", batch=BATCHES),
@@ -75,11 +76,14 @@ rule tables:
         dataset=config["dataset"],
         positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}),
         results=lambda wildcards, output: Path(output.units).parents[1],
+        corrections=lambda wildcards, input: (
+            f"--corrections {shlex.quote(input.corrections)}" if hasattr(input, "corrections") else ""
+        ),
         out=lambda wildcards, output: Path(output.units).parent,
     shell:
         '"$SNAKESCOPE_PYTHON" -m snakescope.cli tables --batches {params.batches:q} --results {params.results:q} --model-settings {params.model:q} '
         "--condition-column {params.condition_column:q} --dataset {params.dataset:q} --report-settings {params.positions:q} "
-        "--out {params.out:q} 2> {log:q}"
+        "--out {params.out:q} {params.corrections} 2> {log:q}"
 
 
 rule gallery:
@@ -87,6 +91,7 @@ rule gallery:
         imported=R / "import/{batch}",
         segmentation=R / "segmentation/{batch}",
         review=R / "review/{batch}",
+        reference=R / "quality/reference.json",
     output:
         R / "report/gallery/{batch}.json",
     log:
@@ -103,7 +108,8 @@ rule gallery:
         model=as_json({"channels": config["model"]["channels"]}),
     shell:
         '"$SNAKESCOPE_PYTHON" -m snakescope.cli gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} '
-        "--review {input.review:q} --model-settings {params.model:q} --settings {params.settings:q} --out {output:q} 2> {log:q}"
+        "--review {input.review:q} --model-settings {params.model:q} --settings {params.settings:q} --reference {input.reference:q} "
+        "--out {output:q} 2> {log:q}"
 
 
 rule plots:

@@ -150,7 +150,7 @@ def cmd_tables(args: argparse.Namespace) -> None:
 
     counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out, args.condition_column,
                           args.dataset, args.report_settings.get("plate_column", "plate"), args.report_settings.get("well_column", "well"),
-                          args.report_settings.get("usable_verdicts", ["pass", "warn"]))
+                          args.report_settings.get("usable_verdicts", ["pass", "warn"]), args.corrections)
     print(f"tables: {counts}", file=sys.stderr)
 
 
@@ -158,7 +158,7 @@ def cmd_gallery(args: argparse.Namespace) -> None:
     from .gallery import GallerySettings, gallery_batch
 
     gallery_batch(args.manifest, args.segmentation, args.review, _channels(args.model_settings),
-                  GallerySettings.from_config(args.settings), args.out)
+                  GallerySettings.from_config(args.settings), args.out, args.reference)
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
@@ -233,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
     add("tables", cmd_tables, "merge batch outputs into tables and acquisition_actions.json", batches={**js}, results=req,
         model_settings=js, out=req, condition_column={"default": "treatment"}, dataset={"default": ""},
-        report_settings={"type": _json, "default": {}, "help": "JSON of config section report (plate/well columns)"})
+        report_settings={"type": _json, "default": {}, "help": "JSON of config section report (plate/well columns)"},
+        corrections={"default": None, "help": "a corrections file exported from the report (config review.corrections)"})
     add("gallery", cmd_gallery, "report thumbnails and detail views of one batch", manifest=req, segmentation=req, review=req,
-        model_settings=js, settings={"type": _json, "default": {}, "help": "JSON of config section report"}, out=req)
+        model_settings=js, settings={"type": _json, "default": {}, "help": "JSON of config section report"}, out=req,
+        reference={"default": None, "help": "quality/reference.json: the run's shared contrast per channel"})
     add("plots", cmd_plots, "write the report's SVG plots from the tables", tables=req, out=req,
         condition_column={"default": "treatment"}, thresholds={"type": _json, "default": {}, "help": "JSON of review.thresholds"},
         settings={"type": _json, "default": {}, "help": "JSON of config section report"})

@@ -42,16 +42,28 @@ def webp_data_uri(rgb: np.ndarray, quality: int) -> str:
 
 
 def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None,
-                        settings: GallerySettings) -> dict[str, str]:
-    """Thumbnail (outlines if labels) and detail (raw | outlines) of one 2D image, as WebP data URIs."""
+                        settings: GallerySettings, limits: tuple[float, float] | None = None) -> dict[str, str]:
+    """Thumbnails (outlines if labels) in the run's shared contrast (``limits``) and in the field's own, and the
+    detail view: the raw channel in the shared contrast | the outlines on the field's own contrast; WebP data URIs.
+    Without ``limits`` both use the field's own contrast."""
     from .rendering import rgb_panel
 
-    thumb = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px)
-    left = rgb_panel(image, None, pixel_size_um, settings.detail_px)
-    right = rgb_panel(image, labels, pixel_size_um, settings.detail_px) if labels is not None else left
+    shared = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px, limits)
+    own = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px) if limits is not None else shared
+    left = rgb_panel(image, None, pixel_size_um, settings.detail_px, limits)
+    right = rgb_panel(image, labels, pixel_size_um, settings.detail_px)
     gap = np.full((left.shape[0], 4, 3), 40, np.uint8)
     detail = np.concatenate([left, gap, right], axis=1)
-    return {"thumbnail": webp_data_uri(thumb, settings.image_quality), "detail": webp_data_uri(detail, settings.image_quality)}
+    images = {"thumbnail": webp_data_uri(shared, settings.image_quality), "detail": webp_data_uri(detail, settings.image_quality)}
+    if limits is not None:
+        images["thumbnail_own"] = webp_data_uri(own, settings.image_quality)
+    return images
+
+
+def display_limits(reference: dict[str, Any] | None, channel: str) -> tuple[float, float] | None:
+    """The run's shared contrast of a channel (``quality/reference.json``, ``display``), or None."""
+    display = ((reference or {}).get("display") or {}).get(channel)
+    return (display["low"], display["high"]) if display and display["high"] > display["low"] else None
 
 
 def final_labels_path(uid: str, segmentation_dir: Path, review_dir: Path) -> Path | None:
@@ -64,8 +76,13 @@ def final_labels_path(uid: str, segmentation_dir: Path, review_dir: Path) -> Pat
 
 
 def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, review_dir: str | Path,
-                  channels: tuple[str | int, ...], settings: GallerySettings, out_json: str | Path) -> dict[str, Any]:
-    """Thumbnails and detail views of every imported unit of a batch (units without labels get no outlines)."""
+                  channels: tuple[str | int, ...], settings: GallerySettings, out_json: str | Path,
+                  reference: str | Path | None = None) -> dict[str, Any]:
+    """Thumbnails and detail views of every imported unit of a batch (units without labels get no outlines), in the
+    run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
+    from .review import model_channel_name
+
+    run = read_json(reference) if reference else None
     import tifffile
 
     from .acquisition import read_unit
@@ -84,7 +101,9 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
             labels_path = final_labels_path(uid, segmentation, review)
             labels = tifffile.imread(labels_path) if labels_path else None
             pixel = unit["pixel_size_um"].get("x") or None
-            images[uid] = {**unit_gallery_images(image, labels, pixel, settings), "outlines": labels is not None,
+            limits = display_limits(run, model_channel_name(unit, channels))
+            images[uid] = {**unit_gallery_images(image, labels, pixel, settings, limits), "outlines": labels is not None,
+                           "contrast": "shared" if limits else "own",
                            "scale_bar_um": scale_bar_um(image.shape, pixel, settings.detail_px) if pixel else None}
         except Exception as exc:  # noqa: BLE001 - one unit's rendering must not lose the others
             failures.append({"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],

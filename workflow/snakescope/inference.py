@@ -78,6 +78,7 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
         "id": str(descr.id) if descr.id else None,
         "weight_format": settings.weight_format,
         "digest": digest,
+        "weights_sha256": str(getattr(descr.weights, settings.weight_format).sha256 or "") or None,
         "bioimageio.core": importlib.metadata.version("bioimageio.core"),
         "bioimageio.spec": importlib.metadata.version("bioimageio.spec"),
         "inputs": [str(t.id) for t in descr.inputs],

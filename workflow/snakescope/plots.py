@@ -82,23 +82,56 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+LOG_SPAN = 30.0  # a metric whose positive values span this factor (1.5 decades) or more gets a log axis
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks per decade (powers of ten only beyond four decades) covering [lo, hi], lo > 0."""
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    steps = (1,) if last - first > 4 else (1, 2, 5)
+    ticks = [m * 10.0 ** d for d in range(first, last + 1) for m in steps]
+    inside = [t for t in ticks if lo <= t <= hi]
+    below, above = [t for t in ticks if t < lo], [t for t in ticks if t > hi]
+    return ([below[-1]] if below else []) + inside + ([above[0]] if above else [])
+
+
 def strip_plot(groups: dict[str, list[Point]], title: str, y_label: str, threshold: float | None = None,
-               threshold_label: str = "", width: int = 520, height: int = 300) -> str:
-    """One column per group: every unit as a dot (flagged ones red), box of the quartiles, median line."""
+               threshold_label: str = "", width: int = 520, height: int = 300, x_label: str = "") -> str:
+    """One column per group: every unit as a dot (flagged ones red), box of the quartiles, median line.
+
+    A metric spanning decades (positive values over a factor of 30) is drawn on a log axis, said in the
+    axis title; values <= 0 then sit on the bottom edge as open triangles, counted in a note."""
     values = [p.value for points in groups.values() for p in points if math.isfinite(p.value)]
     if not values:
         return _message(title, "no values to plot")
-    lo, hi = min(values + ([threshold] if threshold is not None else [])), max(values + ([threshold] if threshold is not None else []))
-    ticks = nice_ticks(min(lo, 0.0) if lo >= 0 else lo, hi)
-    y0, y1 = ticks[0], ticks[-1] if ticks[-1] > ticks[0] else ticks[0] + 1
-    left, right, top, bottom = 56, 10, 28, 46
+    extent = values + ([threshold] if threshold is not None else [])
+    positive = [v for v in extent if v > 0]
+    log = len(positive) >= 2 and max(positive) / min(positive) >= LOG_SPAN
+    off_axis = sum(1 for v in values if log and v <= 0)
+    left, right, top, bottom = 56, 10, 40 if off_axis else 28, 60 if x_label else 46
     plot_w, plot_h = width - left - right, height - top - bottom
+    if log:
+        ticks = log_ticks(min(positive), max(positive))
+        y0, y1 = math.log10(ticks[0]), math.log10(ticks[-1])
 
-    def y(v: float) -> float:
-        return top + plot_h * (1 - (v - y0) / (y1 - y0))
+        def y(v: float) -> float:
+            return top + plot_h * (1 - (math.log10(v) - y0) / (y1 - y0)) if v > 0 else top + plot_h
+    else:
+        lo, hi = min(extent), max(extent)
+        ticks = nice_ticks(min(lo, 0.0) if lo >= 0 else lo, hi)
+        y0, y1 = ticks[0], ticks[-1] if ticks[-1] > ticks[0] else ticks[0] + 1
 
+        def y(v: float) -> float:
+            return top + plot_h * (1 - (v - y0) / (y1 - y0))
+
+    axis = f"{y_label} (log scale)" if log else y_label
     body = [f"<text x='{left}' y='16' font-weight='bold'>{escape(title)}</text>",
-            f"<text transform='translate(12,{top + plot_h / 2}) rotate(-90)' text-anchor='middle'>{escape(y_label)}</text>"]
+            f"<text transform='translate(12,{top + plot_h / 2}) rotate(-90)' text-anchor='middle'>{escape(axis)}</text>"]
+    if x_label:
+        body.append(f"<text x='{left + plot_w / 2}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>")
+    if off_axis:
+        body.append(f"<text x='{width - right}' y='{top - 6}' text-anchor='end' fill='#555' class='off-axis'>"
+                    f"▽ {off_axis} value(s) ≤ 0, on the bottom edge</text>")
     for tick in ticks:
         body.append(f"<line x1='{left}' x2='{width - right}' y1='{y(tick):.1f}' y2='{y(tick):.1f}' stroke='#eee'/>"
                     f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' fill='#555'>{_fmt(tick)}</text>")
@@ -117,14 +150,19 @@ def strip_plot(groups: dict[str, list[Point]], title: str, y_label: str, thresho
         spread = min(60.0, column * 0.6)
         for i, p in enumerate(finite):
             fill = FLAGGED if p.flagged else colour
-            body.append(f"<circle cx='{cx + _jitter(i) * spread:.1f}' cy='{y(p.value):.1f}' r='{3 if p.flagged else 2.2}' fill='{fill}' "
-                        f"fill-opacity='0.8'><title>{escape(p.unit_id)}: {_fmt(p.value)}{' (flagged)' if p.flagged else ''}</title></circle>")
+            tip = f"<title>{escape(p.unit_id)}: {_fmt(p.value)}{' (flagged)' if p.flagged else ''}</title>"
+            px, py = cx + _jitter(i) * spread, y(p.value)
+            if log and p.value <= 0:
+                body.append(f"<path d='M{px - 4:.1f},{py - 6:.1f}L{px + 4:.1f},{py - 6:.1f}L{px:.1f},{py:.1f}Z' fill='none' "
+                            f"stroke='{fill}'>{tip}</path>")
+            else:
+                body.append(f"<circle cx='{px:.1f}' cy='{py:.1f}' r='{3 if p.flagged else 2.2}' fill='{fill}' fill-opacity='0.8'>{tip}</circle>")
         label = name if len(name) <= 18 else name[:17] + "…"
         body.append(f"<text x='{cx:.1f}' y='{height - bottom + 16}' text-anchor='middle'>{escape(label)}<title>{escape(name)}</title></text>"
                     f"<text x='{cx:.1f}' y='{height - bottom + 30}' text-anchor='middle' fill='#777'>n={len(finite)}</text>")
     if threshold is not None:
         body.append(f"<line x1='{left}' x2='{width - right}' y1='{y(threshold):.1f}' y2='{y(threshold):.1f}' stroke='{FLAGGED}' "
-                    f"stroke-dasharray='4 3'/><text x='{width - right}' y='{y(threshold) - 3:.1f}' text-anchor='end' fill='{FLAGGED}'>"
+                    f"stroke-width='1.5' stroke-dasharray='4 3'/><text x='{width - right}' y='{y(threshold) - 3:.1f}' text-anchor='end' fill='{FLAGGED}'>"
                     f"{escape(threshold_label)}</text>")
     return _svg(width, height, body, title)
 
@@ -141,7 +179,9 @@ def histogram_plot(groups: dict[str, list[float]], title: str, x_label: str, bin
     if hi <= lo:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
-    fractions = {name: np.histogram(np.clip(vs, lo, hi), edges)[0] / max(1, len(vs)) for name, vs in groups.items() if vs}
+    # outliers beyond the 0.5-99.5 % range are left out of the bins and counted on the plot, never piled into the edges
+    below, above = sum(v < lo for v in values), sum(v > hi for v in values)
+    fractions = {name: np.histogram([v for v in vs if lo <= v <= hi], edges)[0] / max(1, len(vs)) for name, vs in groups.items() if vs}
     top_value = max(float(f.max()) for f in fractions.values()) or 1.0
     left, right, top, bottom = 56, 10, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -159,6 +199,9 @@ def histogram_plot(groups: dict[str, list[float]], title: str, x_label: str, bin
         if lo <= tick <= hi:
             body.append(f"<line x1='{x(tick):.1f}' x2='{x(tick):.1f}' y1='{top}' y2='{top + plot_h}' stroke='#eee'/>"
                         f"<text x='{x(tick):.1f}' y='{top + plot_h + 14}' text-anchor='middle' fill='#555'>{_fmt(tick)}</text>")
+    if below or above:
+        body.append(f"<text x='{left + plot_w / 2}' y='{top - 4}' text-anchor='middle' fill='#555' class='outliers'>"
+                    f"beyond the axis: {below} below {_fmt(lo)}, {above} above {_fmt(hi)}</text>")
     for tick in nice_ticks(0, top_value, 4):
         if tick <= top_value:
             body.append(f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' fill='#555'>{_fmt(tick)}</text>")
@@ -330,7 +373,7 @@ def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]]
     plots = {
         "counts_by_condition": strip_plot(
             {c: _points(m, "object_count", lambda u: u.get("verdict") in ("warn", "fail")) for c, m in kept.items()},
-            f"Objects per image by {condition_column} ({rule}; red: warn)", "objects per image"),
+            f"Objects per image by {condition_column} ({rule}; red: warn)", "objects per image", x_label=condition_column),
         "diameters_by_condition": histogram_plot(
             {c: [d for u in m for d in diameters.get(u["unit_id"], [])] for c, m in kept.items()},
             f"Object diameters by {condition_column} ({rule})", f"equivalent diameter ({length_unit})"),
@@ -339,7 +382,8 @@ def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]]
         threshold = thresholds.get(key)
         plots[name] = strip_plot(
             {c: _points(m, column, lambda u, issue=issue: issue in (u.get("issues") or "").split(";")) for c, m in groups.items()},
-            f"{label} (red: reviewed as {issue})", label, threshold, f"warn threshold {_fmt(threshold)}" if threshold is not None else "")
+            f"{label} (red: reviewed as {issue})", label, threshold, f"warn threshold {_fmt(threshold)}" if threshold is not None else "",
+            x_label=condition_column)
     wells: dict[tuple[str, str], list[tuple[float | None, str]]] = {}
     for unit in units:
         well = unit.get(f"meta_{well_column}") or ""

@@ -7,10 +7,12 @@ import io
 import numpy as np
 
 
-def contrast_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Map the [low, high] percentile range to 0..255 (uint8)."""
+def contrast_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.8,
+                     limits: tuple[float, float] | None = None) -> np.ndarray:
+    """Map the [low, high] percentile range of this image, or fixed intensity ``limits`` (a contrast shared
+    by every field of a run), to 0..255 (uint8)."""
     values = image.astype(np.float32)
-    lo, hi = np.percentile(values, [low, high])
+    lo, hi = limits if limits is not None else np.percentile(values, [low, high])
     if hi <= lo:
         hi = lo + 1.0
     return (np.clip((values - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
@@ -27,15 +29,18 @@ def downscale_factor(shape: tuple[int, ...], max_size: int) -> int:
     return max(1, int(np.ceil(max(shape) / max_size)))
 
 
-def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None, max_size: int = 256) -> np.ndarray:
+def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None, max_size: int = 256,
+              limits: tuple[float, float] | None = None) -> np.ndarray:
     """An RGB uint8 panel: grey intensity, yellow outlines (if labels), white scale bar bottom right.
 
-    An uncalibrated image (``pixel_size_um`` None) gets no scale bar: a bar of unknown length would mislead.
+    ``limits``: the intensity range shown black to white (shared by a run's fields); None: this field's own
+    1-99.8 percentiles. An uncalibrated image (``pixel_size_um`` None) gets no scale bar: a bar of unknown
+    length would mislead.
     """
     from skimage.segmentation import find_boundaries
 
     factor = downscale_factor(image.shape, max_size)
-    grey = contrast_stretch(image)[::factor, ::factor]
+    grey = contrast_stretch(image, limits=limits)[::factor, ::factor]
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if labels is not None:
         edges = find_boundaries(labels, mode="inner")

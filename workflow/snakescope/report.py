@@ -25,7 +25,7 @@ from .tables import read_csv
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
                 "diameter_px_median", "density_per_mm2", "snr", "blur", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
-                "status", "refined"]
+                "status", "refined", "overruled"]
 PLOT_TITLES = {
     "counts_by_condition": "Objects per image", "diameters_by_condition": "Object diameters",
     "quality_snr": "Signal to noise", "quality_focus": "Focus", "quality_saturation": "Saturation",
@@ -182,6 +182,28 @@ def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
     }
 
 
+def corrections_html(corrections: dict[str, Any], uses_llm: bool) -> str:
+    """The human-review section: corrections applied in this run, whom they overruled, and agreement rates."""
+    applied = corrections.get("applied") or 0
+    rows = []
+    names = {"human_rules": ("person", "rules"), "human_llm": ("person", "LLM"), "llm_rules": ("LLM", "rules")}
+    for key, (a, b) in names.items():
+        stats = (corrections.get("agreement") or {}).get(key) or {}
+        if stats.get("units"):
+            rows.append({"between": f"{a} and {b}", "units judged by both": stats["units"], "agree": stats["agree"],
+                         "agreement": f"{100 * stats['rate']:.0f} %"})
+    overruled = corrections.get("overruled") or {}
+    text = (f"<p id='corrections-applied'>{applied} verdict(s) corrected by a person (file {e(corrections.get('file'))}); "
+            f"overruled: the rules {overruled.get('rules', 0)}, the LLM {overruled.get('LLM', 0)}, both {overruled.get('both', 0)}; "
+            f"the person agreed with the machine on {overruled.get('none', 0)}.</p>" if applied else
+            "<p class='muted' id='corrections-applied'>No corrections by a person in this run (config <code>review.corrections</code>).</p>")
+    unknown = corrections.get("unknown_units") or []
+    if unknown:
+        text += f"<p class='bad'>The corrections name {len(unknown)} unit(s) this run does not have: {e(', '.join(unknown[:10]))}</p>"
+    table = _static_table(rows, list(rows[0]), "agreement-table") if rows else ""
+    return f"<section id='human-review'><h2>Human review</h2>{text}{table}</section>"
+
+
 def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gallery: dict[str, dict[str, Any]],
                 failures: list[dict[str, str]], actions: dict[str, Any], settings: ReportSettings,
                 aggregates: dict[str, Any] | None = None, answers: list[dict[str, str]] | None = None,
@@ -192,7 +214,7 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
     columns = [c for c in UNIT_COLUMNS if any(u.get(c) not in (None, "") for u in units) or c in ("unit_id", "verdict")]
     with_details = len(units) <= settings.detail_images_max_units
     by_unit = {r["unit_id"]: r for r in reviews}
-    unit_rows, details, thumbnails = [], {}, {}
+    unit_rows, details, thumbnails, thumbnails_own = [], {}, {}, {}
     for unit in units:
         uid = unit["unit_id"]
         row = {c: typed(unit.get(c)) for c in columns + meta_columns}
@@ -201,6 +223,8 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
         images = gallery.get(uid, {})
         if images.get("thumbnail"):
             thumbnails[uid] = images["thumbnail"]
+        if images.get("thumbnail_own"):
+            thumbnails_own[uid] = images["thumbnail_own"]
         review = by_unit.get(uid, {})
         details[uid] = {
             "image": images.get("detail") if with_details else None,
@@ -218,6 +242,10 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
             "actions": review.get("suggested_actions", []), "count_check": review.get("count_check"),
             "critique": review.get("critique"), "answers": review.get("answers", []),
             "refinement": refinement_line(review.get("refinement")),
+            "human": ({"verdict": unit.get("human_verdict"), "comment": unit.get("human_comment") or "",
+                       "machine_verdict": unit.get("machine_verdict"), "overruled": unit.get("overruled"),
+                       "issues": [i for i in (unit.get("issues") or "").split(";") if i]}
+                      if unit.get("human_verdict") else None),
         }
     flags = [{"unit_id": r["unit_id"], "check": f["check"], "llm_says": f["llm_says"], "numbers_say": f["numbers_say"]}
              for r in reviews for f in r.get("flags", [])]
@@ -227,7 +255,8 @@ def report_data(units: list[dict[str, str]], reviews: list[dict[str, Any]], gall
                    for a in actions.get("units", [])]
     return {
         # well, treatment and the other sample-sheet columns next to the unit id, where a screener looks first
-        "columns": columns[:2] + meta_columns + columns[2:], "units": unit_rows, "thumbnails": thumbnails, "details": details,
+        "columns": columns[:2] + meta_columns + columns[2:], "units": unit_rows, "thumbnails": thumbnails, "thumbnails_own": thumbnails_own,
+        "details": details,
         "detail_images": with_details, "page_size": settings.page_size, "flags": flags, "actions": action_rows,
         "failures": [{k: f.get(k) for k in ("stage", "source_path", "sample_id", "unit_id", "reason")} for f in failures],
         "conditions": condition_rows(aggregates or {}),
@@ -325,14 +354,25 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         else "<p class='muted'>No questions were asked (config <code>review.ollama.questions</code>, LLM backend only).</p>")
         + "</section>")
     # -- units and gallery (drawn by the script)
+    corrections = info["aggregates"].get("corrections") or {}
+    parts.append(corrections_html(corrections, uses_llm))
     parts.append(f"<section id='units'><h2>Units ({len(units)})</h2><div class='controls'>"
                  "<input id='unit-filter' type='search' placeholder='filter: any text, e.g. DMSO, out_of_focus, A03' size='40'>"
                  "<select id='verdict-filter'><option value=''>all verdicts</option><option>pass</option><option>warn</option>"
                  "<option>fail</option><option>unreviewed</option></select>"
                  "<span class='muted'>filters apply to the table and the gallery · click a header to sort · "
-                 "click a unit for its detail</span></div><div class='dt' data-table='units'></div></section>")
+                 "click a unit for its detail</span></div>"
+                 "<div class='controls' id='corrections-bar'><span id='corrections-count' class='muted'></span>"
+                 "<button id='corrections-export'>Export corrections (JSON)</button>"
+                 "<button id='corrections-clear'>Forget the page's corrections</button>"
+                 "<span class='muted'>Correct a verdict in a unit's detail view; export, then set the file as config "
+                 "<code>review.corrections</code> and rerun: verdicts, statistics and acquisition actions follow it.</span></div>"
+                 "<div class='dt' data-table='units'></div></section>")
     parts.append("<section id='gallery'><h2>Gallery</h2><p class='muted'>Thumbnails: the model's input channel with "
-                 "segmentation outlines (yellow). The detail view shows raw and outlined side by side, scale bar bottom right.</p>"
+                 "segmentation outlines (yellow), in one contrast shared by the run's fields per channel (black at the run's "
+                 "median background, white above its median nuclear signal), so dim, empty and clipped fields stand out. "
+                 "The detail view shows raw and outlined side by side, scale bar bottom right.</p>"
+                 "<label class='controls'><input type='checkbox' id='own-contrast'> each field in its own contrast</label>"
                  "<div class='pager' id='gallery-pager'></div><div class='gallery' id='gallery-cards'></div></section>")
     parts.append(f"<section id='failures'><h2>Failed inputs and steps ({len(failures)})</h2>"
                  + ("<div class='dt' data-table='failures'></div>" if failures else "<p>None: every input was processed.</p>")
@@ -346,7 +386,8 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
     # -- provenance
     parts.append("<section id='provenance'><h2>Provenance</h2>")
     parts.append("<h3>Segmentation model (bioimage.io)</h3>" + _kv_table([
-        ("name", model.get("name")), ("source", model.get("source")), ("digest (sha256 of weights)", model.get("digest")),
+        ("name", model.get("name")), ("source", model.get("source")), ("model digest (sha256 over id, weight format, weights' sha256 and tensor ids)", model.get("digest")),
+        ("weights sha256 (from the model's description)", model.get("weights_sha256") or "not stated by the model"),
         ("weight format", model.get("weight_format")), ("test_model", (model.get("test") or {}).get("status"))]))
     parts.append("<h3>LLM reviewer (Ollama)</h3>" + (_static_table(
         [{**x, "options": json.dumps(x["options"], sort_keys=True)} for x in llm],
@@ -401,6 +442,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
     }
     data = report_data(units, reviews, gallery, failures, actions, settings, info["aggregates"], info["answers"],
                        (info["params"].get("review") or {}).get("thresholds"))
+    data["dataset"] = dataset
     data["warnings"] = [{k: w.get(k) for k in ("stage", "source_path", "unit_id", "warning")} for w in warnings]
     page = render_html(info, data, plots)
     out = Path(out_html)
@@ -438,7 +480,7 @@ figcaption{font-size:.8em;color:#555} figure svg{max-width:100%;height:auto} .ga
 .id{font-weight:bold;word-break:break-all} dialog{max-width:min(1100px,95vw);max-height:92vh;overflow:auto;border-radius:8px}
 dialog img{width:100%;max-width:900px;image-rendering:pixelated} #detail-close{float:right;font-size:1.4em;border:none;background:none;cursor:pointer}
 pre{white-space:pre-wrap;font-size:.8em;background:#f7f7f7;padding:.5em}
-section,h2,h3{scroll-margin-top:3em} .detail-nav button{margin-right:.4em}
+section,h2,h3{scroll-margin-top:3em} .detail-nav button{margin-right:.4em} fieldset{margin:.8em 0;border:1px solid #ccc;border-radius:6px}
 """
 
 SCRIPT = r"""
@@ -447,7 +489,7 @@ SCRIPT = r"""
 var D = JSON.parse(document.getElementById('report-data').textContent);
 function el(tag, attrs, text){ var n = document.createElement(tag); if (attrs) for (var k in attrs) n.setAttribute(k, attrs[k]);
   if (text !== undefined && text !== null) n.textContent = String(text); return n; }
-function fmt(v){ if (v === null || v === undefined) return 'n/a'; if (typeof v === 'number' && !Number.isInteger(v)) return String(+v.toPrecision(4));
+function fmt(v){ if (v === null || v === undefined) return ''; if (typeof v === 'number' && !Number.isInteger(v)) return String(+v.toPrecision(4));
   return String(v); }
 function cmp(a, b){ var an = a === null || a === undefined || a === '', bn = b === null || b === undefined || b === '';
   if (an || bn) return an && bn ? 0 : an ? 1 : -1;
@@ -482,12 +524,14 @@ function DataTable(host, columns, rowsFn, opts){
       r = r.filter(function(x){ return columns.some(function(c){ return fmt(x[c]).toLowerCase().indexOf(q) >= 0; }); }); }
     if (state.key) { var k = state.key, s = state.desc ? -1 : 1; r = r.slice().sort(function(a, b){ return s * cmp(a[k], b[k]); }); }
     return r; }
+  // a numeric column without a value (a NaN upstream, a metric that does not apply) says n/a
+  var numeric = {}; columns.forEach(function(c){ numeric[c] = rows().some(function(x){ return typeof x[c] === 'number'; }); });
   function redraw(){
     var r = rows(), span = pager(top, state, r.length, redraw); tbody.textContent = '';
     Array.prototype.forEach.call(thead.rows[0].cells, function(th){ th.className = th.dataset.key === state.key ? (state.desc ? 'sorted-desc' : 'sorted-asc') : ''; });
     r.slice(span[0], span[1]).forEach(function(x){
       var row = el('tr', x.verdict ? {'class': x.verdict} : null);
-      columns.forEach(function(c){ var td = el('td', null, fmt(x[c]));
+      columns.forEach(function(c){ var td = el('td', null, x[c] === null && numeric[c] ? 'n/a' : fmt(x[c]));
         if (c === 'verdict') td.className = 'v';
         if (c === 'unit_id' && D.details[x[c]]) { td.className = 'link'; td.onclick = function(){ showDetail(x[c]); }; }
         row.appendChild(td); });
@@ -502,7 +546,8 @@ function filteredUnits(){
   return D.units.filter(function(u){ if (v && u.verdict !== v) return false; if (!q) return true;
     return D.columns.some(function(c){ return fmt(u[c]).toLowerCase().indexOf(q) >= 0; }); });
 }
-var galleryState = {page: 0, size: D.page_size || 50}, galleryRows = D.units;
+var galleryState = {page: 0, size: D.page_size || 50}, galleryRows = D.units, ownContrast = document.getElementById('own-contrast');
+ownContrast.addEventListener('change', function(){ drawGallery(); });
 function drawGallery(){
   var host = document.getElementById('gallery-cards'), span = pager(document.getElementById('gallery-pager'), galleryState, galleryRows.length, drawGallery);
   host.textContent = '';
@@ -511,7 +556,7 @@ function drawGallery(){
     var card = el('div', {'class': 'card', 'data-unit': u.unit_id, tabindex: 0});
     var head = el('div'); head.appendChild(el('span', {'class': 'badge ' + u.verdict}, u.verdict)); head.appendChild(document.createTextNode(' '));
     head.appendChild(el('span', {'class': 'id'}, u.unit_id)); card.appendChild(head);
-    var src = D.thumbnails[u.unit_id];
+    var src = (ownContrast.checked && D.thumbnails_own[u.unit_id]) || D.thumbnails[u.unit_id];
     if (src) card.appendChild(el('img', {src: src, alt: 'unit ' + u.unit_id, loading: 'lazy', width: 160, height: 160}));
     else card.appendChild(el('div', {'class': 'noimg'}, 'no image'));
     card.appendChild(el('div', null, (u.object_count === null || u.object_count === undefined ? '–' : u.object_count) + ' objects · ' +
@@ -523,7 +568,7 @@ function drawGallery(){
   });
 }
 function kvTable(pairs){ var t = el('table', {'class': 'kv'}); pairs.forEach(function(p){ if (p[1] === null || p[1] === undefined || p[1] === '') return;
-  var r = el('tr'); r.appendChild(el('th', null, p[0])); r.appendChild(el('td', null, fmt(p[1]))); t.appendChild(r); }); return t; }
+  var r = el('tr'); r.appendChild(el('th', null, p[0])); r.appendChild(el('td', null, p[1] === null ? 'n/a' : fmt(p[1]))); t.appendChild(r); }); return t; }
 function list(title, items, line){ var box = el('div'); if (!items || !items.length) return box; box.appendChild(el('h4', null, title));
   var ul = el('ul'); items.forEach(function(i){ ul.appendChild(el('li', null, line(i))); }); box.appendChild(ul); return box; }
 function showDetail(uid){
@@ -541,13 +586,14 @@ function showDetail(uid){
   var src = d.image || D.thumbnails[uid];
   if (src) body.appendChild(el('img', {src: src, alt: 'detail of unit ' + uid, id: 'detail-image'}));
   if (!d.image) body.appendChild(el('p', {'class': 'muted'}, 'Detail images are embedded for reports of up to report.detail_images_max_units units; the full overlay is ' + d.overlay_file));
-  body.appendChild(el('p', {'class': 'muted'}, 'Left: input channel, contrast-stretched; right: segmentation outlines. ' +
+  body.appendChild(el('p', {'class': 'muted'}, 'Left: the input channel in the run\'s shared contrast (a dim field looks dim); ' +
+    'right: segmentation outlines on the field\'s own contrast. ' +
     (d.scale_bar ? 'Scale bar (white, bottom right): ' + d.scale_bar + '.' : 'No scale bar: the image has no pixel size.')));
   if (d.summary) body.appendChild(el('blockquote', null, d.summary));
   body.appendChild(kvTable([['source', d.source], ['scene', d.scene], ['image', d.size], ['pixel size', d.pixel_size], ['channels', d.channels], ['reviewer', d.reviewer],
     ['review status', d.status], ['LLM verdict', d.llm_verdict], ['rules verdict', d.rules_verdict],
     ['count: segmented / estimated by the LLM', d.count_check && d.count_check.estimated !== null ? fmt(d.count_check.segmented) + ' / ' + fmt(d.count_check.estimated) : null]]
-    .concat(Object.keys(d.metrics).map(function(k){ return [k, d.metrics[k]]; }))
+    .concat(Object.keys(d.metrics).map(function(k){ return [k, d.metrics[k] === null ? 'n/a' : d.metrics[k]]; }))
     .concat(D.columns.filter(function(c){ return c.indexOf('meta_') === 0; }).map(function(c){ return [c.slice(5), u[c]]; }))));
   body.appendChild(list('Issues', d.issues, function(i){ return i.type + ' (' + i.severity + '): ' + i.evidence; }));
   body.appendChild(list('Flags (reviewer vs numbers)', d.flags, function(f){ return f.check + ': reviewer says ' + f.llm_says + ' / numbers say ' + f.numbers_say; }));
@@ -555,10 +601,14 @@ function showDetail(uid){
   if (d.critique) body.appendChild(list('Critique of the segmentation', [d.critique], function(c){ return 'merged ' + c.merged + ', split ' + c.split + ', missed ' + c.missed + ', artefacts ' + c.artefacts + '. ' + c.comment; }));
   body.appendChild(list('Answers', d.answers, function(a){ return a.question + ' — ' + a.answer + ': ' + a.evidence; }));
   if (d.refinement) body.appendChild(list('Refinement of the segmentation by the critique', [d.refinement], function(r){ return r; }));
+  if (d.human) body.appendChild(list('Corrected by a person', [d.human], function(h){ return 'verdict ' + h.verdict + ' (machine: ' +
+    h.machine_verdict + '; overruled: ' + h.overruled + ')' + (h.comment ? ': ' + h.comment : ''); }));
+  body.appendChild(correctionForm(uid, d, u));
   var dlg = document.getElementById('detail'); if (!dlg.open) dlg.showModal();
 }
 document.getElementById('detail-close').onclick = function(){ document.getElementById('detail').close(); };
-document.getElementById('detail').addEventListener('keydown', function(ev){
+document.addEventListener('keydown', function(ev){
+  if (!document.getElementById('detail').open || /INPUT|SELECT|TEXTAREA/.test((ev.target || {}).tagName || '')) return;
   var b = document.getElementById(ev.key === 'ArrowLeft' ? 'detail-prev' : ev.key === 'ArrowRight' ? 'detail-next' : '');
   if (b && !b.disabled) { ev.preventDefault(); b.click(); } });
 document.getElementById('detail').addEventListener('click', function(ev){ if (ev.target === this) this.close(); });
@@ -570,6 +620,43 @@ document.querySelectorAll('.dt[data-table]').forEach(function(host){
 });
 function refilter(){ tables.units.redraw(); }
 unitFilter.addEventListener('input', refilter); verdictFilter.addEventListener('change', refilter);
+// -- corrections by a person: kept in this browser (localStorage) until exported as a file for review.corrections
+var STORE = 'snakescope-corrections:' + D.dataset, memory = {};
+function loadPage(){ try { return JSON.parse(window.localStorage.getItem(STORE) || '{}'); } catch (err) { return memory; } }
+function savePage(c){ memory = c; try { window.localStorage.setItem(STORE, JSON.stringify(c)); } catch (err) { /* memory only */ } updateCount(); }
+function runCorrections(){ var out = {}; Object.keys(D.details).forEach(function(uid){ var h = D.details[uid].human;
+  if (h) out[uid] = {unit_id: uid, verdict: h.verdict, issues: h.issues, comment: h.comment, machine_verdict: h.machine_verdict}; }); return out; }
+function updateCount(){ var n = Object.keys(loadPage()).length, r = Object.keys(runCorrections()).length;
+  document.getElementById('corrections-count').textContent = n + ' correction(s) made in this page' + (r ? ', ' + r + ' from this run\'s file' : ''); }
+function correctionForm(uid, d, u){
+  var box = el('fieldset', {id: 'correction-form'}), mine = loadPage()[uid] || (d.human ? runCorrections()[uid] : null);
+  box.appendChild(el('legend', null, 'Your review of this unit'));
+  var verdict = el('select', {id: 'correction-verdict'});
+  [['', 'keep the machine\'s verdict (' + u.verdict + ')'], ['pass', 'pass'], ['warn', 'warn'], ['fail', 'fail']].forEach(function(o){
+    var opt = el('option', {value: o[0]}, o[1]); if (mine && mine.verdict === o[0]) opt.selected = true; verdict.appendChild(opt); });
+  var issues = el('input', {id: 'correction-issues', size: 30, placeholder: 'issues, comma-separated (e.g. debris)'});
+  issues.value = mine && mine.issues ? mine.issues.join(', ') : '';
+  var comment = el('input', {id: 'correction-comment', size: 50, placeholder: 'comment (e.g. actually fine)'});
+  comment.value = mine ? mine.comment || '' : '';
+  var save = el('button', {id: 'correction-save'}, 'Save correction'), state = el('span', {'class': 'muted', id: 'correction-state'});
+  save.onclick = function(){ var all = loadPage();
+    if (!verdict.value) { delete all[uid]; state.textContent = 'no correction'; }
+    else { all[uid] = {unit_id: uid, verdict: verdict.value, comment: comment.value.trim(), machine_verdict: d.human ? d.human.machine_verdict : u.verdict,
+      issues: issues.value.split(',').map(function(s){ return s.trim(); }).filter(function(s){ return s; }),
+      created: new Date().toISOString()}; state.textContent = 'saved in this browser; export to use it'; }
+    savePage(all); };
+  [verdict, issues, comment, save, state].forEach(function(n){ box.appendChild(n); box.appendChild(document.createTextNode(' ')); });
+  return box;
+}
+document.getElementById('corrections-export').onclick = function(){
+  var merged = runCorrections(), page = loadPage(); Object.keys(page).forEach(function(k){ merged[k] = page[k]; });
+  var doc = {format: 'snakescope-corrections', version: 1, dataset: D.dataset, exported: new Date().toISOString(),
+             corrections: Object.keys(merged).sort().map(function(k){ return merged[k]; })};
+  var url = URL.createObjectURL(new Blob([JSON.stringify(doc, null, 1)], {type: 'application/json'}));
+  var a = el('a', {href: url, download: 'corrections-' + (D.dataset || 'snakescope') + '.json'}); document.body.appendChild(a); a.click();
+  setTimeout(function(){ URL.revokeObjectURL(url); a.remove(); }, 1000); };
+document.getElementById('corrections-clear').onclick = function(){ savePage({}); };
+updateCount();
 window.snakescopeReport = {units: D.units.length, showDetail: showDetail};
 })();
 """

@@ -299,6 +299,18 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     return doc
 
 
+def display_range(metrics: list[dict[str, float]]) -> dict[str, float] | None:
+    """The contrast every field of a channel is shown in: black at the run's median background, white a quarter
+    above the run's median nuclear signal (p90 of the foreground), so a dim field looks dim and a clipped one
+    white, next to their neighbours."""
+    background = [float(m["background"]) for m in metrics if m.get("background") is not None and np.isfinite(float(m["background"]))]
+    signal = [float(m["signal"]) for m in metrics if m.get("signal") is not None and np.isfinite(float(m["signal"]))]
+    if not background or not signal:
+        return None
+    low, top = float(np.median(background)), float(np.median(signal))
+    return {"low": low, "high": top + 0.25 * max(top - low, 0.0), "fields": len(signal)} if top > low else None
+
+
 def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path, import_manifests: list[str | Path] = (),
                         plate_column: str = "plate") -> dict[str, Any]:
     """The run's reference for relative quality checks: per channel name, and per plate and channel when the
@@ -318,6 +330,7 @@ def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path, i
                 if uid in plates:
                     per_plate.setdefault(plates[uid], {}).setdefault(name, []).append(metrics)
     doc = {"channels": {name: run_reference(values) for name, values in per_channel.items()},
+           "display": {name: display_range(values) for name, values in per_channel.items()},
            "plates": {plate: {name: run_reference(values) for name, values in channels.items()} for plate, channels in per_plate.items()},
            "plate_column": plate_column,
            "fields": {name: len(values) for name, values in per_channel.items()}}

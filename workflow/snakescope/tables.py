@@ -171,7 +171,8 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
             "scene_index": unit["scene_index"], "scene_name": unit["scene_name"], "selection": unit.get("selection", {}),
             "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
             "metadata": metadata, "verdict": review["verdict"],
-            "reviewer": review["reviewer"]["backend"] + (" (LLM)" if review["reviewer"].get("uses_llm") else " (rules)"),
+            "reviewer": review["reviewer"]["backend"] + ("" if review["reviewer"]["backend"] == "human correction"
+                                                         else " (LLM)" if review["reviewer"].get("uses_llm") else " (rules)"),
             "issues": [{"type": i["type"], "severity": i["severity"], "evidence": i["evidence"]} for i in review["issues"]],
             "actions": actions,
         })
@@ -182,11 +183,16 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
 
 def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path,
                  condition_column: str = "treatment", dataset: str = "", plate_column: str = "plate",
-                 well_column: str = "well", usable_verdicts: tuple[str, ...] | list[str] = USABLE_VERDICTS) -> dict[str, Any]:
+                 well_column: str = "well", usable_verdicts: tuple[str, ...] | list[str] = USABLE_VERDICTS,
+                 corrections_path: str | Path | None = None) -> dict[str, Any]:
     """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl, failures.csv,
     answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from .corrections import agreement, corrected_review, load_corrections, overruled
+
+    corrections = load_corrections(corrections_path) if corrections_path else {}
+    final_reviews: dict[str, dict[str, Any]] = {}  # as decided: the machine's review, or the person's correction of it
     units, failures, reviews, unit_records, warnings = [], [], [], [], []
     refined_units: dict[str, Path] = {}
     review_backends = Counter()
@@ -207,6 +213,10 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                           "warning": text} for text in unit.get("warnings", [])]
             metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
             review = reviewed.get(uid, {})
+            correction = corrections.get(uid)
+            final = corrected_review(review, correction) if correction and review else review
+            if review:
+                final_reviews[uid] = final
             refinement = review.get("refinement") or {}
             summary = refinement.get("summary") if refinement.get("applied") else post["summaries"].get(uid, {})
             overlay = results / "review" / batch / f"{uid}.overlay.png"
@@ -223,8 +233,12 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                 **{f"meta_{k}": v for k, v in unit["metadata"].items()},
                 **{m: metrics.get(m) for m in METRIC_COLUMNS},
                 **{k: (summary or {}).get(k) for k in SUMMARY_COLUMNS},
-                "verdict": review.get("verdict"),
-                "issues": ";".join(i["type"] for i in review.get("issues", [])),
+                "verdict": final.get("verdict"),
+                "issues": ";".join(i["type"] for i in final.get("issues", [])),
+                "machine_verdict": review.get("verdict"),
+                "human_verdict": correction.verdict if correction else None,
+                "human_comment": correction.comment if correction else None,
+                "overruled": overruled(correction, review) if correction and review else None,
                 "review_backend": review.get("reviewer", {}).get("backend"),
                 "review_status": review.get("status", "reviewed" if review else None),
                 "llm_verdict": review.get("llm_verdict"),
@@ -235,6 +249,9 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
             })
             if review:
                 reviews.append(review)
+    for uid in sorted(set(corrections) - {u["unit_id"] for u in units}):
+        warnings.append({"stage": "tables", "source_path": str(corrections_path), "sample_id": "", "unit_id": uid,
+                         "warning": f"the corrections file names unit {uid!r}, which this run does not have; ignored"})
     unit_meta = {u["unit_id"]: {"sample_id": u["sample_id"], **{k: v for k, v in u.items() if k.startswith("meta_")}}
                  for u in units}
     _merge_objects(out / "objects.csv", batches, results, refined_units, unit_meta)
@@ -272,11 +289,17 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
         "verdicts": dict(Counter(u["verdict"] or "unreviewed" for u in units)),
         "issues": dict(issues), "condition_column": condition_column, "conditions": conditions,
         "usable_verdicts": list(usable_verdicts),
+        "corrections": {
+            "file": str(corrections_path) if corrections_path else None, "applied": sum(1 for u in units if u["human_verdict"]),
+            "unknown_units": sorted(set(corrections) - {u["unit_id"] for u in units}),
+            "overruled": dict(Counter(u["overruled"] for u in units if u["overruled"])),
+            "agreement": agreement({r["unit_id"]: r for r in reviews}, corrections),
+        },
         "review_backends": dict(review_backends),
         "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
     }
     write_json(out / "aggregates.json", aggregates)
-    actions = acquisition_actions(unit_records, {r["unit_id"]: r for r in reviews}, dataset, plate_column, well_column,
+    actions = acquisition_actions(unit_records, final_reviews, dataset, plate_column, well_column,
                                   [f for f in failures if f["stage"] == "import"])
     write_json(out / "acquisition_actions.json", actions)
     for name in ("units", "objects", "reviews"):
