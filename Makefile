@@ -28,6 +28,7 @@ lint: $(BIN)/.installed demo/samples.tsv
 bench: $(BIN)/.installed
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/inference_throughput.py
+	$(BIN)/python bench/review_throughput.py
 	$(BIN)/python bench/workflow_vs_loop.py
 	$(BIN)/python bench/dryrun_scale.py
 	$(BIN)/python bench/refinement_f1.py

@@ -188,8 +188,13 @@ def summary_text(prompt: str, wrong: bool) -> str:
 class FakeOllama:
     """The server; ``start()`` binds 127.0.0.1 on a free port (or ``port``) and serves in a thread."""
 
-    def __init__(self, models: dict[str, str] | None = None, port: int = 0) -> None:
+    def __init__(self, models: dict[str, str] | None = None, port: int = 0, latency: float = 0.0, slots: int | None = None) -> None:
+        """``latency``: seconds each chat answer takes on a slot; ``slots``: how many answers are computed at once
+        (like a GPU server's parallel slots; None: unlimited). ``max_in_flight`` records the most seen at once."""
         self.models = dict(models or {"qwen2.5vl:7b": "sha256:" + "ab" * 32})
+        self.latency = latency
+        self.slots = threading.Semaphore(slots) if slots else None
+        self.in_flight = self.max_in_flight = 0
         self.script: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -225,6 +230,8 @@ class FakeOllama:
                 pass
 
             def reply(self, status: int, body: Any) -> None:
+                if getattr(self, "t0", None) is not None and server.latency:
+                    time.sleep(max(0.0, server.latency - (time.monotonic() - self.t0)))
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -250,6 +257,7 @@ class FakeOllama:
                     self.reply(404, {"error": f"unknown path {self.path}"})
 
             def do_POST(self) -> None:  # noqa: N802
+                self.t0 = None
                 payload = self.body()
                 model = payload.get("model") or payload.get("name")
                 if self.path == "/api/pull":
@@ -277,6 +285,24 @@ class FakeOllama:
                     return
                 if behaviour.startswith("slow:"):
                     time.sleep(float(behaviour.split(":", 1)[1]))
+                if self.path != "/api/chat":
+                    self.answer(payload, model, behaviour)
+                    return
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                if server.slots:
+                    server.slots.acquire()
+                self.t0 = time.monotonic()  # the answer leaves `latency` seconds after it took a slot (see reply)
+                try:
+                    self.answer(payload, model, behaviour)
+                finally:
+                    if server.slots:
+                        server.slots.release()
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def answer(self, payload: dict[str, Any], model: str, behaviour: str) -> None:
                 if behaviour == "http500":
                     self.reply(500, {"error": "llama runner process has terminated"})
                     return

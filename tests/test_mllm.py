@@ -74,13 +74,13 @@ def test_tiff_or_missing_images_are_refused_by_a_vision_server(fake_ollama, demo
 
 
 def test_invalid_answers_are_retried_then_recorded_as_unreviewed(demo_batch, fake_ollama, tmp_path):
-    fake_ollama.script.extend(["invalid_json", "ok"])
-    reviews = by_unit(run_review(demo_batch, tmp_path / "a", fake_ollama.host))
+    fake_ollama.script.extend(["invalid_json", "ok"])  # scripts pin a sequence: one request at a time
+    reviews = by_unit(run_review(demo_batch, tmp_path / "a", fake_ollama.host, max_concurrency=1))
     first = reviews["ctrl_01"]
     assert first["status"] == "reviewed" and first["reviewer"]["provenance"]["attempts"] == 2
     assert "invalid JSON" in first["reviewer"]["provenance"]["failed_attempts"][0]
     fake_ollama.script.extend(["truncated", "schema_violation", "http500"])
-    reviews = by_unit(run_review(demo_batch, tmp_path / "b", fake_ollama.host, retries=2))
+    reviews = by_unit(run_review(demo_batch, tmp_path / "b", fake_ollama.host, retries=2, max_concurrency=1))
     first = reviews["ctrl_01"]
     assert first["status"] == "unreviewed" and first["reviewer"]["backend"] == "deterministic"
     for reason in ("done_reason=length", "violates the schema", "HTTP 500"):
@@ -91,7 +91,7 @@ def test_invalid_answers_are_retried_then_recorded_as_unreviewed(demo_batch, fak
 
 def test_dropped_connection_and_timeout_are_retried(demo_batch, fake_ollama, tmp_path):
     fake_ollama.script.extend(["drop", "slow:3", "ok"])
-    reviews = by_unit(run_review(demo_batch, tmp_path / "r", fake_ollama.host, timeout_s=1.0, retries=2))
+    reviews = by_unit(run_review(demo_batch, tmp_path / "r", fake_ollama.host, timeout_s=1.0, retries=2, max_concurrency=1))
     first = reviews["ctrl_01"]
     assert first["status"] == "reviewed" and first["reviewer"]["provenance"]["attempts"] == 3
     failed = " ".join(first["reviewer"]["provenance"]["failed_attempts"])
@@ -283,3 +283,24 @@ def test_no_refinement_when_the_critique_names_no_segmentation_problem():
     assert refinement_direction(answer, {"object_count": 30}) == 0  # critique and count disagree
     answer["estimated_count"] = 40
     assert refinement_direction(answer, {"object_count": 30}) == 1
+
+
+def test_parallel_requests_give_the_sequential_answers_in_unit_order(demo_batch, tmp_path):
+    """max_concurrency 4 against a server with 4 slots: the same reviews as one at a time, in the same order, and
+    really several requests in flight."""
+    from fake_ollama import FakeOllama
+
+    server = FakeOllama(latency=0.8, slots=4).start()
+    try:
+        sequential = run_review(demo_batch, tmp_path / "one", server.host, max_concurrency=1)
+        assert server.max_in_flight == 1
+        parallel = run_review(demo_batch, tmp_path / "four", server.host, max_concurrency=4)
+        assert server.max_in_flight == 4
+    finally:
+        server.stop()
+
+    def comparable(doc):
+        return [(r["unit_id"], r["verdict"], r["llm_verdict"], r["count_check"]["estimated"], r["issues"]) for r in doc["reviews"]]
+
+    assert comparable(parallel) == comparable(sequential)
+    assert [r["unit_id"] for r in parallel["reviews"]] == [r["unit_id"] for r in sequential["reviews"]]

@@ -89,7 +89,7 @@ MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
 _OLLAMA = dict(config["review"].get("ollama", {}))
 for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
     _OLLAMA[_key] = project_file(_OLLAMA.get(_key, _default))
-OLLAMA_RUNTIME_KEYS = ("host", "keep_alive", "timeout_s", "server", "pull")
+OLLAMA_RUNTIME_KEYS = ("host", "keep_alive", "timeout_s", "server", "pull", "max_concurrency")
 os.environ.update(
     job_environment(
         llm_runtime=as_json({k: v for k, v in _OLLAMA.items() if k in OLLAMA_RUNTIME_KEYS}),

@@ -54,6 +54,7 @@ class OllamaSettings:
     timeout_s: float = 300.0
     retries: int = 2
     images_per_request: int = 1
+    max_concurrency: int = 4  # requests in flight per review job (Ollama: OLLAMA_NUM_PARALLEL; vLLM batches many)
     server: str = "connect"
     on_unreachable: str = "fallback"
     pull: bool = False
@@ -427,6 +428,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
 
     Returns schema-shaped reviews. Raises OllamaUnavailable when no server can be used at all.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import ollama
     import tifffile
@@ -444,6 +447,34 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     with ollama_server(settings, out_dir / "ollama-serve.log") as (host, version):
         client = ollama.Client(host=host, timeout=settings.timeout_s)
         digest = model_digest(client, settings, host)
+        # 1. what each unit sends (read, render, prompt, cache key), in unit order; each request leaves as soon as
+        #    its unit is ready, up to max_concurrency in flight; answers are matched to units, not to arrival order
+        prepared: dict[str, dict[str, Any]] = {}
+        pool = ThreadPoolExecutor(max_workers=max(1, settings.max_concurrency))
+        futures: dict[Any, str] = {}
+        try:
+            for unit in units:
+                ctx = context[unit["unit_id"]]
+                if ctx.get("labels_path") is None:
+                    continue
+                pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
+                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
+                labels = tifffile.imread(ctx["labels_path"])
+                images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
+                questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"
+                prompt = render_prompt(template, unit_data(unit, ctx["metrics"], ctx["summary"], ctx["expected"], ctx["line"], ctx["rules"]),
+                                       scale_bar_um=(f"{scale_bar_um(image.shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
+                                       taxonomy=", ".join(schema["properties"]["issues"]["items"]["properties"]["type"]["enum"]))
+                key = cache.key(images, prompt, settings.model, digest, settings.options, schema)
+                prepared[unit["unit_id"]] = {"pixel": pixel, "image": image, "prompt": prompt, "key": key, "cached": cache.get(key)}
+                if prepared[unit["unit_id"]]["cached"] is None:
+                    futures[pool.submit(ask_timed, client, settings, prompt, images, schema)] = unit["unit_id"]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        # 2. every answer, or the first error that makes the server unusable (the requests not yet sent are cancelled)
+        answers = collect_answers(futures, pool)
+        # 3. checks, refinement and the review record, in unit order
         for unit in units:
             ctx = context[unit["unit_id"]]
             rules = ctx["rules"]
@@ -451,28 +482,22 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                                "options": settings.options, "keep_alive": settings.keep_alive,
                                "prompt_file": settings.prompt, "prompt_version": prompt_version(settings.prompt),
                                "prompt_template_sha256": _sha256(template)}
-            if ctx.get("labels_path") is None:  # nothing to look at: failed upstream
+            if unit["unit_id"] not in prepared:  # nothing to look at: failed upstream
                 reviews.append({**rules, "status": "unreviewed", "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
                                 "summary": f"not sent to the LLM: {rules['summary']}"})
                 continue
-            pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
-            labels = tifffile.imread(ctx["labels_path"])
-            images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
-            questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"
-            prompt = render_prompt(template, unit_data(unit, ctx["metrics"], ctx["summary"], ctx["expected"], ctx["line"], rules),
-                                   scale_bar_um=(f"{scale_bar_um(image.shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
-                                   taxonomy=", ".join(schema["properties"]["issues"]["items"]["properties"]["type"]["enum"]))
-            key = cache.key(images, prompt, settings.model, digest, settings.options, schema)
-            cached = cache.get(key)
-            started = now()
+            job = prepared[unit["unit_id"]]
+            pixel, image, prompt, key, cached = job["pixel"], job["image"], job["prompt"], job["key"], job["cached"]
             provenance = {**base_provenance, "prompt_sha256": _sha256(prompt), "cache_key": key, "cache_hit": cached is not None}
             if cached is not None:
                 answer, attempts, errors = cached["answer"], 0, []
                 provenance.update(answered_at=cached["answered_at"], attempts=cached["attempts"])
             else:
+                started, answered, result = answers[unit["unit_id"]]
                 try:
-                    answer, attempts, errors = ask(client, settings, prompt, images, schema)
+                    if isinstance(result, Exception):
+                        raise result
+                    answer, attempts, errors = result
                 except AnswerInvalid as exc:
                     print(f"[review] {unit['unit_id']}: unreviewed by the LLM: {exc}", file=sys.stderr)
                     reviews.append({**rules, "status": "unreviewed",
@@ -480,8 +505,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                                     "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
                                     "summary": f"LLM answer invalid after {settings.retries + 1} attempts ({exc}); rules only: {rules['summary']}"[:2000]})
                     continue
-                cache.put(key, {"answer": answer, "answered_at": now(), "attempts": attempts, "provenance": provenance})
-                provenance.update(started_at=started, answered_at=now(), attempts=attempts, failed_attempts=errors)
+                cache.put(key, {"answer": answer, "answered_at": answered, "attempts": attempts, "provenance": provenance})
+                provenance.update(started_at=started, answered_at=answered, attempts=attempts, failed_attempts=errors)
             flags = check_claims(answer, rules, ctx["metrics"], ctx["summary"], count_tolerance)
             refinement: dict[str, Any] = {"applied": False}
             summary = ctx["summary"]
@@ -530,6 +555,34 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
         writer.writeheader()
         writer.writerows(refined_rows)
     return reviews
+
+
+def ask_timed(client: Any, settings: OllamaSettings, prompt: str, images: list[bytes],
+              schema: dict[str, Any] | None) -> tuple[str, str, Any]:
+    """:func:`ask` in a worker thread: (started_at, answered_at, (answer, attempts, errors) or the AnswerInvalid)."""
+    started = now()
+    try:
+        result: Any = ask(client, settings, prompt, images, schema)
+    except AnswerInvalid as exc:
+        result = exc
+    return started, now(), result
+
+
+def collect_answers(futures: dict[Any, str], pool: Any) -> dict[str, tuple[str, str, Any]]:
+    """{unit_id: ask_timed's result} once all are in. A server that cannot be used at all (:class:`OllamaUnavailable`,
+    :class:`ModelMissing`) stops the batch: the requests not yet sent are cancelled and the first such error raised."""
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    try:
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION) if futures else (set(), set())
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for future in pending:
+                future.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
+        return {uid: future.result() for future, uid in futures.items()}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fallback_reviews(rules_reviews: list[dict[str, Any]], reason: str) -> list[dict[str, Any]]:

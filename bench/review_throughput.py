@@ -1,0 +1,102 @@
+"""LLM review throughput against a server with K parallel slots and a fixed latency per answer.
+
+    python bench/review_throughput.py [--latency 2.0] [--units 32]
+
+The server is tests/fake_ollama.py (the real wire protocol, answers computed from the image bytes) with
+``latency`` seconds per answer on each of K slots: the ideal throughput is K / latency answers per second.
+The review stage (snakescope.review.review_batch, the real `ollama` client, max_concurrency = K, cache
+empty, refinement off so only the LLM path is timed) reviews demo units; K = 1 reviews a quarter of them.
+Prints the achieved and ideal rates per K; the last line is ``ratio=<achieved/ideal at K=8>`` (target >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
+
+
+def prepared_batch(root: Path, n_units: int) -> Path:
+    """Demo units taken through import, quality, inference and post-processing (no Snakemake); returns the root."""
+    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.demo import write_demo_data, write_demo_model
+    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inputs import Source, read_sample_sheet
+    from snakescope.quality import quality_batch
+    from snakescope.records import write_json
+    from snakescope.segmentation import PostprocessSettings, postprocess_batch
+
+    write_demo_data(root / "demo")
+    write_demo_model(root / "demo" / "model")
+    sheet = [s for s in read_sample_sheet(root / "demo" / "samples.tsv") if s.sample_id.startswith(("ctrl", "treated"))]
+    sources = [Source(f"{s.sample_id}_{i}", s.path, s.metadata) for i in range(-(-n_units // len(sheet))) for s in sheet][:n_units]
+    import_batch("b0000", sources, ImportSettings(), root / "import")
+    quality_batch(root / "import" / "manifest.json", root / "quality.json")
+    settings = ModelSettings(source=str(root / "demo" / "model" / "bioimageio.yaml"), channels=("DAPI",))
+    write_json(root / "check.json", check_model(settings, root / "cache"))
+    predict_batch(root / "import" / "manifest.json", settings, root / "check.json", root / "inference")
+    postprocess_batch(root / "import" / "manifest.json", root / "inference" / "manifest.json", PostprocessSettings(), ("DAPI",),
+                      root / "segmentation")
+    return root
+
+
+def review_rate(root: Path, manifest: Path, slots: int, latency: float, out: Path, concurrency: int) -> tuple[float, int]:
+    """Answers per second of one review_batch against a server with ``slots`` slots; and the units reviewed."""
+    from fake_ollama import FakeOllama
+    from snakescope.records import read_json
+    from snakescope.review import review_batch
+
+    server = FakeOllama(latency=latency, slots=slots).start()
+    try:
+        settings = {"backend": "ollama", "ollama": {"host": server.host, "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt"),
+                                                     "max_concurrency": concurrency, "refine": {"enabled": False}, "timeout_s": 60}}
+        started = time.perf_counter()
+        doc = review_batch(manifest, root / "quality.json", root / "inference" / "manifest.json", root / "segmentation",
+                           ROOT / "config" / "knowledge_base.yaml", settings, ("DAPI",), out, cache_dir=out / "cache")
+        seconds = time.perf_counter() - started
+    finally:
+        server.stop()
+    reviewed = sum(r["status"] == "reviewed" for r in doc["reviews"])
+    assert reviewed == len(read_json(manifest)["units"]), "every unit must be reviewed by the LLM"
+    return reviewed / seconds, reviewed
+
+
+def subset_manifest(root: Path, n: int) -> Path:
+    from snakescope.records import read_json, write_json
+
+    doc = read_json(root / "import" / "manifest.json")
+    path = root / f"manifest-{n}.json"
+    write_json(path, {**doc, "units": doc["units"][:n]})
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency", type=float, default=2.0, help="seconds per answer on one slot")
+    parser.add_argument("--units", type=int, default=32, help="units reviewed at K=8 (a quarter at K=1)")
+    parser.add_argument("--sequential", action="store_true", help="max_concurrency 1 whatever K (how snakescope asked before)")
+    args = parser.parse_args()
+    import tqdm
+    from functools import partialmethod
+
+    tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
+    with tempfile.TemporaryDirectory(prefix="snakescope-review-bench-") as tmp:
+        root = prepared_batch(Path(tmp), args.units)
+        ratios = {}
+        for slots, n in ((1, max(2, args.units // 4)), (8, args.units)):
+            rate, reviewed = review_rate(root, subset_manifest(root, n), slots, args.latency, Path(tmp) / f"review-k{slots}",
+                                         1 if args.sequential else slots)
+            ideal = slots / args.latency
+            ratios[slots] = rate / ideal
+            print(f"K={slots}: {reviewed} units reviewed at {rate:.2f} answers/s; ideal {ideal:.2f}/s "
+                  f"({slots} slot(s) / {args.latency:g} s); achieved/ideal {ratios[slots]:.3f}")
+    print(f"ratio={ratios[8]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
