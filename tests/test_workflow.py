@@ -229,6 +229,10 @@ def test_the_report_in_chromium_shows_every_unit_and_no_errors(completed_run):
                                timeout=10_000)
         assert "corrupt_01.ome.tif" in page.locator("#failures").inner_text()
         assert page.locator("#plots svg").count() == 7
+        # decisions: the unreadable file's well is marked on the plate map and listed to re-acquire; the rule is stated
+        assert page.locator("#plots svg .failed-input").count() == 1
+        assert CORRUPT in page.locator("#actions").inner_text() and "reacquire" in page.locator("#actions").inner_text()
+        assert "usable fields only" in page.locator("#conditions").inner_text()
         assert "no LLM was used" in page.locator("#review-backend").inner_text()
         first = page.locator("#gallery .card img").first.get_attribute("src")
         page.check("#own-contrast")
