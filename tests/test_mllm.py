@@ -189,6 +189,8 @@ def test_missing_model_names_the_pull_command_and_pulls_only_when_told(demo_batc
     with pytest.raises(ModelMissing, match=r"ollama pull gemma3:12b"):
         run_review(demo_batch, tmp_path / "a", fake_ollama.host, model="gemma3:12b", on_unreachable="fail")
     assert not [r for r in fake_ollama.requests if r["path"] == "/api/pull"]
+    fallback = run_review(demo_batch, tmp_path / "f", fake_ollama.host, model="gemma3:12b")  # the default: fallback
+    assert all(r["status"] == "fallback" and "ollama pull gemma3:12b" in r["summary"][:300] for r in fallback["reviews"])
     doc = run_review(demo_batch, tmp_path / "b", fake_ollama.host, model="gemma3:12b", pull=True)
     assert [r["body"]["model"] for r in fake_ollama.requests if r["path"] == "/api/pull"] == ["gemma3:12b"]
     assert doc["reviews"][0]["reviewer"]["name"] == "gemma3:12b"

@@ -548,6 +548,10 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             })
             print(f"[review] {unit['unit_id']}: {verdict} (LLM {answer['verdict']}, rules {rules['verdict']}, "
                   f"{len(flags)} flag(s){', cached' if cached else ''})", file=sys.stderr)
+    attempted = [r for r in reviews if r["unit_id"] in prepared]
+    if settings.on_unreachable == "fail" and attempted and not any(r["status"] == "reviewed" for r in attempted):
+        # the server answers, but nothing it said was usable: with on_unreachable: fail that is no success either
+        raise OllamaUnavailable(f"the LLM gave no valid answer for any of {len(attempted)} unit(s): {attempted[0]['summary'][:300]}")
     import csv
 
     with open(out_dir / "refined_objects.csv", "w", newline="", encoding="utf-8") as handle:

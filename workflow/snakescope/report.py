@@ -295,13 +295,25 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         parts.append(f"<div class='banner rules' id='review-fallback'><b>{len(fallback)} unit(s) were reviewed by the rule-based "
                      "fallback because the LLM reviewer was unavailable — no LLM was used for them.</b> "
                      f"Reason: {e(fallback[0]['summary'][:300])}</div>")
-    elif not uses_llm:
+    unreviewed = [r for r in reviews if r.get("status") == "unreviewed"]  # an LLM run whose LLM did not answer for them
+    if unreviewed:
+        invalid = [r for r in unreviewed if not r.get("summary", "").startswith("not sent to the LLM")]
+        reason = (invalid or unreviewed)[0].get("summary", "")[:300]
+        lead = (f"{len(unreviewed)} of {len(reviews)} unit(s) were not reviewed by the LLM" if uses_llm else
+                f"No unit was reviewed by the LLM: all {len(unreviewed)} attempted unit(s) stayed unreviewed")
+        parts.append(f"<div class='banner rules' id='review-unreviewed'><b>{e(lead)}; the rules alone decided their verdicts.</b> "
+                     f"{len(invalid)} had no valid answer after the retries, {len(unreviewed) - len(invalid)} had no image to send "
+                     f"(failed upstream). First reason: {e(reason)}</div>")
+    elif not uses_llm and not fallback:
         parts.append("<div class='banner rules' id='review-backend'><b>Review backend: deterministic rules — no LLM was used.</b> "
                      "Verdicts come from fixed thresholds on quality metrics and object measurements "
                      "(config section <code>review</code>), not from a vision model.</div>")
     # -- summary cards
     cards = [("units", len(units), ""), ("pass", verdicts.get("pass", 0), "pass"), ("warn", verdicts.get("warn", 0), "warn"),
-             ("fail", verdicts.get("fail", 0), "fail"), ("unreviewed", verdicts.get("unreviewed", 0), ""),
+             ("fail", verdicts.get("fail", 0), "fail"),
+             *([("reviewed by the LLM", sum(1 for r in reviews if r["reviewer"].get("uses_llm")), ""),
+                ("not reviewed by the LLM", len(unreviewed) + len(fallback), "warn" if unreviewed or fallback else "")]
+               if uses_llm or unreviewed or fallback else [("reviewed by the LLM", 0, "")]),
              ("failed inputs / steps", len(failures), "fail" if failures else ""),
              ("disagreement flags", len(data["flags"]), "warn" if data["flags"] else ""),
              ("to re-acquire", len(data["actions"]), "warn" if data["actions"] else ""),
