@@ -149,11 +149,11 @@ def cmd_pipeline_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from .tables import build_tables
+    from .tables import USABLE_VERDICTS, build_tables
 
     counts = build_tables(args.batches, Path(args.results), _channels(args.model_settings), args.out, args.condition_column,
                           args.dataset, args.report_settings.get("plate_column", "plate"), args.report_settings.get("well_column", "well"),
-                          args.report_settings.get("usable_verdicts", ["pass", "warn"]), args.corrections)
+                          args.report_settings.get("usable_verdicts", USABLE_VERDICTS), args.corrections)
     print(f"tables: {counts}", file=sys.stderr)
 
 
@@ -169,7 +169,7 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
     written = write_plots(args.tables, args.out, args.condition_column, args.thresholds,
                           args.settings.get("plate_column", "plate"), args.settings.get("well_column", "well"),
-                          args.settings.get("usable_verdicts", ["pass", "warn"]))
+                          args.settings.get("usable_verdicts"))
     print(f"plots: {len(written)} SVG file(s) in {args.out}", file=sys.stderr)
 
 

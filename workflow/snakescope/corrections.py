@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "corrections.schema.json"
-FORMAT = "snakescope-corrections"
 
 
 class CorrectionsError(ValueError):
@@ -81,8 +80,10 @@ def corrected_review(review: dict[str, Any], correction: Correction) -> dict[str
     """The review as the person decided it: their verdict and issues, the machine's evidence kept where it agrees;
     suggested actions dropped for pass, and a re-acquisition with the person's comment when they fail a unit
     the machine had no microscope action for."""
+    from .tables import ACQUISITION_ACTIONS
+
     if correction.issues is None:
-        issues = [i for i in review.get("issues", [])] if correction.verdict != "pass" else []
+        issues = list(review.get("issues", [])) if correction.verdict != "pass" else []
     else:
         by_type = {i["type"]: i for i in review.get("issues", [])}
         severity = "fail" if correction.verdict == "fail" else "warn"
@@ -90,7 +91,7 @@ def corrected_review(review: dict[str, Any], correction: Correction) -> dict[str
                    "evidence": by_type.get(t, {}).get("evidence") or f"human reviewer: {correction.comment or t}"}
                   for t in correction.issues]
     actions = [] if correction.verdict == "pass" else list(review.get("suggested_actions", []))
-    if correction.verdict != "pass" and not any(a["action"] != "adjust_segmentation" and a["action"] != "none" for a in actions):
+    if correction.verdict != "pass" and not any(a["action"] in ACQUISITION_ACTIONS for a in actions):
         actions.append({"action": "reacquire", "detail": f"human reviewer: {correction.comment or 'see the correction'}"})
     return {**review, "verdict": correction.verdict, "issues": issues, "suggested_actions": actions,
             "reviewer": {**review.get("reviewer", {}), "backend": "human correction", "uses_llm": False,

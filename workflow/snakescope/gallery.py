@@ -80,15 +80,15 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
                   reference: str | Path | None = None) -> dict[str, Any]:
     """Thumbnails and detail views of every imported unit of a batch (units without labels get no outlines), in the
     run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
-    from .review import model_channel_name
-
-    run = read_json(reference) if reference else None
     import tifffile
 
     from .acquisition import read_unit
     from .inference import select_channels
+    from .rendering import scale_bar_um
+    from .review import model_channel_name
 
     imported = read_json(import_manifest)
+    run = read_json(reference) if reference else None
     segmentation, review = Path(segmentation_dir), Path(review_dir)
     images: dict[str, Any] = {}
     failures: list[dict[str, str]] = []
@@ -96,8 +96,6 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
         uid = unit["unit_id"]
         try:
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
-            from .rendering import scale_bar_um
-
             labels_path = final_labels_path(uid, segmentation, review)
             labels = tifffile.imread(labels_path) if labels_path else None
             pixel = unit["pixel_size_um"].get("x") or None

@@ -53,20 +53,18 @@ LINE = "\0line"  # the sheet line of a row, kept beside its cells while reading
 def _sheet_rows(sheet: Path) -> list[dict[str, Any]]:
     """The sheet's rows (comment lines skipped), each with its line number; any problem names the sheet and line."""
     rows: list[dict[str, Any]] = []
-    line_no = 0
+    line_no = 0  # the sheet line last handed to the csv reader: the line a row (or an error) ends on
+
+    def lines(handle):
+        nonlocal line_no
+        for number, line in enumerate(handle, start=1):
+            if not line.startswith("#"):
+                line_no = number
+                yield line
+
     try:
         with sheet.open(newline="", encoding="utf-8") as handle:
-            numbered = ((n, line) for n, line in enumerate(handle, start=1) if not line.startswith("#"))
-            lines = {}
-
-            def feed():
-                for n, line in numbered:
-                    lines[len(lines) + 1] = n
-                    yield line
-
-            reader = csv.DictReader(feed(), delimiter="\t")
-            for row in reader:
-                line_no = lines.get(reader.line_num, reader.line_num)
+            for row in csv.DictReader(lines(handle), delimiter="\t"):
                 for column, value in row.items():
                     if value is not None and not isinstance(value, str):  # more cells than header columns
                         if not any(v.strip() for v in value):
@@ -78,7 +76,7 @@ def _sheet_rows(sheet: Path) -> list[dict[str, Any]]:
                                          f"characters (at most {MAX_CELL_CHARS:,})")
                 rows.append({**row, LINE: line_no})
     except csv.Error as exc:
-        raise InputError(f"sample sheet {sheet}, line {lines.get(len(lines), line_no + 1)}: {exc}") from None
+        raise InputError(f"sample sheet {sheet}, line {line_no}: {exc}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"sample sheet {sheet}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 TSV") from None
     return rows

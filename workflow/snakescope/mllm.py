@@ -475,13 +475,13 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
         # 2. every answer, or the first error that makes the server unusable (the requests not yet sent are cancelled)
         answers = collect_answers(futures, pool)
         # 3. checks, refinement and the review record, in unit order
+        base_provenance = {"model": settings.model, "model_digest": digest, "ollama_version": version, "host": host,
+                           "options": settings.options, "keep_alive": settings.keep_alive,
+                           "prompt_file": settings.prompt, "prompt_version": prompt_version(settings.prompt),
+                           "prompt_template_sha256": _sha256(template)}
         for unit in units:
             ctx = context[unit["unit_id"]]
             rules = ctx["rules"]
-            base_provenance = {"model": settings.model, "model_digest": digest, "ollama_version": version, "host": host,
-                               "options": settings.options, "keep_alive": settings.keep_alive,
-                               "prompt_file": settings.prompt, "prompt_version": prompt_version(settings.prompt),
-                               "prompt_template_sha256": _sha256(template)}
             if unit["unit_id"] not in prepared:  # nothing to look at: failed upstream
                 reviews.append({**rules, "status": "unreviewed", "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
                                 "summary": f"not sent to the LLM: {rules['summary']}"})

@@ -361,12 +361,13 @@ def _points(members: list[dict[str, str]], column: str, flagged) -> list[Point]:
 def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]], condition_column: str,
                   thresholds: dict[str, float], plate_column: str = "plate", well_column: str = "well",
                   length_unit: str = "µm", failures: list[dict[str, str]] | None = None,
-                  usable_verdicts: Sequence[str] = ("pass", "warn")) -> dict[str, str]:
+                  usable_verdicts: Sequence[str] | None = None) -> dict[str, str]:
     """All report plots as {name: svg}: counts and nucleus diameters per condition over the usable fields
     (verdict in ``usable_verdicts``), quality metrics of every field with the flagged units in red and the warn
     threshold dashed, and a plate map when the sample sheet names wells."""
-    from .tables import group_by_condition, usable
+    from .tables import USABLE_VERDICTS, group_by_condition, usable
 
+    usable_verdicts = usable_verdicts or USABLE_VERDICTS
     groups = group_by_condition(units, condition_column)
     kept = group_by_condition([u for u in units if usable(u, usable_verdicts)], condition_column)
     rule = f"usable fields only: verdict {', '.join(usable_verdicts)}; {len(units) - sum(map(len, kept.values()))} excluded"
@@ -401,13 +402,13 @@ def dataset_plots(units: list[dict[str, str]], diameters: dict[str, list[float]]
 
 def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: str, thresholds: dict[str, float],
                 plate_column: str = "plate", well_column: str = "well",
-                usable_verdicts: Sequence[str] = ("pass", "warn")) -> list[Path]:
+                usable_verdicts: Sequence[str] | None = None) -> list[Path]:
     """Read units.csv and objects.csv, write ``<name>.svg`` for every plot in :data:`PLOT_NAMES`."""
     import csv
     from dataclasses import asdict
 
     from .review import ReviewThresholds
-    from .tables import read_csv
+    from .records import read_csv
 
     tables = Path(tables_dir)
     units = read_csv(tables / "units.csv")

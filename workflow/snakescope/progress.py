@@ -7,11 +7,10 @@ called from the workflow's onsuccess/onerror handlers.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
-from .records import read_json
+from .records import read_csv, read_json
 
 LISTED_FAILURES = 10
 
@@ -21,13 +20,6 @@ def batch_progress(stage: str, batch: str, text: str) -> None:
     line = f"[{stage} {batch}] {text}"
     print(line, flush=True)
     print(line, file=sys.stderr, flush=True)
-
-
-def _failures(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def summary_lines(results: Path, failed: bool = False) -> list[str]:
@@ -44,7 +36,7 @@ def summary_lines(results: Path, failed: bool = False) -> list[str]:
         if facts.get("uncalibrated_units"):
             lines.append(f"  {facts['uncalibrated_units']} unit(s) without a pixel size, measured in pixels: "
                          f"see {tables / 'warnings.csv'}")
-    failures = _failures(tables / "failures.csv")
+    failures = read_csv(tables / "failures.csv") if (tables / "failures.csv").is_file() else []
     if failures:
         lines.append(f"  {len(failures)} failed input(s) or step(s), listed in {tables / 'failures.csv'}:")
         for row in failures[:LISTED_FAILURES]:

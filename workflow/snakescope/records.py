@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -89,6 +90,11 @@ def write_json(path: str | Path, data: Any) -> None:
     with open(tmp, "x", encoding="utf-8") as handle:
         json.dump(json_safe(data), handle, indent=1, sort_keys=True, default=_jsonable, allow_nan=False)
     os.replace(tmp, path)
+
+
+def read_csv(path: str | Path, delimiter: str = ",") -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle, delimiter=delimiter))
 
 
 def read_json(path: str | Path) -> Any:

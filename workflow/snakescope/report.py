@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .configuration import settings_from_section
-from .records import json_safe, read_json
-from .tables import read_csv
+from .records import json_safe, read_csv, read_json
+from .tables import USABLE_VERDICTS
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
                 "diameter_px_median", "density_per_mm2", "snr", "blur", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
@@ -182,7 +182,7 @@ def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
     }
 
 
-def corrections_html(corrections: dict[str, Any], uses_llm: bool) -> str:
+def corrections_html(corrections: dict[str, Any]) -> str:
     """The human-review section: corrections applied in this run, whom they overruled, and agreement rates."""
     applied = corrections.get("applied") or 0
     rows = []
@@ -355,7 +355,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         parts.append(f"<figure id='plot-{e(name)}'><figcaption>{e(PLOT_TITLES.get(name, name))}</figcaption>{svg}</figure>")
     parts.append("</div></section>")
     # -- conditions and answers (tables drawn by the script)
-    usable_verdicts = ", ".join(info["aggregates"].get("usable_verdicts", ["pass", "warn"]))
+    usable_verdicts = ", ".join(info["aggregates"].get("usable_verdicts", USABLE_VERDICTS))
     parts.append(f"<section id='conditions'><h2>Per condition ({e(info['aggregates'].get('condition_column'))})</h2>"
                  f"<p class='muted' id='statistics-rule'>Medians and the per-condition plots count the usable fields only: "
                  f"verdict {e(usable_verdicts)} (config <code>report.usable_verdicts</code>). The columns "
@@ -367,7 +367,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         + "</section>")
     # -- units and gallery (drawn by the script)
     corrections = info["aggregates"].get("corrections") or {}
-    parts.append(corrections_html(corrections, uses_llm))
+    parts.append(corrections_html(corrections))
     parts.append(f"<section id='units'><h2>Units ({len(units)})</h2><div class='controls'>"
                  "<input id='unit-filter' type='search' placeholder='filter: any text, e.g. DMSO, out_of_focus, A03' size='40'>"
                  "<select id='verdict-filter'><option value=''>all verdicts</option><option>pass</option><option>warn</option>"

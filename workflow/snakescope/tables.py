@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .records import read_json, write_json
+from .records import read_csv, read_json, write_json
 from .review import model_channel_name
 
 METRIC_COLUMNS = ["snr", "blur", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
@@ -24,11 +24,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def read_csv(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter=delimiter))
 
 
 def group_by_condition(units: list[dict[str, Any]], condition_column: str) -> dict[str, list[dict[str, Any]]]:
@@ -138,14 +133,17 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
     """The units to re-acquire, in the documented JSON shape of ``workflow/schemas/acquisition_actions.schema.json``:
     units reviewed warn/fail with an acquisition action, units a stage failed on (``reacquire``, with the reason),
     and files that could not be read at all (``reacquire``: their unit id is the sample id); fail first, then by id."""
+    def position(metadata: dict[str, str]) -> dict[str, str | None]:
+        return {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None}
+
     entries = []
     for failure in import_failures or []:
         metadata = failure.get("metadata") or {}
         entries.append({
             "unit_id": failure.get("unit_id") or failure["sample_id"], "sample_id": failure["sample_id"],
             "source_path": failure["source_path"], "scene_index": 0, "scene_name": "", "selection": {},
-            "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
-            "metadata": metadata, "verdict": "fail", "reviewer": "snakescope (the file could not be read)",
+            "position": position(metadata), "metadata": metadata, "verdict": "fail",
+            "reviewer": "snakescope (the file could not be read)",
             "issues": [{"type": "unreadable_input", "severity": "fail", "evidence": failure["reason"]}],
             "actions": [{"action": "reacquire", "detail": "the file could not be read; re-acquire or re-export it "
                                                           f"({failure['reason']})"}],
@@ -169,8 +167,7 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
         entries.append({
             "unit_id": unit["unit_id"], "sample_id": unit["sample_id"], "source_path": unit["source_path"],
             "scene_index": unit["scene_index"], "scene_name": unit["scene_name"], "selection": unit.get("selection", {}),
-            "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
-            "metadata": metadata, "verdict": review["verdict"],
+            "position": position(metadata), "metadata": metadata, "verdict": review["verdict"],
             "reviewer": review["reviewer"]["backend"] + ("" if review["reviewer"]["backend"] == "human correction"
                                                          else " (LLM)" if review["reviewer"].get("uses_llm") else " (rules)"),
             "issues": [{"type": i["type"], "severity": i["severity"], "evidence": i["evidence"]} for i in review["issues"]],
@@ -249,7 +246,8 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
             })
             if review:
                 reviews.append(review)
-    for uid in sorted(set(corrections) - {u["unit_id"] for u in units}):
+    unknown = sorted(set(corrections) - {u["unit_id"] for u in units})
+    for uid in unknown:
         warnings.append({"stage": "tables", "source_path": str(corrections_path), "sample_id": "", "unit_id": uid,
                          "warning": f"the corrections file names unit {uid!r}, which this run does not have; ignored"})
     unit_meta = {u["unit_id"]: {"sample_id": u["sample_id"], **{k: v for k, v in u.items() if k.startswith("meta_")}}
@@ -291,7 +289,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
         "usable_verdicts": list(usable_verdicts),
         "corrections": {
             "file": str(corrections_path) if corrections_path else None, "applied": sum(1 for u in units if u["human_verdict"]),
-            "unknown_units": sorted(set(corrections) - {u["unit_id"] for u in units}),
+            "unknown_units": unknown,
             "overruled": dict(Counter(u["overruled"] for u in units if u["overruled"])),
             "agreement": agreement({r["unit_id"]: r for r in reviews}, corrections),
         },
