@@ -3,7 +3,7 @@
     python bench/refinement_f1.py [--fields 8]
 
 Fields of touching nuclei (snakescope.demo.clustered_fields) go through import, the demo model and
-post-processing with a given starting setting; the LLM reviewer (here tests/fake_ollama.py, which
+post-processing with a given starting setting; the LLM reviewer (here tests/fake_llm.py, which
 counts nuclei in the image it receives and critiques the outlines it sees) then drives the bounded
 refinement. Prints F1 and count error before and after, per starting setting. With a real vision
 model, pass --host to use it instead of the fake.
@@ -49,9 +49,9 @@ def main() -> None:
     fake = None
     host = args.host
     if not host:
-        from fake_ollama import FakeOllama
+        from fake_llm import FakeLLMServer
 
-        fake = FakeOllama().start()
+        fake = FakeLLMServer().start()
         host = fake.host
     print(f"{args.fields} fields of touching nuclei; reviewer: {'fake test server' if fake else host}")
     print(f"{'start setting':42s} {'F1 before':>9s} {'F1 after':>9s} {'|count err| before':>19s} {'after':>6s} refined")

@@ -2,7 +2,7 @@
 
     python bench/review_throughput.py [--latency 2.0] [--units 32]
 
-The server is tests/fake_ollama.py (the real wire protocol, answers computed from the image bytes) with
+The server is tests/fake_llm.py (the real wire protocol, answers computed from the image bytes) with
 ``latency`` seconds per answer on each of K slots: the ideal throughput is K / latency answers per second.
 The review stage (snakescope.review.review_batch, the real `ollama` client, max_concurrency = K, cache
 empty, refinement off so only the LLM path is timed) reviews demo units; K = 1 reviews a quarter of them.
@@ -47,11 +47,11 @@ def prepared_batch(root: Path, n_units: int) -> Path:
 
 def review_rate(root: Path, manifest: Path, slots: int, latency: float, out: Path, concurrency: int) -> tuple[float, int]:
     """Answers per second of one review_batch against a server with ``slots`` slots; and the units reviewed."""
-    from fake_ollama import FakeOllama
+    from fake_llm import FakeLLMServer
     from snakescope.records import read_json
     from snakescope.review import review_batch
 
-    server = FakeOllama(latency=latency, slots=slots).start()
+    server = FakeLLMServer(latency=latency, slots=slots).start()
     try:
         settings = {"backend": "ollama", "ollama": {"host": server.host, "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt"),
                                                      "max_concurrency": concurrency, "refine": {"enabled": False}, "timeout_s": 60}}

@@ -60,9 +60,9 @@ def demo_batch(tmp_path_factory, demo_dir) -> dict:
 
 
 @pytest.fixture()
-def fake_ollama():
-    from fake_ollama import FakeOllama
+def fake_llm():
+    from fake_llm import FakeLLMServer
 
-    server = FakeOllama().start()
+    server = FakeLLMServer().start()
     yield server
     server.stop()

@@ -83,24 +83,26 @@ def batch_sources_json(wildcards):
 
 MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
 
-# Ollama settings that do not change answers (where the server is, how long to wait) and the cache
-# folder reach jobs through the environment, not params, so changing them does not rerun reviews;
-# everything else is a rerun trigger.
-_OLLAMA = dict(config["review"].get("ollama", {}))
+# LLM settings that do not change answers (where the server is, how long to wait, how many requests at once,
+# the self-test) and the cache folder reach jobs through the environment, not params, so changing them does not
+# rerun reviews; everything else is a rerun trigger.
+LLM_BACKENDS = ("ollama", "openai")
+USES_LLM = config["review"]["backend"] in LLM_BACKENDS
+_LLM = dict(config["review"].get("llm", {}))
 for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
-    _OLLAMA[_key] = project_file(_OLLAMA.get(_key, _default))
-OLLAMA_RUNTIME_KEYS = ("host", "keep_alive", "timeout_s", "server", "pull", "max_concurrency")
+    _LLM[_key] = project_file(_LLM.get(_key, _default))
+LLM_RUNTIME_KEYS = ("endpoint", "api_key_env", "keep_alive", "timeout_s", "server", "pull", "max_concurrency", "selftest")
 os.environ.update(
     job_environment(
-        llm_runtime=as_json({k: v for k, v in _OLLAMA.items() if k in OLLAMA_RUNTIME_KEYS}),
+        llm_runtime=as_json({k: v for k, v in _LLM.items() if k in LLM_RUNTIME_KEYS}),
         cache_dir=config["cache_dir"],
     )
 )
-REVIEW_PARAMS = {**config["review"], "ollama": {k: v for k, v in _OLLAMA.items() if k not in OLLAMA_RUNTIME_KEYS}}
+REVIEW_PARAMS = {**config["review"], "llm": {k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS}}
 REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
 REVIEW_PARAMS.pop("corrections", None)  # a person's corrections change the final verdicts (tables), not the reviews
-if config["review"]["backend"] != "ollama":
-    REVIEW_PARAMS.pop("ollama")  # irrelevant without the LLM backend
+if not USES_LLM:
+    REVIEW_PARAMS.pop("llm")  # irrelevant without an LLM backend
 
 
 IMPORT_MANIFESTS = [str(R / f"import/{batch}/manifest.json") for batch in BATCHES]
@@ -121,15 +123,15 @@ def review_corrections(wildcards):
 
 def review_prompts(wildcards):
     """Prompt templates are inputs when the LLM reviews: editing one reruns the reviews."""
-    if config["review"]["backend"] != "ollama":
+    if not USES_LLM:
         return {}
-    return {"prompt": _OLLAMA["prompt"]}
+    return {"prompt": _LLM["prompt"]}
 
 
 def summary_prompts(wildcards):
-    if config["review"]["backend"] != "ollama":
+    if not USES_LLM:
         return {}
-    return {"prompt": _OLLAMA["summary_prompt"]}
+    return {"prompt": _LLM["summary_prompt"]}
 
 
 wildcard_constraints:

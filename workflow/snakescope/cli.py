@@ -8,7 +8,8 @@
     snakescope infer ...               model inference for one batch (model loaded once)
     snakescope dataset-pixels ...      a pooled pixel sample of the run (model.normalization: dataset)
     snakescope postprocess ...         labels and measurements for one batch
-    snakescope review ...              review of one batch (rules; Ollama vision model when configured)
+    snakescope review ...              review of one batch (rules; an LLM vision model when configured)
+    snakescope llm-check --config F    self-test of the configured LLM backend before a run
     snakescope summary ...             the run's narrative summary, numbers checked against the tables
     snakescope tables ...              merge batches into tables and the acquisition actions
     snakescope gallery ...             report thumbnails and detail views of one batch
@@ -129,17 +130,46 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
     _progress("segmentation", doc, len(doc["summaries"]))
 
 
+def _llm_section(args: argparse.Namespace) -> dict[str, Any]:
+    """``review.llm`` with the runtime keys (endpoint, timeouts, ...) the workflow passes through the environment."""
+    return {**args.settings.get("llm", {}), **args.runtime}
+
+
 def cmd_review(args: argparse.Namespace) -> None:
-    from .mllm import OllamaUnavailable
+    from .llm.settings import LLMUnavailable
     from .review import review_batch
 
-    settings = {**args.settings, "ollama": {**args.settings.get("ollama", {}), **args.runtime}}
+    settings = {**args.settings, "llm": _llm_section(args)}
     try:
         doc = review_batch(args.manifest, args.quality, args.inference, args.segmentation, args.knowledge_base, settings,
                            _channels(args.model_settings), args.out, args.schema, args.cache_dir, args.postprocess, args.reference)
-    except OllamaUnavailable as exc:
-        sys.exit(f"snakescope: {exc} (review.ollama.on_unreachable: fail)")
+    except LLMUnavailable as exc:
+        sys.exit(f"snakescope: {exc} (review.llm.on_unreachable: fail)")
     _progress("review", doc, len(doc["reviews"]))
+
+
+def cmd_llm_check(args: argparse.Namespace) -> None:
+    """The LLM backend's self-test from a config file, before a run: exit 0 and the record, or 1 and the reason."""
+    import yaml
+
+    from .llm.client import connect
+    from .llm.selftest import self_test
+    from .llm.settings import LLMSettings, LLMUnavailable
+    from .review import LLM_BACKENDS
+
+    review = (yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}).get("review") or {}
+    backend = args.backend or review.get("backend", "deterministic")
+    if backend not in LLM_BACKENDS:
+        sys.exit(f"snakescope: review.backend is {backend!r} in {args.config}: no LLM to check (use --backend ollama|openai)")
+    settings = LLMSettings.from_config(review.get("llm") or {}, backend)
+    try:
+        with connect(settings) as (client, info):
+            record = self_test(client, info)
+    except LLMUnavailable as exc:
+        sys.exit(f"snakescope: LLM self-test FAILED: {exc}")
+    print(json.dumps(record, indent=1))
+    print(f"LLM self-test passed: {info.model} on {info.backend} {info.server_version} sees images "
+          f"(structured output: {record['structured_output']})", file=sys.stderr)
 
 
 def cmd_pipeline_info(args: argparse.Namespace) -> None:
@@ -174,15 +204,17 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from .mllm import AnswerInvalid, OllamaSettings, OllamaUnavailable, write_run_summary
+    from .llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
+    from .llm.summary import write_run_summary
     from .records import read_json
+    from .review import LLM_BACKENDS
 
-    llm = OllamaSettings.from_config({**args.settings.get("ollama", {}), **args.runtime})
+    backend = args.settings.get("backend", "deterministic")
+    llm = LLMSettings.from_config(_llm_section(args), backend) if backend in LLM_BACKENDS else None
     try:
-        record = write_run_summary(read_json(args.aggregates), args.settings.get("backend", "deterministic"), llm,
-                                   args.cache_dir, args.out, llm.on_unreachable)
-    except (OllamaUnavailable, AnswerInvalid) as exc:
-        sys.exit(f"snakescope: run summary: {exc} (review.ollama.on_unreachable: fail)")
+        record = write_run_summary(read_json(args.aggregates), llm, args.cache_dir, args.out)
+    except (LLMUnavailable, AnswerInvalid) as exc:
+        sys.exit(f"snakescope: run summary: {exc} (review.llm.on_unreachable: fail)")
     print(f"run summary ({record['backend']}): {len(record['numbers_mismatched'])} unchecked number(s)", file=sys.stderr)
 
 
@@ -210,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Settings that do not change results reach jobs through the environment (set by the workflow), so
     # changing them reruns nothing: the LLM server's address and timeouts, and the cache folder.
     runtime = {"type": _json, "default": os.environ.get("SNAKESCOPE_LLM_RUNTIME", "{}"),
-               "help": "LLM settings that do not change results (host, timeouts); default $SNAKESCOPE_LLM_RUNTIME"}
+               "help": "LLM settings that do not change results (endpoint, timeouts); default $SNAKESCOPE_LLM_RUNTIME"}
     cache_dir = {"default": os.environ.get("SNAKESCOPE_CACHE_DIR", ".snakescope-cache"),
                  "help": "model-test and review cache; default $SNAKESCOPE_CACHE_DIR"}
     add("demo-data", cmd_demo_data, "write the built-in demo data set and demo model", out={**req, "help": "output folder"})
@@ -229,10 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         manifests={"nargs": "+", "required": True}, model_settings=js, out=req)
     add("postprocess", cmd_postprocess, "instance labels and measurements for one batch", manifest=req, inference=req,
         settings=js, model_settings=js, out=req)
-    add("review", cmd_review, "review one batch (rules, and an Ollama vision model when configured)", manifest=req,
+    add("review", cmd_review, "review one batch (rules, and an LLM vision model when configured)", manifest=req,
         quality=req, inference=req, segmentation=req, knowledge_base=req, settings=js, model_settings=js, schema=req, out=req,
         postprocess={"type": _json, "default": {}}, reference={"default": None, "help": "the run's quality reference JSON"},
         runtime=runtime, cache_dir=cache_dir)
+    add("llm-check", cmd_llm_check, "self-test of the configured LLM backend (server, model, sees images, JSON)",
+        config={**req, "help": "a snakescope config file (its review section)"},
+        backend={"default": None, "help": "ollama or openai (default: the config's review.backend)"})
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
     add("tables", cmd_tables, "merge batch outputs into tables and acquisition_actions.json", batches={**js}, results=req,
         model_settings=js, out=req, condition_column={"default": "treatment"}, dataset={"default": ""},

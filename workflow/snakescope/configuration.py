@@ -15,6 +15,10 @@ def _dotted(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+# Keys of earlier versions, and what to write instead.
+RENAMED = {"review.ollama": "review.llm (with review.backend: ollama or openai)", "review.llm.host": "review.llm.endpoint"}
+
+
 def config_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     """Readable messages for every schema violation of ``config``, one line each, naming the key."""
     import jsonschema
@@ -26,6 +30,9 @@ def config_errors(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
         if error.validator == "additionalProperties":
             allowed = list(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - set(allowed)):
+                if (old := _dotted(where + [key])) in RENAMED:
+                    messages.append(f"config key {old!r} was renamed: write {RENAMED[old]}")
+                    continue
                 hint = difflib.get_close_matches(key, allowed, n=1)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(allowed)})"
                 messages.append(f"unknown config key {_dotted(where + [key])!r}{suggestion}")

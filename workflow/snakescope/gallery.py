@@ -66,15 +66,6 @@ def display_limits(reference: dict[str, Any] | None, channel: str) -> tuple[floa
     return (display["low"], display["high"]) if display and display["high"] > display["low"] else None
 
 
-def final_labels_path(uid: str, segmentation_dir: Path, review_dir: Path) -> Path | None:
-    """The review's refined labels when its critique re-ran post-processing, else post-processing's labels."""
-    for folder in (review_dir, segmentation_dir):
-        path = folder / f"{uid}{LABELS_SUFFIX}"
-        if path.is_file():
-            return path
-    return None
-
-
 def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, review_dir: str | Path,
                   channels: tuple[str | int, ...], settings: GallerySettings, out_json: str | Path,
                   reference: str | Path | None = None) -> dict[str, Any]:
@@ -84,19 +75,21 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
 
     from .acquisition import read_unit
     from .inference import select_channels
+    from .refinement import final_segmentation
     from .rendering import scale_bar_um
     from .review import model_channel_name
 
     imported = read_json(import_manifest)
     run = read_json(reference) if reference else None
     segmentation, review = Path(segmentation_dir), Path(review_dir)
+    reviews = {r["unit_id"]: r for r in read_json(review / "reviews.json")["reviews"]} if (review / "reviews.json").is_file() else {}
     images: dict[str, Any] = {}
     failures: list[dict[str, str]] = []
     for unit in imported["units"]:
         uid = unit["unit_id"]
         try:
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
-            labels_path = final_labels_path(uid, segmentation, review)
+            labels_path = final_segmentation(uid, reviews.get(uid), segmentation, review)["labels"]
             labels = tifffile.imread(labels_path) if labels_path else None
             pixel = unit["pixel_size_um"].get("x") or None
             limits = display_limits(run, model_channel_name(unit, channels))

@@ -1,6 +1,6 @@
 """Stage 5, review: a deterministic reviewer (no LLM) over quality metrics, measurements and expected ranges.
 
-It writes the same schema-validated JSON shape as the Ollama reviewer, so either can feed the report.
+It writes the same schema-validated JSON shape as the LLM reviewer, so either can feed the report.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .configuration import settings_from_section
 from .records import LABELS_SUFFIX, read_json, write_json
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "review.schema.json"
+LLM_BACKENDS = ("ollama", "openai")  # review.backend values where a vision model reviews (see llm/)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
                  reference_path: str | Path | None = None) -> dict[str, Any]:
     """Review every imported unit of a batch (failed ones included, as failed); validate each review.
 
-    The rule-based review always runs. With ``backend: ollama`` the vision model reviews too, its claims
+    The rule-based review always runs. With an LLM backend (``ollama``, ``openai``) the vision model reviews too, its claims
     checked against the rules and the numbers; when no server can be used the rule-based reviews are
     written, labelled as the fallback (or the job fails, with ``on_unreachable: fail``).
     """
@@ -289,15 +290,16 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
                         "probability_path": inference["predictions"].get(uid, {}).get("path")}
     doc: dict[str, Any] = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False}
     reviews = rules_reviews
-    if settings.get("backend", "deterministic") == "ollama":
-        from .mllm import OllamaSettings, OllamaUnavailable, fallback_reviews, llm_review_units
+    if settings.get("backend", "deterministic") in LLM_BACKENDS:
+        from .llm.batch import fallback_reviews, llm_review_units
+        from .llm.settings import LLMSettings, LLMUnavailable
 
-        llm = OllamaSettings.from_config(settings.get("ollama", {}))
+        llm = LLMSettings.from_config(settings.get("llm", {}), settings["backend"])
         try:
-            reviews = llm_review_units(imported["units"], context, llm, cache_dir, out,
-                                       PostprocessSettings.from_config(postprocess or {}), thresholds.count_tolerance)
-            doc.update(backend="ollama", uses_llm=True)
-        except OllamaUnavailable as exc:
+            reviews, doc["llm"] = llm_review_units(imported["units"], context, llm, cache_dir, out,
+                                                   PostprocessSettings.from_config(postprocess or {}), thresholds.count_tolerance)
+            doc.update(backend=llm.backend, uses_llm=True)
+        except LLMUnavailable as exc:
             if llm.on_unreachable == "fail":
                 raise
             print(f"[review {imported['batch']}] LLM reviewer unavailable, using the rule-based fallback: {exc}", file=sys.stderr)

@@ -62,9 +62,8 @@ def _merge_objects(path: Path, batches: list[str], results: Path, refined_units:
             for row in read_csv(results / "segmentation" / batch / "objects.csv"):
                 if row["unit_id"] not in refined_units:
                     yield row
-            refined = results / "review" / batch / "refined_objects.csv"
-            if refined.is_file():
-                yield from (r for r in read_csv(refined) if r["unit_id"] in refined_units)
+            for path in dict.fromkeys(p for p in refined_units.values() if p.parent.name == batch):
+                yield from (r for r in read_csv(path) if refined_units.get(r["unit_id"]) == path)
 
     channel_columns, meta_columns = {}, {}
     for batch in batches:  # headers only: the columns of every batch
@@ -187,6 +186,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from .corrections import agreement, corrected_review, load_corrections, overruled
+    from .refinement import final_segmentation
 
     corrections = load_corrections(corrections_path) if corrections_path else {}
     final_reviews: dict[str, dict[str, Any]] = {}  # as decided: the machine's review, or the person's correction of it
@@ -214,13 +214,11 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
             final = corrected_review(review, correction) if correction and review else review
             if review:
                 final_reviews[uid] = final
-            refinement = review.get("refinement") or {}
-            summary = refinement.get("summary") if refinement.get("applied") else post["summaries"].get(uid, {})
-            overlay = results / "review" / batch / f"{uid}.overlay.png"
-            if refinement.get("applied"):
-                refined_units[uid] = overlay
-            elif not (overlay := results / "segmentation" / batch / f"{uid}.overlay.png").is_file():
-                overlay = None
+            final_seg = final_segmentation(uid, review, results / "segmentation" / batch, results / "review" / batch,
+                                           post["summaries"])
+            summary, overlay = final_seg["summary"], final_seg["overlay"]
+            if final_seg["refined"]:
+                refined_units[uid] = final_seg["objects_csv"]
             units.append({
                 "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
                 "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
@@ -241,7 +239,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                 "llm_verdict": review.get("llm_verdict"),
                 "llm_estimated_count": (review.get("count_check") or {}).get("estimated"),
                 "flags": len(review.get("flags", [])),
-                "refined": bool(refinement.get("applied")),
+                "refined": final_seg["refined"],
                 "overlay": str(overlay.relative_to(results)) if overlay else "",  # relative to the results folder
             })
             if review:

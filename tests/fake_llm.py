@@ -1,6 +1,9 @@
-"""A small HTTP server that speaks Ollama's REST API and answers from the image bytes it receives.
+"""A small HTTP server that speaks two LLM wire protocols and answers from the image bytes it receives.
 
-It is the test double for a real Ollama server with a vision model, which cannot be installed here.
+Ollama's native REST API (``/api/version``, ``/api/tags``, ``/api/show``, ``/api/chat``, ``/api/pull``) and the
+OpenAI-compatible Chat Completions API as vLLM serves it (``/v1/models``, ``/v1/chat/completions`` with images
+as data URLs and ``response_format``, ``/version``, bearer API keys). It is the test double for a real vision
+model server, which cannot be installed here.
 It decodes every image of a chat request (PNG or JPEG only, as a real vision model needs), looks at
 it with plain image analysis (counts bright blobs, measures sharpness, saturation and contrast) and
 answers in the requested JSON schema, so a test fails if the wrong image, no image or a TIFF is sent.
@@ -11,8 +14,11 @@ prompt that lets metadata escape its block is caught.
 Misbehaviour for the next chat requests is queued with ``server.script.extend([...])``:
 ``ok``, ``slow:<seconds>``, ``http500``, ``invalid_json``, ``truncated``, ``schema_violation``,
 ``drop`` (close the connection without answering), ``unknown_model``, ``wrong_numbers``.
+Models in ``blind`` cannot see: they ignore images (as a text-only model does) and say so in ``/api/show``.
+With ``api_key`` set, OpenAI-compatible requests without ``Authorization: Bearer <key>`` get HTTP 401; with
+``response_format=False`` the server refuses structured output (HTTP 400), like servers that lack it.
 
-Run standalone (used as a fake ``ollama`` binary): ``python fake_ollama.py serve`` listens on $OLLAMA_HOST.
+Run standalone (used as a fake ``ollama`` binary): ``python fake_llm.py serve`` listens on $OLLAMA_HOST.
 """
 
 from __future__ import annotations
@@ -34,6 +40,40 @@ PNG = b"\x89PNG\r\n\x1a\n"
 JPEG = b"\xff\xd8\xff"
 VERSION = "0.12.6-fake"
 INJECTION = re.compile(r"ignore (all )?previous instructions", re.I)
+CHAT_PATHS = ("/api/chat", "/v1/chat/completions")
+
+
+def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a chat request asks for: Ollama ``format``, OpenAI ``response_format`` or vLLM ``guided_json``."""
+    if isinstance(body.get("format"), dict):
+        return body["format"]
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        return response_format["json_schema"]["schema"]
+    return body.get("guided_json")
+
+
+def is_probe(body: dict[str, Any] | None) -> bool:
+    return "brightness" in ((request_schema(body or {}) or {}).get("properties") or {})
+
+
+def openai_message(body: dict[str, Any]) -> tuple[str, list[str]]:
+    """(text, base64 images) of an OpenAI-style chat request; images must be PNG/JPEG data URLs."""
+    text, images = [], []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            text.append(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                text.append(part["text"])
+            elif part.get("type") == "image_url":
+                url = part["image_url"]["url"]
+                if not url.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")):
+                    raise ImageRejected(f"unsupported image URL {url[:40]!r}; send a PNG or JPEG data URL")
+                images.append(url.split(",", 1)[1])
+    return "\n".join(text), images
 
 
 class ImageRejected(ValueError):
@@ -185,13 +225,29 @@ def summary_text(prompt: str, wrong: bool) -> str:
             f"warned and {verdicts.get('fail', 0)} failed review.")
 
 
-class FakeOllama:
+def probe_answer(images: list[np.ndarray]) -> dict[str, str]:
+    """The self-test's question: is the image bright or dark? (A blind model gets no images and says 'bright'.)"""
+    return {"brightness": "bright" if not images or images[0].mean() > 127 else "dark"}
+
+
+def blind_answer() -> dict[str, Any]:
+    """A schema-valid review from a model that saw no image."""
+    return {"verdict": "pass", "issues": [], "estimated_count": 0, "answers": [], "confidence": 0.9,
+            "critique": {"merged": 0, "split": 0, "missed": 0, "artefacts": 0, "comment": "looks fine"},
+            "suggested_actions": [{"action": "none", "detail": "looks fine"}], "summary": "The image looks fine."}
+
+
+class FakeLLMServer:
     """The server; ``start()`` binds 127.0.0.1 on a free port (or ``port``) and serves in a thread."""
 
-    def __init__(self, models: dict[str, str] | None = None, port: int = 0, latency: float = 0.0, slots: int | None = None) -> None:
+    def __init__(self, models: dict[str, str] | None = None, port: int = 0, latency: float = 0.0, slots: int | None = None,
+                 blind: set[str] | None = None, api_key: str | None = None, response_format: bool = True) -> None:
         """``latency``: seconds each chat answer takes on a slot; ``slots``: how many answers are computed at once
         (like a GPU server's parallel slots; None: unlimited). ``max_in_flight`` records the most seen at once."""
         self.models = dict(models or {"qwen2.5vl:7b": "sha256:" + "ab" * 32})
+        self.blind = set(blind or ())
+        self.api_key = api_key
+        self.response_format = response_format
         self.latency = latency
         self.slots = threading.Semaphore(slots) if slots else None
         self.in_flight = self.max_in_flight = 0
@@ -205,7 +261,7 @@ class FakeOllama:
     def host(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def start(self) -> "FakeOllama":
+    def start(self) -> "FakeLLMServer":
         self.thread.start()
         return self
 
@@ -213,8 +269,16 @@ class FakeOllama:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    @property
+    def openai_base(self) -> str:
+        return self.host + "/v1"
+
     def chat_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["path"] == "/api/chat"]
+        """Chat requests of either protocol, self-test probes left out."""
+        return [r for r in self.requests if r["path"] in CHAT_PATHS and not is_probe(r["body"])]
+
+    def probe_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"] in CHAT_PATHS and is_probe(r["body"])]
 
     def next_behaviour(self) -> str:
         with self.lock:
@@ -242,23 +306,42 @@ class FakeOllama:
             def body(self) -> dict[str, Any]:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
-                server.requests.append({"path": self.path, "body": payload})
+                server.requests.append({"path": self.path, "body": payload, "authorization": self.headers.get("Authorization")})
                 return payload
 
+            def authorised(self) -> bool:
+                """OpenAI-compatible paths check the bearer key, as vLLM's --api-key does."""
+                if server.api_key is None or not self.path.startswith("/v1/"):
+                    return True
+                if self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                    return True
+                self.reply(401, {"error": {"message": "Unauthorized", "type": "invalid_request_error", "code": 401}})
+                return False
+
             def do_GET(self) -> None:  # noqa: N802
-                server.requests.append({"path": self.path, "body": None})
+                server.requests.append({"path": self.path, "body": None, "authorization": self.headers.get("Authorization")})
+                if not self.authorised():
+                    return
                 if self.path == "/api/version":
+                    self.reply(200, {"version": VERSION})
+                elif self.path == "/version":  # vLLM
                     self.reply(200, {"version": VERSION})
                 elif self.path == "/api/tags":
                     self.reply(200, {"models": [{"name": m, "model": m, "modified_at": "2026-11-01T00:00:00Z", "size": 6_000_000_000,
                                                  "digest": d.removeprefix("sha256:"), "details": {"family": "fake", "parameter_size": "7B"}}
                                                 for m, d in server.models.items()]})
+                elif self.path == "/v1/models":
+                    self.reply(200, {"object": "list", "data": [
+                        {"id": m, "object": "model", "created": int(time.time()), "owned_by": "fake", "root": f"/models/{m}",
+                         "parent": None, "max_model_len": 32768} for m in server.models]})
                 else:
                     self.reply(404, {"error": f"unknown path {self.path}"})
 
             def do_POST(self) -> None:  # noqa: N802
                 self.t0 = None
                 payload = self.body()
+                if not self.authorised():
+                    return
                 model = payload.get("model") or payload.get("name")
                 if self.path == "/api/pull":
                     server.models.setdefault(model, "sha256:" + "cd" * 32)
@@ -272,20 +355,21 @@ class FakeOllama:
                     else:
                         self.reply(200, {"status": "success"})
                     return
-                if self.path not in ("/api/show", "/api/chat", "/api/generate"):
+                if self.path not in ("/api/show", "/api/generate", *CHAT_PATHS):
                     self.reply(404, {"error": f"unknown path {self.path}"})
                     return
-                behaviour = server.next_behaviour() if self.path in ("/api/chat", "/api/generate") else "ok"
+                behaviour = server.next_behaviour() if self.path in ("/api/generate", *CHAT_PATHS) and not is_probe(payload) else "ok"
                 if model not in server.models or behaviour == "unknown_model":
-                    self.reply(404, {"error": f"model '{model}' not found"})
+                    self.error(404, f"model '{model}' not found", "NotFoundError")
                     return
                 if self.path == "/api/show":
-                    self.reply(200, {"modelfile": "", "parameters": "", "template": "", "capabilities": ["completion", "vision"],
+                    capabilities = ["completion"] if model in server.blind else ["completion", "vision"]
+                    self.reply(200, {"modelfile": "", "parameters": "", "template": "", "capabilities": capabilities,
                                      "details": {"family": "fake"}, "model_info": {}})
                     return
                 if behaviour.startswith("slow:"):
                     time.sleep(float(behaviour.split(":", 1)[1]))
-                if self.path != "/api/chat":
+                if self.path == "/api/generate":
                     self.answer(payload, model, behaviour)
                     return
                 with server.lock:
@@ -302,9 +386,15 @@ class FakeOllama:
                     with server.lock:
                         server.in_flight -= 1
 
+            def error(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+                if self.path.startswith("/v1/"):
+                    self.reply(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+                else:
+                    self.reply(status, {"error": message})
+
             def answer(self, payload: dict[str, Any], model: str, behaviour: str) -> None:
                 if behaviour == "http500":
-                    self.reply(500, {"error": "llama runner process has terminated"})
+                    self.error(500, "llama runner process has terminated", "InternalServerError")
                     return
                 if behaviour == "drop":
                     self.close_connection = True
@@ -313,19 +403,34 @@ class FakeOllama:
                 if self.path == "/api/generate":
                     self.reply(200, {"model": model, "response": summary_text(payload.get("prompt", ""), False), "done": True})
                     return
-                message = payload["messages"][-1]
-                try:
-                    images = [decode_image(b) for m in payload["messages"] for b in (m.get("images") or [])]
-                except ImageRejected as exc:
-                    self.reply(400, {"error": str(exc)})
+                openai = self.path == "/v1/chat/completions"
+                if openai and not server.response_format and (payload.get("response_format") or payload.get("guided_json")):
+                    self.error(400, "structured output (response_format) is not supported by this server")
                     return
-                if images:
-                    content = json.dumps(review_answer(images, message["content"]))
-                elif isinstance(payload.get("format"), dict):
-                    self.reply(400, {"error": "this vision request carried no image"})
+                try:
+                    if openai:
+                        prompt, encoded = openai_message(payload)
+                    else:
+                        prompt = payload["messages"][-1]["content"]
+                        encoded = [b for m in payload["messages"] for b in (m.get("images") or [])]
+                    images = [decode_image(b) for b in encoded]
+                except ImageRejected as exc:
+                    self.error(400, str(exc))
+                    return
+                if model in server.blind:  # a text-only model: the images never reach it
+                    images = []
+                schema = request_schema(payload)
+                if is_probe(payload):
+                    content = json.dumps(probe_answer(images))
+                elif images:
+                    content = json.dumps(review_answer(images, prompt))
+                elif model in server.blind and (schema or "JSON" in prompt):
+                    content = json.dumps(blind_answer())
+                elif schema is not None:
+                    self.error(400, "this vision request carried no image")
                     return
                 else:
-                    content = summary_text(message["content"], behaviour == "wrong_numbers")
+                    content = summary_text(prompt, behaviour == "wrong_numbers")
                 done_reason = "stop"
                 if behaviour == "invalid_json":
                     content = "Sure! Here is my review: " + content
@@ -335,6 +440,12 @@ class FakeOllama:
                     answer = json.loads(content)
                     answer.update(verdict="excellent", confidence=7)
                     content = json.dumps(answer)
+                if openai:
+                    self.reply(200, {"id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": int(time.time()),
+                                     "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                                                  "finish_reason": done_reason, "logprobs": None}],
+                                     "usage": {"prompt_tokens": 100, "completion_tokens": len(content) // 4, "total_tokens": 100 + len(content) // 4}})
+                    return
                 self.reply(200, {"model": model, "created_at": "2026-11-23T00:00:00Z",
                                  "message": {"role": "assistant", "content": content}, "done": True,
                                  "done_reason": done_reason, "total_duration": 1_000_000, "eval_count": len(content) // 4})
@@ -344,9 +455,9 @@ class FakeOllama:
 
 def main() -> None:
     if sys.argv[1:2] != ["serve"]:
-        sys.exit("usage: fake_ollama.py serve   (listens on $OLLAMA_HOST, default 127.0.0.1:11434)")
+        sys.exit("usage: fake_llm.py serve   (listens on $OLLAMA_HOST, default 127.0.0.1:11434)")
     host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rsplit(":", 1)
-    server = FakeOllama(port=int(host[1]))
+    server = FakeLLMServer(port=int(host[1]))
     print(f"fake ollama {VERSION} on {server.host}", flush=True)
     server.httpd.serve_forever()
 

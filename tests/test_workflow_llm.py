@@ -32,9 +32,9 @@ def ollama_config(work, demo_dir, host, **extra):
 
 @pytest.fixture(scope="module")
 def server():
-    from fake_ollama import FakeOllama
+    from fake_llm import FakeLLMServer
 
-    fake = FakeOllama().start()
+    fake = FakeLLMServer().start()
     yield fake
     fake.stop()
 
@@ -126,11 +126,11 @@ def test_unreachable_ollama_falls_back_visibly(tmp_path, demo_dir):
 def test_a_server_that_only_fails_is_reported_honestly(tmp_path, demo_dir):
     """Every chat answered with HTTP 500: the report and the terminal say the LLM reviewed nothing and why; with
     on_unreachable: fail the run fails instead of succeeding on the rules."""
-    from fake_ollama import FakeOllama
+    from fake_llm import FakeLLMServer
 
     (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\tcell_line\n"
                                           + "".join(f"{n}\t{demo_dir}/images/{n}.ome.tif\tDMSO\tHeLa\n" for n in ("ctrl_01", "ctrl_02")))
-    broken = FakeOllama().start()
+    broken = FakeLLMServer().start()
     broken.script.extend(["http500"] * 1000)
     try:
         ollama_config(tmp_path, demo_dir, broken.host, retries=1)

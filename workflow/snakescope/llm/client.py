@@ -1,0 +1,130 @@
+"""The one interface every LLM backend implements, and what they share: retries and answer validation.
+
+A backend says where its server is and what it is (:meth:`ChatClient.describe`), and sends one chat request
+(:meth:`ChatClient.send`). :meth:`ChatClient.ask` turns that into an answer that is valid JSON for the schema,
+the same way for every wire protocol. :func:`connect` picks the backend named in the config.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .settings import AnswerInvalid, LLMSettings, LLMUnavailable
+
+
+class TransportFailed(Exception):
+    """The request did not reach the server or no answer came back (refused, dropped, timed out)."""
+
+
+class ServerRefused(Exception):
+    """The server answered with an HTTP error other than 'no such model'."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What answered: recorded in every review's provenance and in the cache key."""
+
+    backend: str
+    endpoint: str
+    server_version: str
+    model: str
+    model_id: str  # Ollama: the model digest; OpenAI-compatible: a hash of the server's /models entry
+    capabilities: tuple[str, ...] | None = None  # when the server says (Ollama's /api/show), else None
+
+
+class ChatClient(ABC):
+    """One chat request at a time; thread-safe, so a pool can keep several in flight."""
+
+    backend = ""
+
+    def __init__(self, settings: LLMSettings, endpoint: str) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.schema_in_request = True  # False when the server refused structured output (the self-test decides)
+
+    @abstractmethod
+    def describe(self, server_version: str) -> ModelInfo:
+        """The model as the server lists it; raises :class:`ModelMissing` naming the config key and the fix."""
+
+    @abstractmethod
+    def send(self, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> Reply:
+        """One chat request with PNG images; raises ModelMissing, :class:`TransportFailed` or :class:`ServerRefused`."""
+
+    def ask(self, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> tuple[Any, int, list[str]]:
+        """Ask once plus ``retries`` times; returns (answer, attempts, errors of failed attempts).
+
+        With a schema, the answer must parse as JSON and validate against it (whatever the server enforced);
+        otherwise it is the reply text. Raises :class:`LLMUnavailable` when no attempt reached the server,
+        :class:`AnswerInvalid` when every answer was unusable.
+        """
+        import jsonschema
+
+        errors: list[str] = []
+        transport_only = True
+        for attempt in range(1, self.settings.retries + 2):
+            try:
+                reply = self.send(prompt, images, schema)
+            except TransportFailed as exc:
+                errors.append(f"attempt {attempt}: {exc}")
+                continue
+            except ServerRefused as exc:
+                transport_only = False
+                errors.append(f"attempt {attempt}: {exc}")
+                continue
+            transport_only = False
+            content = reply.content or ""
+            if schema is None:
+                if content.strip():
+                    return content.strip(), attempt, errors
+                errors.append(f"attempt {attempt}: empty reply")
+                continue
+            try:
+                answer = json.loads(content)
+                jsonschema.validate(answer, schema)
+                return answer, attempt, errors
+            except json.JSONDecodeError as exc:
+                errors.append(f"attempt {attempt}: invalid JSON ({exc.msg} at character {exc.pos} of {len(content)}; "
+                              f"finish reason {reply.finish_reason})")
+            except jsonschema.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+                errors.append(f"attempt {attempt}: answer violates the schema at {where}: {exc.message[:200]}")
+        if transport_only:
+            raise LLMUnavailable(f"no answer from the {self.backend} server at {self.endpoint}: " + "; ".join(errors))
+        raise AnswerInvalid("; ".join(errors))
+
+
+@contextmanager
+def connect(settings: LLMSettings, log_path: str | Path | None = None) -> Iterator[tuple[ChatClient, ModelInfo]]:
+    """A client of the configured backend and the model it serves, for the duration of the block.
+
+    Raises :class:`LLMUnavailable` (or :class:`ModelMissing`) with a message naming the config key to change.
+    """
+    if settings.backend == "ollama":
+        from .ollama_api import OllamaClient, ollama_server
+
+        with ollama_server(settings, log_path) as (endpoint, version):
+            client: ChatClient = OllamaClient(settings, endpoint)
+            yield client, client.describe(version)
+    elif settings.backend == "openai":
+        from .openai_api import OpenAIClient
+
+        client = OpenAIClient(settings)
+        yield client, client.describe(client.server_version())
+    else:
+        raise LLMUnavailable(f"review.backend {settings.backend!r} has no LLM client")

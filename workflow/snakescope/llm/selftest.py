@@ -1,0 +1,72 @@
+"""The start-up self-test of an LLM backend: the server answers, the model exists, it can see an image, and it
+returns schema-valid JSON for a tiny probe. Run once per review job before any unit is sent; its record goes
+into provenance. A model that cannot see images is refused: its reviews would be guesses from the text alone."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .client import ChatClient, ModelInfo
+from .prompt import now
+from .settings import AnswerInvalid, LLMUnavailable, ModelCannotSee
+
+PROBE_SCHEMA = {
+    "title": "snakescope self-test probe",
+    "type": "object",
+    "required": ["brightness"],
+    "additionalProperties": False,
+    "properties": {"brightness": {"enum": ["bright", "dark"]}},
+}
+PROBE_PROMPT = ("This is a test of whether you can see images. Look at the attached image: is it mostly bright "
+                "(light grey or white) or mostly dark (dark grey or black)? Answer in JSON: {\"brightness\": \"bright\"} "
+                "or {\"brightness\": \"dark\"}.")
+
+
+def probe_png(bright: bool) -> bytes:
+    """A 64 x 64 grey PNG with a little texture: near-white or near-black."""
+    import numpy as np
+
+    from ..rendering import png_bytes
+
+    rng = np.random.default_rng(0)
+    level = 215 if bright else 30
+    grey = np.clip(level + rng.normal(0, 8, (64, 64)), 0, 255).astype(np.uint8)
+    return png_bytes(np.repeat(grey[..., None], 3, axis=2))
+
+
+def self_test(client: ChatClient, info: ModelInfo) -> dict[str, Any]:
+    """The record of a passed self-test; raises :class:`ModelCannotSee` or :class:`LLMUnavailable` with the reason."""
+    started = time.monotonic()
+    model = f"model {info.model!r} on the {info.backend} server at {info.endpoint}"
+    if info.capabilities is not None and "vision" not in info.capabilities:
+        raise ModelCannotSee(f"{model} cannot see images (its capabilities: {', '.join(info.capabilities)}); "
+                             "choose a vision model in config key review.llm.model, e.g. qwen2.5vl:7b")
+    structured = "format (enforced by Ollama)" if info.backend == "ollama" else client.settings.structured_output
+    note = None
+    answers = {}
+    for expected in ("bright", "dark"):
+        try:
+            answer = client.ask(PROBE_PROMPT, [probe_png(expected == "bright")], PROBE_SCHEMA)[0]
+        except AnswerInvalid as exc:
+            if client.backend == "openai" and client.schema_in_request and "HTTP 400" in str(exc) and structured != "none":
+                # a server without structured output: ask without it, and validate the answers as always
+                client.schema_in_request = False
+                note = f"the server refused {structured} ({str(exc)[:200]}); answers are validated after the fact only"
+                structured = "none (refused by the server)"
+                try:
+                    answer = client.ask(PROBE_PROMPT, [probe_png(expected == "bright")], PROBE_SCHEMA)[0]
+                except AnswerInvalid as again:
+                    raise LLMUnavailable(f"self-test: {model} gave no valid answer to a tiny image probe: {again}") from again
+            else:
+                raise LLMUnavailable(f"self-test: {model} gave no valid answer to a tiny image probe: {exc}") from exc
+        answers[expected] = answer["brightness"]
+    if any(expected != said for expected, said in answers.items()):
+        raise ModelCannotSee(f"{model} does not see the images it is sent: asked whether a near-white and a near-black "
+                             f"test image are bright or dark, it answered {answers['bright']!r} and {answers['dark']!r} "
+                             "(a text-only model, or a server that drops images); choose a vision model in config key "
+                             "review.llm.model")
+    return {"passed": True, "checked_at": now(), "seconds": round(time.monotonic() - started, 2), "backend": info.backend,
+            "endpoint": info.endpoint, "server_version": info.server_version, "model": info.model, "model_id": info.model_id,
+            "capabilities": list(info.capabilities) if info.capabilities is not None else None, "sees_images": True,
+            "structured_output": structured, "validated_with_jsonschema": True, "note": note}
