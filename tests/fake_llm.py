@@ -54,7 +54,10 @@ def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def is_probe(body: dict[str, Any] | None) -> bool:
-    return "brightness" in ((request_schema(body or {}) or {}).get("properties") or {})
+    """The self-test's probe: by its schema, or by its question when the schema is not sent."""
+    if "brightness" in ((request_schema(body or {}) or {}).get("properties") or {}):
+        return True
+    return "whether you can see images" in json.dumps((body or {}).get("messages", ""))
 
 
 def openai_message(body: dict[str, Any]) -> tuple[str, list[str]]:

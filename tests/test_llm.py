@@ -307,3 +307,109 @@ def test_parallel_requests_give_the_sequential_answers_in_unit_order(demo_batch,
 
     assert comparable(parallel) == comparable(sequential)
     assert [r["unit_id"] for r in parallel["reviews"]] == [r["unit_id"] for r in sequential["reviews"]]
+
+
+# --- the OpenAI-compatible backend, the self-test, review scope ---------------------------------------------------
+
+def test_openai_compatible_backend_reviews_from_data_urls_with_the_schema_and_a_key_from_the_environment(
+        demo_batch, tmp_path, monkeypatch):
+    """vLLM-style server with --api-key: images as PNG data URLs, the schema as response_format, the key read from the
+    variable the config names and found in no output file."""
+    from fake_llm import FakeLLMServer
+
+    key = "sk-test-7f3a9c1d2e"
+    monkeypatch.setenv("SITE_LLM_KEY", key)
+    server = FakeLLMServer(models={"Qwen/Qwen2.5-VL-7B-Instruct": ""}, api_key=key).start()
+    try:
+        out = tmp_path / "r"
+        doc = run_review(demo_batch, out, server.openai_base, backend="openai", model="Qwen/Qwen2.5-VL-7B-Instruct",
+                         api_key_env="SITE_LLM_KEY")
+        chats = server.chat_requests()
+    finally:
+        server.stop()
+    assert doc["backend"] == "openai" and doc["llm"]["selftest"]["passed"] and doc["llm"]["selftest"]["sees_images"]
+    assert len(chats) == 7 and all(r["authorization"] == f"Bearer {key}" for r in chats)
+    for request in chats:
+        content = request["body"]["messages"][0]["content"]
+        assert [p["type"] for p in content] == ["text", "image_url"]
+        assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+        assert request["body"]["response_format"]["json_schema"]["schema"]["title"] == "snakescope MLLM review answer"
+        assert request["body"]["temperature"] == 0 and request["body"]["seed"] == 0 and "num_ctx" not in request["body"]
+    reviews = by_unit(doc)
+    truth = demo_batch["truth"]
+    for uid, review in reviews.items():
+        assert review["status"] == "reviewed" and review["reviewer"]["backend"] == "openai"
+        assert abs(review["count_check"]["estimated"] - truth[uid]["count"]) <= max(2, 0.15 * truth[uid]["count"]), uid
+        assert review["reviewer"]["provenance"]["server_version"] == "0.12.6-fake"
+    assert "empty_field" in {i["type"] for i in reviews["empty_01"]["issues"]}
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if key.encode() in p.read_bytes()], "the API key must not be written"
+
+
+def test_openai_backend_names_the_unset_key_variable_and_the_missing_model(demo_batch, fake_llm, tmp_path, monkeypatch):
+    monkeypatch.delenv("SITE_LLM_KEY", raising=False)
+    with pytest.raises(LLMUnavailable, match="SITE_LLM_KEY.*review.llm.api_key_env"):
+        run_review(demo_batch, tmp_path / "a", fake_llm.openai_base, backend="openai", api_key_env="SITE_LLM_KEY",
+                   on_unreachable="fail")
+    with pytest.raises(ModelMissing, match="'llava:13b' is not served.*review.llm.model.*the server lists: qwen2.5vl:7b"):
+        run_review(demo_batch, tmp_path / "b", fake_llm.openai_base, backend="openai", model="llava:13b", on_unreachable="fail")
+    with pytest.raises(LLMUnavailable, match="no OpenAI-compatible server answers at http://127.0.0.1:9/v1"):
+        run_review(demo_batch, tmp_path / "c", "127.0.0.1:9/v1", backend="openai", on_unreachable="fail")
+
+
+def test_a_server_without_structured_output_is_asked_without_it_and_answers_are_still_validated(demo_batch, tmp_path):
+    from fake_llm import FakeLLMServer
+
+    server = FakeLLMServer(response_format=False).start()
+    try:
+        doc = run_review(demo_batch, tmp_path / "r", server.openai_base, backend="openai")
+        chats = server.chat_requests()
+    finally:
+        server.stop()
+    assert doc["llm"]["selftest"]["structured_output"] == "none (refused by the server)"
+    assert "refused response_format" in doc["llm"]["selftest"]["note"]
+    assert chats and not any("response_format" in r["body"] for r in chats)
+    assert all(r["status"] == "reviewed" for r in doc["reviews"])
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+def test_the_self_test_refuses_a_model_that_cannot_see_images(demo_batch, tmp_path, backend):
+    """Ollama says so in its capabilities; an OpenAI-compatible server does not, so the probe finds out: the model
+    calls a near-white and a near-black image the same. Either way no unit is sent and the reason is recorded."""
+    from fake_llm import FakeLLMServer
+
+    server = FakeLLMServer(models={"llama3.1:8b": "sha256:" + "ef" * 32}, blind={"llama3.1:8b"}).start()
+    endpoint = server.host if backend == "ollama" else server.openai_base
+    try:
+        with pytest.raises(LLMUnavailable, match="cannot see images|does not see the images"):
+            run_review(demo_batch, tmp_path / "a", endpoint, backend=backend, model="llama3.1:8b", on_unreachable="fail")
+        doc = run_review(demo_batch, tmp_path / "b", endpoint, backend=backend, model="llama3.1:8b")
+        assert not server.chat_requests(), "no unit may be sent to a model that cannot see"
+    finally:
+        server.stop()
+    assert doc["backend"] == "deterministic (fallback)" and all(r["status"] == "fallback" for r in doc["reviews"])
+    assert "choose a vision model in config key review.llm.model" in doc["reviews"][0]["summary"]
+
+
+def test_scope_flagged_and_audit_sends_the_flagged_units_and_a_seeded_sample_of_the_rest(demo_batch, fake_llm, tmp_path):
+    from snakescope.llm.batch import audit_draw
+
+    flagged = run_review(demo_batch, tmp_path / "f", fake_llm.host, scope="flagged")
+    sent = {r["body"]["messages"][0]["content"].split('"unit_id": "')[1].split('"')[0] for r in fake_llm.chat_requests()}
+    reviews = by_unit(flagged)
+    rules_failed = {u for u, r in reviews.items() if r["second_opinion"]["verdict"] != "pass"}
+    assert sent == rules_failed and {"blurred_01", "saturated_01", "empty_01", "dim_01"} <= sent
+    for uid, review in reviews.items():
+        if uid in sent:
+            assert review["status"] == "reviewed" and review["llm_selection"] == "flagged"
+        else:
+            assert review["status"] == "rules_only" and review["llm_selection"] == "not_selected"
+            assert "review.llm.scope: flagged" in review["summary"] and review["reviewer"]["backend"] == "deterministic"
+    passed = sorted(u for u in reviews if u not in rules_failed)
+    seed = next(s for s in range(100) if 0 < sum(audit_draw(s, u) < 0.5 for u in passed) < len(passed))
+    audited = by_unit(run_review(demo_batch, tmp_path / "a", fake_llm.host, scope="flagged_and_audit", audit_fraction=0.5,
+                                 audit_seed=seed))
+    expected = {u for u in passed if audit_draw(seed, u) < 0.5}
+    assert {u for u, r in audited.items() if r.get("llm_selection") == "audit"} == expected
+    assert all(audited[u]["status"] == "reviewed" for u in expected)
+    assert audit_draw(seed, "ctrl_01") == audit_draw(seed, "ctrl_01") != audit_draw(seed + 1, "ctrl_01")

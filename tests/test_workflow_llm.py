@@ -1,4 +1,4 @@
-"""The workflow with review.backend: ollama, against the fake Ollama server, through the real Snakemake."""
+"""The workflow with an LLM backend (ollama, openai) against the fake server, through the real Snakemake."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ QUESTIONS = ["Is the staining nuclear?", "Are there mitotic cells?"]
 HOSTILE_NOTE = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2> & done"
 
 
-def ollama_config(work, demo_dir, host, **extra):
+def ollama_config(work, demo_dir, host, backend="ollama", **extra):
     prompt = work / "review_prompt.txt"
     if not prompt.exists():
         shutil.copy(ROOT / "config" / "prompts" / "review_v1.txt", prompt)
-    review = {"backend": "ollama", "knowledge_base": str(ROOT / "config" / "knowledge_base.yaml"),
-              "ollama": {"host": host, "prompt": str(prompt), "timeout_s": 60, "questions": QUESTIONS,
+    review = {"backend": backend, "knowledge_base": str(ROOT / "config" / "knowledge_base.yaml"),
+              "llm": {"endpoint": host, "prompt": str(prompt), "timeout_s": 60, "questions": QUESTIONS,
                          "summary_prompt": str(ROOT / "config" / "prompts" / "summary_v1.txt"), **extra}}
     return write_config(work, demo_dir, batch_size=8, review=review)
 
@@ -62,7 +62,8 @@ def test_the_llm_reviews_every_unit_and_the_report_says_so(ollama_run, server):
     summary = json.loads((results / "tables" / "run_summary.json").read_text())
     assert summary["uses_llm"] and summary["numbers_mismatched"] == [] and summary["text"].startswith("15 image units")
     page = (results / "report" / "report.html").read_text()
-    assert "Review backend: Ollama vision model" in page and "no LLM was used" not in page
+    assert "Review backend: LLM reviewer qwen2.5vl:7b via Ollama" in page and "no LLM was used" not in page
+    assert len(server.probe_requests()) == 2 * 2  # the self-test: two probes per review job
 
 
 def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_as_text(ollama_run):
@@ -95,12 +96,12 @@ def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows
     assert planned_jobs(snakemake(ollama_run, "-n").stdout) == downstream
     other = ollama_run / "other-model.yaml"
     config = yaml.safe_load((ollama_run / "config.yaml").read_text())
-    config["review"]["ollama"]["model"] = "gemma3:12b"
+    config["review"]["llm"]["model"] = "gemma3:12b"
     other.write_text(yaml.safe_dump(config))
     assert planned_jobs(snakemake(ollama_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
-    config["review"]["ollama"]["model"] = "qwen2.5vl:7b"
-    config["review"]["ollama"]["host"] = "127.0.0.1:11434"  # where the server is does not change answers
-    config["review"]["ollama"]["timeout_s"] = 999
+    config["review"]["llm"]["model"] = "qwen2.5vl:7b"
+    config["review"]["llm"]["endpoint"] = "127.0.0.1:11434"  # where the server is does not change answers
+    config["review"]["llm"]["timeout_s"] = 999
     other.write_text(yaml.safe_dump(config))
     assert planned_jobs(snakemake(ollama_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
     prompt.write_text(prompt.read_text().replace("careful microscopist", "expert microscopist"))
@@ -149,3 +150,44 @@ def test_a_server_that_only_fails_is_reported_honestly(tmp_path, demo_dir):
         assert "the LLM gave no valid answer for any of 2 unit(s)" in log and "on_unreachable: fail" in log
     finally:
         broken.stop()
+
+
+def test_openai_backend_with_a_review_budget_an_api_key_and_the_finetuning_export(tmp_path, demo_dir, monkeypatch):
+    """A vLLM-style server behind an API key; the LLM sees the units the rules flag plus a seeded audit of the rest.
+    The report says which units it saw and how often it agreed with the rules; the key is in no file of the run."""
+    from fake_llm import FakeLLMServer
+
+    key = "sk-site-4b1d9e77"
+    monkeypatch.setenv("SITE_VLM_KEY", key)
+    server = FakeLLMServer(models={"Qwen/Qwen2.5-VL-7B-Instruct": ""}, api_key=key).start()
+    try:
+        (tmp_path / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
+        ollama_config(tmp_path, demo_dir, server.openai_base, backend="openai", model="Qwen/Qwen2.5-VL-7B-Instruct",
+                      api_key_env="SITE_VLM_KEY", scope="flagged_and_audit", audit_fraction=0.5, questions=[])
+        result = snakemake(tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    finally:
+        server.stop()
+    results = tmp_path / "results" / "demo"
+    reviews = [json.loads(line) for line in (results / "tables" / "reviews.jsonl").read_text().splitlines()]
+    selection = {r["unit_id"]: r["llm_selection"] for r in reviews}
+    assert {"flagged", "audit", "not_selected"} <= set(selection.values())
+    for review in reviews:
+        rules_verdict = review["second_opinion"]["verdict"]
+        assert (review["status"] == "reviewed") == (selection[review["unit_id"]] != "not_selected")
+        assert (selection[review["unit_id"]] == "flagged") == (rules_verdict != "pass")
+    aggregates = json.loads((results / "tables" / "aggregates.json").read_text())
+    audit = aggregates["llm"]["audit"]
+    assert audit["units"] == sum(v == "audit" for v in selection.values()) and 0 <= audit["agreed"] <= audit["units"]
+    (run,) = aggregates["llm"]["runs"]
+    assert run["backend"] == "openai" and run["selftest"] == "passed" and run["batches"] == 2
+    pairs = [json.loads(line) for line in (results / "tables" / "finetune.jsonl").read_text().splitlines()]
+    assert {p["unit_id"] for p in pairs} == {r["unit_id"] for r in reviews if r["status"] == "reviewed"}
+    for pair in pairs:
+        assert all((results / image).is_file() for image in pair["images"]) and "<data>" in pair["prompt"]
+        assert json.loads(pair["messages"][1]["content"])["verdict"] == pair["model_answer"]["verdict"]
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaked == [], leaked
+    page = (results / "report" / "report.html").read_text()
+    assert "via an OpenAI-compatible server" in page and "review.llm.scope: flagged_and_audit" in page
+    assert "audit: LLM agrees with the rules" in page and "llm-selftest" in page

@@ -43,6 +43,7 @@ rule tables:
             R / "tables/reviews.csv", category="Review", subcategory="Reviews", caption="../report/reviews.rst"
         ),
         reviews_jsonl=R / "tables/reviews.jsonl",
+        finetune=R / "tables/finetune.jsonl",
         failures=report(
             R / "tables/failures.csv", category="Tables", subcategory="Failures", caption="../report/failures.rst"
         ),

@@ -25,7 +25,7 @@ from .tables import USABLE_VERDICTS
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
                 "diameter_px_median", "density_per_mm2", "snr", "blur", "percent_saturated", "foreground_fraction", "pixel_size_x_um",
-                "status", "refined", "overruled"]
+                "status", "review_status", "llm_selection", "refined", "overruled"]
 PLOT_TITLES = {
     "counts_by_condition": "Objects per image", "diameters_by_condition": "Object diameters",
     "quality_snr": "Signal to noise", "quality_focus": "Focus", "quality_saturation": "Saturation",
@@ -105,15 +105,18 @@ def stage_timings(benchmarks: Path, batches: list[str] | None = None) -> list[di
     return out
 
 
+BACKEND_NAMES = {"ollama": "Ollama", "openai": "an OpenAI-compatible server"}
+
+
 def llm_provenance(reviews: list[dict[str, Any]], run_summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Distinct (model, digest, server version, options, prompt) combinations that answered, with unit counts."""
+    """Distinct (backend, model, id, server version, options, prompt) combinations that answered, with unit counts."""
     seen: dict[str, dict[str, Any]] = {}
     records = [(r["reviewer"].get("provenance") or {}, "unit review") for r in reviews if r["reviewer"].get("uses_llm")]
     if run_summary.get("uses_llm"):
         records.append((run_summary.get("provenance") or {}, "run summary"))
     for prov, purpose in records:
-        entry = {"purpose": purpose, "model": prov.get("model"), "model_digest": prov.get("model_digest"),
-                 "ollama_version": prov.get("ollama_version"), "options": prov.get("options"),
+        entry = {"purpose": purpose, "backend": prov.get("backend"), "endpoint": prov.get("endpoint"), "model": prov.get("model"),
+                 "model_id": prov.get("model_id"), "server_version": prov.get("server_version"), "options": prov.get("options"),
                  "prompt_file": prov.get("prompt_file"), "prompt_version": prov.get("prompt_version"),
                  "prompt_template_sha256": prov.get("prompt_template_sha256")}
         key = json.dumps(entry, sort_keys=True, default=str)
@@ -286,11 +289,22 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
              f"<h1>snakescope report: {e(info['dataset'])}</h1>",
              f"<p class='muted'>generated {e(info['generated'])} · snakescope {e(info['version'])}</p>"]
     # -- review backend, said plainly
+    llm_info = info["aggregates"].get("llm") or {}
+    rules_only = [r for r in reviews if r.get("status") == "rules_only"]
     if uses_llm:
-        names = sorted({r["reviewer"]["name"] for r in reviews if r["reviewer"].get("uses_llm")})
-        parts.append(f"<div class='banner llm' id='review-backend'><b>Review backend: Ollama vision model "
+        names = sorted({f"{r['reviewer']['name']} via {BACKEND_NAMES.get(r['reviewer']['backend'], r['reviewer']['backend'])}"
+                        for r in reviews if r["reviewer"].get("uses_llm")})
+        parts.append(f"<div class='banner llm' id='review-backend'><b>Review backend: LLM reviewer "
                      f"{e(', '.join(names))}</b>, checked against the measurements and a rule-based second opinion; "
                      "disagreements are listed under Flags.</div>")
+    if rules_only:
+        scope = ", ".join(sorted({str(run.get("scope")) for run in llm_info.get("runs", [])})) or "flagged"
+        audit = llm_info.get("audit") or {}
+        audit_text = (f" Audit: {audit['units']} unit(s) the rules passed were also sent to the LLM; it agreed with the rules "
+                      f"on {audit['agreed']} of them." if audit.get("units") else "")
+        parts.append(f"<div class='banner rules' id='review-scope'><b>{len(rules_only)} of {len(reviews)} unit(s) were not sent "
+                     f"to the LLM (review.llm.scope: {e(scope)}): the rules passed them and their verdicts are the rules'.</b>"
+                     f"{e(audit_text)} The Units table's <code>llm_selection</code> column says which units the LLM saw and why.</div>")
     if fallback:
         parts.append(f"<div class='banner rules' id='review-fallback'><b>{len(fallback)} unit(s) were reviewed by the rule-based "
                      "fallback because the LLM reviewer was unavailable — no LLM was used for them.</b> "
@@ -314,6 +328,10 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
              *([("reviewed by the LLM", sum(1 for r in reviews if r["reviewer"].get("uses_llm")), ""),
                 ("not reviewed by the LLM", len(unreviewed) + len(fallback), "warn" if unreviewed or fallback else "")]
                if uses_llm or unreviewed or fallback else [("reviewed by the LLM", 0, "")]),
+             *([("rules only (LLM scope)", len(rules_only), "")] if rules_only else []),
+             *([("audit: LLM agrees with the rules", f"{llm_info['audit']['agreed']}/{llm_info['audit']['units']}",
+                 "" if llm_info["audit"]["agreed"] == llm_info["audit"]["units"] else "warn")]
+               if (llm_info.get("audit") or {}).get("units") else []),
              ("failed inputs / steps", len(failures), "fail" if failures else ""),
              ("disagreement flags", len(data["flags"]), "warn" if data["flags"] else ""),
              ("to re-acquire", len(data["actions"]), "warn" if data["actions"] else ""),
@@ -401,10 +419,16 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         ("name", model.get("name")), ("source", model.get("source")), ("model digest (sha256 over id, weight format, weights' sha256 and tensor ids)", model.get("digest")),
         ("weights sha256 (from the model's description)", model.get("weights_sha256") or "not stated by the model"),
         ("weight format", model.get("weight_format")), ("test_model", (model.get("test") or {}).get("status"))]))
-    parts.append("<h3>LLM reviewer (Ollama)</h3>" + (_static_table(
+    parts.append("<h3>LLM reviewer</h3>" + (_static_table(
         [{**x, "options": json.dumps(x["options"], sort_keys=True)} for x in llm],
-        ["purpose", "model", "model_digest", "ollama_version", "options", "prompt_file", "prompt_version",
+        ["purpose", "backend", "endpoint", "model", "model_id", "server_version", "options", "prompt_file", "prompt_version",
          "prompt_template_sha256", "answers", "cache_hits"], "llm-provenance") if llm else "<p>No LLM was used in this run.</p>"))
+    if llm_info.get("runs"):
+        parts.append("<h4>Start-up self-test and scope, per review job</h4><p class='muted'>Before any unit is sent, each review "
+                     "job checks that the server answers, the model exists, it tells a near-white from a near-black test image "
+                     "(a model that cannot see images is refused) and it answers schema-valid JSON.</p>" + _static_table(
+                         llm_info["runs"], ["backend", "endpoint", "server_version", "model", "model_id", "selftest",
+                                            "structured_output", "selftest_note", "scope", "audit_fraction", "batches"], "llm-selftest"))
     if timings:
         parts.append("<h3>Compute per stage</h3><p class='muted'>From Snakemake's benchmark files (wall time summed over "
                      "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "peak_rss_mb"], "timings"))

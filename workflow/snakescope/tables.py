@@ -193,6 +193,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     units, failures, reviews, unit_records, warnings = [], [], [], [], []
     refined_units: dict[str, Path] = {}
     review_backends = Counter()
+    llm_runs: list[dict[str, Any]] = []
     for batch in batches:
         imported = read_json(results / "import" / batch / "manifest.json")
         quality = read_json(results / "quality" / f"{batch}.json")
@@ -200,6 +201,8 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
         post = read_json(results / "segmentation" / batch / "summary.json")
         review_doc = read_json(results / "review" / batch / "reviews.json")
         review_backends[review_doc["backend"]] += 1
+        if review_doc.get("llm"):
+            llm_runs.append({**review_doc["llm"], "batch": batch})
         reviewed = {r["unit_id"]: r for r in review_doc["reviews"]}
         failures += imported["failures"] + quality["failures"] + inference["failures"] + post["failures"]
         failed_units = {f["unit_id"] for f in quality["failures"] + inference["failures"] + post["failures"]}
@@ -236,6 +239,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                 "overruled": overruled(correction, review) if correction and review else None,
                 "review_backend": review.get("reviewer", {}).get("backend"),
                 "review_status": review.get("status", "reviewed" if review else None),
+                "llm_selection": review.get("llm_selection"),
                 "llm_verdict": review.get("llm_verdict"),
                 "llm_estimated_count": (review.get("count_check") or {}).get("estimated"),
                 "flags": len(review.get("flags", [])),
@@ -261,7 +265,8 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     write_csv(out / "warnings.csv", warnings, ["stage", "source_path", "sample_id", "unit_id", "warning"])
     review_rows = [{
         "unit_id": r["unit_id"], "backend": r["reviewer"]["backend"], "uses_llm": r["reviewer"].get("uses_llm", False),
-        "status": r.get("status", "reviewed"), "verdict": r["verdict"], "llm_verdict": r.get("llm_verdict"),
+        "status": r.get("status", "reviewed"), "llm_selection": r.get("llm_selection"), "verdict": r["verdict"],
+        "llm_verdict": r.get("llm_verdict"),
         "rules_verdict": (r.get("second_opinion") or {}).get("verdict", r["verdict"]),
         "issues": ";".join(f"{i['type']}:{i['severity']}" for i in r["issues"]),
         "evidence": " | ".join(i["evidence"] for i in r["issues"]),
@@ -292,12 +297,70 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
             "agreement": agreement({r["unit_id"]: r for r in reviews}, corrections),
         },
         "review_backends": dict(review_backends),
+        "llm": llm_aggregates(llm_runs, reviews),
         "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
     }
     write_json(out / "aggregates.json", aggregates)
+    write_finetune_pairs(out / "finetune.jsonl", reviews, results, corrections, {u["unit_id"]: u["batch"] for u in units})
     actions = acquisition_actions(unit_records, final_reviews, dataset, plate_column, well_column,
                                   [f for f in failures if f["stage"] == "import"])
     write_json(out / "acquisition_actions.json", actions)
     for name in ("units", "objects", "reviews"):
         write_parquet(out / f"{name}.csv")
     return {"units": len(units), "failures": len(failures), "reviews": len(reviews), "reacquire": len(actions["units"])}
+
+
+def llm_aggregates(runs: list[dict[str, Any]], reviews: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the LLM reviewer was (one entry per distinct server, model and self-test outcome, with its batches), which
+    units it saw (``llm_selection``), and on the audited units how often it agreed with the rules."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        test = run.get("selftest") or {}
+        entry = {k: run.get(k) for k in ("backend", "endpoint", "server_version", "model", "model_id", "scope",
+                                         "audit_fraction", "structured_output")}
+        entry.update(selftest=("passed" if test.get("passed") else "skipped" if test.get("passed") is None else "failed"),
+                     selftest_note=test.get("note"))
+        key = json.dumps(entry, sort_keys=True, default=str)
+        distinct.setdefault(key, {**entry, "batches": 0})["batches"] += 1
+    audited = [r for r in reviews if r.get("llm_selection") == "audit" and r.get("status") == "reviewed"]
+    agreed = sum(1 for r in audited if r.get("llm_verdict") == (r.get("second_opinion") or {}).get("verdict"))
+    return {"runs": list(distinct.values()),
+            "selection": dict(Counter(r["llm_selection"] for r in reviews if r.get("llm_selection"))),
+            "audit": {"units": len(audited), "agreed": agreed,
+                      "disagreed_units": [r["unit_id"] for r in audited
+                                          if r.get("llm_verdict") != (r.get("second_opinion") or {}).get("verdict")]}}
+
+
+def write_finetune_pairs(path: Path, reviews: list[dict[str, Any]], results: Path, corrections: dict[str, Any],
+                         batch_of: dict[str, str]) -> int:
+    """Image-text pairs for fine-tuning a vision model (docs/outputs.md): one JSON line per unit the LLM answered,
+    with the images and prompt it was sent (paths relative to the results folder), its answer, the final verdict and,
+    where a person corrected it, the correction; ``messages`` is the chat a PEFT/LoRA script trains on, its assistant
+    turn the model's answer with the person's verdict where there is one."""
+    written = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for review in reviews:
+            prov = review["reviewer"].get("provenance") or {}
+            if not (review["reviewer"].get("uses_llm") and prov.get("answer") and prov.get("sent_images")):
+                continue
+            batch_dir = results / "review" / batch_of[review["unit_id"]]
+            if not (batch_dir / prov["answer"]).is_file():
+                continue
+            answer = read_json(batch_dir / prov["answer"])
+            prompt = (batch_dir / prov["sent_prompt"]).read_text(encoding="utf-8")
+            images = [str((batch_dir / p).relative_to(results)) for p in prov["sent_images"]]
+            correction = corrections.get(review["unit_id"])
+            target = {**answer, "verdict": correction.verdict} if correction else answer
+            handle.write(json.dumps({
+                "unit_id": review["unit_id"], "images": images, "prompt": prompt, "model_answer": answer,
+                "final_verdict": correction.verdict if correction else review["verdict"],
+                "rules_verdict": (review.get("second_opinion") or {}).get("verdict"),
+                "human_correction": {"verdict": correction.verdict, "comment": correction.comment} if correction else None,
+                "model": review["reviewer"]["name"], "backend": review["reviewer"]["backend"],
+                "messages": [{"role": "user", "content": [*({"type": "image", "image": i} for i in images),
+                                                          {"type": "text", "text": prompt}]},
+                             {"role": "assistant", "content": json.dumps(target, sort_keys=True)}],
+            }, sort_keys=True) + "\n")
+            written += 1
+    return written
+

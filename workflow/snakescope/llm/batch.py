@@ -184,6 +184,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                 answer, attempts, errors = result
                 cache.put(key, {"answer": answer, "answered_at": answered, "attempts": attempts, "provenance": provenance})
                 provenance.update(started_at=started, answered_at=answered, attempts=attempts, failed_attempts=errors)
+            write_json(inputs / f"{uid}.answer.json", answer)  # the model's own answer, before any check (fine-tuning export)
+            provenance["answer"] = f"{INPUTS_FOLDER}/{uid}.answer.json"
             flags = check_claims(answer, rules, ctx["metrics"], ctx["summary"], count_tolerance)
             refinement: dict[str, Any] = {"applied": False}
             summary = ctx["summary"]

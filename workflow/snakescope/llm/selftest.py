@@ -40,8 +40,8 @@ def self_test(client: ChatClient, info: ModelInfo) -> dict[str, Any]:
     started = time.monotonic()
     model = f"model {info.model!r} on the {info.backend} server at {info.endpoint}"
     if info.capabilities is not None and "vision" not in info.capabilities:
-        raise ModelCannotSee(f"{model} cannot see images (its capabilities: {', '.join(info.capabilities)}); "
-                             "choose a vision model in config key review.llm.model, e.g. qwen2.5vl:7b")
+        raise ModelCannotSee(f"{model} cannot see images; choose a vision model in config key review.llm.model, "
+                             f"e.g. qwen2.5vl:7b (its capabilities: {', '.join(info.capabilities)})")
     structured = "format (enforced by Ollama)" if info.backend == "ollama" else client.settings.structured_output
     note = None
     answers = {}
@@ -62,10 +62,10 @@ def self_test(client: ChatClient, info: ModelInfo) -> dict[str, Any]:
                 raise LLMUnavailable(f"self-test: {model} gave no valid answer to a tiny image probe: {exc}") from exc
         answers[expected] = answer["brightness"]
     if any(expected != said for expected, said in answers.items()):
-        raise ModelCannotSee(f"{model} does not see the images it is sent: asked whether a near-white and a near-black "
-                             f"test image are bright or dark, it answered {answers['bright']!r} and {answers['dark']!r} "
-                             "(a text-only model, or a server that drops images); choose a vision model in config key "
-                             "review.llm.model")
+        raise ModelCannotSee(f"{model} does not see the images it is sent; choose a vision model in config key "
+                             f"review.llm.model (asked whether a near-white and a near-black test image are bright or dark, "
+                             f"it answered {answers['bright']!r} and {answers['dark']!r}: a text-only model, or a server "
+                             "that drops images)")
     return {"passed": True, "checked_at": now(), "seconds": round(time.monotonic() - started, 2), "backend": info.backend,
             "endpoint": info.endpoint, "server_version": info.server_version, "model": info.model, "model_id": info.model_id,
             "capabilities": list(info.capabilities) if info.capabilities is not None else None, "sees_images": True,
