@@ -30,6 +30,7 @@ def main() -> None:
     from snakescope.inputs import read_sample_sheet
     from snakescope.quality import quality_batch
     from snakescope.records import write_json
+    from snakescope.refinement import final_segmentation
     from snakescope.review import review_batch
     from snakescope.segmentation import PostprocessSettings, object_f1, postprocess_batch
 
@@ -64,16 +65,17 @@ def main() -> None:
         out = root / f"review-{seg.name}"
         doc = review_batch(root / "import" / "manifest.json", root / "quality.json", root / "inference" / "manifest.json", seg,
                            ROOT / "config" / "knowledge_base.yaml",
-                           {"backend": "ollama", "ollama": {"host": host, "model": args.model,
-                                                            "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt")}},
+                           {"backend": "ollama", "llm": {"endpoint": host, "model": args.model,
+                                                         "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt")}},
                            ("DAPI",), out, cache_dir=root / "cache", postprocess=start)
         before, after, err_before, err_after, refined = [], [], [], [], 0
         for review in doc["reviews"]:
             uid = review["unit_id"]
             truth = tifffile.imread(root / "data" / "truth" / f"{uid}.tif")
             first = tifffile.imread(seg / f"{uid}.labels.ome.tif")
-            final = tifffile.imread(out / f"{uid}.labels.ome.tif") if (out / f"{uid}.labels.ome.tif").is_file() else first
-            refined += (out / f"{uid}.labels.ome.tif").is_file()
+            chosen = final_segmentation(uid, review, seg, out)
+            final = tifffile.imread(chosen["labels"])
+            refined += chosen["refined"]
             before.append(object_f1(first, truth)["f1"])
             after.append(object_f1(final, truth)["f1"])
             err_before.append(abs(int(first.max()) - int(truth.max())))

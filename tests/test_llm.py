@@ -413,3 +413,27 @@ def test_scope_flagged_and_audit_sends_the_flagged_units_and_a_seeded_sample_of_
     assert {u for u, r in audited.items() if r.get("llm_selection") == "audit"} == expected
     assert all(audited[u]["status"] == "reviewed" for u in expected)
     assert audit_draw(seed, "ctrl_01") == audit_draw(seed, "ctrl_01") != audit_draw(seed + 1, "ctrl_01")
+
+
+def test_llm_check_command_before_a_run(tmp_path):
+    """`snakescope llm-check --config F`: the self-test from the command line, exit 0 with the record, or 1 naming why."""
+    import subprocess
+
+    import yaml
+    from fake_llm import FakeLLMServer
+
+    server = FakeLLMServer(models={"qwen2.5vl:7b": "sha256:" + "ab" * 32, "llama3.1:8b": "sha256:" + "ef" * 32},
+                           blind={"llama3.1:8b"}).start()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+    try:
+        results = {}
+        for model in ("qwen2.5vl:7b", "llama3.1:8b"):
+            config = tmp_path / f"{model.replace(':', '_')}.yaml"
+            config.write_text(yaml.safe_dump({"review": {"backend": "openai", "llm": {"endpoint": server.openai_base, "model": model}}}))
+            results[model] = subprocess.run([sys.executable, "-m", "snakescope.cli", "llm-check", "--config", str(config)],
+                                            capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.stop()
+    good, blind = results["qwen2.5vl:7b"], results["llama3.1:8b"]
+    assert good.returncode == 0 and json.loads(good.stdout)["sees_images"] and "self-test passed" in good.stderr
+    assert blind.returncode == 1 and "does not see the images" in blind.stderr and "review.llm.model" in blind.stderr

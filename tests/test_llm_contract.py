@@ -1,10 +1,12 @@
-"""Contract tests against a real Ollama server with a vision model.
+"""Contract tests against a real vision-model server of each kind, through snakescope's own clients.
 
-Skipped unless SNAKESCOPE_OLLAMA_HOST is set (and the model in SNAKESCOPE_OLLAMA_MODEL, default
-qwen2.5vl:7b, is pulled there). They check what the fake server in tests/ assumes about Ollama:
-the endpoints, structured output with a JSON schema, images as PNG bytes, and digests.
+Skipped unless an environment variable names a server. They check what the fake server in tests/ assumes about
+the real ones: the endpoints, images (Ollama: base64 PNG; OpenAI-compatible: PNG data URLs), structured output
+with a JSON schema, model ids and versions, a 404 for an unknown model, and that the model passes the self-test.
 
-    SNAKESCOPE_OLLAMA_HOST=127.0.0.1:11434 SNAKESCOPE_OLLAMA_MODEL=gemma3:12b .venv/bin/python -m pytest -m ollama_live
+    SNAKESCOPE_OLLAMA_HOST=127.0.0.1:11434 SNAKESCOPE_OLLAMA_MODEL=qwen2.5vl:7b .venv/bin/python -m pytest -m llm_live
+    SNAKESCOPE_OPENAI_BASE_URL=http://gpu01:8000/v1 SNAKESCOPE_OPENAI_MODEL=Qwen/Qwen2.5-VL-7B-Instruct \
+        SNAKESCOPE_OPENAI_KEY_ENV=VLLM_API_KEY .venv/bin/python -m pytest -m llm_live
 """
 
 from __future__ import annotations
@@ -16,42 +18,54 @@ import pytest
 
 from conftest import ROOT
 
-HOST = os.environ.get("SNAKESCOPE_OLLAMA_HOST")
-MODEL = os.environ.get("SNAKESCOPE_OLLAMA_MODEL", "qwen2.5vl:7b")
-pytestmark = [pytest.mark.ollama_live,
-              pytest.mark.skipif(not HOST, reason="set SNAKESCOPE_OLLAMA_HOST (and SNAKESCOPE_OLLAMA_MODEL) to run against a real Ollama")]
+SERVERS = {
+    "ollama": (os.environ.get("SNAKESCOPE_OLLAMA_HOST"), os.environ.get("SNAKESCOPE_OLLAMA_MODEL", "qwen2.5vl:7b"), ""),
+    "openai": (os.environ.get("SNAKESCOPE_OPENAI_BASE_URL"), os.environ.get("SNAKESCOPE_OPENAI_MODEL", "Qwen/Qwen2.5-VL-7B-Instruct"),
+               os.environ.get("SNAKESCOPE_OPENAI_KEY_ENV", "")),
+}
+pytestmark = pytest.mark.llm_live
 
 
-@pytest.fixture(scope="module")
-def client():
-    import ollama
-
-    return ollama.Client(host=HOST, timeout=600)
-
-
-def test_server_answers_version_and_has_the_model(client):
-    from snakescope.mllm import OllamaSettings, model_digest, normalise_host, server_version
-
-    host = normalise_host(HOST)
-    assert server_version(host)
-    assert len(model_digest(client, OllamaSettings(model=MODEL), host)) >= 12
+@pytest.fixture(params=sorted(SERVERS))
+def live(request):
+    endpoint, model, key_env = SERVERS[request.param]
+    if not endpoint:
+        pytest.skip(f"no real {request.param} server named (see this module's docstring)")
+    return {"backend": request.param, "endpoint": endpoint, "model": model, "api_key_env": key_env, "timeout_s": 600}
 
 
-def test_unknown_model_is_a_404(client):
-    import ollama
+def settings_of(live, **changes):
+    from snakescope.llm.settings import LLMSettings
 
-    with pytest.raises(ollama.ResponseError) as info:
-        client.chat(model="snakescope-no-such-model:1b", messages=[{"role": "user", "content": "hi"}])
-    assert info.value.status_code == 404
+    section = {k: v for k, v in {**live, **changes}.items() if k != "backend"}
+    return LLMSettings.from_config(section, live["backend"])
 
 
-def test_review_of_a_demo_image_is_schema_valid_with_provenance(demo_batch, tmp_path):
+def test_the_server_passes_the_self_test(live):
+    from snakescope.llm.client import connect
+    from snakescope.llm.selftest import self_test
+
+    with connect(settings_of(live)) as (client, info):
+        record = self_test(client, info)
+    assert record["passed"] and record["sees_images"] and info.model_id and info.server_version
+
+
+def test_an_unknown_model_is_named(live):
+    from snakescope.llm.client import connect
+    from snakescope.llm.settings import ModelMissing
+
+    with pytest.raises(ModelMissing, match="snakescope-no-such-model"):
+        with connect(settings_of(live, model="snakescope-no-such-model:1b")):
+            pass
+
+
+def test_review_of_a_demo_image_is_schema_valid_with_provenance(live, demo_batch, tmp_path):
     from snakescope.review import review_batch
 
     root = demo_batch["root"]
-    settings = {"backend": "ollama", "ollama": {"host": HOST, "model": MODEL, "timeout_s": 600,
-                                                "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt"),
-                                                "questions": ["Is the staining nuclear?"]}}
+    section = {k: v for k, v in live.items() if k != "backend"}
+    settings = {"backend": live["backend"], "llm": {**section, "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt"),
+                                                    "questions": ["Is the staining nuclear?"]}}
     doc = review_batch(root / "import" / "manifest.json", root / "quality.json", root / "inference" / "manifest.json",
                        root / "segmentation", ROOT / "config" / "knowledge_base.yaml", settings, ("DAPI",), tmp_path,
                        cache_dir=tmp_path / "cache")
@@ -59,7 +73,7 @@ def test_review_of_a_demo_image_is_schema_valid_with_provenance(demo_batch, tmp_
     assert reviewed, json.dumps(doc["reviews"][0], indent=1)[:2000]
     for review in reviewed:
         prov = review["reviewer"]["provenance"]
-        assert prov["model"] == MODEL and prov["ollama_version"] and prov["model_digest"]
+        assert prov["model"] == live["model"] and prov["server_version"] and prov["model_id"]
         assert review["answers"][0]["answer"] in ("yes", "no", "unsure")
     empty = next(r for r in doc["reviews"] if r["unit_id"] == "empty_01")
     assert empty["verdict"] == "fail"  # the rules alone guarantee this; the model may add flags

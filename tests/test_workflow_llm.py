@@ -20,7 +20,7 @@ QUESTIONS = ["Is the staining nuclear?", "Are there mitotic cells?"]
 HOSTILE_NOTE = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2> & done"
 
 
-def ollama_config(work, demo_dir, host, backend="ollama", **extra):
+def llm_config(work, demo_dir, host, backend="ollama", **extra):
     prompt = work / "review_prompt.txt"
     if not prompt.exists():
         shutil.copy(ROOT / "config" / "prompts" / "review_v1.txt", prompt)
@@ -40,19 +40,19 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def ollama_run(tmp_path_factory, demo_dir, server):
-    work = tmp_path_factory.mktemp("ollama-run")
+def llm_run(tmp_path_factory, demo_dir, server):
+    work = tmp_path_factory.mktemp("llm-run")
     sheet = (demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/").splitlines()
     sheet[1] = "\t".join(sheet[1].split("\t")[:-1] + [HOSTILE_NOTE])  # ctrl_01's notes column
     (work / "samples.tsv").write_text("\n".join(sheet) + "\n")
-    ollama_config(work, demo_dir, server.host)
+    llm_config(work, demo_dir, server.host)
     result = snakemake(work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
 
 
-def test_the_llm_reviews_every_unit_and_the_report_says_so(ollama_run, server):
-    results = ollama_run / "results" / "demo"
+def test_the_llm_reviews_every_unit_and_the_report_says_so(llm_run, server):
+    results = llm_run / "results" / "demo"
     reviews = [json.loads(line) for line in (results / "tables" / "reviews.jsonl").read_text().splitlines()]
     assert len(reviews) == 15 and all(r["reviewer"]["uses_llm"] and r["status"] == "reviewed" for r in reviews)
     assert len(server.chat_requests()) == 15 + 1  # one per unit, one text-only summary
@@ -66,9 +66,9 @@ def test_the_llm_reviews_every_unit_and_the_report_says_so(ollama_run, server):
     assert len(server.probe_requests()) == 2 * 2  # the self-test: two probes per review job
 
 
-def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_as_text(ollama_run):
+def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_as_text(llm_run):
     need_browser()
-    with open_page(ollama_run / "results" / "demo" / "report" / "report.html") as (page, problems):
+    with open_page(llm_run / "results" / "demo" / "report" / "report.html") as (page, problems):
         provenance = page.locator("#llm-provenance").inner_text()
         assert "qwen2.5vl:7b" in provenance and "0.12.6-fake" in provenance
         assert "review_prompt" in provenance and "summary_v1" in provenance  # prompt versions (file stems) of both calls
@@ -81,43 +81,43 @@ def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_a
     assert problems == [], problems
 
 
-def test_unchanged_rerun_plans_nothing_and_makes_no_call(ollama_run, server, demo_dir):
+def test_unchanged_rerun_plans_nothing_and_makes_no_call(llm_run, server, demo_dir):
     calls = len(server.chat_requests())
-    result = snakemake(ollama_run, "-n")
+    result = snakemake(llm_run, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
     assert len(server.chat_requests()) == calls
 
 
-def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(ollama_run, server, demo_dir):
+def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(llm_run, server, demo_dir):
     downstream = {"review": 2, "gallery": 2, "tables": 1, "plots": 1, "run_summary": 1, "report": 1, "all": 1}
-    prompt = ollama_run / "review_prompt.txt"
+    prompt = llm_run / "review_prompt.txt"
     time.sleep(1)
     prompt.write_text(prompt.read_text().replace("expert microscopist", "careful microscopist"))
-    assert planned_jobs(snakemake(ollama_run, "-n").stdout) == downstream
-    other = ollama_run / "other-model.yaml"
-    config = yaml.safe_load((ollama_run / "config.yaml").read_text())
+    assert planned_jobs(snakemake(llm_run, "-n").stdout) == downstream
+    other = llm_run / "other-model.yaml"
+    config = yaml.safe_load((llm_run / "config.yaml").read_text())
     config["review"]["llm"]["model"] = "gemma3:12b"
     other.write_text(yaml.safe_dump(config))
-    assert planned_jobs(snakemake(ollama_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
+    assert planned_jobs(snakemake(llm_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
     config["review"]["llm"]["model"] = "qwen2.5vl:7b"
     config["review"]["llm"]["endpoint"] = "127.0.0.1:11434"  # where the server is does not change answers
     config["review"]["llm"]["timeout_s"] = 999
     other.write_text(yaml.safe_dump(config))
-    assert planned_jobs(snakemake(ollama_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
+    assert planned_jobs(snakemake(llm_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
     prompt.write_text(prompt.read_text().replace("careful microscopist", "expert microscopist"))
 
 
 def test_unreachable_ollama_falls_back_visibly(tmp_path, demo_dir):
     (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\tcell_line\n"
                                           f"ctrl_01\t{demo_dir}/images/ctrl_01.ome.tif\tDMSO\tHeLa\n")
-    ollama_config(tmp_path, demo_dir, "127.0.0.1:9")
+    llm_config(tmp_path, demo_dir, "127.0.0.1:9")
     result = snakemake(tmp_path)
     assert result.returncode == 0, result.stdout[-2000:]
     page = (tmp_path / "results" / "demo" / "report" / "report.html").read_text()
     assert "reviewed by the rule-based fallback because the LLM reviewer was unavailable" in page
     review = json.loads((tmp_path / "results" / "demo" / "tables" / "reviews.jsonl").read_text())
     assert review["status"] == "fallback" and not review["reviewer"]["uses_llm"]
-    ollama_config(tmp_path, demo_dir, "127.0.0.1:9", on_unreachable="fail")
+    llm_config(tmp_path, demo_dir, "127.0.0.1:9", on_unreachable="fail")
     result = snakemake(tmp_path, "--forcerun", "review")
     assert result.returncode != 0
     log = (tmp_path / "results" / "demo" / "logs" / "review" / "b0000.log").read_text()
@@ -134,7 +134,7 @@ def test_a_server_that_only_fails_is_reported_honestly(tmp_path, demo_dir):
     broken = FakeLLMServer().start()
     broken.script.extend(["http500"] * 1000)
     try:
-        ollama_config(tmp_path, demo_dir, broken.host, retries=1)
+        llm_config(tmp_path, demo_dir, broken.host, retries=1)
         result = snakemake(tmp_path)
         assert result.returncode == 0, result.stdout[-2000:]
         assert "0 reviewed by the LLM, 2 by the rules alone" in result.stdout
@@ -143,7 +143,7 @@ def test_a_server_that_only_fails_is_reported_honestly(tmp_path, demo_dir):
         assert "Review backend: deterministic rules" not in page  # an LLM was asked; it is not a rules-only run
         assert "<div class='n'>0</div><div>reviewed by the LLM</div>" in page
         assert "<div class='n'>2</div><div>not reviewed by the LLM</div>" in page
-        ollama_config(tmp_path, demo_dir, broken.host, retries=1, on_unreachable="fail")
+        llm_config(tmp_path, demo_dir, broken.host, retries=1, on_unreachable="fail")
         result = snakemake(tmp_path, "--forcerun", "review")
         assert result.returncode != 0
         log = (tmp_path / "results" / "demo" / "logs" / "review" / "b0000.log").read_text()
@@ -162,7 +162,7 @@ def test_openai_backend_with_a_review_budget_an_api_key_and_the_finetuning_expor
     server = FakeLLMServer(models={"Qwen/Qwen2.5-VL-7B-Instruct": ""}, api_key=key).start()
     try:
         (tmp_path / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
-        ollama_config(tmp_path, demo_dir, server.openai_base, backend="openai", model="Qwen/Qwen2.5-VL-7B-Instruct",
+        llm_config(tmp_path, demo_dir, server.openai_base, backend="openai", model="Qwen/Qwen2.5-VL-7B-Instruct",
                       api_key_env="SITE_VLM_KEY", scope="flagged_and_audit", audit_fraction=0.5, questions=[])
         result = snakemake(tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -191,3 +191,4 @@ def test_openai_backend_with_a_review_budget_an_api_key_and_the_finetuning_expor
     page = (results / "report" / "report.html").read_text()
     assert "via an OpenAI-compatible server" in page and "review.llm.scope: flagged_and_audit" in page
     assert "audit: LLM agrees with the rules" in page and "llm-selftest" in page
+    assert "LLM reviewer: Qwen/Qwen2.5-VL-7B-Instruct via openai" in result.stdout and "self-test passed" in result.stdout

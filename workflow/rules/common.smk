@@ -91,7 +91,16 @@ USES_LLM = config["review"]["backend"] in LLM_BACKENDS
 _LLM = dict(config["review"].get("llm", {}))
 for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
     _LLM[_key] = project_file(_LLM.get(_key, _default))
-LLM_RUNTIME_KEYS = ("endpoint", "api_key_env", "keep_alive", "timeout_s", "server", "pull", "max_concurrency", "selftest")
+LLM_RUNTIME_KEYS = (
+    "endpoint",
+    "api_key_env",
+    "keep_alive",
+    "timeout_s",
+    "server",
+    "pull",
+    "max_concurrency",
+    "selftest",
+)
 os.environ.update(
     job_environment(
         llm_runtime=as_json({k: v for k, v in _LLM.items() if k in LLM_RUNTIME_KEYS}),

@@ -45,7 +45,9 @@ def _progress(stage: str, doc: dict[str, Any], done: int) -> None:
     extra = "".join(f", {n} {v}" for v, n in sorted(verdicts.items()))
     if doc.get("uses_llm") or doc.get("llm_error"):  # an LLM run: say how many the LLM really reviewed
         by_llm = sum(1 for r in doc.get("reviews", []) if r["reviewer"].get("uses_llm"))
-        extra += f"; {by_llm} reviewed by the LLM, {len(doc.get('reviews', [])) - by_llm} by the rules alone"
+        scoped = sum(1 for r in doc.get("reviews", []) if r.get("status") == "rules_only")
+        extra += (f"; {by_llm} reviewed by the LLM, {len(doc.get('reviews', [])) - by_llm} by the rules alone"
+                  + (f" ({scoped} of them left to the rules by review.llm.scope)" if scoped else ""))
     batch_progress(stage, doc["batch"], f"{done} unit(s) done{extra}" + (f", {failures} FAILED (see the log)" if failures else ""))
 
 

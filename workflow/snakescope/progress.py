@@ -33,6 +33,15 @@ def summary_lines(results: Path, failed: bool = False) -> list[str]:
         shown = ", ".join(f"{k} {verdicts[k]}" for k in ("pass", "warn", "fail", "unreviewed") if verdicts.get(k))
         lines.append(f"snakescope: {facts.get('units', 0)} unit(s) reviewed ({shown or 'none'}) by "
                      f"{', '.join(facts.get('review_backends', {})) or 'no reviewer'}")
+        llm = facts.get("llm") or {}
+        for run in llm.get("runs", []):
+            audit = llm.get("audit") or {}
+            lines.append(f"  LLM reviewer: {run.get('model')} via {run.get('backend')} at {run.get('endpoint')} "
+                         f"(server {run.get('server_version')}, self-test {run.get('selftest')}): "
+                         f"{llm.get('reviewed_by_llm', 0)} unit(s) reviewed by the LLM"
+                         + (f", {llm['selection']['not_selected']} left to the rules (review.llm.scope: {run.get('scope')})"
+                            if llm.get("selection", {}).get("not_selected") else "")
+                         + (f"; audit: it agreed with the rules on {audit['agreed']} of {audit['units']}" if audit.get("units") else ""))
         if facts.get("uncalibrated_units"):
             lines.append(f"  {facts['uncalibrated_units']} unit(s) without a pixel size, measured in pixels: "
                          f"see {tables / 'warnings.csv'}")

@@ -12,7 +12,7 @@ from .records import write_json
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
             "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-nd2", "aicsimageio", "onnxruntime", "torch", "numpy", "xarray",
-            "scikit-image", "scipy", "tifffile", "ollama", "jsonschema", "PyYAML", "pydantic"]
+            "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic"]
 
 
 ENVS_DIR = Path(__file__).resolve().parents[1] / "envs"

@@ -325,6 +325,7 @@ def llm_aggregates(runs: list[dict[str, Any]], reviews: list[dict[str, Any]]) ->
     audited = [r for r in reviews if r.get("llm_selection") == "audit" and r.get("status") == "reviewed"]
     agreed = sum(1 for r in audited if r.get("llm_verdict") == (r.get("second_opinion") or {}).get("verdict"))
     return {"runs": list(distinct.values()),
+            "reviewed_by_llm": sum(1 for r in reviews if r["reviewer"].get("uses_llm")),
             "selection": dict(Counter(r["llm_selection"] for r in reviews if r.get("llm_selection"))),
             "audit": {"units": len(audited), "agreed": agreed,
                       "disagreed_units": [r["unit_id"] for r in audited

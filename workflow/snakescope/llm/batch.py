@@ -8,10 +8,9 @@ import sys
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..records import LABELS_SUFFIX, read_json, write_json
-from .client import ChatClient, connect
+from .client import ChatClient, connect, public_endpoint
 from .guardrails import check_claims, combine
 from .prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
 from .selftest import self_test
@@ -41,13 +40,6 @@ def llm_selection(rules_reviews: list[dict[str, Any]], settings: LLMSettings) ->
         else:
             out[uid] = "not_selected"
     return out
-
-
-def public_endpoint(url: str) -> str:
-    """The endpoint without user info or query (never a credential in provenance)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
 def ask_timed(client: ChatClient, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> tuple[str, str, Any]:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from .settings import AnswerInvalid, LLMSettings, LLMUnavailable
 
@@ -107,6 +108,13 @@ class ChatClient(ABC):
         if transport_only:
             raise LLMUnavailable(f"no answer from the {self.backend} server at {self.endpoint}: " + "; ".join(errors))
         raise AnswerInvalid("; ".join(errors))
+
+
+def public_endpoint(url: str) -> str:
+    """The endpoint without user info or query (never a credential in provenance)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
 @contextmanager

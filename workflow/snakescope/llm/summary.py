@@ -31,8 +31,7 @@ def rules_summary(data: dict[str, Any]) -> str:
 def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, cache_dir: str | Path,
                       out_path: str | Path) -> dict[str, Any]:
     """The dataset's narrative: written by the LLM (``settings`` given) or the rule template, numbers checked."""
-    from .batch import public_endpoint
-    from .client import connect
+    from .client import connect, public_endpoint
 
     record: dict[str, Any] = {"backend": "deterministic", "uses_llm": False, "data": aggregates}
     text = None
