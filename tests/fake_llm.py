@@ -375,8 +375,9 @@ class FakeLLMServer:
                 if self.path == "/api/generate":
                     self.answer(payload, model, behaviour)
                     return
+                counted = not is_probe(payload)  # max_in_flight counts review requests, not the self-test's probes
                 with server.lock:
-                    server.in_flight += 1
+                    server.in_flight += counted
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 if server.slots:
                     server.slots.acquire()
@@ -387,7 +388,7 @@ class FakeLLMServer:
                     if server.slots:
                         server.slots.release()
                     with server.lock:
-                        server.in_flight -= 1
+                        server.in_flight -= counted
 
             def error(self, status: int, message: str, kind: str = "BadRequestError") -> None:
                 if self.path.startswith("/v1/"):

@@ -58,7 +58,7 @@ def write_synthetic_results(root: Path, n_units: int, demo_images: list[Path], b
             "unit_id": uid, "verdict": verdict, "issues": issues, "confidence": 0.8,
             "reviewer": {"backend": "ollama" if llm else "deterministic", "name": "qwen2.5vl:7b" if llm else "snakescope rules",
                          "version": "synthetic", "uses_llm": llm,
-                         **({"provenance": {"model": "qwen2.5vl:7b", "model_digest": "sha256:" + "ab" * 32, "ollama_version": "0.12.6",
+                         **({"provenance": {"backend": "ollama", "model": "qwen2.5vl:7b", "model_id": "sha256:" + "ab" * 32, "server_version": "0.12.6",
                                             "options": {"temperature": 0}, "prompt_file": "config/prompts/review_v1.txt",
                                             "prompt_version": "review_v1", "prompt_template_sha256": "cd" * 32, "cache_hit": False}}
                             if llm else {})},

@@ -209,7 +209,7 @@ def test_refinement_is_described_in_one_line():
 
 def test_uncalibrated_runs_plot_diameters_in_pixels_and_say_so(tmp_path):
     """A run without pixel sizes: the diameter plot uses pixels, labelled; the narrative names no µm value."""
-    from snakescope.mllm import rules_summary
+    from snakescope.llm.summary import rules_summary
     from snakescope.plots import write_plots
 
     (tmp_path / "units.csv").write_text("unit_id,meta_treatment,object_count,verdict,issues\nu1,DMSO,2,pass,\n")
