@@ -81,3 +81,41 @@ def test_a_few_nan_pixels_do_not_empty_a_real_field(tmp_path, unet_model):
                       ("DNA",), tmp_path / "segmentation")
     counts = {uid: s["object_count"] for uid, s in read_json(tmp_path / "segmentation" / "summary.json")["summaries"].items()}
     assert counts["clean"] > 50 and abs(counts["holed"] - counts["clean"]) <= 0.03 * counts["clean"], counts
+
+
+def _reference_slope(image):
+    """The full-plane radially averaged power spectrum slope (the definition the blockwise code must keep)."""
+    img = image.astype(np.float64) - image.mean()
+    h, w = img.shape
+    power = np.abs(np.fft.fftshift(np.fft.fft2(img))) ** 2
+    yy, xx = np.indices(power.shape)
+    radius = np.hypot(yy - h // 2, xx - w // 2).astype(int)
+    radial = np.bincount(radius.ravel(), power.ravel()) / np.maximum(np.bincount(radius.ravel()), 1)
+    freqs = np.arange(1, min(h, w) // 2)
+    keep = radial[freqs] > 0
+    return float(np.polyfit(np.log(freqs[keep]), np.log(radial[freqs][keep]), 1)[0])
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (65, 80), (1100, 700), (700, 1101)])
+def test_blockwise_metrics_equal_the_whole_image_definitions(shape):
+    """Power spectrum slope, blur and focus made a block of rows at a time (bounded memory on large fields) give
+    the whole-image values: the full-plane spectrum, skimage's blur_effect, the Laplacian over all foreground."""
+    from scipy import ndimage as ndi
+    from skimage.measure import blur_effect
+
+    from snakescope.quality import blur_score, channel_metrics, power_log_log_slope
+
+    rng = np.random.default_rng(1)
+    image = ndi.gaussian_filter(rng.poisson(50, shape).astype(float), 2) + rng.normal(0, 1, shape)
+    image[shape[0] // 3: shape[0] // 3 + 20, 10:40] += 300  # a bright object across a block border
+    assert power_log_log_slope(image) == pytest.approx(_reference_slope(image), rel=1e-9)
+    size = int(min(11, min(shape) // 2))
+    assert blur_score(image) == pytest.approx(blur_effect(image, h_size=size), rel=1e-9)
+    from snakescope.quality import pixel_noise, robust_background
+
+    smooth = ndi.gaussian_filter(image, 1.0)
+    background, smooth_noise = robust_background(smooth)
+    foreground = smooth > background + 5.0 * max(smooth_noise, 0.28 * pixel_noise(image))
+    contrast = max(float(np.percentile(smooth[foreground], 90)) - background, smooth_noise)
+    expected = np.sqrt(np.mean(ndi.laplace(smooth)[foreground] ** 2)) / contrast
+    assert channel_metrics(image)["focus_laplacian"] == pytest.approx(expected, rel=1e-9)
