@@ -126,3 +126,29 @@ def test_tissue_taken_for_one_nucleus_is_segmented_into_its_confident_cores():
     prob, image = nuclei_image((120, 120), [(40, 40), (90, 90)], 15)
     labels, info = instance_labels(np.where(prob > 0, 0.995, 0).astype(np.float32), image, None, PostprocessSettings())
     assert not info.get("tissue") and labels.max() == 2
+
+
+@pytest.mark.parametrize("settings", [PostprocessSettings(), PostprocessSettings(split_min_distance=0.2, split_smoothing=0.5)])
+def test_large_fields_split_one_component_at_a_time_with_the_whole_field_result(demo_batch, monkeypatch, settings):
+    """A field above WHOLE_FIELD_PIXELS is split component by component (memory bounded by the largest cluster):
+    labels, objects and summary equal the whole-field path's, on a mosaic of predicted demo fields whose nuclei
+    touch, cross tile seams and sit at the field's edges."""
+    import json
+
+    import snakescope.segmentation as segmentation
+
+    root = demo_batch["root"]
+    predictions = json.loads((root / "inference" / "manifest.json").read_text())["predictions"]
+    from snakescope.acquisition import read_unit
+
+    units = {u["unit_id"]: u for u in json.loads((root / "import" / "manifest.json").read_text())["units"]}
+    ids = sorted(predictions)
+    tiles = [(np.load(predictions[uid]["path"]).astype(np.float32), read_unit(units[uid]["image_path"])[0]) for uid in ids]
+    rows = [np.hstack([tiles[(r * 3 + c) % len(tiles)][k][:, ::(-1) ** c] for c in range(3)]) for k in (0, 1) for r in range(3)]
+    probability, intensity = np.vstack(rows[:3]), np.vstack(rows[3:])
+    whole = segment_unit(probability, intensity, (0.65, 0.65), settings, "mosaic")
+    monkeypatch.setattr(segmentation, "WHOLE_FIELD_PIXELS", 0)
+    by_component = segment_unit(probability, intensity, (0.65, 0.65), settings, "mosaic")
+    assert whole[0].max() > 50
+    np.testing.assert_array_equal(by_component[0], whole[0])
+    assert by_component[1] == whole[1] and by_component[2] == whole[2]

@@ -102,9 +102,8 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     signal-to-noise ((mean - background) / noise x sqrt(area)) is below ``min_object_snr``: noise the model
     took for nuclei (a model that normalises each image finds "nuclei" in an empty field).
     """
-    from skimage.feature import peak_local_max
     from skimage.morphology import remove_small_objects
-    from skimage.segmentation import clear_border, relabel_sequential, watershed
+    from skimage.segmentation import clear_border, relabel_sequential
 
     pixel = calibrated(pixel_size_um)
     probability = np.nan_to_num(np.asarray(probability, np.float32), nan=0.0)
@@ -144,20 +143,13 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     components, n_components = ndi.label(mask)
     info["removed_small"] = before - n_components
     if settings.split_touching:
-        shape_map = np.minimum(ndi.distance_transform_edt(mask) / radius, 1.0)
-        weight = settings.split_intensity_weight if intensity is not None else 0.0
-        marker_map = (1 - weight) * shape_map
-        if weight > 0:
-            marker_map = marker_map + weight * _normalised_intensity(intensity, mask)
-        marker_map = ndi.gaussian_filter(marker_map, settings.split_smoothing * radius) if settings.split_smoothing > 0 else marker_map
-        marker_map[~mask] = 0
-        peaks = peak_local_max(marker_map, min_distance=max(1, int(round(settings.split_min_distance * radius))),
-                               labels=components, exclude_border=False)
-        markers = np.zeros(mask.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = watershed(-marker_map, markers, mask=mask)
+        split = _split_by_component if mask.size > WHOLE_FIELD_PIXELS else _split_whole_field
+        labels = split(mask, components, intensity, radius, settings)
+        del components
         orphans, _ = ndi.label(mask & (labels == 0))  # an object without a marker keeps one label of its own
-        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+        has_orphan = orphans > 0
+        labels[has_orphan] = orphans[has_orphan] + labels.max()
+        del orphans, has_orphan
     else:
         labels = components
     if intensity is not None and settings.boundary_fraction > 0 and labels.max() > 0:
@@ -168,6 +160,89 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     if settings.exclude_border_objects:
         labels = clear_border(labels)
     return relabel_sequential(labels.astype(np.int32))[0], info
+
+
+WHOLE_FIELD_PIXELS = 2048 * 2048  # larger fields are split one connected component at a time (bounded extra memory)
+
+
+def _marker_map(mask: np.ndarray, norm: np.ndarray | None, radius: float, settings: PostprocessSettings) -> np.ndarray:
+    """(1 - w) * min(distance to background / r, 1) + w * normalised intensity, smoothed, zero off the mask; the
+    arithmetic in place (on a large field every full-size temporary costs 8 bytes per pixel)."""
+    weight = settings.split_intensity_weight if norm is not None else 0.0
+    marker_map = ndi.distance_transform_edt(mask)
+    marker_map /= radius
+    np.minimum(marker_map, 1.0, out=marker_map)
+    marker_map *= 1 - weight
+    if weight > 0:
+        marker_map += weight * norm
+    if settings.split_smoothing > 0:
+        marker_map = ndi.gaussian_filter(marker_map, settings.split_smoothing * radius, output=marker_map)
+    marker_map[~mask] = 0
+    return marker_map
+
+
+def _intensity_scale(intensity: np.ndarray | None, mask: np.ndarray, settings: PostprocessSettings) -> tuple[float, float] | None:
+    """(background median, 95th percentile of the foreground) that map intensity to 0 and 1 for the marker map,
+    from the whole field; None when intensity is not used."""
+    if intensity is None or settings.split_intensity_weight <= 0:
+        return None
+    values = np.nan_to_num(intensity.astype(np.float32), nan=0.0)
+    background, _ = background_noise(values, mask)
+    return background, float(np.percentile(values[mask], 95))
+
+
+def _normalise(intensity: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    background, top = scale
+    values = np.nan_to_num(intensity.astype(np.float32), nan=0.0)
+    return np.clip((values - background) / max(top - background, 1e-6), 0, 1.5)
+
+
+def _split_whole_field(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
+                       settings: PostprocessSettings) -> np.ndarray:
+    """Touching nuclei split by a marker-controlled watershed over the whole field (small fields)."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    scale = _intensity_scale(intensity, mask, settings)
+    marker_map = _marker_map(mask, _normalise(intensity, scale) if scale else None, radius, settings)
+    peaks = peak_local_max(marker_map, min_distance=max(1, int(round(settings.split_min_distance * radius))),
+                           labels=components, exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    np.negative(marker_map, out=marker_map)
+    return watershed(marker_map, markers, mask=mask)
+
+
+def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
+                        settings: PostprocessSettings) -> np.ndarray:
+    """The same split, one connected component at a time in its bounding box plus a margin, so the extra memory
+    follows the largest object cluster, not the field. The margin holds everything a box pixel's value depends
+    on (the smoothing's reach, 4 sigma, plus the capped distance's, r), so markers and labels equal the
+    whole-field ones (tested); markers are numbered in the same order."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    scale = _intensity_scale(intensity, mask, settings)
+    sigma = settings.split_smoothing * radius
+    margin = int(4.0 * sigma + 0.5) + int(np.ceil(radius)) + 2
+    min_distance = max(1, int(round(settings.split_min_distance * radius)))
+    labels = np.zeros(mask.shape, np.int32)
+    next_id = 0
+    for index, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None:
+            continue
+        crop = tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, mask.shape))
+        sub_mask = mask[crop]
+        marker_map = _marker_map(sub_mask, _normalise(intensity[crop], scale) if scale else None, radius, settings)
+        own = components[crop] == index
+        peaks = peak_local_max(marker_map, min_distance=min_distance, labels=own.astype(np.int32), exclude_border=False)
+        markers = np.zeros(sub_mask.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(next_id + 1, next_id + len(peaks) + 1)
+        next_id += len(peaks)
+        np.negative(marker_map, out=marker_map)
+        flooded = watershed(marker_map, markers, mask=own)
+        labels[crop][own] = flooded[own]
+    return labels
 
 
 def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float) -> np.ndarray:
@@ -183,17 +258,13 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
     top = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, 90), float, level))
     cutoff = np.full(ids.size + 1, np.inf)
     cutoff[ids] = level + fraction * (top - level)
-    kept = (labels > 0) & (values >= cutoff[labels])
-    kept = ndi.binary_fill_holes(kept) & (labels > 0)
-    return np.where(kept, labels, 0)
-
-
-def _normalised_intensity(intensity: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Intensity mapped so the background median is 0 and the 95th percentile of the foreground is 1."""
-    values = np.nan_to_num(intensity.astype(np.float32), nan=0.0)
-    background, _ = background_noise(values, mask)
-    top = float(np.percentile(values[mask], 95))
-    return np.clip((values - background) / max(top - background, 1e-6), 0, 1.5)
+    kept = values >= cutoff[labels]  # the background's cutoff is inf
+    del values
+    kept = ndi.binary_fill_holes(kept)
+    kept &= labels > 0
+    out = labels.copy()
+    out[~kept] = 0
+    return out
 
 
 def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None) -> tuple[float, float]:
@@ -219,7 +290,10 @@ def _drop_low_contrast(labels: np.ndarray, intensity: np.ndarray, min_snr: float
     areas = np.bincount(labels.ravel())
     low = [label for label, value in contrast.items() if value * np.sqrt(areas[label]) < min_snr]
     if low:
-        labels = np.where(np.isin(labels, low), 0, labels)
+        drop = np.zeros(int(labels.max()) + 1, bool)
+        drop[low] = True
+        labels = labels.copy()
+        labels[drop[labels]] = 0
     return labels, len(low)
 
 
