@@ -23,6 +23,9 @@ from .records import LABELS_SUFFIX, Failure, read_json, write_json
 TISSUE_SURE_THRESHOLD = 0.99
 TISSUE_CORE_THRESHOLD = 0.999
 TISSUE_RATIO = 5.0
+# Larger fields are processed one connected component at a time (distance transforms, splitting): the extra
+# memory then follows the largest cluster of touching nuclei, not the field; the results are the same.
+WHOLE_FIELD_PIXELS = 2048 * 2048
 
 
 @dataclass(frozen=True)
@@ -80,13 +83,34 @@ def typical_radius_px(mask: np.ndarray) -> float | None:
     components, n = ndi.label(mask)
     if n == 0:
         return None
-    distance = ndi.distance_transform_edt(mask)
-    radii = np.asarray(ndi.maximum(distance, components, np.arange(1, n + 1)), float)
+    radii = inscribed_radii(mask, components, n)
     areas = np.bincount(components.ravel())[1:].astype(float)
+    del components
     order = np.argsort(radii)
     cumulative = np.cumsum(areas[order])
     weighted_median = radii[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
     return float(np.median(radii[radii >= 0.4 * weighted_median]))
+
+
+def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int) -> np.ndarray:
+    """Each component's largest inscribed radius (its distance-transform maximum).
+
+    Small fields: one distance transform of the whole mask. Larger fields: one per component, in its bounding
+    box plus half the box's longer side: going straight out of a component in any direction the first pixel
+    not in it is background (another component would touch it), so every distance inside is within that reach
+    and equals the whole-field one (tested); memory follows the largest component, not the field.
+    """
+    if mask.size <= WHOLE_FIELD_PIXELS:
+        return np.asarray(ndi.maximum(ndi.distance_transform_edt(mask), components, np.arange(1, n + 1)), float)
+    radii = np.zeros(n)
+    for index, box in enumerate(ndi.find_objects(components)):
+        if box is None:
+            continue
+        reach = (max(b.stop - b.start for b in box) + 1) // 2 + 2
+        crop = tuple(slice(max(0, b.start - reach), min(size, b.stop + reach)) for b, size in zip(box, mask.shape))
+        own = components[crop] == index + 1
+        radii[index] = float(ndi.distance_transform_edt(mask[crop])[own].max())
+    return radii
 
 
 def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
@@ -160,9 +184,6 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     if settings.exclude_border_objects:
         labels = clear_border(labels)
     return relabel_sequential(labels.astype(np.int32))[0], info
-
-
-WHOLE_FIELD_PIXELS = 2048 * 2048  # larger fields are split one connected component at a time (bounded extra memory)
 
 
 def _marker_map(mask: np.ndarray, norm: np.ndarray | None, radius: float, settings: PostprocessSettings) -> np.ndarray:
@@ -252,7 +273,8 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
     generous); the object's own intensity profile places the edge, as a half-maximum would. Contrast is
     the object's 90th percentile above the background around all objects; holes left inside are filled.
     """
-    values = ndi.gaussian_filter(np.nan_to_num(intensity.astype(np.float64), nan=0.0), 1.0)
+    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
+    values = ndi.gaussian_filter(values, 1.0, output=values)  # in place: one full-size float array, not two
     level, _ = background_noise(values, ndi.binary_dilation(labels > 0, iterations=2))
     ids = np.arange(1, int(labels.max()) + 1)
     top = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, 90), float, level))
@@ -269,12 +291,16 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
 
 def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None) -> tuple[float, float]:
     """Background level and noise SD from pixels outside ``foreground`` (robust: median and 1.4826 MAD)."""
-    values = intensity[~foreground] if foreground is not None and (~foreground).sum() >= 64 else intensity.ravel()
-    values = values[np.isfinite(values)].astype(np.float64)
+    owned = foreground is not None and (~foreground).sum() >= 64
+    values = intensity[~foreground] if owned else intensity.ravel()  # boolean indexing copies: ours to reorder
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        values, owned = values[np.isfinite(values)], True
+    if values.dtype != np.float64:
+        values, owned = values.astype(np.float64), True
     if values.size == 0:
         return 0.0, 1.0
-    level = float(np.median(values))
-    noise = 1.4826 * float(np.median(np.abs(values - level)))
+    level = float(np.median(values, overwrite_input=owned))  # the order of the values does not matter below
+    noise = 1.4826 * float(np.median(np.abs(values - level), overwrite_input=True))
     if noise <= 0:  # integer images with a flat background: fall back to the SD
         noise = float(values.std())
     return level, max(noise, 1e-6)
@@ -299,7 +325,7 @@ def _drop_low_contrast(labels: np.ndarray, intensity: np.ndarray, min_snr: float
 
 def object_contrast(labels: np.ndarray, intensity: np.ndarray) -> dict[int, float]:
     """Per object: (mean intensity - background) / background noise SD, background outside every object."""
-    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0)
+    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
     grown = ndi.binary_dilation(labels > 0, iterations=2)
     level, noise = background_noise(values, grown)
     ids = np.unique(labels[labels > 0])
