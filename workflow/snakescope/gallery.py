@@ -46,12 +46,16 @@ def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size
     """Thumbnails (outlines if labels) in the run's shared contrast (``limits``) and in the field's own, and the
     detail view: the raw channel in the shared contrast | the outlines on the field's own contrast; WebP data URIs.
     Without ``limits`` both use the field's own contrast."""
-    from .rendering import rgb_panel
+    from skimage.segmentation import find_boundaries
 
-    shared = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px, limits)
-    own = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px) if limits is not None else shared
-    left = rgb_panel(image, None, pixel_size_um, settings.detail_px, limits)
-    right = rgb_panel(image, labels, pixel_size_um, settings.detail_px)
+    from .rendering import rgb_panel, stretch_limits
+
+    own_limits = stretch_limits(image)  # the field's own contrast, and its outlines, computed once for all panels
+    edges = find_boundaries(labels, mode="inner") if labels is not None else None
+    shared = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px, limits if limits is not None else own_limits, edges)
+    own = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px, own_limits, edges) if limits is not None else shared
+    left = rgb_panel(image, None, pixel_size_um, settings.detail_px, limits if limits is not None else own_limits)
+    right = rgb_panel(image, labels, pixel_size_um, settings.detail_px, own_limits, edges)
     gap = np.full((left.shape[0], 4, 3), 40, np.uint8)
     detail = np.concatenate([left, gap, right], axis=1)
     images = {"thumbnail": webp_data_uri(shared, settings.image_quality), "detail": webp_data_uri(detail, settings.image_quality)}

@@ -7,12 +7,18 @@ import io
 import numpy as np
 
 
+def stretch_limits(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
+    """The [low, high] percentiles of an image: the field's own contrast."""
+    lo, hi = np.percentile(image.astype(np.float32), [low, high])
+    return lo, hi
+
+
 def contrast_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.8,
                      limits: tuple[float, float] | None = None) -> np.ndarray:
     """Map the [low, high] percentile range of this image, or fixed intensity ``limits`` (a contrast shared
     by every field of a run), to 0..255 (uint8)."""
     values = image.astype(np.float32)
-    lo, hi = limits if limits is not None else np.percentile(values, [low, high])
+    lo, hi = limits if limits is not None else stretch_limits(values, low, high)
     if hi <= lo:
         hi = lo + 1.0
     return (np.clip((values - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
@@ -30,20 +36,22 @@ def downscale_factor(shape: tuple[int, ...], max_size: int) -> int:
 
 
 def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None, max_size: int = 256,
-              limits: tuple[float, float] | None = None) -> np.ndarray:
+              limits: tuple[float, float] | None = None, edges: np.ndarray | None = None) -> np.ndarray:
     """An RGB uint8 panel: grey intensity, yellow outlines (if labels), white scale bar bottom right.
 
     ``limits``: the intensity range shown black to white (shared by a run's fields); None: this field's own
     1-99.8 percentiles. An uncalibrated image (``pixel_size_um`` None) gets no scale bar: a bar of unknown
-    length would mislead.
+    length would mislead. Only the pixels shown are stretched (a large field is not copied at full size);
+    ``edges``: the labels' inner boundaries when the caller already has them (several panels of one field).
     """
     from skimage.segmentation import find_boundaries
 
     factor = downscale_factor(image.shape, max_size)
-    grey = contrast_stretch(image, limits=limits)[::factor, ::factor]
+    grey = contrast_stretch(image[::factor, ::factor], limits=limits if limits is not None else stretch_limits(image))
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if labels is not None:
-        edges = find_boundaries(labels, mode="inner")
+        if edges is None:
+            edges = find_boundaries(labels, mode="inner")
         if factor > 1:
             from skimage.measure import block_reduce
 
@@ -71,8 +79,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def overlay_png(image: np.ndarray, labels: np.ndarray, pixel_size_um: float | None, max_size: int = 512) -> bytes:
     """Two panels side by side: the raw channel, and the same with segmentation outlines."""
-    left = rgb_panel(image, None, pixel_size_um, max_size)
-    right = rgb_panel(image, labels, pixel_size_um, max_size)
+    limits = stretch_limits(image)
+    left = rgb_panel(image, None, pixel_size_um, max_size, limits)
+    right = rgb_panel(image, labels, pixel_size_um, max_size, limits)
     gap = np.full((left.shape[0], 4, 3), 40, np.uint8)
     return png_bytes(np.concatenate([left, gap, right], axis=1))
 
