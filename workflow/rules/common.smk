@@ -15,6 +15,7 @@ PROJECT_DIR = WORKFLOW_DIR.parent
 sys.path.insert(0, str(WORKFLOW_DIR))
 from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required  # noqa: E402
 from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
+from snakescope.costs import job_mem_mb  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
 from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.progress import run_summary_message  # noqa: E402
@@ -69,6 +70,15 @@ os.environ.update(job_environment("python" if _CONDA else sys.executable, WORKFL
 def as_json(value):
     """Params as canonical JSON: a changed value changes the param, so Snakemake reruns the rule."""
     return json.dumps(value, sort_keys=True)
+
+
+def field_mem_mb(stage, floor):
+    """A rule's mem_mb, from its batch's largest field (snakescope.costs; evaluated when the job is about to run)."""
+
+    def mem_mb(wildcards, input):
+        return job_mem_mb(R / "import" / wildcards.batch / "manifest.json", stage, floor)
+
+    return mem_mb
 
 
 def batch_sources(wildcards):

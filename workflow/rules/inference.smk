@@ -50,7 +50,7 @@ rule infer:
         "../envs/inference.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=field_mem_mb("infer", 6000),
         runtime=120,
     params:
         settings=as_json(MODEL_PARAMS),

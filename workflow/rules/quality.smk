@@ -10,7 +10,7 @@ rule quality_metrics:
     conda:
         "../envs/analysis.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=field_mem_mb("quality", 2000),
         runtime=30,
     shell:
         '"$SNAKESCOPE_PYTHON" -m snakescope.cli quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}'

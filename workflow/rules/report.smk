@@ -102,7 +102,7 @@ rule gallery:
     conda:
         "../envs/analysis.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=field_mem_mb("gallery", 2000),
         runtime=30,
     params:
         settings=as_json({k: config["report"][k] for k in ("thumbnail_px", "detail_px", "image_quality")}),

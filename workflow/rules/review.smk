@@ -17,7 +17,7 @@ rule review:
     conda:
         "../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=field_mem_mb("review_with_refinement" if USES_LLM else "review", 4000),
         runtime=240,
     params:
         settings=as_json(REVIEW_PARAMS),

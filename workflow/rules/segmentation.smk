@@ -11,7 +11,7 @@ rule postprocess:
     conda:
         "../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=field_mem_mb("postprocess", 4000),
         runtime=60,
     params:
         settings=as_json(config["postprocess"]),

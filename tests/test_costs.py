@@ -1,0 +1,53 @@
+"""Job memory follows the fields a batch holds (snakescope.costs), in the package and in the jobs Snakemake plans."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from snakescope.costs import STAGE_MEMORY, job_mem_mb, largest_field_pixels
+from workflow_helpers import snakemake, write_config
+
+
+def manifest(tmp_path, *shapes):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"units": [{"unit_id": f"u{i}", "shape": list(s)} for i, s in enumerate(shapes)]}))
+    return path
+
+
+def test_memory_is_the_rule_floor_until_fields_are_large(tmp_path):
+    assert job_mem_mb(tmp_path / "absent.json", "quality", 2000) == 2000  # a dry run before the import
+    small = manifest(tmp_path, (1, 256, 256), (2, 1024, 1344))
+    assert largest_field_pixels(small) == 1024 * 1344
+    assert job_mem_mb(small, "quality", 2000) == 2000
+    large = manifest(tmp_path, (1, 256, 256), (1, 16384, 16384))
+    base, per_pixel = STAGE_MEMORY["postprocess"]
+    assert job_mem_mb(large, "postprocess", 4000) == int(1.25 * (base + per_pixel * 16384**2 / 1e6)) > 4000
+    assert job_mem_mb(large, "review_with_refinement", 4000) > job_mem_mb(large, "review", 4000)
+
+
+@pytest.mark.slow
+def test_snakemake_asks_for_the_memory_of_the_batch_it_runs(tmp_path, demo_dir):
+    """After the import, each batch's quality, post-processing and gallery jobs ask for memory from its own largest
+    field: a batch whose manifest holds an 8192² field asks for more than the rule's floor, the other batch does not."""
+    (tmp_path / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
+    write_config(tmp_path, demo_dir)
+    assert snakemake(tmp_path, "--until", "import_batch").returncode == 0
+    path = tmp_path / "results" / "demo" / "import" / "b0000" / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["units"][0]["shape"] = [1, 8192, 8192]
+    path.write_text(json.dumps(doc))
+    result = snakemake(tmp_path, "-n")
+    planned = {}
+    for block in re.split(r"\n(?=rule |localrule )", result.stdout):
+        name = block.split(":", 1)[0].split()[-1]
+        batch = re.search(r"batch=(b\d{4})", block)
+        memory = re.search(r"mem_mb=(\d+)", block)
+        if batch and memory:
+            planned[(name, batch.group(1))] = int(memory.group(1))
+    assert planned[("quality_metrics", "b0000")] == job_mem_mb(path, "quality", 2000) > 2000
+    assert planned[("quality_metrics", "b0001")] == 2000
+    assert planned[("postprocess", "b0000")] > 4000 and planned[("postprocess", "b0001")] == 4000
+    assert planned[("gallery", "b0000")] >= 2000

@@ -1,0 +1,44 @@
+"""What a job needs, from the fields it will process: memory per stage as a base plus bytes per pixel of the
+batch's largest field. The figures are measured by ``bench/large_image.py`` (real nuclei mosaics, real U-Net,
+one process per stage, peak RSS) and given 25 % headroom; README "Cost model" has the table and the times.
+
+The workflow's rules call :func:`job_mem_mb` when a job is about to run (the batch's import manifest exists by
+then), so a batch of 256² fields asks SLURM for the rule's usual memory and a batch with an 8192² mosaic for what
+that mosaic needs. A ``set-resources`` entry in a profile still overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# stage: (base MB, bytes per pixel of the largest field); slopes between 4096² and 8192² fields
+STAGE_MEMORY = {
+    "quality": (300, 50),
+    "infer": (600, 16),
+    "postprocess": (300, 55),
+    "review": (300, 8),
+    "review_with_refinement": (300, 55),  # the LLM's critique may re-run post-processing
+    "gallery": (300, 12),
+}
+HEADROOM = 1.25
+
+
+def largest_field_pixels(manifest: str | Path) -> int | None:
+    """Pixels (Y x X) of the largest unit of an import manifest; None when there is no manifest yet."""
+    path = Path(manifest)
+    if not path.is_file():
+        return None
+    units = json.loads(path.read_text(encoding="utf-8")).get("units", [])
+    sizes = [int(u["shape"][-1]) * int(u["shape"][-2]) for u in units if len(u.get("shape", [])) >= 2]
+    return max(sizes, default=None)
+
+
+def job_mem_mb(manifest: str | Path, stage: str, floor: int) -> int:
+    """Memory (MB) for one job of ``stage`` on the batch of ``manifest``: at least ``floor`` (the rule's usual
+    value, and what a dry run shows before the batch is imported), more for large fields."""
+    pixels = largest_field_pixels(manifest)
+    if pixels is None:
+        return floor
+    base, per_pixel = STAGE_MEMORY[stage]
+    return max(floor, int(HEADROOM * (base + per_pixel * pixels / 1e6)))
