@@ -124,25 +124,30 @@ def test_unreachable_ollama_falls_back_visibly(tmp_path, demo_dir):
     assert "no Ollama server answers at http://127.0.0.1:9" in log and "on_unreachable: fail" in log
 
 
-def test_a_server_that_only_fails_is_reported_honestly(tmp_path, demo_dir):
-    """Every chat answered with HTTP 500: the report and the terminal say the LLM reviewed nothing and why; with
-    on_unreachable: fail the run fails instead of succeeding on the rules."""
+@pytest.mark.parametrize("behaviour, reason", [("http500", "HTTP 500"), ("invalid_json", "invalid JSON"),
+                                               ("schema_violation", "violates the schema")])
+def test_a_server_that_only_fails_is_reported_honestly(tmp_path, demo_dir, behaviour, reason):
+    """Every review answered with HTTP 500, text that is not JSON, or JSON that breaks the schema: the report and
+    the terminal say the LLM reviewed nothing and why; with on_unreachable: fail the run fails instead of
+    succeeding on the rules."""
     from fake_llm import FakeLLMServer
 
     (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\tcell_line\n"
                                           + "".join(f"{n}\t{demo_dir}/images/{n}.ome.tif\tDMSO\tHeLa\n" for n in ("ctrl_01", "ctrl_02")))
     broken = FakeLLMServer().start()
-    broken.script.extend(["http500"] * 1000)
+    broken.script.extend([behaviour] * 1000)
     try:
         llm_config(tmp_path, demo_dir, broken.host, retries=1)
         result = snakemake(tmp_path)
         assert result.returncode == 0, result.stdout[-2000:]
         assert "0 reviewed by the LLM, 2 by the rules alone" in result.stdout
         page = (tmp_path / "results" / "demo" / "report" / "report.html").read_text()
-        assert "No unit was reviewed by the LLM: all 2 attempted unit(s) stayed unreviewed" in page and "HTTP 500" in page
+        assert "No unit was reviewed by the LLM: all 2 attempted unit(s) stayed unreviewed" in page and reason in page
         assert "Review backend: deterministic rules" not in page  # an LLM was asked; it is not a rules-only run
         assert "<div class='n'>0</div><div>reviewed by the LLM</div>" in page
         assert "<div class='n'>2</div><div>not reviewed by the LLM</div>" in page
+        if behaviour != "http500":
+            return  # the failing run below is the same for every kind of invalid answer
         llm_config(tmp_path, demo_dir, broken.host, retries=1, on_unreachable="fail")
         result = snakemake(tmp_path, "--forcerun", "review")
         assert result.returncode != 0
