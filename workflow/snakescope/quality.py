@@ -18,7 +18,9 @@ def robust_background(image: np.ndarray, iterations: int = 5, clip: float = 3.0)
     values = np.asarray(image, np.float64).ravel()  # no copy for a float64 image; the medians below work on copies
 
     def mad(data: np.ndarray, centre: float) -> float:
-        return float(1.4826 * np.median(np.abs(data - centre), overwrite_input=True))
+        deviation = data - centre
+        np.abs(deviation, out=deviation)
+        return float(1.4826 * np.median(deviation, overwrite_input=True))
 
     level = float(np.median(values))
     sigma = mad(values, level)
@@ -34,16 +36,20 @@ def robust_background(image: np.ndarray, iterations: int = 5, clip: float = 3.0)
 ROWS_PER_BLOCK = 512  # rows processed at a time where a metric can be summed block by block (memory bounded by the block)
 
 
-def power_log_log_slope(image: np.ndarray) -> float:
+def power_log_log_slope(image: np.ndarray, overwrite: bool = False) -> float:
     """Slope of the radially averaged power spectrum in log-log space; more negative means blurrier.
 
     The spectrum of a real image is symmetric, so the half plane of ``rfft2`` holds it all: every column but
     the zero and (even widths) Nyquist ones stands for itself and its mirror, and counts twice. Power and the
     radial sums are made a block of rows at a time, so beyond the half spectrum (8 bytes per pixel) memory
-    does not grow with the image; the result is the full-plane radial average's.
+    does not grow with the image; the result is the full-plane radial average's. ``overwrite``: the image is a
+    float64 array the caller no longer needs (it is centred in place instead of copied).
     """
     img = np.asarray(image, np.float64)
-    img = img - img.mean()
+    if overwrite and img is image:  # the caller's float64 copy, no longer needed: centre it in place
+        img -= img.mean()
+    else:
+        img = img - img.mean()
     h, w = img.shape
     spectrum = np.fft.rfft2(img)
     del img
@@ -77,9 +83,22 @@ def pixel_noise(image: np.ndarray) -> float:
     ignores the edges. Integer images get a floor of one grey level: a flat, clipped background
     (8-bit exports) has no measurable noise, and dividing by zero would call any field perfect.
     """
-    values = image.astype(np.float64)
-    diffs = np.diff(values, axis=-1 if values.shape[-1] > 1 else 0).ravel()  # a 1-pixel-wide image: vertical neighbours
-    noise = float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2)) if diffs.size else 0.0
+    axis = -1 if image.shape[-1] > 1 else 0  # a 1-pixel-wide image: vertical neighbours
+    shape = (image.shape[0], image.shape[1] - 1) if axis else (image.shape[0] - 1, image.shape[1])
+    diffs = np.empty(shape, np.float64)
+    if axis:  # by blocks of rows: no full-size float copy of the image beside the differences
+        for start in range(0, image.shape[0], ROWS_PER_BLOCK):
+            rows = slice(start, start + ROWS_PER_BLOCK)
+            diffs[rows] = np.diff(image[rows].astype(np.float64), axis=-1)
+    else:
+        diffs[:] = np.diff(image.astype(np.float64), axis=0)
+    diffs = diffs.ravel()
+    noise = 0.0
+    if diffs.size:
+        centre = np.median(diffs)
+        diffs -= centre  # in place: the differences are ours
+        np.abs(diffs, out=diffs)
+        noise = float(1.4826 * np.median(diffs, overwrite_input=True) / np.sqrt(2))
     floor = 1.0 if np.issubdtype(image.dtype, np.integer) else float(np.finfo(np.float32).eps)
     return max(noise, floor)
 
@@ -123,9 +142,9 @@ def channel_metrics(image: np.ndarray) -> dict[str, float]:
     values = img.astype(np.float64)
     mean = float(values.mean())
     lo, hi = float(values.min()), float(values.max())
+    noise = pixel_noise(img)  # before the smoothed copy exists (peak memory)
     smooth = ndi.gaussian_filter(values, 1.0)
     background, smooth_noise = robust_background(smooth)
-    noise = pixel_noise(img)
     # sigma=1 smoothing lowers white noise about 3.5x; the floor keeps flat 8-bit backgrounds from counting as signal
     foreground = smooth > background + 5.0 * max(smooth_noise, 0.28 * noise)
     fg_fraction = float(foreground.mean())
@@ -141,20 +160,26 @@ def channel_metrics(image: np.ndarray) -> dict[str, float]:
         mask = foreground[start : start + ROWS_PER_BLOCK]
         laplace_sq += float(np.sum(laplace[mask] ** 2))
         counted += int(mask.sum())
+    del smooth, foreground  # what follows needs the image only: one full-size float array fewer at its peak
+    std, variance = float(values.std()), float(values.var())
+    saturated = float(100.0 * np.mean(values >= hi)) if hi > lo else 100.0
+    minimal = float(100.0 * np.mean(values <= lo)) if hi > lo else 100.0
+    blur = blur_score(values)
+    slope = power_log_log_slope(values, overwrite=values is not img)  # last: it may reuse the copy
     return {
         "mean": mean,
-        "std": float(values.std()),
+        "std": std,
         "min": lo,
         "max": hi,
         "median": median,
         "p01": p01,
         "p99": p99,
-        "focus_normalized_variance": float(values.var() / mean) if mean > 0 else 0.0,
+        "focus_normalized_variance": variance / mean if mean > 0 else 0.0,
         "focus_laplacian": float(np.sqrt(laplace_sq / counted) / contrast) if counted else 0.0,
-        "blur": blur_score(values),
-        "power_log_log_slope": power_log_log_slope(values),
-        "percent_saturated": float(100.0 * np.mean(values >= hi)) if hi > lo else 100.0,
-        "percent_minimal": float(100.0 * np.mean(values <= lo)) if hi > lo else 100.0,
+        "blur": blur,
+        "power_log_log_slope": slope,
+        "percent_saturated": saturated,
+        "percent_minimal": minimal,
         "percent_non_finite": non_finite,
         "background": background,
         "noise": noise,
