@@ -14,7 +14,7 @@ from pathlib import Path
 
 # stage: (base MB, bytes per pixel of the largest field); slopes between 4096² and 8192² fields
 STAGE_MEMORY = {
-    "quality": (300, 50),
+    "quality": (300, 35),
     "infer": (600, 16),
     "postprocess": (300, 55),
     "review": (300, 8),

@@ -207,9 +207,10 @@ def _intensity_scale(intensity: np.ndarray | None, mask: np.ndarray, settings: P
     from the whole field; None when intensity is not used."""
     if intensity is None or settings.split_intensity_weight <= 0:
         return None
-    values = np.nan_to_num(intensity.astype(np.float32), nan=0.0)
+    # integers convert exactly to float32: the statistics on the pixels themselves equal those on a float copy
+    values = intensity if np.issubdtype(intensity.dtype, np.integer) else np.nan_to_num(intensity.astype(np.float32), nan=0.0)
     background, _ = background_noise(values, mask)
-    return background, float(np.percentile(values[mask], 95))
+    return background, float(np.percentile(values[mask].astype(np.float32), 95))
 
 
 def _normalise(intensity: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
@@ -325,7 +326,9 @@ def _drop_low_contrast(labels: np.ndarray, intensity: np.ndarray, min_snr: float
 
 def object_contrast(labels: np.ndarray, intensity: np.ndarray) -> dict[int, float]:
     """Per object: (mean intensity - background) / background noise SD, background outside every object."""
-    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
+    # integer pixels are used as they are (ndi.mean and the background statistics compute in float64 anyway):
+    # no full-size float copy of the field
+    values = intensity if np.issubdtype(intensity.dtype, np.integer) else np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
     grown = ndi.binary_dilation(labels > 0, iterations=2)
     level, noise = background_noise(values, grown)
     ids = np.unique(labels[labels > 0])
