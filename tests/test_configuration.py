@@ -102,3 +102,11 @@ def test_every_runtime_dependency_is_in_a_stage_env():
     names = {re.match(r"[A-Za-z0-9_.\-]+", d).group(0) for d in deps} - {"snakemake"}
     declared = {k.lower() for k in declared_in_envs()}
     assert sorted(n for n in names if n.lower() not in declared) == []
+
+
+def test_keys_of_earlier_versions_say_what_to_write_instead():
+    schema = json.loads((ROOT / "workflow" / "schemas" / "config.schema.json").read_text())
+    old = config_errors({"review": {"backend": "ollama", "ollama": {"host": "gpu01"}}}, schema)
+    assert "config key 'review.ollama' was renamed: write review.llm (with review.backend: ollama or openai)" in old
+    host = config_errors({"review": {"backend": "openai", "llm": {"host": "gpu01:8000"}}}, schema)
+    assert "config key 'review.llm.host' was renamed: write review.llm.endpoint" in host

@@ -281,7 +281,9 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
     top = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, 90), float, level))
     cutoff = np.full(ids.size + 1, np.inf)
     cutoff[ids] = level + fraction * (top - level)
-    kept = values >= cutoff[labels]  # the background's cutoff is inf
+    kept = np.empty(labels.shape, bool)  # values >= their object's cutoff (the background's is inf), by row blocks:
+    for start in range(0, labels.shape[0], 512):  # no full-size float array of cutoffs beside the values
+        kept[start : start + 512] = values[start : start + 512] >= cutoff[labels[start : start + 512]]
     del values
     kept = ndi.binary_fill_holes(kept)
     kept &= labels > 0
