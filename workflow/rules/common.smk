@@ -17,6 +17,7 @@ from snakescope.configuration import config_errors, drop_nulls, job_environment,
 from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
 from snakescope.costs import job_mem_mb  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
+from snakescope.llm.settings import BACKENDS as LLM_BACKENDS  # noqa: E402
 from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.progress import run_summary_message  # noqa: E402
 
@@ -96,7 +97,6 @@ MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
 # LLM settings that do not change answers (where the server is, how long to wait, how many requests at once,
 # the self-test) and the cache folder reach jobs through the environment, not params, so changing them does not
 # rerun reviews; everything else is a rerun trigger.
-LLM_BACKENDS = ("ollama", "openai")
 USES_LLM = config["review"]["backend"] in LLM_BACKENDS
 _LLM = dict(config["review"].get("llm", {}))
 for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):

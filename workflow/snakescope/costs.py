@@ -9,8 +9,9 @@ that mosaic needs. A ``set-resources`` entry in a profile still overrides it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .records import read_json
 
 # stage: (base MB, bytes per pixel of the largest field); slopes between 4096² and 8192² fields
 STAGE_MEMORY = {
@@ -29,7 +30,7 @@ def largest_field_pixels(manifest: str | Path) -> int | None:
     path = Path(manifest)
     if not path.is_file():
         return None
-    units = json.loads(path.read_text(encoding="utf-8")).get("units", [])
+    units = read_json(path).get("units", [])
     sizes = [int(u["shape"][-1]) * int(u["shape"][-2]) for u in units if len(u.get("shape", [])) >= 2]
     return max(sizes, default=None)
 

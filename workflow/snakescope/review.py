@@ -14,10 +14,10 @@ import numpy as np
 
 from . import __version__
 from .configuration import settings_from_section
+from .llm.settings import BACKENDS as LLM_BACKENDS  # review.backend values where a vision model reviews
 from .records import LABELS_SUFFIX, read_json, write_json
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "review.schema.json"
-LLM_BACKENDS = ("ollama", "openai")  # review.backend values where a vision model reviews (see llm/)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ TISSUE_RATIO = 5.0
 # Larger fields are processed one connected component at a time (distance transforms, splitting): the extra
 # memory then follows the largest cluster of touching nuclei, not the field; the results are the same.
 WHOLE_FIELD_PIXELS = 2048 * 2048
+ROWS_PER_BLOCK = 512  # rows compared at a time where a full-size temporary is not needed
 
 
 @dataclass(frozen=True)
@@ -219,20 +220,26 @@ def _normalise(intensity: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     return np.clip((values - background) / max(top - background, 1e-6), 0, 1.5)
 
 
-def _split_whole_field(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
-                       settings: PostprocessSettings) -> np.ndarray:
-    """Touching nuclei split by a marker-controlled watershed over the whole field (small fields)."""
+def _flood(marker_map: np.ndarray, peak_labels: np.ndarray, mask: np.ndarray, min_distance: int,
+           first_id: int) -> tuple[np.ndarray, int]:
+    """Markers at the marker map's peaks within each of ``peak_labels``' objects (numbered from ``first_id`` + 1),
+    then the watershed of the inverted map (inverted in place) within ``mask``; returns (labels, markers found)."""
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
+    peaks = peak_local_max(marker_map, min_distance=min_distance, labels=peak_labels, exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(first_id + 1, first_id + len(peaks) + 1)
+    np.negative(marker_map, out=marker_map)
+    return watershed(marker_map, markers, mask=mask), len(peaks)
+
+
+def _split_whole_field(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
+                       settings: PostprocessSettings) -> np.ndarray:
+    """Touching nuclei split by a marker-controlled watershed over the whole field (small fields)."""
     scale = _intensity_scale(intensity, mask, settings)
     marker_map = _marker_map(mask, _normalise(intensity, scale) if scale else None, radius, settings)
-    peaks = peak_local_max(marker_map, min_distance=max(1, int(round(settings.split_min_distance * radius))),
-                           labels=components, exclude_border=False)
-    markers = np.zeros(mask.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    np.negative(marker_map, out=marker_map)
-    return watershed(marker_map, markers, mask=mask)
+    return _flood(marker_map, components, mask, max(1, int(round(settings.split_min_distance * radius))), 0)[0]
 
 
 def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
@@ -241,9 +248,6 @@ def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.
     follows the largest object cluster, not the field. The margin holds everything a box pixel's value depends
     on (the smoothing's reach, 4 sigma, plus the capped distance's, r), so markers and labels equal the
     whole-field ones (tested); markers are numbered in the same order."""
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
     scale = _intensity_scale(intensity, mask, settings)
     sigma = settings.split_smoothing * radius
     margin = int(4.0 * sigma + 0.5) + int(np.ceil(radius)) + 2
@@ -257,12 +261,8 @@ def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.
         sub_mask = mask[crop]
         marker_map = _marker_map(sub_mask, _normalise(intensity[crop], scale) if scale else None, radius, settings)
         own = components[crop] == index
-        peaks = peak_local_max(marker_map, min_distance=min_distance, labels=own.astype(np.int32), exclude_border=False)
-        markers = np.zeros(sub_mask.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(next_id + 1, next_id + len(peaks) + 1)
-        next_id += len(peaks)
-        np.negative(marker_map, out=marker_map)
-        flooded = watershed(marker_map, markers, mask=own)
+        flooded, found = _flood(marker_map, own.astype(np.int32), own, min_distance, next_id)
+        next_id += found
         labels[crop][own] = flooded[own]
     return labels
 
@@ -282,8 +282,9 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
     cutoff = np.full(ids.size + 1, np.inf)
     cutoff[ids] = level + fraction * (top - level)
     kept = np.empty(labels.shape, bool)  # values >= their object's cutoff (the background's is inf), by row blocks:
-    for start in range(0, labels.shape[0], 512):  # no full-size float array of cutoffs beside the values
-        kept[start : start + 512] = values[start : start + 512] >= cutoff[labels[start : start + 512]]
+    for start in range(0, labels.shape[0], ROWS_PER_BLOCK):  # no full-size float array of cutoffs beside the values
+        rows = slice(start, start + ROWS_PER_BLOCK)
+        kept[rows] = values[rows] >= cutoff[labels[rows]]
     del values
     kept = ndi.binary_fill_holes(kept)
     kept &= labels > 0

@@ -64,6 +64,7 @@ class OpenAIClient(ChatClient):
         super().__init__(settings, base_url(settings))
         self.client = openai.OpenAI(base_url=self.endpoint, api_key=api_key(settings), timeout=settings.timeout_s, max_retries=0)
         self.structured = settings.structured_output
+        self.models: list[Any] | None = None  # /models as listed when the server was first asked (server_version)
 
     def server_version(self) -> str:
         """The server's version where it says (vLLM ``/version``, llama-server ``/props``), after checking it answers."""
@@ -92,7 +93,7 @@ class OpenAIClient(ChatClient):
 
     def describe(self, server_version: str) -> ModelInfo:
         """The model as ``/models`` lists it; its id is a hash of the stable fields (vLLM's ``created`` is the request time)."""
-        served = {m.id: m for m in getattr(self, "models", None) or self.client.models.list()}
+        served = {m.id: m for m in (self.models if self.models is not None else self.client.models.list())}
         entry = served.get(self.settings.model)
         if entry is None:
             raise ModelMissing(f"model {self.settings.model!r} is not served at {self.endpoint} (config key review.llm.model); "

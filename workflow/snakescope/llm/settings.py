@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("ollama", "openai")  # the same as review.LLM_BACKENDS
+BACKENDS = ("ollama", "openai")  # review.backend values with an LLM reviewer
 SCOPES = ("all", "flagged", "flagged_and_audit")
 
 
