@@ -30,6 +30,7 @@ class ModelSettings:
     output_channel: int = 0
     run_test: bool = True
     normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
+    tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.tiling)
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "ModelSettings":
@@ -84,6 +85,8 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
         "inputs": [str(t.id) for t in descr.inputs],
         "outputs": [str(t.id) for t in descr.outputs],
     }
+    if settings.tile_px:
+        record["tiling"] = checked_tiles(settings, descr, digest, cache_dir)
     if cache.is_file():
         cached = read_json(cache)
         return {**record, "test": cached, "test_cached": True}
@@ -99,6 +102,30 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
     if summary.status == "passed":
         write_json(cache, result)
     return {**record, "test": result, "test_cached": False}
+
+
+def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: str | Path) -> dict[str, Any]:
+    """``model.tile_px`` validated against the model's own tiles on its test input (cached per digest and size)."""
+    from bioimageio.core.digest_spec import get_test_inputs
+
+    from .tiling import validate_tiles
+
+    cache = Path(cache_dir) / "model-tests" / f"{digest}.tile{settings.tile_px}.json"
+    if cache.is_file():
+        return {**read_json(cache), "cached": True}
+    if not (settings.weight_format == "torchscript" or settings.weight_format == "onnx" and settings.device == "cpu"):
+        raise ModelError(f"config key model.tile_px: larger tiles are supported for ONNX weights on the CPU and TorchScript "
+                         f"weights, not {settings.weight_format} on {settings.device}")
+    data = get_test_inputs(descr).members[descr.inputs[0].id].data
+    test_input = np.asarray(data.transpose(*[d for d in ("batch", "channel", "y", "x") if d in data.dims]).values)[0]
+    result = validate_tiles(settings, descr, test_input.astype(np.float32))
+    if result["status"] != "passed":
+        tried = "; ".join(f"step {t['step']}: " + (t["error"] if "error" in t else f"mean difference {t['mean_abs_difference']}, "
+                                                    f"foreground agreement {t['foreground_agreement']}") for t in result["tried"])
+        raise ModelError(f"config key model.tile_px={settings.tile_px}: {descr.name} does not give the same probabilities with "
+                         f"tiles larger than its own on its test input ({tried}); remove model.tile_px for this model")
+    write_json(cache, result)
+    return {**result, "cached": False}
 
 
 def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> np.ndarray:
@@ -171,13 +198,14 @@ def pad_image(image: np.ndarray, padding: Padding) -> np.ndarray:
     return np.pad(image, ((0, 0), padding.y, padding.x), mode=mode)
 
 
-def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None) -> Any:
+def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, free_size: bool = False) -> Any:
     """A model adapter that uses exactly ``threads`` CPU threads (the job's declared cores), or None for the default.
 
     bioimageio.core creates its onnxruntime session with default options, which on a shared node starts
     one thread per core of the machine, not of the job; torch is told through ``torch.set_num_threads``.
+    With ``free_size`` the ONNX session runs a copy of the weights whose spatial sizes are free (larger tiles).
     """
-    if not threads or settings.device != "cpu":
+    if not free_size and (not threads or settings.device != "cpu"):
         return None
     if settings.weight_format in ("torchscript", "pytorch_state_dict"):
         import torch
@@ -189,15 +217,19 @@ def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None) -
     import onnxruntime
     from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
 
+    from .tiling import free_size_onnx
+
     class ThreadedONNXAdapter(ONNXModelAdapter):
         def _init_model_on_device(self, device: Any) -> Any:
             weights = self._onnx_descr
-            if getattr(weights, "external_data", None) is not None:  # large models: bioimageio.core's own loading
+            if getattr(weights, "external_data", None) is not None and not free_size:  # large models: bioimageio.core's own
                 return super()._init_model_on_device(device)
             options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = onnxruntime.InferenceSession(weights.get_reader().read(), sess_options=options,
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            data = weights.get_reader().read()
+            session = onnxruntime.InferenceSession(free_size_onnx(data) if free_size else data, sess_options=options,
                                                    providers=None if device is None else [device])
             if self._input_names is None:
                 self._input_names = [str(i.name) for i in session.get_inputs()]
@@ -211,9 +243,12 @@ class Predictor:
 
     Images of any size are mirror-padded to what the model's input axes accept (fixed size, or
     ``min + n*step``) plus the output halo on every side, predicted block by block, and cropped back.
+    With a validated ``tile_rule`` (``model.tile_px``, snakescope.tiling) the blocks are as large as the
+    rule allows, up to the whole padded field.
     """
 
-    def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None, threads: int | None = None) -> None:
+    def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None, threads: int | None = None,
+                 tile_rule: Any = None) -> None:
         from bioimageio.core import create_prediction_pipeline
 
         self.settings = settings
@@ -222,11 +257,15 @@ class Predictor:
         self.fixed_stats = fixed  # also put into every sample: blocked prediction reads them from sample.stat
         self.pipeline = create_prediction_pipeline(
             self.descr, weight_format=settings.weight_format, devices=[settings.device], fixed_dataset_statistics=fixed,
-            model_adapter=threaded_adapter(self.descr, settings, threads),
+            model_adapter=threaded_adapter(self.descr, settings, threads, free_size=tile_rule is not None
+                                           and settings.weight_format == "onnx"),
         )
         self.input_id = self.descr.inputs[0].id
         self.output_id = self.descr.outputs[0].id
+        self.tile_rule = tile_rule
         self.size_rules = {str(a.id): axis_size_rule(a) for a in self.descr.inputs[0].axes if str(a.id) in ("y", "x")}
+        if tile_rule is not None:
+            self.size_rules = {axis: (tile_rule.minimum, tile_rule.step) for axis in self.size_rules}
         self.halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in self.descr.outputs[0].axes if str(a.id) in ("y", "x")}
 
     def predict(self, image: np.ndarray, sample_id: str = "image") -> np.ndarray:
@@ -235,11 +274,19 @@ class Predictor:
 
         if image.ndim != 3 or min(image.shape[-2:]) < 1:
             raise ValueError(f"expected a CYX image, got shape {image.shape}")
-        padding = plan_padding(image.shape[-2:], self.size_rules, self.halo)
+        # with larger tiles, bioimageio.core's own halo padding is the only border context (no second margin)
+        padding = plan_padding(image.shape[-2:], self.size_rules, self.halo if self.tile_rule is None else {})
         padded = pad_image(image.astype(np.float32), padding)
         tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
         sample = Sample(members={self.input_id: tensor}, stat=dict(self.fixed_stats), id=sample_id)
-        result = self.pipeline.predict_sample_with_blocking(sample)
+        if self.tile_rule is None:
+            result = self.pipeline.predict_sample_with_blocking(sample)
+        elif all(self.tile_rule.fits(padded.shape[i] + 2 * self.halo.get(axis, 0)) for i, axis in ((1, "y"), (2, "x"))):
+            result = self.pipeline.predict_sample_without_blocking(sample)  # the whole field (plus halo) in one tile
+        else:  # tiles as large as the rule allows; bioimageio.core overlaps them by the halo
+            block = {"batch": 1, "channel": padded.shape[0], "y": self.tile_rule.block(padded.shape[1]),
+                     "x": self.tile_rule.block(padded.shape[2])}
+            result = self.pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block})
         out = result.members[self.output_id].data
         out = out.transpose(*[d for d in ("batch", "channel", "z", "y", "x") if d in out.dims])
         values = np.asarray(out.values)
@@ -285,11 +332,53 @@ def dataset_statistics(descr: Any, pixels: np.ndarray) -> dict[Any, Any]:
     return compute_measures(measures, [sample])
 
 
+def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, prefix: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Predict one imported unit into ``out``: ({path, seconds}, None), or (None, failure record).
+    ``prefix`` starts the progress line, e.g. ``[inference b0000] 3/50``."""
+    from .acquisition import read_unit
+
+    try:
+        image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], predictor.settings.channels)
+        t0 = time.time()
+        probability = predictor.predict(image, unit["unit_id"])
+        path = out / f"{unit['unit_id']}.probability.npy"
+        np.save(path, probability.astype(np.float16))
+        print(f"{prefix} {unit['unit_id']}", file=sys.stderr)
+        return {"path": str(path), "seconds": round(time.time() - t0, 3)}, None
+    except Exception as exc:  # noqa: BLE001
+        failure = Failure.from_exception("inference", unit["source_path"], exc, unit_id=unit["unit_id"])
+        print(f"{prefix.split(']')[0]}] FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
+        return None, failure.__dict__
+
+
+def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSettings, predictor: Predictor | None,
+                       dataset_pixels: Any, load_seconds: float, predictions: dict[str, Any],
+                       failures: list[dict[str, Any]]) -> dict[str, Any]:
+    rule = predictor.tile_rule if predictor is not None else None
+    return {
+        "batch": batch,
+        "model": {k: check[k] for k in ("source", "name", "digest", "weight_format")},
+        "device": settings.device,
+        "normalization": "dataset statistics" if dataset_pixels else "per image (the model's own)",
+        "tiles": rule.as_record() if rule else "the model's own",
+        "model_load_seconds": round(load_seconds, 3),
+        "predictions": predictions,
+        "failures": failures,
+    }
+
+
+def batch_predictor(settings: ModelSettings, check: dict[str, Any], pooled: np.ndarray | None = None,
+                    threads: int | None = None) -> Predictor:
+    """The predictor a batch uses: the larger tiles validated in the model check when ``model.tile_px`` is set."""
+    from .tiling import TileRule
+
+    rule = TileRule(**check["tiling"]["rule"]) if settings.tile_px and check.get("tiling") else None
+    return Predictor(settings, pooled, threads, tile_rule=rule)
+
+
 def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_check: str | Path, out_dir: str | Path,
                   dataset_pixels: str | Path | None = None, threads: int | None = None) -> dict[str, Any]:
     """Predict every unit of an imported batch with one pipeline; per-unit errors are recorded."""
-    from .acquisition import read_unit
-
     check = read_json(model_check)
     doc = read_json(import_manifest)
     out = Path(out_dir)
@@ -298,31 +387,16 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     failures: list[dict[str, Any]] = []
     started = time.time()
     pooled = np.load(dataset_pixels) if dataset_pixels else None
-    predictor = Predictor(settings, pooled, threads) if doc["units"] else None
+    predictor = batch_predictor(settings, check, pooled, threads) if doc["units"] else None
     load_seconds = time.time() - started
     for i, unit in enumerate(doc["units"], start=1):
-        try:
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], settings.channels)
-            t0 = time.time()
-            probability = predictor.predict(image, unit["unit_id"])  # type: ignore[union-attr]
-            path = out / f"{unit['unit_id']}.probability.npy"
-            np.save(path, probability.astype(np.float16))
-            predictions[unit["unit_id"]] = {"path": str(path), "seconds": round(time.time() - t0, 3)}
-            print(f"[inference {doc['batch']}] {i}/{len(doc['units'])} {unit['unit_id']}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001
-            failure = Failure.from_exception("inference", unit["source_path"], exc, unit_id=unit["unit_id"])
-            failures.append(failure.__dict__)
-            print(f"[inference {doc['batch']}] FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
+        record, failure = predict_one(predictor, unit, out, f"[inference {doc['batch']}] {i}/{len(doc['units'])}")  # type: ignore[arg-type]
+        if failure:
+            failures.append(failure)
+        else:
+            predictions[unit["unit_id"]] = record
     if predictor is not None:
         predictor.close()
-    result = {
-        "batch": doc["batch"],
-        "model": {k: check[k] for k in ("source", "name", "digest", "weight_format")},
-        "device": settings.device,
-        "normalization": "dataset statistics" if dataset_pixels else "per image (the model's own)",
-        "model_load_seconds": round(load_seconds, 3),
-        "predictions": predictions,
-        "failures": failures,
-    }
+    result = inference_manifest(doc["batch"], check, settings, predictor, dataset_pixels, load_seconds, predictions, failures)
     write_json(out / "manifest.json", result)
     return result

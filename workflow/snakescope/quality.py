@@ -194,20 +194,29 @@ def unit_metrics(array: np.ndarray, channel_names: list[str]) -> dict[str, dict[
     return {name: channel_metrics(array[i]) for i, name in enumerate(channel_names)}
 
 
-def quality_batch(import_manifest: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """Metrics for every unit of an imported batch; a unit that fails is recorded, the rest continue."""
+def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(metrics, None) for one imported unit, or (None, failure record)."""
     from .acquisition import read_unit
 
+    try:
+        return unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"]), None
+    except Exception as exc:  # noqa: BLE001
+        failure = Failure.from_exception("quality", unit["source_path"], exc, unit_id=unit["unit_id"])
+        print(f"[quality {label}] FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
+        return None, failure.__dict__
+
+
+def quality_batch(import_manifest: str | Path, out_path: str | Path) -> dict[str, Any]:
+    """Metrics for every unit of an imported batch; a unit that fails is recorded, the rest continue."""
     doc = read_json(import_manifest)
     results: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     for unit in doc["units"]:
-        try:
-            results[unit["unit_id"]] = unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"])
-        except Exception as exc:  # noqa: BLE001
-            failure = Failure.from_exception("quality", unit["source_path"], exc, unit_id=unit["unit_id"])
-            failures.append(failure.__dict__)
-            print(f"[quality {doc['batch']}] FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
+        metrics, failure = quality_one(unit, doc["batch"])
+        if failure:
+            failures.append(failure)
+        else:
+            results[unit["unit_id"]] = metrics
     out = {"batch": doc["batch"], "metrics": results, "failures": failures}
     write_json(out_path, out)
     return out

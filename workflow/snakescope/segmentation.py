@@ -445,15 +445,41 @@ def write_labels(path: Path, labels: np.ndarray, unit: dict[str, Any]) -> None:
     write_ome_tiff(path, labels.astype(dtype)[None], [f"labels of {unit['unit_id']}"], unit.get("pixel_size_um") or {})
 
 
-def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Path, settings: PostprocessSettings,
-                      channels: tuple[str | int, ...], out_dir: str | Path) -> dict[str, Any]:
-    """Segment and measure every predicted unit of a batch; writes labels, overlays, objects.csv, summary."""
-    import tifffile
-
+def postprocess_one(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
+                    channels: tuple[str | int, ...], out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Labels (TIFF), overlay (PNG), summary and objects of one predicted unit; raises on failure."""
     from .acquisition import read_unit
     from .inference import select_channels
     from .rendering import overlay_png
 
+    uid = unit["unit_id"]
+    pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
+    full = read_unit(unit["image_path"])
+    image = select_channels(full, unit["channel_names"], channels)
+    probability = np.load(probability_path).astype(np.float32)
+    labels, objects, summary = segment_unit(probability, image[0], pixel, settings, uid)
+    channel_means(objects, labels, full, unit["channel_names"])
+    write_labels(out / f"{uid}{LABELS_SUFFIX}", labels, unit)
+    (out / f"{uid}.overlay.png").write_bytes(overlay_png(image[0], labels, pixel[1] if pixel else None))
+    return summary, objects
+
+
+def write_postprocess_outputs(out: Path, batch: str, settings: PostprocessSettings, summaries: dict[str, Any],
+                              failures: list[dict[str, Any]], objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch's objects.csv and summary.json."""
+    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
+        extra = dict.fromkeys(k for o in objects for k in o if k not in OBJECT_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS + list(extra), restval="")
+        writer.writeheader()
+        writer.writerows(objects)
+    doc = {"batch": batch, "settings": asdict(settings), "summaries": summaries, "failures": failures}
+    write_json(out / "summary.json", doc)
+    return doc
+
+
+def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Path, settings: PostprocessSettings,
+                      channels: tuple[str | int, ...], out_dir: str | Path) -> dict[str, Any]:
+    """Segment and measure every predicted unit of a batch; writes labels, overlays, objects.csv, summary."""
     imported = read_json(import_manifest)
     predicted = read_json(inference_manifest)
     out = Path(out_dir)
@@ -466,27 +492,13 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
         if uid not in predicted["predictions"]:
             continue  # its inference failure is already recorded
         try:
-            pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
-            full = read_unit(unit["image_path"])
-            image = select_channels(full, unit["channel_names"], channels)
-            probability = np.load(predicted["predictions"][uid]["path"]).astype(np.float32)
-            labels, objects, summary = segment_unit(probability, image[0], pixel, settings, uid)
-            channel_means(objects, labels, full, unit["channel_names"])
-            write_labels(out / f"{uid}{LABELS_SUFFIX}", labels, unit)
-            (out / f"{uid}.overlay.png").write_bytes(overlay_png(image[0], labels, pixel[1] if pixel else None))
-            summaries[uid] = summary
+            summaries[uid], objects = postprocess_one(unit, predicted["predictions"][uid]["path"], settings, channels, out)
             all_objects.extend(objects)
         except Exception as exc:  # noqa: BLE001
             failure = Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid)
             failures.append(failure.__dict__)
             print(f"[postprocess {imported['batch']}] FAILED {uid}: {failure.reason}", file=sys.stderr)
-    with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
-        extra = dict.fromkeys(k for o in all_objects for k in o if k not in OBJECT_COLUMNS)
-        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS + list(extra), restval="")
-        writer.writeheader()
-        writer.writerows(all_objects)
-    doc = {"batch": imported["batch"], "settings": asdict(settings), "summaries": summaries, "failures": failures}
-    write_json(out / "summary.json", doc)
+    doc = write_postprocess_outputs(out, imported["batch"], settings, summaries, failures, all_objects)
     print(f"[postprocess {imported['batch']}] {len(summaries)} unit(s), {len(all_objects)} object(s)", file=sys.stderr)
     return doc
 

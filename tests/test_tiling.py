@@ -1,0 +1,127 @@
+"""Opt-in larger inference tiles (model.tile_px): validated per model, then used on real fields of any size."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from conftest import SHARED, UNET, needs_shared
+from snakescope.inference import ModelError, ModelSettings, Predictor, check_model, predict_batch
+from snakescope.records import write_json
+from snakescope.tiling import TileRule, free_size_onnx
+
+BBBC039 = SHARED / "data" / "nuclei" / "bbbc039" / "images"
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    needs_shared(UNET)
+    cache = tmp_path_factory.mktemp("tile-cache")
+    settings = ModelSettings(source=str(UNET), tile_px=1100, run_test=False)
+    return settings, check_model(settings, cache), cache
+
+
+def test_the_real_unet_passes_the_tile_check_and_the_result_is_cached(checked):
+    settings, record, cache = checked
+    tiling = record["tiling"]
+    assert tiling["status"] == "passed" and not tiling["cached"]
+    assert tiling["rule"]["minimum"] == 512 and tiling["rule"]["tile_px"] == 1100 and tiling["rule"]["step"] in (8, 16, 32, 64)
+    assert tiling["mean_abs_difference"] <= 0.005 and tiling["foreground_agreement"] >= 0.995
+    assert check_model(settings, cache)["tiling"]["cached"]
+
+
+@pytest.mark.parametrize("shape", [(81, 147), (520, 696), (1024, 1024), (1500, 2050)])
+def test_larger_tiles_segment_real_fields_like_the_models_own_tiles(checked, shape):
+    """Smaller than one tile, a real BBBC039 field, one large tile, several large tiles with seams."""
+    settings, record, _ = checked
+    fields = [tifffile.imread(p).astype(np.float32) for p in sorted(BBBC039.glob("*.tif"))[:4]]
+    mosaic = np.block([[fields[0], fields[1], fields[0]], [fields[2], fields[3], fields[2]], [fields[1], fields[0], fields[3]]])
+    image = mosaic[None, : shape[0], : shape[1]]
+    own = Predictor(replace(settings, tile_px=None))
+    larger = Predictor(settings, tile_rule=TileRule(**record["tiling"]["rule"]))
+    try:
+        reference, probability = own.predict(image), larger.predict(image)
+    finally:
+        own.close(), larger.close()
+    assert probability.shape == shape and np.isfinite(probability).all()
+    assert np.mean((reference > 0.5) == (probability > 0.5)) >= 0.995
+    foreground_dice = 2 * np.logical_and(reference > 0.5, probability > 0.5).sum() / ((reference > 0.5).sum() + (probability > 0.5).sum())
+    assert foreground_dice > 0.98
+
+
+def test_tile_rule_uses_one_tile_when_the_field_fits():
+    rule = TileRule(tile_px=1100, minimum=512, step=16)
+    assert rule.largest == 1088
+    assert rule.fits(1088) and not rule.fits(1089)
+    assert rule.block(3000) == 1088 and rule.block(900) == 900
+
+
+def fixed_size_model(folder, size=64):
+    """A fixed-size model whose graph adds a constant of exactly its input size: no other size can work."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["raw", "bias"], ["shifted"]), helper.make_node("Sigmoid", ["shifted"], ["probability"])],
+        "fixed", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 1, size, size])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1, size, size])],
+        initializer=[numpy_helper.from_array(np.linspace(-1, 1, size * size, dtype=np.float32).reshape(1, 1, size, size), "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (folder / "weights.onnx").write_bytes(model.SerializeToString())
+    test_input = np.random.default_rng(0).normal(size=(1, 1, size, size)).astype(np.float32)
+    np.save(folder / "test_input.npy", test_input)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.save(folder / "test_output.npy", session.run(None, {"raw": test_input})[0])
+    axes = lambda: [{"type": "batch"}, {"type": "channel", "channel_names": ["c"]}]  # noqa: E731
+    rdf = {
+        "format_version": "0.5.4", "type": "model", "name": "fixed-size test model", "description": "test",
+        "authors": [{"name": "snakescope tests"}], "cite": [{"text": "t", "url": "https://bioimage.io"}], "license": "MIT",
+        "documentation": "README.md",
+        "inputs": [{"id": "raw", "axes": axes() + [{"type": "space", "id": a, "size": size} for a in "yx"],
+                    "test_tensor": {"source": "test_input.npy"}}],
+        "outputs": [{"id": "probability", "axes": axes() + [{"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a}}
+                                                            for a in "yx"], "test_tensor": {"source": "test_output.npy"}}],
+        "weights": {"onnx": {"source": "weights.onnx", "opset_version": 17}},
+    }
+    (folder / "README.md").write_text("fixed-size test model\n")
+    (folder / "bioimageio.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    return folder / "bioimageio.yaml"
+
+
+def test_a_model_that_needs_its_own_size_is_refused_naming_the_key(tmp_path):
+    source = fixed_size_model(tmp_path / "fixed")
+    Predictor(ModelSettings(source=str(source))).predict(np.ones((1, 100, 90), np.float32))  # its own tiles work
+    with pytest.raises(ModelError, match=r"model\.tile_px=256: .*remove model\.tile_px") as info:
+        check_model(ModelSettings(source=str(source), tile_px=256, run_test=False), tmp_path / "cache")
+    assert "step 8" in str(info.value)
+    assert not list((tmp_path / "cache").rglob("*tile*.json")), "a failed tile check must not be cached"
+
+
+def test_free_size_copy_keeps_the_graph_and_frees_only_spatial_sizes(tmp_path):
+    import onnx
+
+    data = (fixed_size_model(tmp_path / "m").parent / "weights.onnx").read_bytes()
+    model = onnx.load_from_string(free_size_onnx(data))
+    (tensor,) = model.graph.input
+    dims = [d.dim_value or d.dim_param for d in tensor.type.tensor_type.shape.dim]
+    assert dims == [1, 1, "y", "x"]
+    assert [n.op_type for n in model.graph.node] == ["Add", "Sigmoid"]
+
+
+def test_predict_batch_records_the_tiles_it_used(checked, tmp_path):
+    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.inputs import Source
+
+    settings, record, _ = checked
+    path = sorted(BBBC039.glob("*.tif"))[0]
+    doc = import_batch("b0000", [Source("f1", str(path), {})], ImportSettings(), tmp_path / "import")
+    write_json(tmp_path / "check.json", record)
+    result = predict_batch(tmp_path / "import" / "manifest.json", settings, tmp_path / "check.json", tmp_path / "inference")
+    assert not result["failures"] and doc["units"]
+    assert result["tiles"] == record["tiling"]["rule"]
