@@ -10,6 +10,8 @@
     snakescope postprocess ...         labels and measurements for one batch
     snakescope review ...              review of one batch (rules; an LLM vision model when configured)
     snakescope llm-check --config F    self-test of the configured LLM backend before a run
+    snakescope watch --config F        review each field while a screen is acquired (action records, JSON Lines)
+    snakescope simulate-acquisition .. write fields cut from real images into a folder at a set rate (try watch)
     snakescope summary ...             the run's narrative summary, numbers checked against the tables
     snakescope tables ...              merge batches into tables and the acquisition actions
     snakescope gallery ...             report thumbnails and detail views of one batch
@@ -150,6 +152,66 @@ def cmd_review(args: argparse.Namespace) -> None:
     _progress("review", doc, len(doc["reviews"]))
 
 
+def cmd_watch(args: argparse.Namespace) -> None:
+    """Watch mode (snakescope.watch): one process, the model loaded once, one action record per field."""
+    import signal
+
+    from .configuration import ConfigError, load_config
+    from .inference import ModelError
+    from .watch import Watcher, summary_lines
+
+    project = Path(__file__).resolve().parents[2]
+    try:
+        config = load_config(args.config, project)
+    except ConfigError as exc:
+        sys.exit(f"snakescope: {exc}")
+    knowledge_base = Path(config["review"]["knowledge_base"])
+    if not knowledge_base.is_file() and (project / knowledge_base).is_file():
+        knowledge_base = project / knowledge_base
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+        print("[watch] stopping after the field in hand (records and outputs so far are kept)", file=sys.stderr)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        watcher = Watcher(config, knowledge_base, args.config)
+    except ModelError as exc:
+        sys.exit(f"snakescope: {exc}")
+    if config["review"]["backend"] != "deterministic":
+        print(f"[watch] review.backend is {config['review']['backend']}: watch mode reviews by the rules; the snakemake run "
+              "afterwards has the LLM review every field", file=sys.stderr)
+    where = config["samples"] or ", ".join(config["inputs"])
+    print(f"[watch] model loaded in {watcher.load_seconds:.1f} s; watching {where}; "
+          f"{len(watcher.records)} record(s) already in {watcher.actions_path}", file=sys.stderr)
+    try:
+        summary = watcher.run(lambda: stop["requested"], args.max_fields, args.idle_exit)
+    finally:
+        watcher.close()
+    for line in summary_lines(summary):
+        print(line, file=sys.stderr)
+
+
+def cmd_simulate_acquisition(args: argparse.Namespace) -> None:
+    import glob
+
+    import numpy as np
+    import tifffile
+
+    from .microscope_sim import acquire, fields_from, tiff_bytes
+
+    paths = sorted(glob.glob(args.images))
+    if not paths:
+        sys.exit(f"snakescope: no file matches --images {args.images!r}")
+    images = [np.squeeze(tifffile.imread(p)) for p in paths]
+    images = [i if i.ndim == 2 else i.reshape(-1, *i.shape[-2:])[0] for i in images]
+    encoded = [tiff_bytes(f, args.pixel_size_um) for f in fields_from(images, args.size, args.fields, args.seed)]
+    for field in acquire(args.out, encoded, args.interval, chunks=args.chunks, write_s=args.write_s):
+        print(f"[simulate-acquisition] wrote {field.path} in {field.closed - field.started:.2f} s", file=sys.stderr)
+
+
 def cmd_llm_check(args: argparse.Namespace) -> None:
     """The LLM backend's self-test from a config file, before a run: exit 0 and the record, or 1 and the reason."""
     import yaml
@@ -270,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("llm-check", cmd_llm_check, "self-test of the configured LLM backend (server, model, sees images, JSON)",
         config={**req, "help": "a snakescope config file (its review section)"},
         backend={"default": None, "help": "ollama or openai (default: the config's review.backend)"})
+    add("watch", cmd_watch, "review each field while a screen is acquired: one action record per field (JSON Lines)",
+        config={"action": "append", "required": True, "help": "config file(s), as snakemake --configfile (repeat to layer)"},
+        max_fields={"type": int, "default": None, "help": "stop after this many new files"},
+        idle_exit={"type": float, "default": None, "help": "stop after this many seconds without a new file"})
+    add("simulate-acquisition", cmd_simulate_acquisition, "write fields cut from real images into a folder at a set rate",
+        images={**req, "help": "glob of real single-plane TIFFs to cut fields from"}, out={**req, "help": "the folder to fill"},
+        fields={"type": int, "default": 50}, size={"type": int, "default": 1024, "help": "field edge in pixels"},
+        interval={"type": float, "default": 2.0, "help": "seconds between fields"},
+        pixel_size_um={"type": float, "default": None, "help": "pixel size written into each file (default: none)"},
+        chunks={"type": int, "default": 4, "help": "pieces each file is written in"},
+        write_s={"type": float, "default": 0.2, "help": "seconds each file takes to write"}, seed={"type": int, "default": 0})
     add("pipeline-info", cmd_pipeline_info, "write params.json and software_versions.json", config=js, out=req)
     add("tables", cmd_tables, "merge batch outputs into tables and acquisition_actions.json", batches={**js}, results=req,
         model_settings=js, out=req, condition_column={"default": "treatment"}, dataset={"default": ""},

@@ -97,3 +97,39 @@ def settings_from_section(cls: type[T], section: dict[str, Any]) -> T:
     """A settings dataclass from its config section; keys it does not hold (used by other stages) are ignored."""
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in section.items() if k in known})
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem, one per line."""
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake's config-file merge: nested sections are merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(config_files: list[str | Path], project_dir: str | Path) -> dict[str, Any]:
+    """The configuration a ``snakemake --configfile ...`` run would see, checked the same way and with the schema's
+    defaults filled in: the project's config/config.yaml, then each file over it (outside Snakemake, e.g. for watch)."""
+    import json
+
+    import yaml
+    from snakemake.utils import validate
+
+    project = Path(project_dir)
+    config: dict[str, Any] = yaml.safe_load((project / "config" / "config.yaml").read_text(encoding="utf-8")) or {}
+    for path in config_files:
+        config = _merged(config, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+    problems = unset_required(config)
+    if problems:
+        raise ConfigError("the configuration is missing what only you can say:\n  " + "\n  ".join(problems))
+    drop_nulls(config)
+    schema_path = project / "workflow" / "schemas" / "config.schema.json"
+    problems = config_errors(config, json.loads(schema_path.read_text(encoding="utf-8")))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    validate(config, schema=str(schema_path))
+    return config

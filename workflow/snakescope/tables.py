@@ -126,52 +126,64 @@ ACTIONS_FORMAT = "snakescope-acquisition-actions"
 ACTIONS_VERSION = 1
 
 
+def review_acquisition_actions(review: dict[str, Any]) -> list[dict[str, str]]:
+    """The actions at the microscope a review asks for (once each); a unit a stage failed on is re-acquired."""
+    actions, seen = [], set()
+    for action in review["suggested_actions"]:
+        if action["action"] in ACQUISITION_ACTIONS and action["action"] not in seen:
+            seen.add(action["action"])
+            actions.append({"action": action["action"], "detail": action["detail"]})
+    failed = [i for i in review["issues"] if i["type"] == "processing_failed"]
+    if failed and "reacquire" not in seen:
+        actions.append({"action": "reacquire", "detail": f"processing failed ({failed[0]['evidence']}); check the "
+                                                         "image and re-acquire it if it is damaged"})
+    return actions
+
+
+def unit_action_entry(unit: dict[str, Any], review: dict[str, Any], plate_column: str = "plate",
+                      well_column: str = "well") -> dict[str, Any]:
+    """One unit's entry of acquisition_actions.json (also the body of a watch-mode action record)."""
+    metadata = unit.get("metadata", {})
+    return {
+        "unit_id": unit["unit_id"], "sample_id": unit["sample_id"], "source_path": unit["source_path"],
+        "scene_index": unit["scene_index"], "scene_name": unit["scene_name"], "selection": unit.get("selection", {}),
+        "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
+        "metadata": metadata, "verdict": review["verdict"],
+        "reviewer": review["reviewer"]["backend"] + ("" if review["reviewer"]["backend"] == "human correction"
+                                                     else " (LLM)" if review["reviewer"].get("uses_llm") else " (rules)"),
+        "issues": [{"type": i["type"], "severity": i["severity"], "evidence": i["evidence"]} for i in review["issues"]],
+        "actions": review_acquisition_actions(review),
+    }
+
+
+def unreadable_entry(failure: dict[str, Any], plate_column: str = "plate", well_column: str = "well") -> dict[str, Any]:
+    """The entry of a file that could not be read at all: re-acquire or re-export it."""
+    metadata = failure.get("metadata") or {}
+    return {
+        "unit_id": failure.get("unit_id") or failure["sample_id"], "sample_id": failure["sample_id"],
+        "source_path": failure["source_path"], "scene_index": 0, "scene_name": "", "selection": {},
+        "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
+        "metadata": metadata, "verdict": "fail", "reviewer": "snakescope (the file could not be read)",
+        "issues": [{"type": "unreadable_input", "severity": "fail", "evidence": failure["reason"]}],
+        "actions": [{"action": "reacquire", "detail": "the file could not be read; re-acquire or re-export it "
+                                                      f"({failure['reason']})"}],
+    }
+
+
 def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], dataset: str,
                         plate_column: str = "plate", well_column: str = "well",
                         import_failures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The units to re-acquire, in the documented JSON shape of ``workflow/schemas/acquisition_actions.schema.json``:
     units reviewed warn/fail with an acquisition action, units a stage failed on (``reacquire``, with the reason),
     and files that could not be read at all (``reacquire``: their unit id is the sample id); fail first, then by id."""
-    def position(metadata: dict[str, str]) -> dict[str, str | None]:
-        return {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None}
-
-    entries = []
-    for failure in import_failures or []:
-        metadata = failure.get("metadata") or {}
-        entries.append({
-            "unit_id": failure.get("unit_id") or failure["sample_id"], "sample_id": failure["sample_id"],
-            "source_path": failure["source_path"], "scene_index": 0, "scene_name": "", "selection": {},
-            "position": position(metadata), "metadata": metadata, "verdict": "fail",
-            "reviewer": "snakescope (the file could not be read)",
-            "issues": [{"type": "unreadable_input", "severity": "fail", "evidence": failure["reason"]}],
-            "actions": [{"action": "reacquire", "detail": "the file could not be read; re-acquire or re-export it "
-                                                          f"({failure['reason']})"}],
-        })
+    entries = [unreadable_entry(failure, plate_column, well_column) for failure in import_failures or []]
     for unit in unit_records:
         review = reviews.get(unit["unit_id"])
         if not review or review["verdict"] == "pass":
             continue
-        actions, seen = [], set()
-        for action in review["suggested_actions"]:
-            if action["action"] in ACQUISITION_ACTIONS and action["action"] not in seen:
-                seen.add(action["action"])
-                actions.append({"action": action["action"], "detail": action["detail"]})
-        failed = [i for i in review["issues"] if i["type"] == "processing_failed"]
-        if failed and "reacquire" not in seen:
-            actions.append({"action": "reacquire", "detail": f"processing failed ({failed[0]['evidence']}); check the "
-                                                             "image and re-acquire it if it is damaged"})
-        if not actions:
-            continue
-        metadata = unit.get("metadata", {})
-        entries.append({
-            "unit_id": unit["unit_id"], "sample_id": unit["sample_id"], "source_path": unit["source_path"],
-            "scene_index": unit["scene_index"], "scene_name": unit["scene_name"], "selection": unit.get("selection", {}),
-            "position": position(metadata), "metadata": metadata, "verdict": review["verdict"],
-            "reviewer": review["reviewer"]["backend"] + ("" if review["reviewer"]["backend"] == "human correction"
-                                                         else " (LLM)" if review["reviewer"].get("uses_llm") else " (rules)"),
-            "issues": [{"type": i["type"], "severity": i["severity"], "evidence": i["evidence"]} for i in review["issues"]],
-            "actions": actions,
-        })
+        entry = unit_action_entry(unit, review, plate_column, well_column)
+        if entry["actions"]:
+            entries.append(entry)
     entries.sort(key=lambda e: (e["verdict"] != "fail", e["unit_id"]))
     return {"format": ACTIONS_FORMAT, "version": ACTIONS_VERSION, "dataset": dataset,
             "counts": dict(Counter(a["action"] for e in entries for a in e["actions"])), "units": entries}

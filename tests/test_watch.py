@@ -1,0 +1,210 @@
+"""Watch mode on a simulated acquisition of real BBBC039 fields with the real U-Net, then a batch run that reuses it."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from conftest import ROOT, SHARED, UNET, needs_shared
+from snakescope.configuration import load_config
+from snakescope.microscope_sim import acquire, tiff_bytes, write_slowly
+from snakescope.watch import FileTracker, Watcher, WatchSettings, bounded_actions, tiff_complete
+from workflow_helpers import planned_jobs, snakemake
+
+BBBC039 = SHARED / "data" / "nuclei" / "bbbc039" / "images"
+KNOWLEDGE_BASE = ROOT / "config" / "knowledge_base.yaml"
+
+
+def test_a_tiff_is_complete_only_when_all_its_declared_pages_are_in(tmp_path):
+    data = tiff_bytes(np.arange(3 * 64 * 80, dtype=np.uint16).reshape(3, 64, 80), 0.5)
+    path = tmp_path / "growing.tif"
+    for cut in (len(data) // 4, len(data) // 2, len(data) * 3 // 4):  # the IFDs and the last page cut short
+        path.write_bytes(data[:cut])
+        assert not tiff_complete(str(path))
+    path.write_bytes(data)
+    assert tiff_complete(str(path)) is True
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((32, 32), np.uint16))  # declares nothing: only a stable size says it is done
+    assert tiff_complete(str(plain)) is None
+
+
+def test_the_tracker_waits_for_a_slowly_written_file(tmp_path):
+    data = tiff_bytes(np.ones((256, 256), np.uint16), 0.645)
+    tracker = FileTracker(stable_s=5.0)
+    path = tmp_path / "slow.tif"
+    seen = []
+    writer = threading.Thread(target=write_slowly, args=(path, data, 6, 1.0))
+    writer.start()
+    while writer.is_alive():
+        seen.append(tracker.complete(str(path)) if path.exists() else None)
+        time.sleep(0.05)
+    writer.join()
+    assert not any(seen), "a file still being written was taken as complete"
+    # the TIFF declares its length: complete one look after its size stopped changing, not stable_s (5 s) later
+    closed = time.time()
+    while tracker.complete(str(path)) is None:
+        assert time.time() - closed < 1.0, "a complete TIFF waited for the stable-size rule"
+        time.sleep(0.05)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff at all")
+    quick = FileTracker(stable_s=0.3)
+    assert quick.complete(str(broken)) is None
+    time.sleep(0.35)
+    assert quick.complete(str(broken)) is not None  # handed on so the import can say why it fails
+
+
+def test_actions_are_bounded_per_well_and_clamped():
+    settings = WatchSettings(max_reacquisitions_per_well=1, exposure_factor_min=0.8, exposure_factor_max=1.5)
+    entry = {"position": {"plate": "P1", "well": "A01"}, "source_path": "a.tif",
+             "actions": [{"action": "increase_exposure", "detail": "dim"}, {"action": "refocus", "detail": "blur"},
+                         {"action": "check_sample", "detail": "few nuclei"}]}
+    counts: dict = {}
+    actions, suppressed = bounded_actions(entry, counts, settings)
+    assert [a["action"] for a in actions] == ["increase_exposure", "refocus", "check_sample"]
+    assert actions[0]["exposure_factor"] == 1.5 and not suppressed
+    again, suppressed = bounded_actions(entry, counts, settings)  # the same well again: no more re-imaging
+    assert [a["action"] for a in again] == ["check_sample"]
+    assert {s["action"] for s in suppressed} == {"increase_exposure", "refocus"}
+    assert all("max_reacquisitions_per_well" in s["reason"] and "P1/A01" in s["reason"] for s in suppressed)
+    other = {**entry, "position": {"plate": "P1", "well": "A02"}}
+    assert len(bounded_actions(other, counts, settings)[0]) == 3
+
+
+def watch_config(workdir: Path, batch_size: int = 3) -> Path:
+    config = {"dataset": "screen", "inputs": ["acq/*.tif"], "results": "results", "batch_size": batch_size,
+              "cache_dir": "cache", "model": {"source": str(UNET), "run_test": False},
+              "review": {"knowledge_base": str(KNOWLEDGE_BASE)}, "watch": {"stable_s": 0.6, "poll_s": 0.1}}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "results" / "screen" / "watch" / "actions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    """Five real fields and a corrupt file acquired while the watcher runs; the watcher is stopped after three
+    records and restarted; returns the working directory."""
+    needs_shared(UNET)
+    workdir = tmp_path_factory.mktemp("watch")
+    configfile = watch_config(workdir)
+    sources = sorted(BBBC039.glob("*.tif"))[:5]
+    fields = [p.read_bytes() for p in sources] + [b"II*\x00 this is not an image"]
+    names = [f"f{i}_{p.name}" for i, p in enumerate(sources)] + ["f5_corrupt.tif"]
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        config = load_config([str(configfile)], ROOT)
+        writer = threading.Thread(target=acquire, args=(workdir / "acq", fields, 0.4, names, 5, 0.8))
+        first = Watcher(config, KNOWLEDGE_BASE, [str(configfile)])
+        writer.start()
+        first.run(should_stop=lambda: len(first.records) >= 3)
+        first.close()
+        writer.join()
+        restarted = Watcher(config, KNOWLEDGE_BASE, [str(configfile)])
+        assert len(restarted.records) == 3 and restarted.resumed == 3
+        summary = restarted.run(idle_exit_s=2.0)
+        restarted.close()
+    finally:
+        os.chdir(cwd)
+    return workdir, names, summary
+
+
+def test_every_field_gets_exactly_one_record_across_a_restart(watched):
+    workdir, names, summary = watched
+    got = records(workdir)
+    assert sorted(r["source_path"] for r in got) == sorted(f"acq/{n}" for n in names)
+    assert [r["sequence"] for r in got] == list(range(len(names)))
+    assert summary["records_total"] == len(names) and summary["files_this_session"] == 3
+    corrupt = next(r for r in got if r["source_path"].endswith("corrupt.tif"))
+    assert corrupt["status"] == "failed" and corrupt["verdict"] == "fail"
+    assert corrupt["issues"][0]["type"] == "unreadable_input" and corrupt["actions"][0]["action"] == "reacquire"
+    for record in got:
+        assert record["format"] == "snakescope-watch-action" and record["latency_s"] >= 0
+        assert record["latency_s"] >= record["processing_s"] - 0.01
+    fields = [r for r in got if r["status"] == "reviewed"]
+    assert len(fields) == 5 and all(r["reviewer"] == "deterministic (rules)" for r in fields)
+
+
+def test_records_follow_the_documented_schema(watched):
+    import jsonschema
+
+    workdir, _, _ = watched
+    schema = json.loads((ROOT / "workflow" / "schemas" / "watch_record.schema.json").read_text())
+    for record in records(workdir):
+        jsonschema.validate(record, schema)
+
+
+def test_the_example_consumer_prints_what_it_would_ask_the_microscope(watched):
+    workdir, _, _ = watched
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "watch_consumer.py"),
+                             str(workdir / "results" / "screen" / "watch" / "actions.jsonl"), "--once"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "f5_corrupt.tif" in result.stdout and "re-acquire" in result.stdout
+    assert result.stdout.count("\n") >= 6  # one line per record
+
+
+def test_a_batch_run_reuses_the_watchers_outputs_and_gives_the_same_tables(watched, tmp_path):
+    workdir, _, _ = watched
+    dry = snakemake(workdir, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = planned_jobs(dry.stdout + dry.stderr)
+    for stage in ("check_model", "import_batch", "quality_metrics", "infer", "postprocess"):
+        assert stage not in planned, f"{stage} planned again after watch mode: {planned}"
+    assert planned["review"] == 2 and planned["tables"] == 1
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the same data from scratch, batch mode only
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "acq").symlink_to(workdir / "acq")
+    watch_config(fresh)
+    run = snakemake(fresh)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for table in ("units.csv", "objects.csv", "reviews.csv"):
+        a = list(csv.DictReader(open(workdir / "results" / "screen" / "tables" / table)))
+        b = list(csv.DictReader(open(fresh / "results" / "screen" / "tables" / table)))
+        drop = {k for k in a[0] if "path" in k or "seconds" in k or k.endswith("_at")}
+        assert [{k: v for k, v in r.items() if k not in drop} for r in a] == [{k: v for k, v in r.items() if k not in drop} for r in b], table
+    # a changed post-processing setting reruns exactly the watcher's post-processing (its provenance is recorded)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["postprocess"] = {"probability_threshold": 0.6}
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(workdir, "-n", configfile=workdir / "changed.yaml")
+    planned = planned_jobs(dry.stdout + dry.stderr)
+    assert planned.get("postprocess") == 2 and "infer" not in planned and "import_batch" not in planned
+
+
+def test_sigterm_stops_the_watcher_cleanly_and_keeps_the_records(tmp_path):
+    needs_shared(UNET)
+    configfile = watch_config(tmp_path, batch_size=2)
+    source = sorted(BBBC039.glob("*.tif"))[0]
+    (tmp_path / "acq").mkdir()
+    (tmp_path / "acq" / "a.tif").write_bytes(source.read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+    watcher = subprocess.Popen([sys.executable, "-m", "snakescope.cli", "watch", "--config", str(configfile)], cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    actions = tmp_path / "results" / "screen" / "watch" / "actions.jsonl"
+    deadline = time.time() + 120
+    while not (actions.is_file() and actions.read_text().strip()) and time.time() < deadline and watcher.poll() is None:
+        time.sleep(0.2)
+    watcher.send_signal(signal.SIGTERM)
+    _, stderr = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, stderr[-3000:]
+    assert "stopping after the field in hand" in stderr and "1 record(s)" in stderr
+    assert len(records(tmp_path)) == 1
+    # the single file is a complete last batch: written on stop, so snakemake can reuse it
+    assert (tmp_path / "results" / "screen" / "segmentation" / "b0000" / "summary.json").is_file()

@@ -1,0 +1,460 @@
+"""Watch mode: review each field while a screen is acquired, within seconds of its file being complete.
+
+    snakescope watch --config CONFIG [--max-fields N] [--idle-exit S]
+
+One long-lived process with the model loaded once. It lists the acquisition folder (config ``inputs``) or
+the sample sheet (``samples``) every ``watch.poll_s`` seconds; a new file is complete when its size and
+modification time have not changed for ``watch.stable_s`` seconds. Each complete file runs through import,
+quality metrics, inference, post-processing and the rule-based review, and each of its fields (units) gets
+exactly one action record appended to a JSON-Lines file (``watch.actions_file``; format in
+``workflow/schemas/watch_record.schema.json``) that a microscope-control script can tail. snakescope never
+drives the microscope: a record says what to do, bounded by ``watch.*`` limits, with the evidence.
+
+Every stage output is written where the batch workflow writes it (``import/<batch>/``, ``quality/<batch>.json``,
+``inference/<batch>/``, ``segmentation/<batch>/``, ``models/model_check.json``), and a batch's manifests once
+all of its files are done, so a later ``snakemake`` run over the same data plans no import, quality, inference
+or post-processing job for those batches; its review, tables and report cover the whole screen (the review
+then compares each field with the whole run, where watch mode compared it with the fields seen so far).
+
+Stopping (Ctrl-C, SIGTERM) finishes the field in hand, writes the manifests of complete batches and prints
+the summary; a restart reads the records already written and goes on with the files that have none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .configuration import settings_from_section
+from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
+from .records import Failure, read_json, write_json
+
+RECORD_FORMAT = "snakescope-watch-action"
+RECORD_VERSION = 1
+# Actions that image the field again (bounded per well); skip_field and check_sample do not.
+REIMAGING = ("reacquire", "refocus", "increase_exposure", "reduce_exposure")
+EXPOSURE_CHANGE = {"increase_exposure": 2.0, "reduce_exposure": 0.5}
+STAGE_RULES = ("check_model", "import_batch", "quality_metrics", "infer", "postprocess")  # what watch mode computes
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Config section ``watch``."""
+
+    stable_s: float = 1.0
+    poll_s: float = 0.2
+    actions_file: str = ""
+    max_reacquisitions_per_well: int = 2
+    exposure_factor_min: float = 0.5
+    exposure_factor_max: float = 2.0
+
+
+def tiff_complete(path: str) -> bool | None:
+    """A TIFF's own end marker: True when every page its metadata declares (OME-XML planes, ImageJ ``images``) is
+    in the file with all its pixel data; False when the IFD chain or the data is cut short; None when the file does
+    not declare its length (a plain TIFF, or not a TIFF at all): then only a stable size says it is complete."""
+    import logging
+    import re
+    import warnings
+
+    import tifffile
+
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)  # a half-written file is expected here, not an error
+    try:
+        size = os.path.getsize(path)
+        with warnings.catch_warnings(), tifffile.TiffFile(path) as tif:
+            warnings.simplefilter("ignore")
+            pages = len(tif.pages)
+            expected = None
+            if tif.is_ome and tif.ome_metadata:
+                expected = 0
+                for pixels in re.findall(r"<Pixels\b[^>]*>", tif.ome_metadata):
+                    sizes = {k: int(v) for k, v in re.findall(r'\bSize([CZT])="(\d+)"', pixels)}
+                    samples = re.search(r'SamplesPerPixel="(\d+)"', tif.ome_metadata)
+                    expected += sizes.get("C", 1) * sizes.get("Z", 1) * sizes.get("T", 1) // max(1, int(samples.group(1)) if samples else 1)
+            elif tif.is_imagej and tif.imagej_metadata:
+                expected = int(tif.imagej_metadata.get("images", 1))
+            for page in tif.pages:
+                offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+                if any(o + c > size for o, c in zip(offsets, counts)):
+                    return False
+    except (OSError, tifffile.TiffFileError, ValueError, KeyError, IndexError):
+        return False if str(path).lower().endswith((".tif", ".tiff")) and os.path.getsize(path) > 0 else None
+    finally:
+        tiff_log.setLevel(level)
+    if expected is None:
+        return None
+    return pages >= expected
+
+
+class FileTracker:
+    """Decides when a file written by the microscope is complete.
+
+    TIFFs that declare their length (OME-TIFF, ImageJ): when all declared pages and their data are in the file
+    and its size did not change since the previous look (one ``poll_s``). Other files: when size and modification
+    time have not changed for ``stable_s`` seconds. A file that never becomes complete (cut short, not a TIFF
+    although named one) is passed on after ``stable_s`` unchanged, so that the import records why it fails.
+    """
+
+    def __init__(self, stable_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.stable_s = stable_s
+        self.clock = clock
+        self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+
+    def complete(self, path: str) -> float | None:
+        """The time the file was found complete, or None while it may still be written."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        now, signature = self.clock(), (stat.st_size, stat.st_mtime_ns)
+        previous = self._seen.get(path)
+        if previous is None or previous[0] != signature:
+            self._seen[path] = (signature, now)
+            return None if self.stable_s > 0 else now
+        if stat.st_size == 0:
+            return None
+        if now - previous[1] >= self.stable_s:
+            return now
+        return now if tiff_complete(path) else None
+
+
+def bounded_actions(entry: dict[str, Any], reimaged: dict[str, int], settings: WatchSettings) -> tuple[list, list]:
+    """(actions to ask for, actions suppressed with the reason): at most ``max_reacquisitions_per_well`` re-imaging
+    requests per well (per file when the sample sheet names no well), exposure factors within the configured limits."""
+    position = entry["position"]
+    well = f"{position['plate'] or ''}/{position['well']}" if position.get("well") else entry["source_path"]
+    actions, suppressed = [], []
+    allowed = reimaged.get(well, 0) < settings.max_reacquisitions_per_well  # one re-imaging per record, however many reasons
+    for action in entry["actions"]:
+        action = dict(action)
+        if action["action"] in EXPOSURE_CHANGE:
+            action["exposure_factor"] = min(settings.exposure_factor_max,
+                                            max(settings.exposure_factor_min, EXPOSURE_CHANGE[action["action"]]))
+        if action["action"] in REIMAGING and not allowed:
+            suppressed.append({**action, "reason": f"watch.max_reacquisitions_per_well ({settings.max_reacquisitions_per_well}) "
+                                                   f"reached for {well}"})
+            continue
+        actions.append(action)
+    if any(a["action"] in REIMAGING for a in actions):
+        reimaged[well] = reimaged.get(well, 0) + 1
+    return actions, suppressed
+
+
+def _now_iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Watcher:
+    """The watch loop's state: settings parsed once, the model loaded once, the records written so far."""
+
+    def __init__(self, config: dict[str, Any], knowledge_base_path: str | Path, config_files: list[str] | None = None,
+                 base_dir: str | Path = ".") -> None:
+        import yaml
+
+        from .acquisition import ImportSettings
+        from .inference import ModelError, ModelSettings, batch_predictor, check_model
+        from .review import ReviewThresholds
+        from .segmentation import PostprocessSettings
+
+        self.config = config
+        self.config_files = list(config_files or [])
+        self.base = Path(base_dir)
+        self.results = Path(config["results"]) / config["dataset"]
+        self.settings = settings_from_section(WatchSettings, config.get("watch", {}))
+        self.actions_path = Path(self.settings.actions_file or self.results / "watch" / "actions.jsonl")
+        self.units_dir = self.results / "watch" / "units"
+        model = {k: v for k, v in config["model"].items()}
+        if model.get("normalization", "per_image") == "dataset":
+            raise ModelError("config key model.normalization: dataset needs the whole run's pixels; watch mode normalises "
+                             "each field by itself (per_image)")
+        self.import_settings = ImportSettings.from_config(config["import"], reader=config["reader"])
+        self.model_settings = ModelSettings.from_config(model)
+        self.postprocess_settings = PostprocessSettings.from_config(config["postprocess"])
+        self.channels = tuple(config["model"]["channels"])
+        self.thresholds = ReviewThresholds.from_config(config["review"].get("thresholds", {}))
+        self.cell_line_column = config["review"].get("cell_line_column", "cell_line")
+        self.knowledge_base = yaml.safe_load(Path(knowledge_base_path).read_text(encoding="utf-8"))
+        self.positions = (config["report"]["plate_column"], config["report"]["well_column"])
+        started = time.time()
+        self.check = check_model(self.model_settings, config["cache_dir"])
+        if self.check["test"]["status"] not in ("passed", "skipped"):
+            raise ModelError(f"config key model.source={self.model_settings.source!r}: bioimageio test_model did not pass")
+        write_json(self.results / "models" / "model_check.json", self.check)
+        self.predictor = batch_predictor(self.model_settings, self.check)
+        self._warm_up()
+        self.load_seconds = time.time() - started
+        self.tracker = FileTracker(self.settings.stable_s)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality")
+        self.records = self._read_records()
+        self.done = {r["sample_id"] for r in self.records}
+        self.reimaged: dict[str, int] = {}
+        for record in self.records:
+            position = record["position"]
+            well = f"{position['plate'] or ''}/{position['well']}" if position.get("well") else record["source_path"]
+            if any(a["action"] in REIMAGING for a in record["actions"]):
+                self.reimaged[well] = self.reimaged.get(well, 0) + 1
+        self.model_metrics = [m for f in self._unit_files() for m in f["model_metrics"]]
+        self.written: dict[str, tuple[str, ...]] = {}
+        self.latencies: list[float] = []
+        self.waits: list[float] = []
+        self.resumed = len(self.records)
+
+    def _warm_up(self) -> None:
+        """Pay the one-off costs before the first field: the reader library's import, the runtime's first run, the
+        image libraries' lazy imports."""
+        import numpy as np
+
+        import bioio  # noqa: F401 - imported now, not when the first field arrives
+
+        from .quality import unit_metrics
+        from .segmentation import segment_unit
+
+        blank = np.zeros((len(self.channels), 64, 64), np.float32)
+        self.predictor.predict(blank, "warm-up")
+        unit_metrics(blank.astype(np.uint16), [f"c{i}" for i in range(len(self.channels))])
+        segment_unit(np.zeros((64, 64), np.float32), np.zeros((64, 64), np.uint16), None, self.postprocess_settings)
+
+    # -- state on disk ---------------------------------------------------------------------------------
+    def _read_records(self) -> list[dict[str, Any]]:
+        if not self.actions_path.is_file():
+            return []
+        records = []
+        for line in self.actions_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash mid-write: its field is processed again
+                continue
+        return records
+
+    def _unit_files(self) -> list[dict[str, Any]]:
+        return [read_json(p) for p in sorted(self.units_dir.glob("*.json"))] if self.units_dir.is_dir() else []
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        self.actions_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.actions_path, "a", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    # -- sources -------------------------------------------------------------------------------------
+    def sources(self) -> list[Source]:
+        """The sources as the workflow would list them now (none yet is not an error while watching)."""
+        try:
+            if self.config.get("samples"):
+                return read_sample_sheet(self.config["samples"])
+            return sources_from_globs(self.config["inputs"], self.base)
+        except (InputError, FileNotFoundError):
+            return []
+
+    def batch_of(self, sources: list[Source]) -> dict[str, str]:
+        return {s.sample_id: batch for batch, members in batches(sources, self.config["batch_size"]).items() for s in members}
+
+    # -- one field -----------------------------------------------------------------------------------
+    def process(self, source: Source, batch: str, completed_at: float) -> list[dict[str, Any]]:
+        """Every stage for one complete file; returns the action records written (one per field)."""
+        from .acquisition import import_one
+        from .inference import predict_one
+        from .quality import quality_one
+        from .review import model_channel_name, review_unit, run_reference
+        from .segmentation import postprocess_one
+        from .tables import unit_action_entry, unreadable_entry
+
+        started = time.time()
+        sequence = len(self.records)
+        folders = {stage: self.results / stage / batch for stage in ("import", "inference", "segmentation")}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        units, import_failures = import_one(source, self.import_settings, folders["import"], f"[watch {batch}] {sequence + 1}")
+        state: dict[str, Any] = {"sample_id": source.sample_id, "batch": batch, "units": [asdict(u) for u in units],
+                                 "import_failures": [asdict(f) for f in import_failures], "metrics": {}, "quality_failures": [],
+                                 "predictions": {}, "inference_failures": [], "summaries": {}, "objects": [],
+                                 "postprocess_failures": [], "model_metrics": []}
+        entries = [unreadable_entry(asdict(f), *self.positions) for f in import_failures if not f.unit_id]
+        for unit in state["units"]:
+            uid, failed = unit["unit_id"], None
+            quality = self.pool.submit(quality_one, unit, batch)  # beside inference: numpy and onnxruntime release the GIL
+            prediction, failure = predict_one(self.predictor, unit, folders["inference"], f"[watch {batch}]")
+            metrics, quality_failure = quality.result()
+            if quality_failure:
+                state["quality_failures"].append(quality_failure)
+                failed = f"quality: {quality_failure['reason']}"
+            else:
+                state["metrics"][uid] = metrics
+            summary, diameters = None, []
+            if failure:
+                state["inference_failures"].append(failure)
+                failed = failed or f"inference: {failure['reason']}"
+            else:
+                state["predictions"][uid] = prediction
+                try:
+                    summary, objects = postprocess_one(unit, prediction["path"], self.postprocess_settings, self.channels,
+                                                       folders["segmentation"])
+                    state["summaries"][uid] = summary
+                    state["objects"].extend(objects)
+                    diameters = [o["equivalent_diameter_um"] for o in objects if o.get("equivalent_diameter_um") not in ("", None)]
+                except Exception as exc:  # noqa: BLE001
+                    fail = Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid).__dict__
+                    state["postprocess_failures"].append(fail)
+                    failed = failed or f"postprocess: {fail['reason']}"
+            channel = model_channel_name(unit, self.channels)
+            channel_metrics = (metrics or {}).get(channel)
+            if channel_metrics:
+                state["model_metrics"].append(channel_metrics)
+            reference = run_reference(self.model_metrics + state["model_metrics"])  # the fields seen so far
+            review = review_unit(unit, channel_metrics, summary, diameters, self.knowledge_base, self.thresholds,
+                                 self.cell_line_column, failed, reference or None)
+            entries.append(unit_action_entry(unit, review, *self.positions))
+        write_json(self.units_dir / f"{source.sample_id}.json", state)  # before the records: a restart never loses outputs
+        written_at = time.time()
+        records = []
+        for i, entry in enumerate(entries):
+            actions, suppressed = bounded_actions(entry, self.reimaged, self.settings)
+            records.append({"format": RECORD_FORMAT, "version": RECORD_VERSION, "sequence": sequence + i,
+                            "timestamp": _now_iso(written_at), "file_completed_at": _now_iso(completed_at),
+                            "latency_s": round(written_at - completed_at, 3), "processing_s": round(written_at - started, 3),
+                            "batch": batch, "status": "failed" if entry["issues"] and entry["issues"][0]["type"] in
+                            ("unreadable_input", "processing_failed") else "reviewed",
+                            **{**entry, "actions": actions}, "suppressed": suppressed})
+        self._append(records)
+        self.records.extend(records)
+        self.done.add(source.sample_id)
+        self.model_metrics.extend(state["model_metrics"])
+        self.latencies.append(written_at - completed_at)
+        self.waits.append(started - completed_at)
+        for record in records:
+            asked = ", ".join(a["action"] + (f" x{a['exposure_factor']}" if "exposure_factor" in a else "") for a in record["actions"])
+            print(f"[watch] #{record['sequence']} {record['unit_id']}: {record['verdict']}"
+                  f"{' -> ' + asked if asked else ''} ({record['latency_s']:.2f} s after the file was complete)", file=sys.stderr)
+        return records
+
+    # -- batches -------------------------------------------------------------------------------------
+    def write_ready_batches(self, sources: list[Source], final: bool = False) -> list[str]:
+        """Write the manifests of every batch whose files are all done (full batches; with ``final`` the last one too),
+        as the batch workflow's jobs would, so a later snakemake run reuses them."""
+        from .inference import inference_manifest
+        from .segmentation import write_postprocess_outputs
+
+        written = []
+        for batch, members in batches(sources, self.config["batch_size"]).items() if sources else []:
+            ids = tuple(s.sample_id for s in members)
+            if self.written.get(batch) == ids or not all(i in self.done for i in ids):
+                continue
+            if len(members) < self.config["batch_size"] and not final:
+                continue
+            states = [read_json(self.units_dir / f"{i}.json") for i in ids]
+            if any(state["batch"] != batch for state in states):  # a file arrived out of order: leave it to snakemake
+                print(f"[watch] batch {batch}: its files moved between batches; snakemake will redo it", file=sys.stderr)
+                continue
+            units = [u for state in states for u in state["units"]]
+            import_doc = {"batch": batch, "units": units, "failures": [f for s in states for f in s["import_failures"]],
+                          "settings": self.import_settings.__dict__}
+            # in stage order, each directory output's .snakemake_timestamp (its mtime for Snakemake) after its manifest
+            write_json(self.results / "import" / batch / "manifest.json", import_doc)
+            (self.results / "import" / batch / ".snakemake_timestamp").touch()
+            write_json(self.results / "quality" / f"{batch}.json",
+                       {"batch": batch, "metrics": {k: v for s in states for k, v in s["metrics"].items()},
+                        "failures": [f for s in states for f in s["quality_failures"]]})
+            write_json(self.results / "inference" / batch / "manifest.json", inference_manifest(
+                batch, self.check, self.model_settings, self.predictor, None, self.load_seconds,
+                {k: v for s in states for k, v in s["predictions"].items()}, [f for s in states for f in s["inference_failures"]]))
+            (self.results / "inference" / batch / ".snakemake_timestamp").touch()
+            write_postprocess_outputs(self.results / "segmentation" / batch, batch, self.postprocess_settings,
+                                      {k: v for s in states for k, v in s["summaries"].items()},
+                                      [f for s in states for f in s["postprocess_failures"]], [o for s in states for o in s["objects"]])
+            (self.results / "segmentation" / batch / ".snakemake_timestamp").touch()
+            self.written[batch] = ids
+            written.append(batch)
+            print(f"[watch] batch {batch} complete ({len(ids)} file(s)): its outputs are ready for snakemake", file=sys.stderr)
+        return written
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, should_stop: Callable[[], bool] = lambda: False, max_fields: int | None = None,
+            idle_exit_s: float | None = None) -> dict[str, Any]:
+        """Watch until ``should_stop()``, ``max_fields`` new files, or ``idle_exit_s`` seconds without a new file."""
+        processed, last_activity = 0, time.time()
+        sources: list[Source] = []
+        while not should_stop() and (max_fields is None or processed < max_fields):
+            sources = self.sources()
+            batch_of = self.batch_of(sources)
+            ready = [(s, t) for s in sources if s.sample_id not in self.done and (t := self.tracker.complete(s.path)) is not None]
+            for source, completed_at in ready:
+                if should_stop() or (max_fields is not None and processed >= max_fields):
+                    break
+                self.process(source, batch_of[source.sample_id], completed_at)
+                processed += 1
+                last_activity = time.time()
+                self.write_ready_batches(sources)
+            if not ready:
+                if idle_exit_s is not None and time.time() - last_activity >= idle_exit_s:
+                    break
+                time.sleep(self.settings.poll_s)
+        self.write_ready_batches(self.sources(), final=True)
+        summary = self.summary()
+        summary["adopted"] = self.adopt() if self.config_files else None
+        return summary
+
+    def adopt(self) -> bool:
+        """Record the written batches in Snakemake's metadata (``snakemake --touch`` of exactly their jobs), so that a
+        later config change reruns them like any job's outputs; without it they would be reused on modification
+        times alone. Returns whether Snakemake accepted them."""
+        import subprocess
+
+        if not self.written:
+            return True
+        targets = [str(self.results / "segmentation" / b) for b in sorted(self.written)]
+        targets += [str(self.results / "quality" / f"{b}.json") for b in sorted(self.written)]
+        snakefile = Path(__file__).resolve().parents[1] / "Snakefile"
+        command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--configfile", *self.config_files, "--touch",
+                   "--forcerun", *STAGE_RULES, "--cores", "1", "--quiet", "all", "--", *targets]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=self.base)
+        if result.returncode != 0:
+            print(f"[watch] snakemake did not record the batches' provenance (they will be reused on modification times "
+                  f"only):\n{result.stderr.strip()[-2000:]}", file=sys.stderr)
+        return result.returncode == 0
+
+    def summary(self) -> dict[str, Any]:
+        latencies = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            return round(latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))], 3) if latencies else None
+
+        queued = sum(1 for w in self.waits if w > self.settings.poll_s + 0.5)
+        return {"files_this_session": len(self.latencies), "records_total": len(self.records), "resumed_from": self.resumed,
+                "failed": sum(1 for r in self.records if r["status"] == "failed"),
+                "actions": sum(len(r["actions"]) for r in self.records),
+                "suppressed": sum(len(r["suppressed"]) for r in self.records),
+                "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
+                "mean_latency_s": round(statistics.fmean(latencies), 3) if latencies else None,
+                "queued_fields": queued, "model_load_s": round(self.load_seconds, 2), "actions_file": str(self.actions_path),
+                "batches_ready": sorted(self.written)}
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.predictor.close()
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [f"snakescope watch: {summary['files_this_session']} file(s) reviewed this session, {summary['records_total']} "
+             f"record(s) in {summary['actions_file']} ({summary['failed']} failed, {summary['actions']} action(s) asked, "
+             f"{summary['suppressed']} suppressed by the limits)"]
+    if summary["latency_p50_s"] is not None:
+        lines.append(f"latency from file complete to record written: p50 {summary['latency_p50_s']} s, p95 {summary['latency_p95_s']} s")
+    if summary["queued_fields"]:
+        lines.append(f"{summary['queued_fields']} field(s) waited in the queue: the microscope was faster than the review")
+    if summary["batches_ready"]:
+        recorded = "" if summary.get("adopted") else " (not recorded in Snakemake's metadata: see above)"
+        lines.append(f"batches ready for snakemake: {', '.join(summary['batches_ready'])}{recorded}; run snakemake with the "
+                     "same config for the review and report of the whole screen")
+    return lines
