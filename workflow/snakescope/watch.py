@@ -42,6 +42,7 @@ RECORD_VERSION = 1
 # Actions that image the field again (bounded per well); skip_field and check_sample do not.
 REIMAGING = ("reacquire", "refocus", "increase_exposure", "reduce_exposure")
 EXPOSURE_CHANGE = {"increase_exposure": 2.0, "reduce_exposure": 0.5}
+POLLER_THREAD = "watch-poller"
 STAGE_RULES = ("check_model", "import_batch", "quality_metrics", "infer", "postprocess")  # what watch mode computes
 
 
@@ -57,23 +58,28 @@ class WatchSettings:
     exposure_factor_max: float = 2.0
 
 
+def _quiet_poller(record: Any) -> bool:
+    """tifffile's complaints about half-written files, from the poller's looks at them, are expected: dropped."""
+    import threading
+
+    return threading.current_thread().name != POLLER_THREAD
+
+
 def tiff_complete(path: str) -> bool | None:
     """A TIFF's own end marker: True when every page its metadata declares (OME-XML planes, ImageJ ``images``) is
     in the file with all its pixel data; False when the IFD chain or the data is cut short; None when the file does
     not declare its length (a plain TIFF, or not a TIFF at all): then only a stable size says it is complete."""
     import logging
     import re
-    import warnings
 
     import tifffile
 
     tiff_log = logging.getLogger("tifffile")
-    level = tiff_log.level
-    tiff_log.setLevel(logging.CRITICAL)  # a half-written file is expected here, not an error
+    if _quiet_poller not in tiff_log.filters:
+        tiff_log.addFilter(_quiet_poller)
     try:
         size = os.path.getsize(path)
-        with warnings.catch_warnings(), tifffile.TiffFile(path) as tif:
-            warnings.simplefilter("ignore")
+        with tifffile.TiffFile(path) as tif:
             pages = len(tif.pages)
             expected = None
             if tif.is_ome and tif.ome_metadata:
@@ -88,10 +94,11 @@ def tiff_complete(path: str) -> bool | None:
                 offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
                 if any(o + c > size for o, c in zip(offsets, counts)):
                     return False
-    except (OSError, tifffile.TiffFileError, ValueError, KeyError, IndexError):
-        return False if str(path).lower().endswith((".tif", ".tiff")) and os.path.getsize(path) > 0 else None
-    finally:
-        tiff_log.setLevel(level)
+    except Exception:  # noqa: BLE001 - a file being written can break a parser in any way: not complete yet
+        try:
+            return False if str(path).lower().endswith((".tif", ".tiff")) and os.path.getsize(path) > 0 else None
+        except OSError:
+            return False
     if expected is None:
         return None
     return pages >= expected
@@ -195,7 +202,8 @@ class Watcher:
         self._warm_up()
         self.load_seconds = time.time() - started
         self.tracker = FileTracker(self.settings.stable_s)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality")
+        self.quality_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-quality")
+        self.front = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-front")
         self.records = self._read_records()
         self.done = {r["sample_id"] for r in self.records}
         self.reimaged: dict[str, int] = {}
@@ -264,60 +272,70 @@ class Watcher:
     # -- one field -----------------------------------------------------------------------------------
     def process(self, source: Source, batch: str, completed_at: float) -> list[dict[str, Any]]:
         """Every stage for one complete file; returns the action records written (one per field)."""
+        return self.finish(self.start(source, batch), completed_at)
+
+    def start(self, source: Source, batch: str) -> dict[str, Any]:
+        """The first half of a file's stages, which may run beside the previous file's second half: import, then
+        quality metrics beside inference (numpy and onnxruntime release the GIL). Touches no shared state."""
         from .acquisition import import_one
         from .inference import predict_one
         from .quality import quality_one
+
+        started = time.time()
+        folders = {stage: self.results / stage / batch for stage in ("import", "inference", "segmentation")}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        units, import_failures = import_one(source, self.import_settings, folders["import"], f"[watch {batch}]")
+        state: dict[str, Any] = {"sample_id": source.sample_id, "batch": batch, "units": [asdict(u) for u in units],
+                                 "import_failures": [asdict(f) for f in import_failures], "metrics": {}, "quality_failures": [],
+                                 "predictions": {}, "inference_failures": [], "summaries": {}, "objects": [],
+                                 "postprocess_failures": [], "model_metrics": [], "started": started}
+        for unit in state["units"]:
+            quality = self.quality_pool.submit(quality_one, unit, batch)
+            prediction, failure = predict_one(self.predictor, unit, folders["inference"], f"[watch {batch}]")
+            if failure:
+                state["inference_failures"].append(failure)
+            else:
+                state["predictions"][unit["unit_id"]] = prediction
+            metrics, failure = quality.result()
+            if failure:
+                state["quality_failures"].append(failure)
+            else:
+                state["metrics"][unit["unit_id"]] = metrics
+        return state
+
+    def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
+        """The second half: post-processing, the rule-based review against the fields seen so far, the records."""
         from .review import model_channel_name, review_unit, run_reference
         from .segmentation import postprocess_one
         from .tables import unit_action_entry, unreadable_entry
 
-        started = time.time()
-        sequence = len(self.records)
-        folders = {stage: self.results / stage / batch for stage in ("import", "inference", "segmentation")}
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        units, import_failures = import_one(source, self.import_settings, folders["import"], f"[watch {batch}] {sequence + 1}")
-        state: dict[str, Any] = {"sample_id": source.sample_id, "batch": batch, "units": [asdict(u) for u in units],
-                                 "import_failures": [asdict(f) for f in import_failures], "metrics": {}, "quality_failures": [],
-                                 "predictions": {}, "inference_failures": [], "summaries": {}, "objects": [],
-                                 "postprocess_failures": [], "model_metrics": []}
-        entries = [unreadable_entry(asdict(f), *self.positions) for f in import_failures if not f.unit_id]
+        batch, started = state["batch"], state.pop("started")
+        failures = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in state["quality_failures"] + state["inference_failures"]}
+        entries = [unreadable_entry(f, *self.positions) for f in state["import_failures"] if not f.get("unit_id")]
         for unit in state["units"]:
-            uid, failed = unit["unit_id"], None
-            quality = self.pool.submit(quality_one, unit, batch)  # beside inference: numpy and onnxruntime release the GIL
-            prediction, failure = predict_one(self.predictor, unit, folders["inference"], f"[watch {batch}]")
-            metrics, quality_failure = quality.result()
-            if quality_failure:
-                state["quality_failures"].append(quality_failure)
-                failed = f"quality: {quality_failure['reason']}"
-            else:
-                state["metrics"][uid] = metrics
-            summary, diameters = None, []
-            if failure:
-                state["inference_failures"].append(failure)
-                failed = failed or f"inference: {failure['reason']}"
-            else:
-                state["predictions"][uid] = prediction
+            uid, summary, diameters = unit["unit_id"], None, []
+            if uid in state["predictions"]:
                 try:
-                    summary, objects = postprocess_one(unit, prediction["path"], self.postprocess_settings, self.channels,
-                                                       folders["segmentation"])
+                    summary, objects = postprocess_one(unit, state["predictions"][uid]["path"], self.postprocess_settings,
+                                                       self.channels, self.results / "segmentation" / batch)
                     state["summaries"][uid] = summary
                     state["objects"].extend(objects)
                     diameters = [o["equivalent_diameter_um"] for o in objects if o.get("equivalent_diameter_um") not in ("", None)]
                 except Exception as exc:  # noqa: BLE001
-                    fail = Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid).__dict__
-                    state["postprocess_failures"].append(fail)
-                    failed = failed or f"postprocess: {fail['reason']}"
-            channel = model_channel_name(unit, self.channels)
-            channel_metrics = (metrics or {}).get(channel)
+                    failure = Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid).__dict__
+                    state["postprocess_failures"].append(failure)
+                    failures.setdefault(uid, f"postprocess: {failure['reason']}")
+            channel_metrics = state["metrics"].get(uid, {}).get(model_channel_name(unit, self.channels))
             if channel_metrics:
                 state["model_metrics"].append(channel_metrics)
             reference = run_reference(self.model_metrics + state["model_metrics"])  # the fields seen so far
             review = review_unit(unit, channel_metrics, summary, diameters, self.knowledge_base, self.thresholds,
-                                 self.cell_line_column, failed, reference or None)
+                                 self.cell_line_column, failures.get(uid), reference or None)
             entries.append(unit_action_entry(unit, review, *self.positions))
-        write_json(self.units_dir / f"{source.sample_id}.json", state)  # before the records: a restart never loses outputs
+        write_json(self.units_dir / f"{state['sample_id']}.json", state)  # before the records: a restart never loses outputs
         written_at = time.time()
+        sequence = len(self.records)
         records = []
         for i, entry in enumerate(entries):
             actions, suppressed = bounded_actions(entry, self.reimaged, self.settings)
@@ -329,7 +347,7 @@ class Watcher:
                             **{**entry, "actions": actions}, "suppressed": suppressed})
         self._append(records)
         self.records.extend(records)
-        self.done.add(source.sample_id)
+        self.done.add(state["sample_id"])
         self.model_metrics.extend(state["model_metrics"])
         self.latencies.append(written_at - completed_at)
         self.waits.append(started - completed_at)
@@ -382,24 +400,70 @@ class Watcher:
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool] = lambda: False, max_fields: int | None = None,
             idle_exit_s: float | None = None) -> dict[str, Any]:
-        """Watch until ``should_stop()``, ``max_fields`` new files, or ``idle_exit_s`` seconds without a new file."""
+        """Watch until ``should_stop()``, ``max_fields`` new files, or ``idle_exit_s`` seconds without a new file.
+
+        A poller thread notes when each file becomes complete (so queueing counts in the latency); the loop starts
+        the next file's import and inference while it finishes the current one's post-processing and review."""
+        import queue
+        import threading
+
+        arrivals: queue.Queue = queue.Queue()
+        halt = threading.Event()
+        latest: dict[str, list[Source]] = {"sources": []}
+
+        def poll() -> None:
+            queued: set[str] = set()
+            while not halt.is_set():
+                try:
+                    latest["sources"] = sources = self.sources()
+                    for source in sources:
+                        if source.sample_id not in self.done and source.sample_id not in queued:
+                            completed_at = self.tracker.complete(source.path)
+                            if completed_at is not None:
+                                queued.add(source.sample_id)
+                                arrivals.put((source, completed_at))
+                except Exception as exc:  # noqa: BLE001 - the poller must outlive any odd file or listing error
+                    print(f"[watch] listing the acquisition failed, trying again: {type(exc).__name__}: {exc}", file=sys.stderr)
+                halt.wait(self.settings.poll_s)
+
+        poller = threading.Thread(target=poll, name=POLLER_THREAD, daemon=True)
+        poller.start()
         processed, last_activity = 0, time.time()
-        sources: list[Source] = []
-        while not should_stop() and (max_fields is None or processed < max_fields):
-            sources = self.sources()
-            batch_of = self.batch_of(sources)
-            ready = [(s, t) for s in sources if s.sample_id not in self.done and (t := self.tracker.complete(s.path)) is not None]
-            for source, completed_at in ready:
-                if should_stop() or (max_fields is not None and processed >= max_fields):
-                    break
-                self.process(source, batch_of[source.sample_id], completed_at)
-                processed += 1
-                last_activity = time.time()
-                self.write_ready_batches(sources)
-            if not ready:
-                if idle_exit_s is not None and time.time() - last_activity >= idle_exit_s:
-                    break
-                time.sleep(self.settings.poll_s)
+        in_flight = None  # (future of start(), completed_at) of the file being imported and predicted
+        try:
+            while True:
+                limit = max_fields is not None and processed + (in_flight is not None) >= max_fields
+                arrival = None
+                if not should_stop() and not limit:
+                    try:
+                        arrival = arrivals.get(timeout=self.settings.poll_s)
+                    except queue.Empty:
+                        arrival = None
+                upcoming = None
+                if arrival is not None:
+                    source, completed_at = arrival
+                    batch = self.batch_of(latest["sources"] or self.sources()).get(source.sample_id)
+                    if batch is None:  # listed when it was complete, gone now (renamed or removed): skip it
+                        continue
+                    upcoming = (self.front.submit(self.start, source, batch), completed_at)
+                if in_flight is not None:
+                    future, completed_at = in_flight
+                    self.finish(future.result(), completed_at)
+                    processed += 1
+                    last_activity = time.time()
+                    self.write_ready_batches(latest["sources"])
+                in_flight = upcoming
+                if in_flight is None:
+                    if should_stop() or limit:
+                        break
+                    if idle_exit_s is not None and time.time() - last_activity >= idle_exit_s:
+                        break
+        finally:
+            halt.set()
+            poller.join()
+            if in_flight is not None:  # stopping: the file in hand is finished, not dropped
+                future, completed_at = in_flight
+                self.finish(future.result(), completed_at)
         self.write_ready_batches(self.sources(), final=True)
         summary = self.summary()
         summary["adopted"] = self.adopt() if self.config_files else None
@@ -441,7 +505,8 @@ class Watcher:
                 "batches_ready": sorted(self.written)}
 
     def close(self) -> None:
-        self.pool.shutdown()
+        self.front.shutdown()
+        self.quality_pool.shutdown()
         self.predictor.close()
 
 
