@@ -73,18 +73,18 @@ def calibrated(pixel_size_um: tuple[float | None, float | None] | None) -> tuple
     return float(pixel_size_um[0]), float(pixel_size_um[1])
 
 
-def typical_radius_px(mask: np.ndarray) -> float | None:
+def typical_radius_px(mask: np.ndarray, edt: np.ndarray | None = None) -> float | None:
     """The typical nucleus radius of a field, in pixels, from its foreground mask.
 
     Each connected object's largest inscribed radius (distance-transform maximum) is one nucleus
     radius whether the object is one nucleus or a cluster of touching ones. The area-weighted median
     finds the scale that holds most of the foreground (specks of debris barely count); the median over
-    objects at least 0.4 of that scale is the estimate.
+    objects at least 0.4 of that scale is the estimate. ``edt``: the mask's distance transform, if already made.
     """
     components, n = ndi.label(mask)
     if n == 0:
         return None
-    radii = inscribed_radii(mask, components, n)
+    radii = inscribed_radii(mask, components, n, edt)
     areas = np.bincount(components.ravel())[1:].astype(float)
     del components
     order = np.argsort(radii)
@@ -93,7 +93,7 @@ def typical_radius_px(mask: np.ndarray) -> float | None:
     return float(np.median(radii[radii >= 0.4 * weighted_median]))
 
 
-def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int) -> np.ndarray:
+def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int, edt: np.ndarray | None = None) -> np.ndarray:
     """Each component's largest inscribed radius (its distance-transform maximum).
 
     Small fields: one distance transform of the whole mask. Larger fields: one per component, in its bounding
@@ -103,7 +103,7 @@ def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int) -> np.ndar
     """
     if mask.size <= WHOLE_FIELD_PIXELS:
         radii = np.zeros(n + 1)  # per-label maximum in one pass (ndi.maximum's per-label selection is 25x slower)
-        np.maximum.at(radii, components[mask], ndi.distance_transform_edt(mask)[mask])
+        np.maximum.at(radii, components[mask], (ndi.distance_transform_edt(mask) if edt is None else edt)[mask])
         return radii[1:]
     radii = np.zeros(n)
     for index, box in enumerate(ndi.find_objects(components)):
@@ -138,11 +138,13 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     if settings.fill_holes:
         mask = ndi.binary_fill_holes(mask)
     info: dict[str, Any] = {"typical_diameter_px": None, "scale_source": None, "removed_small": 0, "removed_low_contrast": 0}
+    edt = None  # the mask's distance transform, shared by the scale estimate and the split (small fields)
     if settings.nucleus_diameter_um and pixel:
         radius = settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1]))
         info["scale_source"] = "config postprocess.nucleus_diameter_um"
     else:
-        radius = typical_radius_px(mask)
+        edt = whole_field_edt(mask)
+        radius = typical_radius_px(mask, edt)
         info["scale_source"] = "estimated from this field"
         sure = typical_radius_px(probability >= TISSUE_SURE_THRESHOLD) if settings.probability_threshold < TISSUE_SURE_THRESHOLD else None
         if radius and sure and radius > TISSUE_RATIO * sure:
@@ -150,7 +152,8 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
             # most confident cores are the nuclei: segment those, at their own scale
             core = probability >= TISSUE_CORE_THRESHOLD
             mask = ndi.binary_fill_holes(core) if settings.fill_holes else core
-            radius = typical_radius_px(mask) or sure
+            edt = whole_field_edt(mask)
+            radius = typical_radius_px(mask, edt) or sure
             info["scale_source"] = (f"estimated from this field's confident cores (probability >= {TISSUE_CORE_THRESHOLD}): "
                                     "the foreground is tissue, not separate nuclei")
             info["tissue"] = True
@@ -170,8 +173,11 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     components, n_components = ndi.label(mask)
     info["removed_small"] = before - n_components
     if settings.split_touching:
-        split = _split_by_component if mask.size > WHOLE_FIELD_PIXELS else _split_whole_field
-        labels = split(mask, components, intensity, radius, settings)
+        if mask.size > WHOLE_FIELD_PIXELS:
+            labels = _split_by_component(mask, components, intensity, radius, settings)
+        else:
+            labels = _split_whole_field(mask, components, intensity, radius, settings, edt)
+        edt = None
         del components
         orphans, _ = ndi.label(mask & (labels == 0))  # an object without a marker keeps one label of its own
         has_orphan = orphans > 0
@@ -189,11 +195,27 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     return relabel_sequential(labels.astype(np.int32))[0], info
 
 
-def _marker_map(mask: np.ndarray, norm: np.ndarray | None, radius: float, settings: PostprocessSettings) -> np.ndarray:
+def whole_field_edt(mask: np.ndarray) -> np.ndarray | None:
+    """The mask's distance transform on fields small enough to hold one (larger fields work per component)."""
+    return ndi.distance_transform_edt(mask) if mask.size <= WHOLE_FIELD_PIXELS else None
+
+
+def _marker_map(mask: np.ndarray, norm: np.ndarray | None, radius: float, settings: PostprocessSettings,
+                edt: np.ndarray | None = None) -> np.ndarray:
     """(1 - w) * min(distance to background / r, 1) + w * normalised intensity, smoothed, zero off the mask; the
-    arithmetic in place (on a large field every full-size temporary costs 8 bytes per pixel)."""
+    arithmetic in place (on a large field every full-size temporary costs 8 bytes per pixel).
+
+    ``edt``: the distance transform of a mask this one was made from by removing whole 4-connected components
+    (small objects); used up (changed in place). Inside a kept component it equals this mask's own: from a pixel
+    p of component C, a removed pixel q lies in another component, and a monotone 4-connected path from p to q
+    inside the rectangle they span leaves C through a background pixel (another component there would touch C),
+    which is no farther from p than q. Off the mask it is zeroed, as this mask's own transform is."""
     weight = settings.split_intensity_weight if norm is not None else 0.0
-    marker_map = ndi.distance_transform_edt(mask)
+    if edt is None:
+        marker_map = ndi.distance_transform_edt(mask)
+    else:
+        marker_map = edt
+        marker_map[~mask] = 0
     marker_map /= radius
     np.minimum(marker_map, 1.0, out=marker_map)
     marker_map *= 1 - weight
@@ -237,10 +259,10 @@ def _flood(marker_map: np.ndarray, peak_labels: np.ndarray, mask: np.ndarray, mi
 
 
 def _split_whole_field(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
-                       settings: PostprocessSettings) -> np.ndarray:
+                       settings: PostprocessSettings, edt: np.ndarray | None = None) -> np.ndarray:
     """Touching nuclei split by a marker-controlled watershed over the whole field (small fields)."""
     scale = _intensity_scale(intensity, mask, settings)
-    marker_map = _marker_map(mask, _normalise(intensity, scale) if scale else None, radius, settings)
+    marker_map = _marker_map(mask, _normalise(intensity, scale) if scale else None, radius, settings, edt)
     return _flood(marker_map, components, mask, max(1, int(round(settings.split_min_distance * radius))), 0)[0]
 
 

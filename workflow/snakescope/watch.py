@@ -27,7 +27,8 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -158,6 +159,15 @@ def bounded_actions(entry: dict[str, Any], reimaged: dict[str, int], settings: W
     return actions, suppressed
 
 
+def _warm_up_postprocess(settings: Any) -> None:
+    """Run in the post-processing worker at start: its imports and first calls are paid before the first field."""
+    import numpy as np
+
+    from .segmentation import segment_unit
+
+    segment_unit(np.zeros((64, 64), np.float32), np.zeros((64, 64), np.uint16), None, settings)
+
+
 def _now_iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
 
@@ -198,12 +208,17 @@ class Watcher:
         if self.check["test"]["status"] not in ("passed", "skipped"):
             raise ModelError(f"config key model.source={self.model_settings.source!r}: bioimageio test_model did not pass")
         write_json(self.results / "models" / "model_check.json", self.check)
-        self.predictor = batch_predictor(self.model_settings, self.check)
+        # one runtime thread: the other core post-processes the previous file meanwhile (measured: 2 threads contend)
+        self.predictor = batch_predictor(self.model_settings, self.check, threads=1)
         self._warm_up()
         self.load_seconds = time.time() - started
         self.tracker = FileTracker(self.settings.stable_s)
         self.quality_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-quality")
         self.front = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-front")
+        # post-processing in a process of its own: its Python-level loops would otherwise hold the GIL while the next
+        # file is imported and predicted (measured: 2.2 s per file overlapped in threads, against 1.6 s alone)
+        self.post_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.post_pool.submit(_warm_up_postprocess, self.postprocess_settings).result()
         self.records = self._read_records()
         self.done = {r["sample_id"] for r in self.records}
         self.reimaged: dict[str, int] = {}
@@ -226,12 +241,10 @@ class Watcher:
         import bioio  # noqa: F401 - imported now, not when the first field arrives
 
         from .quality import unit_metrics
-        from .segmentation import segment_unit
 
         blank = np.zeros((len(self.channels), 64, 64), np.float32)
         self.predictor.predict(blank, "warm-up")
         unit_metrics(blank.astype(np.uint16), [f"c{i}" for i in range(len(self.channels))])
-        segment_unit(np.zeros((64, 64), np.float32), np.zeros((64, 64), np.uint16), None, self.postprocess_settings)
 
     # -- state on disk ---------------------------------------------------------------------------------
     def _read_records(self) -> list[dict[str, Any]]:
@@ -317,8 +330,9 @@ class Watcher:
             uid, summary, diameters = unit["unit_id"], None, []
             if uid in state["predictions"]:
                 try:
-                    summary, objects = postprocess_one(unit, state["predictions"][uid]["path"], self.postprocess_settings,
-                                                       self.channels, self.results / "segmentation" / batch)
+                    summary, objects = self.post_pool.submit(postprocess_one, unit, state["predictions"][uid]["path"],
+                                                             self.postprocess_settings, self.channels,
+                                                             self.results / "segmentation" / batch).result()
                     state["summaries"][uid] = summary
                     state["objects"].extend(objects)
                     diameters = [o["equivalent_diameter_um"] for o in objects if o.get("equivalent_diameter_um") not in ("", None)]
@@ -505,6 +519,7 @@ class Watcher:
                 "batches_ready": sorted(self.written)}
 
     def close(self) -> None:
+        self.post_pool.shutdown()
         self.front.shutdown()
         self.quality_pool.shutdown()
         self.predictor.close()
