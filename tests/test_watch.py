@@ -212,3 +212,45 @@ def test_sigterm_stops_the_watcher_cleanly_and_keeps_the_records(tmp_path):
     assert len(records(tmp_path)) == 1
     # the single file is a complete last batch: written on stop, so snakemake can reuse it
     assert (tmp_path / "results" / "screen" / "segmentation" / "b0000" / "summary.json").is_file()
+
+
+def test_a_growing_sample_sheet_is_followed_row_by_row(tmp_path):
+    """Rows whose file is not there yet wait; a last line still being written is not read half-way."""
+    needs_shared(UNET)
+    images = [tifffile.imread(p)[:256, :320] for p in sorted(BBBC039.glob("*.tif"))[:3]]
+    (tmp_path / "acq").mkdir()
+    for i in (1, 2):
+        (tmp_path / "acq" / f"s{i}.tif").write_bytes(tiff_bytes(images[i - 1], 0.645))
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text("sample_id\tpath\tplate\twell\ttreatment\n"
+                     "s1\tacq/s1.tif\tP1\tA01\tDMSO\n"
+                     "s3\tacq/s3.tif\tP1\tA03\tDMSO\n"  # listed before its file exists
+                     "s2\tacq/s2.tif\tP1\tA0")  # being written: the well is cut short
+    configfile = watch_config(tmp_path)
+    config = yaml.safe_load(configfile.read_text())
+    config.pop("inputs")
+    config["samples"] = str(sheet)
+    configfile.write_text(yaml.safe_dump(config))
+
+    def acquisition():
+        time.sleep(1.5)
+        with open(sheet, "a") as handle:
+            handle.write("2\tnocodazole\n")
+        time.sleep(1.0)
+        (tmp_path / "acq" / "s3.tif").write_bytes(tiff_bytes(images[2], 0.645))
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        watcher = Watcher(load_config([str(configfile)], ROOT), KNOWLEDGE_BASE)
+        writer = threading.Thread(target=acquisition)
+        writer.start()
+        watcher.run(idle_exit_s=3.0)
+        watcher.close()
+        writer.join()
+    finally:
+        os.chdir(cwd)
+    got = {r["sample_id"]: r for r in records(tmp_path)}
+    assert sorted(got) == ["s1", "s2", "s3"]
+    assert got["s2"]["position"] == {"plate": "P1", "well": "A02"} and got["s2"]["metadata"]["treatment"] == "nocodazole"
+    assert got["s3"]["position"]["well"] == "A03"

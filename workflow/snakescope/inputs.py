@@ -82,16 +82,20 @@ def _sheet_rows(sheet: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_sample_sheet(sheet: str | Path) -> list[Source]:
+def read_sample_sheet(sheet: str | Path, growing: bool = False) -> list[Source]:
     """Read a TSV sample sheet; relative paths are resolved against the sheet's folder.
 
     A row whose ``path`` is a glob yields one source per match, with the sample id
     suffixed by the file name. Every other column is kept as free-text metadata.
+    ``growing``: a sheet still being written during an acquisition (watch mode): a last line without its
+    newline may be cut short and is left for later, and so are rows whose file does not exist yet.
     """
     sheet = Path(sheet)
     if not sheet.is_file():
         raise InputError(f"sample sheet not found: {sheet} (config key 'samples')")
     rows = _sheet_rows(sheet)
+    if growing and rows and not sheet.read_bytes().endswith(b"\n"):
+        rows = rows[:-1]
     columns = rows[0].keys() if rows else []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if rows and missing:
@@ -105,13 +109,15 @@ def read_sample_sheet(sheet: str | Path) -> list[Source]:
             raise InputError(f"sample sheet {sheet}, line {line_no}: empty sample_id or path")
         metadata = {k: (v or "").strip() for k, v in row.items() if k not in REQUIRED_COLUMNS and k is not None}
         matches = _expand(pattern, sheet.parent)
+        if growing and (not matches or (len(matches) == 1 and not matches[0].exists())):
+            continue  # not acquired yet
         if not matches or (len(matches) == 1 and not matches[0].exists()):
             raise InputError(f"sample sheet {sheet}, line {line_no}: no file matches {pattern!r} (sample {sample_id!r})")
         if len(matches) == 1 and not glob.has_magic(pattern):
             sources.append(Source(safe_id(sample_id), str(matches[0]), metadata))
         else:
             sources.extend(Source(safe_id(f"{sample_id}-{m.name}"), str(m), metadata) for m in matches)
-    return _checked(sources, str(sheet))
+    return _checked(sources, str(sheet)) if sources or not growing else []
 
 
 def sources_from_globs(patterns: list[str], base: str | Path = ".") -> list[Source]:

@@ -274,7 +274,7 @@ class Watcher:
         """The sources as the workflow would list them now (none yet is not an error while watching)."""
         try:
             if self.config.get("samples"):
-                return read_sample_sheet(self.config["samples"])
+                return read_sample_sheet(self.config["samples"], growing=True)
             return sources_from_globs(self.config["inputs"], self.base)
         except (InputError, FileNotFoundError):
             return []
