@@ -254,3 +254,29 @@ def test_a_growing_sample_sheet_is_followed_row_by_row(tmp_path):
     assert sorted(got) == ["s1", "s2", "s3"]
     assert got["s2"]["position"] == {"plate": "P1", "well": "A02"} and got["s2"]["metadata"]["treatment"] == "nocodazole"
     assert got["s3"]["position"]["well"] == "A03"
+
+
+def test_the_llm_reviews_each_field_with_one_session_for_the_whole_watch(tmp_path, fake_llm):
+    """The real ollama client against the fake server: self-tested once, one request per field, records say LLM."""
+    needs_shared(UNET)
+    images = [tifffile.imread(p)[:256, :320] for p in sorted(BBBC039.glob("*.tif"))[:3]]
+    (tmp_path / "acq").mkdir()
+    for i, image in enumerate(images):
+        (tmp_path / "acq" / f"s{i}.tif").write_bytes(tiff_bytes(image, 0.645))
+    configfile = watch_config(tmp_path)
+    config = yaml.safe_load(configfile.read_text())
+    config["review"].update(backend="ollama", llm={"endpoint": fake_llm.host, "timeout_s": 60})
+    configfile.write_text(yaml.safe_dump(config))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        watcher = Watcher(load_config([str(configfile)], ROOT), KNOWLEDGE_BASE)
+        assert "qwen2.5vl:7b via ollama" in watcher.llm_note and "passed" in watcher.llm_note
+        watcher.run(idle_exit_s=1.5)
+        watcher.close()
+    finally:
+        os.chdir(cwd)
+    got = records(tmp_path)
+    assert len(got) == 3 and all(r["reviewer"] == "ollama (LLM)" for r in got)
+    assert len(fake_llm.chat_requests()) == 3  # one per field
+    assert len(fake_llm.probe_requests()) == 2  # the self-test's two probes, once for the whole watch

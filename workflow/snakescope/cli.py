@@ -158,6 +158,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
     from .configuration import ConfigError, load_config
     from .inference import ModelError
+    from .llm.settings import LLMUnavailable
     from .watch import Watcher, summary_lines
 
     project = Path(__file__).resolve().parents[2]
@@ -178,16 +179,16 @@ def cmd_watch(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, request_stop)
     try:
         watcher = Watcher(config, knowledge_base, args.config)
-    except ModelError as exc:
+    except (ModelError, LLMUnavailable) as exc:
         sys.exit(f"snakescope: {exc}")
-    if config["review"]["backend"] != "deterministic":
-        print(f"[watch] review.backend is {config['review']['backend']}: watch mode reviews by the rules; the snakemake run "
-              "afterwards has the LLM review every field", file=sys.stderr)
+    print(f"[watch] {watcher.llm_note}", file=sys.stderr)
     where = config["samples"] or ", ".join(config["inputs"])
     print(f"[watch] model loaded in {watcher.load_seconds:.1f} s; watching {where}; "
           f"{len(watcher.records)} record(s) already in {watcher.actions_path}", file=sys.stderr)
     try:
         summary = watcher.run(lambda: stop["requested"], args.max_fields, args.idle_exit)
+    except LLMUnavailable as exc:
+        sys.exit(f"snakescope: {exc} (review.llm.on_unreachable: fail; the records so far are kept)")
     finally:
         watcher.close()
     for line in summary_lines(summary):

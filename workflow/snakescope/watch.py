@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from .configuration import settings_from_section
 from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
-from .records import Failure, read_json, write_json
+from .records import LABELS_SUFFIX, Failure, read_json, write_json
 
 RECORD_FORMAT = "snakescope-watch-action"
 RECORD_VERSION = 1
@@ -212,6 +212,7 @@ class Watcher:
         self.predictor = batch_predictor(self.model_settings, self.check, threads=1)
         self._warm_up()
         self.load_seconds = time.time() - started
+        self.llm_settings, self.llm_session, self.llm_note = self._open_llm()
         self.tracker = FileTracker(self.settings.stable_s)
         self.quality_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-quality")
         self.front = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-front")
@@ -232,6 +233,50 @@ class Watcher:
         self.latencies: list[float] = []
         self.waits: list[float] = []
         self.resumed = len(self.records)
+
+    def _open_llm(self) -> tuple[Any, Any, str]:
+        """With ``review.backend: ollama|openai``: one session for the whole watch (connected, self-tested, the server
+        kept warm between fields). Returns (settings, session or None, a line saying who reviews)."""
+        from contextlib import ExitStack
+
+        from .llm.batch import llm_session
+        from .llm.settings import LLMSettings, LLMUnavailable
+        from .review import LLM_BACKENDS
+
+        self._llm_stack = ExitStack()
+        review = self.config["review"]
+        if review["backend"] not in LLM_BACKENDS:
+            return None, None, "reviewer: the rules (review.backend: deterministic)"
+        section = dict(review.get("llm") or {})
+        project = Path(__file__).resolve().parents[2]
+        for key, default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
+            path = Path(section.get(key, default))
+            section[key] = str(path if path.is_file() or not (project / path).is_file() else project / path)
+        settings = LLMSettings.from_config(section, review["backend"])
+        try:
+            session = self._llm_stack.enter_context(llm_session(settings, self.results / "watch" / "llm-server.log"))
+        except LLMUnavailable as exc:
+            if settings.on_unreachable == "fail":
+                raise
+            return settings, None, f"reviewer: the rules: the LLM cannot be used ({exc}) (review.llm.on_unreachable: fallback)"
+        return settings, session, (f"reviewer: {settings.model} via {review['backend']} (self-test: "
+                                   f"{'passed' if session.checked.get('passed') else session.checked.get('note', 'failed')}); "
+                                   "each field adds one request to its latency")
+
+    def _llm_reviews(self, units: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The LLM's reviews of one file's units (the rules' as second opinion), or None to keep the rules' reviews."""
+        from .llm.batch import llm_review_units
+        from .llm.settings import LLMUnavailable
+
+        try:
+            reviews, _ = llm_review_units(units, context, self.llm_settings, self.config["cache_dir"], self.results / "watch" / "llm",
+                                          self.postprocess_settings, self.thresholds.count_tolerance, self.llm_session)
+            return reviews
+        except LLMUnavailable as exc:
+            if self.llm_settings.on_unreachable == "fail":
+                raise
+            print(f"[watch] LLM reviewer unavailable for this file, the rules review it: {exc}", file=sys.stderr)
+            return None
 
     def _warm_up(self) -> None:
         """Pay the one-off costs before the first field: the reader library's import, the runtime's first run, the
@@ -319,13 +364,14 @@ class Watcher:
 
     def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
         """The second half: post-processing, the rule-based review against the fields seen so far, the records."""
-        from .review import model_channel_name, review_unit, run_reference
+        from .review import expected_diameter, model_channel_name, review_unit, run_reference
         from .segmentation import postprocess_one
         from .tables import unit_action_entry, unreadable_entry
 
         batch, started = state["batch"], state.pop("started")
         failures = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in state["quality_failures"] + state["inference_failures"]}
         entries = [unreadable_entry(f, *self.positions) for f in state["import_failures"] if not f.get("unit_id")]
+        context: dict[str, Any] = {}
         for unit in state["units"]:
             uid, summary, diameters = unit["unit_id"], None, []
             if uid in state["predictions"]:
@@ -346,6 +392,15 @@ class Watcher:
             reference = run_reference(self.model_metrics + state["model_metrics"])  # the fields seen so far
             review = review_unit(unit, channel_metrics, summary, diameters, self.knowledge_base, self.thresholds,
                                  self.cell_line_column, failures.get(uid), reference or None)
+            line, expected = expected_diameter(unit.get("metadata", {}), self.knowledge_base, self.cell_line_column)
+            labels = self.results / "segmentation" / batch / f"{uid}{LABELS_SUFFIX}"
+            context[uid] = {"rules": review, "metrics": channel_metrics, "summary": summary, "expected": expected, "line": line,
+                            "channels": self.channels, "labels_path": labels if labels.is_file() and uid not in failures else None,
+                            "probability_path": state["predictions"].get(uid, {}).get("path")}
+        reviews = [context[u["unit_id"]]["rules"] for u in state["units"]]
+        if self.llm_session is not None and state["units"]:
+            reviews = self._llm_reviews(state["units"], context) or reviews
+        for unit, review in zip(state["units"], reviews):
             entries.append(unit_action_entry(unit, review, *self.positions))
         write_json(self.units_dir / f"{state['sample_id']}.json", state)  # before the records: a restart never loses outputs
         written_at = time.time()
@@ -519,6 +574,7 @@ class Watcher:
                 "batches_ready": sorted(self.written)}
 
     def close(self) -> None:
+        self._llm_stack.close()
         self.post_pool.shutdown()
         self.front.shutdown()
         self.quality_pool.shutdown()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import sys
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..records import LABELS_SUFFIX, read_json, write_json
 from .client import ChatClient, connect, public_endpoint
@@ -76,13 +78,41 @@ def rules_only(rules: dict[str, Any], status: str, selection: str | None, why: s
     return record
 
 
+@dataclass
+class LLMSession:
+    """A connected client, the model it serves, the start-up self-test and the run record: made once per review job,
+    or once for a whole watch (the server stays warm between fields)."""
+
+    client: ChatClient
+    info: Any
+    checked: dict[str, Any]
+    run: dict[str, Any]
+
+
+@contextmanager
+def llm_session(settings: LLMSettings, log_path: Path | None = None) -> Iterator[LLMSession]:
+    """Connect to the configured backend (starting ``ollama serve`` if asked) and run the self-test once."""
+    with connect(settings, log_path) as (client, info):
+        checked = self_test(client, info) if settings.selftest else {"passed": None, "note": "skipped (review.llm.selftest: false)"}
+        run = {"backend": info.backend, "endpoint": public_endpoint(info.endpoint), "server_version": info.server_version,
+               "model": info.model, "model_id": info.model_id, "selftest": checked, "scope": settings.scope,
+               "audit_fraction": settings.audit_fraction if settings.scope == "flagged_and_audit" else None,
+               "structured_output": checked.get("structured_output", settings.structured_output)}
+        yield LLMSession(client, info, checked, run)
+
+
 def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], settings: LLMSettings, cache_dir: str | Path,
-                     out_dir: Path, postprocess: Any, count_tolerance: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     out_dir: Path, postprocess: Any, count_tolerance: float,
+                     session: LLMSession | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Review units with the model; ``context[unit_id]`` holds rules review, metrics, summary, paths, expected range.
 
+    ``session``: an open :func:`llm_session` to reuse; without one, a session is opened for these units.
     Returns (schema-shaped reviews in unit order, the run's LLM record: backend, model, self-test, scope).
     Raises :class:`LLMUnavailable` when no server can be used at all.
     """
+    if session is None:
+        with llm_session(settings, out_dir / "llm-server.log") as opened:
+            return llm_review_units(units, context, settings, cache_dir, out_dir, postprocess, count_tolerance, opened)
     import numpy as np
     import tifffile
 
@@ -100,126 +130,121 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     inputs.mkdir(parents=True, exist_ok=True)
     reviews = []
     refined_rows: list[dict[str, Any]] = []
-    with connect(settings, out_dir / "llm-server.log") as (client, info):
-        checked = self_test(client, info) if settings.selftest else {"passed": None, "note": "skipped (review.llm.selftest: false)"}
-        run = {"backend": info.backend, "endpoint": public_endpoint(info.endpoint), "server_version": info.server_version,
-               "model": info.model, "model_id": info.model_id, "selftest": checked, "scope": settings.scope,
-               "audit_fraction": settings.audit_fraction if settings.scope == "flagged_and_audit" else None,
-               "structured_output": checked.get("structured_output", settings.structured_output)}
-        # 1. what each unit sends (read, render, prompt, cache key), in unit order; each request leaves as soon as
-        #    its unit is ready, up to max_concurrency in flight; answers are matched to units, not to arrival order
-        prepared: dict[str, dict[str, Any]] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, settings.max_concurrency))
-        futures: dict[Any, str] = {}
-        try:
-            for unit in units:
-                uid = unit["unit_id"]
-                ctx = context[uid]
-                if ctx.get("labels_path") is None or selection[uid] == "not_selected":
-                    continue
-                pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
-                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
-                labels = tifffile.imread(ctx["labels_path"])
-                images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
-                questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"
-                prompt = render_prompt(template, unit_data(unit, ctx["metrics"], ctx["summary"], ctx["expected"], ctx["line"], ctx["rules"]),
-                                       scale_bar_um=(f"{scale_bar_um(image.shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
-                                       taxonomy=", ".join(schema["properties"]["issues"]["items"]["properties"]["type"]["enum"]))
-                key = cache.key(images, prompt, info.backend, settings.model, info.model_id, settings.options, schema)
-                sent = [f"{INPUTS_FOLDER}/{uid}.{i}.png" for i in range(len(images))]
-                for name, data in zip(sent, images):
-                    (out_dir / name).write_bytes(data)
-                (inputs / f"{uid}.prompt.txt").write_text(prompt, encoding="utf-8")
-                prepared[uid] = {"pixel": pixel, "image": image, "prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
-                if prepared[uid]["cached"] is None:
-                    futures[pool.submit(ask_timed, client, prompt, images, schema)] = uid
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        # 2. every answer, or the first error that makes the server unusable (the requests not yet sent are cancelled)
-        answers = collect_answers(futures, pool)
-        # 3. checks, refinement and the review record, in unit order
-        base_provenance = {"backend": info.backend, "endpoint": run["endpoint"], "server_version": info.server_version,
-                           "model": settings.model, "model_id": info.model_id, "options": settings.options,
-                           "structured_output": run["structured_output"], "selftest_passed_at": checked.get("checked_at"),
-                           "prompt_file": settings.prompt, "prompt_version": prompt_version(settings.prompt),
-                           "prompt_template_sha256": sha256(template)}
-        if info.backend == "ollama":
-            base_provenance["keep_alive"] = settings.keep_alive
+    client, info, checked, run = session.client, session.info, session.checked, dict(session.run)
+    # 1. what each unit sends (read, render, prompt, cache key), in unit order; each request leaves as soon as
+    #    its unit is ready, up to max_concurrency in flight; answers are matched to units, not to arrival order
+    prepared: dict[str, dict[str, Any]] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, settings.max_concurrency))
+    futures: dict[Any, str] = {}
+    try:
         for unit in units:
             uid = unit["unit_id"]
             ctx = context[uid]
-            rules = ctx["rules"]
-            if selection[uid] == "not_selected":
-                reviews.append(rules_only(rules, "rules_only", "not_selected",
-                                          f"not sent to the LLM (review.llm.scope: {settings.scope}; the rules passed it)"))
+            if ctx.get("labels_path") is None or selection[uid] == "not_selected":
                 continue
-            if uid not in prepared:  # nothing to look at: failed upstream
-                reviews.append(rules_only(rules, "unreviewed", None, "not sent to the LLM"))
+            pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
+            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
+            labels = tifffile.imread(ctx["labels_path"])
+            images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
+            questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"
+            prompt = render_prompt(template, unit_data(unit, ctx["metrics"], ctx["summary"], ctx["expected"], ctx["line"], ctx["rules"]),
+                                   scale_bar_um=(f"{scale_bar_um(image.shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
+                                   taxonomy=", ".join(schema["properties"]["issues"]["items"]["properties"]["type"]["enum"]))
+            key = cache.key(images, prompt, info.backend, settings.model, info.model_id, settings.options, schema)
+            sent = [f"{INPUTS_FOLDER}/{uid}.{i}.png" for i in range(len(images))]
+            for name, data in zip(sent, images):
+                (out_dir / name).write_bytes(data)
+            (inputs / f"{uid}.prompt.txt").write_text(prompt, encoding="utf-8")
+            prepared[uid] = {"pixel": pixel, "image": image, "prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
+            if prepared[uid]["cached"] is None:
+                futures[pool.submit(ask_timed, client, prompt, images, schema)] = uid
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    # 2. every answer, or the first error that makes the server unusable (the requests not yet sent are cancelled)
+    answers = collect_answers(futures, pool)
+    # 3. checks, refinement and the review record, in unit order
+    base_provenance = {"backend": info.backend, "endpoint": run["endpoint"], "server_version": info.server_version,
+                       "model": settings.model, "model_id": info.model_id, "options": settings.options,
+                       "structured_output": run["structured_output"], "selftest_passed_at": checked.get("checked_at"),
+                       "prompt_file": settings.prompt, "prompt_version": prompt_version(settings.prompt),
+                       "prompt_template_sha256": sha256(template)}
+    if info.backend == "ollama":
+        base_provenance["keep_alive"] = settings.keep_alive
+    for unit in units:
+        uid = unit["unit_id"]
+        ctx = context[uid]
+        rules = ctx["rules"]
+        if selection[uid] == "not_selected":
+            reviews.append(rules_only(rules, "rules_only", "not_selected",
+                                      f"not sent to the LLM (review.llm.scope: {settings.scope}; the rules passed it)"))
+            continue
+        if uid not in prepared:  # nothing to look at: failed upstream
+            reviews.append(rules_only(rules, "unreviewed", None, "not sent to the LLM"))
+            continue
+        job = prepared[uid]
+        pixel, image, prompt, key, cached = job["pixel"], job["image"], job["prompt"], job["key"], job["cached"]
+        provenance = {**base_provenance, "prompt_sha256": sha256(prompt), "cache_key": key, "cache_hit": cached is not None,
+                      "sent_images": job["sent"], "sent_prompt": f"{INPUTS_FOLDER}/{uid}.prompt.txt"}
+        if cached is not None:
+            answer, attempts, errors = cached["answer"], 0, []
+            provenance.update(answered_at=cached["answered_at"], attempts=cached["attempts"])
+        else:
+            started, answered, result = answers[uid]
+            if isinstance(result, AnswerInvalid):
+                print(f"[review] {uid}: unreviewed by the LLM: {result}", file=sys.stderr)
+                record = rules_only(rules, "unreviewed", selection[uid],
+                                    f"LLM answer invalid after {settings.retries + 1} attempts ({result}); rules only")
+                record["reviewer"] = {**rules["reviewer"], "provenance": {**provenance, "errors": str(result)}}
+                reviews.append(record)
                 continue
-            job = prepared[uid]
-            pixel, image, prompt, key, cached = job["pixel"], job["image"], job["prompt"], job["key"], job["cached"]
-            provenance = {**base_provenance, "prompt_sha256": sha256(prompt), "cache_key": key, "cache_hit": cached is not None,
-                          "sent_images": job["sent"], "sent_prompt": f"{INPUTS_FOLDER}/{uid}.prompt.txt"}
-            if cached is not None:
-                answer, attempts, errors = cached["answer"], 0, []
-                provenance.update(answered_at=cached["answered_at"], attempts=cached["attempts"])
-            else:
-                started, answered, result = answers[uid]
-                if isinstance(result, AnswerInvalid):
-                    print(f"[review] {uid}: unreviewed by the LLM: {result}", file=sys.stderr)
-                    record = rules_only(rules, "unreviewed", selection[uid],
-                                        f"LLM answer invalid after {settings.retries + 1} attempts ({result}); rules only")
-                    record["reviewer"] = {**rules["reviewer"], "provenance": {**provenance, "errors": str(result)}}
-                    reviews.append(record)
-                    continue
-                answer, attempts, errors = result
-                cache.put(key, {"answer": answer, "answered_at": answered, "attempts": attempts, "provenance": provenance})
-                provenance.update(started_at=started, answered_at=answered, attempts=attempts, failed_attempts=errors)
-            write_json(inputs / f"{uid}.answer.json", answer)  # the model's own answer, before any check (fine-tuning export)
-            provenance["answer"] = f"{INPUTS_FOLDER}/{uid}.answer.json"
-            flags = check_claims(answer, rules, ctx["metrics"], ctx["summary"], count_tolerance)
-            refinement: dict[str, Any] = {"applied": False}
-            summary = ctx["summary"]
-            direction = refinement_direction(answer, summary)
-            if settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
-                probability = np.load(ctx["probability_path"]).astype(np.float32)
-                result = refine_segmentation(probability, image, pixel, postprocess, answer["estimated_count"], ctx["expected"],
-                                             settings.refine, direction, uid)
-                refinement = {"applied": result["improved"], "direction": "split more" if direction > 0 else "split less",
-                              "target_count": result["target_count"], "attempts": result["attempts"],
-                              "best_settings": result["best_settings"]}
-                if result["improved"]:
-                    summary = result["summary"]
-                    refinement["summary"] = summary
-                    write_labels(out_dir / f"{uid}{LABELS_SUFFIX}", result["labels"], unit)
-                    (out_dir / f"{uid}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1] if pixel else None))
-                    refined_rows.extend(result["objects"])
-                    flags = check_claims(answer, rules, ctx["metrics"], summary, count_tolerance)
-            verdict, issues = combine(rules, answer, flags)
-            reviews.append({
-                "unit_id": uid,
-                "reviewer": {"backend": info.backend, "name": settings.model, "version": info.model_id.removeprefix("sha256:")[:12],
-                             "uses_llm": True, "provenance": provenance},
-                "status": "reviewed",
-                "llm_selection": selection[uid],
-                "verdict": verdict,
-                "llm_verdict": answer["verdict"],
-                "issues": issues,
-                "count_check": {"segmented": (summary or {}).get("object_count"), "estimated": answer["estimated_count"],
-                                "agrees": not any(f["check"] == "object count" for f in flags),
-                                "comment": answer["critique"]["comment"][:500]},
-                "critique": answer["critique"],
-                "answers": fill_answers(answer, settings.questions),
-                "suggested_actions": answer["suggested_actions"] or rules["suggested_actions"],
-                "confidence": float(answer["confidence"]),
-                "summary": answer["summary"][:2000],
-                "flags": flags,
-                "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
-                "refinement": refinement,
-            })
-            print(f"[review] {uid}: {verdict} (LLM {answer['verdict']}, rules {rules['verdict']}, "
-                  f"{len(flags)} flag(s){', cached' if cached else ''})", file=sys.stderr)
+            answer, attempts, errors = result
+            cache.put(key, {"answer": answer, "answered_at": answered, "attempts": attempts, "provenance": provenance})
+            provenance.update(started_at=started, answered_at=answered, attempts=attempts, failed_attempts=errors)
+        write_json(inputs / f"{uid}.answer.json", answer)  # the model's own answer, before any check (fine-tuning export)
+        provenance["answer"] = f"{INPUTS_FOLDER}/{uid}.answer.json"
+        flags = check_claims(answer, rules, ctx["metrics"], ctx["summary"], count_tolerance)
+        refinement: dict[str, Any] = {"applied": False}
+        summary = ctx["summary"]
+        direction = refinement_direction(answer, summary)
+        if settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
+            probability = np.load(ctx["probability_path"]).astype(np.float32)
+            result = refine_segmentation(probability, image, pixel, postprocess, answer["estimated_count"], ctx["expected"],
+                                         settings.refine, direction, uid)
+            refinement = {"applied": result["improved"], "direction": "split more" if direction > 0 else "split less",
+                          "target_count": result["target_count"], "attempts": result["attempts"],
+                          "best_settings": result["best_settings"]}
+            if result["improved"]:
+                summary = result["summary"]
+                refinement["summary"] = summary
+                write_labels(out_dir / f"{uid}{LABELS_SUFFIX}", result["labels"], unit)
+                (out_dir / f"{uid}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1] if pixel else None))
+                refined_rows.extend(result["objects"])
+                flags = check_claims(answer, rules, ctx["metrics"], summary, count_tolerance)
+        verdict, issues = combine(rules, answer, flags)
+        reviews.append({
+            "unit_id": uid,
+            "reviewer": {"backend": info.backend, "name": settings.model, "version": info.model_id.removeprefix("sha256:")[:12],
+                         "uses_llm": True, "provenance": provenance},
+            "status": "reviewed",
+            "llm_selection": selection[uid],
+            "verdict": verdict,
+            "llm_verdict": answer["verdict"],
+            "issues": issues,
+            "count_check": {"segmented": (summary or {}).get("object_count"), "estimated": answer["estimated_count"],
+                            "agrees": not any(f["check"] == "object count" for f in flags),
+                            "comment": answer["critique"]["comment"][:500]},
+            "critique": answer["critique"],
+            "answers": fill_answers(answer, settings.questions),
+            "suggested_actions": answer["suggested_actions"] or rules["suggested_actions"],
+            "confidence": float(answer["confidence"]),
+            "summary": answer["summary"][:2000],
+            "flags": flags,
+            "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
+            "refinement": refinement,
+        })
+        print(f"[review] {uid}: {verdict} (LLM {answer['verdict']}, rules {rules['verdict']}, "
+              f"{len(flags)} flag(s){', cached' if cached else ''})", file=sys.stderr)
     attempted = [r for r in reviews if r["unit_id"] in prepared]
     if settings.on_unreachable == "fail" and attempted and not any(r["status"] == "reviewed" for r in attempted):
         # the server answers, but nothing it said was usable: with on_unreachable: fail that is no success either
