@@ -137,11 +137,16 @@ class FileTracker:
         return now if tiff_complete(path) else None
 
 
+def well_key(entry: dict[str, Any]) -> str:
+    """What the re-imaging limit counts per: plate/well from the sample sheet, else the file."""
+    position = entry["position"]
+    return f"{position['plate'] or ''}/{position['well']}" if position.get("well") else entry["source_path"]
+
+
 def bounded_actions(entry: dict[str, Any], reimaged: dict[str, int], settings: WatchSettings) -> tuple[list, list]:
     """(actions to ask for, actions suppressed with the reason): at most ``max_reacquisitions_per_well`` re-imaging
     requests per well (per file when the sample sheet names no well), exposure factors within the configured limits."""
-    position = entry["position"]
-    well = f"{position['plate'] or ''}/{position['well']}" if position.get("well") else entry["source_path"]
+    well = well_key(entry)
     actions, suppressed = [], []
     allowed = reimaged.get(well, 0) < settings.max_reacquisitions_per_well  # one re-imaging per record, however many reasons
     for action in entry["actions"]:
@@ -224,10 +229,8 @@ class Watcher:
         self.done = {r["sample_id"] for r in self.records}
         self.reimaged: dict[str, int] = {}
         for record in self.records:
-            position = record["position"]
-            well = f"{position['plate'] or ''}/{position['well']}" if position.get("well") else record["source_path"]
             if any(a["action"] in REIMAGING for a in record["actions"]):
-                self.reimaged[well] = self.reimaged.get(well, 0) + 1
+                self.reimaged[well_key(record)] = self.reimaged.get(well_key(record), 0) + 1
         self.model_metrics = [m for f in self._unit_files() for m in f["model_metrics"]]
         self.written: dict[str, tuple[str, ...]] = {}
         self.latencies: list[float] = []
