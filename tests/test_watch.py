@@ -138,6 +138,8 @@ def test_every_field_gets_exactly_one_record_across_a_restart(watched):
     for record in got:
         assert record["format"] == "snakescope-watch-action" and record["latency_s"] >= 0
         assert record["latency_s"] >= record["processing_s"] - 0.01
+        # the stages account for the whole latency
+        assert abs(sum(record["stage_s"].values()) - record["latency_s"]) < 0.02, record["stage_s"]
     fields = [r for r in got if r["status"] == "reviewed"]
     assert len(fields) == 5 and all(r["reviewer"] == "deterministic (rules)" for r in fields)
 

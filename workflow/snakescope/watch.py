@@ -347,6 +347,7 @@ class Watcher:
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         units, import_failures = import_one(source, self.import_settings, folders["import"], f"[watch {batch}]")
+        imported = time.time()
         state: dict[str, Any] = {"sample_id": source.sample_id, "batch": batch, "units": [asdict(u) for u in units],
                                  "import_failures": [asdict(f) for f in import_failures], "metrics": {}, "quality_failures": [],
                                  "predictions": {}, "inference_failures": [], "summaries": {}, "objects": [],
@@ -363,6 +364,8 @@ class Watcher:
                 state["quality_failures"].append(failure)
             else:
                 state["metrics"][unit["unit_id"]] = metrics
+        state["stage_s"] = {"import": round(imported - started, 3), "quality_and_inference": round(time.time() - imported, 3)}
+        state["front_done"] = time.time()
         return state
 
     def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
@@ -371,7 +374,8 @@ class Watcher:
         from .segmentation import postprocess_one
         from .tables import unit_action_entry, unreadable_entry
 
-        batch, started = state["batch"], state.pop("started")
+        batch, started, front_done = state["batch"], state.pop("started"), state.pop("front_done")
+        finishing = time.time()
         failures = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in state["quality_failures"] + state["inference_failures"]}
         entries = [unreadable_entry(f, *self.positions) for f in state["import_failures"] if not f.get("unit_id")]
         context: dict[str, Any] = {}
@@ -400,6 +404,7 @@ class Watcher:
             context[uid] = {"rules": review, "metrics": channel_metrics, "summary": summary, "expected": expected, "line": line,
                             "channels": self.channels, "labels_path": labels if labels.is_file() and uid not in failures else None,
                             "probability_path": state["predictions"].get(uid, {}).get("path")}
+        reviewing = time.time()
         reviews = [context[u["unit_id"]]["rules"] for u in state["units"]]
         if self.llm_session is not None and state["units"]:
             reviews = self._llm_reviews(state["units"], context) or reviews
@@ -407,6 +412,10 @@ class Watcher:
             entries.append(unit_action_entry(unit, review, *self.positions))
         write_json(self.units_dir / f"{state['sample_id']}.json", state)  # before the records: a restart never loses outputs
         written_at = time.time()
+        # where a record's latency went: waiting for the loop, the stages, waiting for the previous file's second half
+        timing = {"queued": round(max(0.0, started - completed_at), 3), **state["stage_s"],
+                  "waiting_for_previous": round(finishing - front_done, 3), "postprocess": round(reviewing - finishing, 3),
+                  "review_and_record": round(written_at - reviewing, 3)}
         sequence = len(self.records)
         records = []
         for i, entry in enumerate(entries):
@@ -414,6 +423,7 @@ class Watcher:
             records.append({"format": RECORD_FORMAT, "version": RECORD_VERSION, "sequence": sequence + i,
                             "timestamp": _now_iso(written_at), "file_completed_at": _now_iso(completed_at),
                             "latency_s": round(written_at - completed_at, 3), "processing_s": round(written_at - started, 3),
+                            "stage_s": timing,
                             "batch": batch, "status": "failed" if entry["issues"] and entry["issues"][0]["type"] in
                             ("unreadable_input", "processing_failed") else "reviewed",
                             **{**entry, "actions": actions}, "suppressed": suppressed})
@@ -567,13 +577,15 @@ class Watcher:
             return round(latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))], 3) if latencies else None
 
         queued = sum(1 for w in self.waits if w > self.settings.poll_s + 0.5)
+        recent = [r["stage_s"] for r in self.records[self.resumed:] if "stage_s" in r]
+        stage_means = {k: round(statistics.fmean(t[k] for t in recent), 3) for k in (recent[0] if recent else {})}
         return {"files_this_session": len(self.latencies), "records_total": len(self.records), "resumed_from": self.resumed,
                 "failed": sum(1 for r in self.records if r["status"] == "failed"),
                 "actions": sum(len(r["actions"]) for r in self.records),
                 "suppressed": sum(len(r["suppressed"]) for r in self.records),
                 "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
                 "mean_latency_s": round(statistics.fmean(latencies), 3) if latencies else None,
-                "queued_fields": queued, "model_load_s": round(self.load_seconds, 2), "actions_file": str(self.actions_path),
+                "queued_fields": queued, "stage_mean_s": stage_means, "model_load_s": round(self.load_seconds, 2), "actions_file": str(self.actions_path),
                 "batches_ready": sorted(self.written)}
 
     def close(self) -> None:
@@ -590,6 +602,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"{summary['suppressed']} suppressed by the limits)"]
     if summary["latency_p50_s"] is not None:
         lines.append(f"latency from file complete to record written: p50 {summary['latency_p50_s']} s, p95 {summary['latency_p95_s']} s")
+    if summary.get("stage_mean_s"):
+        lines.append("mean seconds per file: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["stage_mean_s"].items()))
     if summary["queued_fields"]:
         lines.append(f"{summary['queued_fields']} field(s) waited in the queue: the microscope was faster than the review")
     if summary["batches_ready"]:
