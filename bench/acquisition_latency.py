@@ -75,6 +75,8 @@ def main() -> None:
     print(f"fields: {len(written)} of {args.size}x{args.size} px, one every {args.interval} s; records: {len(records)} {verdicts}"
           f"; model.tile_px: {args.tile_px or 'unset (the model’s own 512 px tiles)'}")
     print(f"processing per field (the floor): p50 {percentile(processing, 50):.2f} s, p95 {percentile(processing, 95):.2f} s")
+    stages = [r["stage_s"] for r in records.values()]
+    print("median seconds per stage: " + ", ".join(f"{k} {np.median([t[k] for t in stages]):.2f}" for k in stages[0]))
     print(f"from the watcher noticing the file: p50 {percentile(detected, 50):.2f} s, p95 {percentile(detected, 95):.2f} s")
     p95 = percentile(latency, 95)
     print(f"from the file closed to its record: p50 {percentile(latency, 50):.2f} s, p95 {p95:.2f} s, max {max(latency):.2f} s")
