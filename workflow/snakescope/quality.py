@@ -24,10 +24,12 @@ def robust_background(image: np.ndarray, iterations: int = 5, clip: float = 3.0)
 
     level = float(np.median(values))
     sigma = mad(values, level)
+    previous = values.size
     for _ in range(iterations):
         kept = values[values <= level + clip * max(sigma, 1e-12)]
-        if kept.size < 16:
+        if kept.size < 16 or kept.size == previous:  # the same pixels as before: level and sigma would not change
             break
+        previous = kept.size
         level = float(np.median(kept, overwrite_input=True))  # kept is a copy: sorting it in place is fine
         sigma = mad(kept, level)
     return level, max(sigma, float(np.finfo(np.float32).eps))
