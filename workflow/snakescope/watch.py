@@ -331,10 +331,6 @@ class Watcher:
         return {s.sample_id: batch for batch, members in batches(sources, self.config["batch_size"]).items() for s in members}
 
     # -- one field -----------------------------------------------------------------------------------
-    def process(self, source: Source, batch: str, completed_at: float) -> list[dict[str, Any]]:
-        """Every stage for one complete file; returns the action records written (one per field)."""
-        return self.finish(self.start(source, batch), completed_at)
-
     def start(self, source: Source, batch: str) -> dict[str, Any]:
         """The first half of a file's stages, which may run beside the previous file's second half: import, then
         quality metrics beside inference (numpy and onnxruntime release the GIL). Touches no shared state."""
