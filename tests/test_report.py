@@ -179,8 +179,17 @@ def test_compute_time_counts_only_this_runs_batches(tmp_path):
         (tmp_path / rule).mkdir(exist_ok=True)
         (tmp_path / rule / f"{name}.tsv").write_text(header + f"{seconds}\t0:00:10\t{rss}\t1\t1\t1\t0\t0\t50\t9\n")
     timings = stage_timings(tmp_path, ["b0000", "b0001"])  # b0099 is left over from an earlier sample sheet
-    assert timings == [{"rule": "infer", "jobs": 2, "seconds": 15.0, "peak_rss_mb": 1200.5},
-                       {"rule": "tables", "jobs": 1, "seconds": 1.2, "peak_rss_mb": 0.0}]
+    assert timings == [{"rule": "infer", "jobs": 2, "seconds": 15.0, "cpu_s": 18.0, "peak_rss_mb": 1200.5},
+                       {"rule": "tables", "jobs": 1, "seconds": 1.2, "cpu_s": 9.0, "peak_rss_mb": 0.0}]
+    # jobs run in the stage host: Snakemake measured the waiting client; the host's record of the stage counts
+    records = [{"stage": "infer", "out": "results/x/inference/b0001", "cpu_s": 30.0, "max_rss_mb": 2000.0},
+               {"stage": "quality", "out": "results/x/quality/b0001.json", "cpu_s": 3.0, "max_rss_mb": 200.0},
+               {"stage": "tables", "out": "results/x/tables", "cpu_s": 0.5, "max_rss_mb": 170.0},
+               {"stage": "infer", "out": "results/x/inference/b0099", "cpu_s": 99.0, "max_rss_mb": 9000.0}]
+    (tmp_path / "stage_host.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    timings = stage_timings(tmp_path, ["b0000", "b0001"])
+    assert timings == [{"rule": "infer", "jobs": 2, "seconds": 15.0, "cpu_s": 39.0, "peak_rss_mb": 2000.0},
+                       {"rule": "tables", "jobs": 1, "seconds": 1.2, "cpu_s": 0.5, "peak_rss_mb": 170.0}]
 
 
 def test_plates_take_the_smallest_standard_format_and_sit_side_by_side():

@@ -20,6 +20,7 @@ from snakescope.inputs import InputError, batches, read_sample_sheet, sources_fr
 from snakescope.llm.settings import BACKENDS as LLM_BACKENDS  # noqa: E402
 from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.progress import run_summary_message  # noqa: E402
+from snakescope.stagehost import StageHost  # noqa: E402
 
 # The keys a user must set first (config/config.yaml leaves them null), then one readable line per
 # schema problem; then Snakemake's validate fills in the schema's defaults.
@@ -51,6 +52,11 @@ try:
 except InputError as err:
     raise WorkflowError(f"snakescope: {err}")
 
+# onnxruntime with 2 threads took 54 % more CPU than with 1 for 14 % less wall time (200 demo fields in 4 batches,
+# bench/workflow_vs_loop.py): one thread per inference job when there are several batches to share the cores,
+# two for a single batch. `--set-threads infer=N` overrides it.
+INFER_THREADS = 1 if len(BATCHES) > 1 else 2
+
 if config["review"].get("corrections"):  # a person's corrections: checked now, so a bad file stops before any job
     try:
         load_corrections(config["review"]["corrections"])
@@ -66,6 +72,14 @@ if not Path(KNOWLEDGE_BASE).is_file():
 # path is pasted into a shell command. Paths in the commands are quoted: data, never code.
 _CONDA = "conda" in str(workflow.deployment_settings.deployment_method).lower()
 os.environ.update(job_environment("python" if _CONDA else sys.executable, WORKFLOW_DIR))
+STAGE_HOST = StageHost()
+
+
+def start_stage_host():
+    """Local runs (not SLURM jobs, not conda environments): one process imports the libraries once and runs
+    each stage job in a fork of itself (snakescope/stagehost.py); jobs fall back to their own process."""
+    if config["stage_host"] and workflow.local_exec and not workflow.touch and not workflow.remote_exec and not _CONDA:
+        STAGE_HOST.start(sys.executable, R / "benchmarks/stage_host.jsonl")
 
 
 def as_json(value):

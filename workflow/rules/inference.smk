@@ -48,7 +48,7 @@ rule infer:
         R / "benchmarks/infer/{batch}.tsv"
     conda:
         "../envs/inference.yaml"
-    threads: 2
+    threads: INFER_THREADS
     resources:
         mem_mb=field_mem_mb("infer", 6000),
         runtime=120,

@@ -12,6 +12,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -81,27 +82,58 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+# the stage host's usage records name the CLI stage; the benchmark folders name the rule
+STAGE_RULES = {"import": "import_batch", "quality": "quality_metrics", "quality-reference": "quality_reference",
+               "check-model": "check_model", "infer": "infer", "dataset-pixels": "dataset_pixels", "postprocess": "postprocess",
+               "review": "review", "gallery": "gallery", "tables": "tables", "plots": "plots", "summary": "run_summary",
+               "report": "report", "pipeline-info": "pipeline_info"}
+
+
+def hosted_usage(benchmarks: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(rule, benchmark file name) -> the last usage record of that job run in the stage host (stagehost.py).
+
+    Snakemake's benchmark of a hosted job measures the client that waits for the stage, so its CPU and memory
+    come from here; a batch stage's ``--out`` folder is named after its batch, a run-level stage has ``run.tsv``."""
+    from .stagehost import read_usage
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in read_usage(benchmarks / "stage_host.jsonl"):
+        rule = STAGE_RULES.get(record.get("stage"))
+        if rule is None or not record.get("out"):
+            continue
+        name = Path(record["out"]).stem  # inference/b0001, quality/b0001.json; tables, report.html
+        out[(rule, f"{name}.tsv" if re.fullmatch(r"b\d+", name) else "run.tsv")] = record
+    return out
+
+
 def stage_timings(benchmarks: Path, batches: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per rule: jobs, summed wall time and peak memory, from Snakemake's benchmark files (benchmarks/<rule>/*.tsv).
+    """Per rule: jobs, summed wall time and CPU time, and peak memory, from Snakemake's benchmark files
+    (benchmarks/<rule>/*.tsv) and, for jobs run in the stage host, its usage records.
 
     Only this run's batches (and run-level ``run.tsv``) count, so files left by batches no longer in the sample
     sheet do not; a job that was not rerun counts with the time it took when it made its outputs."""
     out = []
     if not benchmarks.is_dir():
         return out
+    hosted = hosted_usage(benchmarks)
     wanted = None if batches is None else {f"{b}.tsv" for b in batches} | {"run.tsv"}
     for rule_dir in sorted(p for p in benchmarks.iterdir() if p.is_dir()):
-        seconds, rss, jobs = 0.0, 0.0, 0
+        seconds, cpu, rss, jobs = 0.0, 0.0, 0.0, 0
         for tsv in sorted(rule_dir.glob("*.tsv")):
             if wanted is not None and tsv.name not in wanted:
                 continue
+            record = hosted.get((rule_dir.name, tsv.name))
             for row in read_csv(tsv, delimiter="\t"):
                 seconds += float(row.get("s") or 0)
-                memory = typed(row.get("max_rss"))
+                memory, used = typed(row.get("max_rss")), typed(row.get("cpu_time"))
+                if record is not None:
+                    memory, used = record.get("max_rss_mb"), record.get("cpu_s")
                 rss = max(rss, memory if isinstance(memory, (int, float)) else 0)
+                cpu += used if isinstance(used, (int, float)) else 0
                 jobs += 1
         if jobs:
-            out.append({"rule": rule_dir.name, "jobs": jobs, "seconds": round(seconds, 1), "peak_rss_mb": round(rss, 1)})
+            out.append({"rule": rule_dir.name, "jobs": jobs, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
+                        "peak_rss_mb": round(rss, 1)})
     return out
 
 
@@ -430,8 +462,9 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
                          llm_info["runs"], ["backend", "endpoint", "server_version", "model", "model_id", "selftest",
                                             "structured_output", "selftest_note", "scope", "audit_fraction", "batches"], "llm-selftest"))
     if timings:
-        parts.append("<h3>Compute per stage</h3><p class='muted'>From Snakemake's benchmark files (wall time summed over "
-                     "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "peak_rss_mb"], "timings"))
+        parts.append("<h3>Compute per stage</h3><p class='muted'>From Snakemake's benchmark files (wall and CPU time summed over "
+                     "jobs; peak resident memory of one job); for jobs run in the stage host, CPU and memory are the host's "
+                     "record of the forked stage.</p>" + _static_table(timings, ["rule", "jobs", "seconds", "cpu_s", "peak_rss_mb"], "timings"))
     packages = (info.get("software") or {}).get("packages", {})
     parts.append("<h3>Software versions</h3>" + _kv_table(
         [("python", (info.get("software") or {}).get("python")),

@@ -1,0 +1,95 @@
+"""The stage host: stage commands run in forks of one pre-imported process, exactly as they would run alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from snakescope.stagehost import ADDRESS_VARIABLE, HEADER, StageHost, read_usage
+
+WORKFLOW = ROOT / "workflow"
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    usage = tmp_path_factory.mktemp("host") / "usage.jsonl"
+    stage_host = StageHost()
+    address = stage_host.start(sys.executable, usage)
+    assert address is not None and os.path.exists(address)
+    assert os.stat(os.path.dirname(address)).st_mode & 0o077 == 0  # only this user can connect
+    yield stage_host, address, usage
+    stage_host.stop()
+    assert not os.path.exists(address)
+
+
+def stage(args, cwd, address, **env):
+    environment = {**os.environ, "PYTHONPATH": str(WORKFLOW), **env}
+    environment.pop(ADDRESS_VARIABLE, None)
+    if address:
+        environment[ADDRESS_VARIABLE] = address
+    return subprocess.run([sys.executable, "-m", "snakescope.cli", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_stage_runs_in_the_host_in_the_jobs_folder_with_its_environment_and_log(host, tmp_path):
+    _, address, usage = host
+    before = len(read_usage(usage))
+    config = {"dataset": "x", "note": "a value with 'quotes'; $(and shell) syntax"}
+    result = stage(["pipeline-info", "--config", json.dumps(config), "--out", "info"], tmp_path, address,
+                   SNAKESCOPE_CACHE_DIR="from-the-job")
+    assert result.returncode == 0, result.stderr
+    params = json.loads((tmp_path / "info" / "params.json").read_text())  # relative --out: the job's folder
+    assert params["note"] == config["note"]
+    records = read_usage(usage)[before:]
+    assert [(r["stage"], r["out"], r["status"]) for r in records] == [("pipeline-info", "info", 0)]
+    assert records[0]["cpu_s"] >= 0 and records[0]["max_rss_mb"] > 50  # the forked child, with the host's imports
+
+    # a failing stage: its status and its message reach the job (the child writes to the job's stderr)
+    result = stage(["infer", "--manifest", "missing.json", "--settings", "{}", "--model-check", "x", "--out", "o"],
+                   tmp_path, address)
+    assert result.returncode == 1 and "source" in result.stderr
+    assert read_usage(usage)[-1]["status"] == 1
+    # argument errors exit with argparse's status 2, as in a process of their own
+    result = stage(["postprocess", "--no-such-flag"], tmp_path, address)
+    assert result.returncode == 2 and "arguments are required" in result.stderr
+
+
+def test_without_a_host_or_for_other_commands_the_job_runs_the_stage_itself(host, tmp_path):
+    _, address, usage = host
+    before = len(read_usage(usage))
+    result = stage(["pipeline-info", "--config", "{}", "--out", "info"], tmp_path, str(tmp_path / "no-socket"))
+    assert result.returncode == 0 and (tmp_path / "info" / "params.json").is_file()
+    result = stage(["--help"], tmp_path, address)  # not a hosted stage
+    assert result.returncode == 0 and "watch" in result.stdout
+    assert len(read_usage(usage)) == before
+
+
+def test_the_host_refuses_a_job_of_another_interpreter(host):
+    _, address, _ = host
+    payload = json.dumps({"argv": ["tables"], "cwd": "/", "env": {}, "python": "/other/python",
+                          "package": "/other/snakescope"}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(address)
+        socket.send_fds(sock, [HEADER.pack(len(payload))], [0, 1, 2])
+        sock.sendall(payload)
+        answer = json.loads(sock.makefile("rb").readline())
+    assert "pid" not in answer and "python" in answer["error"] and "package" in answer["error"]
+
+
+def test_the_host_leaves_when_the_process_that_started_it_ends(tmp_path):
+    """A Snakemake process that dies without its onerror handler must not leave a host behind."""
+    address = str(tmp_path / "socket")
+    starter = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-m', 'snakescope.stagehost', "
+               "sys.argv[1], str(os.getpid())]); time.sleep(1.0)")
+    subprocess.run([sys.executable, "-c", starter, address], env={**os.environ, "PYTHONPATH": str(WORKFLOW)}, timeout=60)
+    deadline = time.monotonic() + 60
+    while os.path.exists(address):
+        assert time.monotonic() < deadline, "the host kept listening after the process that started it ended"
+        time.sleep(0.1)
