@@ -6,14 +6,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
 
 # The package beside the rules (workflow/snakescope), found from this file, not the working directory,
 # so the workflow also runs as a module of another workflow.
 WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
 PROJECT_DIR = WORKFLOW_DIR.parent
 sys.path.insert(0, str(WORKFLOW_DIR))
-from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required  # noqa: E402
+from snakescope.configuration import ConfigError, check_config, job_environment  # noqa: E402
 from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
 from snakescope.costs import job_mem_mb  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
@@ -22,19 +21,12 @@ from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.progress import run_summary_message  # noqa: E402
 from snakescope.stagehost import StageHost  # noqa: E402
 
-# The keys a user must set first (config/config.yaml leaves them null), then one readable line per
-# schema problem; then Snakemake's validate fills in the schema's defaults.
-_problems = unset_required(config)
-if _problems:
-    raise WorkflowError(
-        "snakescope: the configuration is missing what only you can say (copy config/config.yaml, "
-        "see config/README.md; the demo is config/demo.yaml):\n  " + "\n  ".join(_problems)
-    )
-drop_nulls(config)
-_problems = config_errors(config, json.loads(Path(workflow.source_path("../schemas/config.schema.json")).read_text()))
-if _problems:
-    raise WorkflowError("snakescope: invalid configuration:\n  " + "\n  ".join(_problems))
-validate(config, schema="../schemas/config.schema.json")
+# The keys a user must set first, then one readable line per schema problem, then the schema's defaults
+# (snakescope.configuration.check_config, which `snakescope watch` uses too).
+try:
+    check_config(config, workflow.source_path("../schemas/config.schema.json"))
+except ConfigError as err:
+    raise WorkflowError(f"snakescope: {err}")
 
 R = Path(config["results"]) / config["dataset"]
 

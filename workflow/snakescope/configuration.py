@@ -111,25 +111,33 @@ def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    """Check a merged configuration in place, as the workflow does before planning anything: the keys a user must
+    set first (config/config.yaml leaves them null), then one readable line per schema problem; then Snakemake's
+    ``validate`` fills in the schema's defaults. Raises :class:`ConfigError` naming every problem."""
+    import json
+
+    from snakemake.utils import validate
+
+    problems = unset_required(config)
+    if problems:
+        raise ConfigError("the configuration is missing what only you can say (copy config/config.yaml, see "
+                          "config/README.md; the demo is config/demo.yaml):\n  " + "\n  ".join(problems))
+    drop_nulls(config)
+    problems = config_errors(config, json.loads(Path(schema_path).read_text(encoding="utf-8")))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    validate(config, schema=str(schema_path))
+
+
 def load_config(config_files: list[str | Path], project_dir: str | Path) -> dict[str, Any]:
     """The configuration a ``snakemake --configfile ...`` run would see, checked the same way and with the schema's
     defaults filled in: the project's config/config.yaml, then each file over it (outside Snakemake, e.g. for watch)."""
-    import json
-
     import yaml
-    from snakemake.utils import validate
 
     project = Path(project_dir)
     config: dict[str, Any] = yaml.safe_load((project / "config" / "config.yaml").read_text(encoding="utf-8")) or {}
     for path in config_files:
         config = _merged(config, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
-    problems = unset_required(config)
-    if problems:
-        raise ConfigError("the configuration is missing what only you can say:\n  " + "\n  ".join(problems))
-    drop_nulls(config)
-    schema_path = project / "workflow" / "schemas" / "config.schema.json"
-    problems = config_errors(config, json.loads(schema_path.read_text(encoding="utf-8")))
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    validate(config, schema=str(schema_path))
+    check_config(config, project / "workflow" / "schemas" / "config.schema.json")
     return config
