@@ -288,16 +288,17 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
     return units
 
 
-def import_one(source: Source, settings: ImportSettings, out: Path, prefix: str) -> tuple[list[Unit], list[Failure]]:
+def import_one(source: Source, settings: ImportSettings, out: Path, label: str, position: str = "") -> tuple[list[Unit], list[Failure]]:
     """Import one source file into ``out``: its units and failed scenes, or its failure if it cannot be read.
-    ``prefix`` starts the progress line, e.g. ``[import b0000] 3/50``."""
+    ``label`` starts the progress and failure lines (``[import b0000]``), ``position`` says where in the batch (``3/50``)."""
     try:
         new, scene_failures = import_source(source, settings, out)
-        print(f"{prefix} {source.path}: {len(new)} unit(s), {len(scene_failures)} failed scene(s)", file=sys.stderr)
+        print(" ".join(filter(None, (label, position, f"{source.path}: {len(new)} unit(s), {len(scene_failures)} failed scene(s)"))),
+              file=sys.stderr)
         return new, scene_failures
     except Exception as exc:  # noqa: BLE001 - any reader error is recorded, not fatal
         failure = Failure.from_exception("import", source.path, exc, sample_id=source.sample_id, metadata=dict(source.metadata))
-        print(f"{prefix.split(']')[0]}] FAILED {source.path}: {failure.reason}", file=sys.stderr)
+        print(f"{label} FAILED {source.path}: {failure.reason}", file=sys.stderr)
         return [], [failure]
 
 
@@ -308,7 +309,7 @@ def import_batch(batch: str, sources: list[Source], settings: ImportSettings, ou
     units: list[Unit] = []
     failures: list[Failure] = []
     for i, source in enumerate(sources, start=1):
-        new, failed = import_one(source, settings, out, f"[import {batch}] {i}/{len(sources)}")
+        new, failed = import_one(source, settings, out, f"[import {batch}]", f"{i}/{len(sources)}")
         units.extend(new)
         failures.extend(failed)
     doc = manifest(batch, units, failures, settings=settings.__dict__)

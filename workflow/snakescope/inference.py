@@ -332,9 +332,10 @@ def dataset_statistics(descr: Any, pixels: np.ndarray) -> dict[Any, Any]:
     return compute_measures(measures, [sample])
 
 
-def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, prefix: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: str,
+                position: str = "") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Predict one imported unit into ``out``: ({path, seconds}, None), or (None, failure record).
-    ``prefix`` starts the progress line, e.g. ``[inference b0000] 3/50``."""
+    ``label`` starts the progress and failure lines (``[inference b0000]``), ``position`` says where in the batch (``3/50``)."""
     from .acquisition import read_unit
 
     try:
@@ -343,11 +344,11 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, prefix: s
         probability = predictor.predict(image, unit["unit_id"])
         path = out / f"{unit['unit_id']}.probability.npy"
         np.save(path, probability.astype(np.float16))
-        print(f"{prefix} {unit['unit_id']}", file=sys.stderr)
+        print(" ".join(filter(None, (label, position, unit["unit_id"]))), file=sys.stderr)
         return {"path": str(path), "seconds": round(time.time() - t0, 3)}, None
     except Exception as exc:  # noqa: BLE001
         failure = Failure.from_exception("inference", unit["source_path"], exc, unit_id=unit["unit_id"])
-        print(f"{prefix.split(']')[0]}] FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
+        print(f"{label} FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
         return None, failure.__dict__
 
 
@@ -390,7 +391,8 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     predictor = batch_predictor(settings, check, pooled, threads) if doc["units"] else None
     load_seconds = time.time() - started
     for i, unit in enumerate(doc["units"], start=1):
-        record, failure = predict_one(predictor, unit, out, f"[inference {doc['batch']}] {i}/{len(doc['units'])}")  # type: ignore[arg-type]
+        record, failure = predict_one(predictor, unit, out, f"[inference {doc['batch']}]",  # type: ignore[arg-type]
+                                       f"{i}/{len(doc['units'])}")
         if failure:
             failures.append(failure)
         else:
