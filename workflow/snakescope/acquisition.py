@@ -42,7 +42,7 @@ def open_image(path: str, reader: str) -> Any:
         return AICSImage(path)
     from bioio import BioImage
 
-    return BioImage(path)
+    return BioImage(path, use_plugin_cache=True)  # the installed readers, found once per process, not per file
 
 
 def reader_version(reader: str) -> str:
