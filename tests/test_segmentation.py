@@ -152,3 +152,34 @@ def test_large_fields_split_one_component_at_a_time_with_the_whole_field_result(
     assert whole[0].max() > 50
     np.testing.assert_array_equal(by_component[0], whole[0])
     assert by_component[1] == whole[1] and by_component[2] == whole[2]
+
+
+def test_measurements_equal_regionprops_on_real_nuclei():
+    """The all-objects-at-once measurements give skimage's regionprops values on real touching nuclei."""
+    import tifffile
+    from skimage.measure import regionprops
+
+    from conftest import SHARED, needs_shared
+
+    folder = SHARED / "data" / "nuclei"
+    needs_shared(folder)
+    for name in ("bbbc039", "dsb2018"):
+        mask_path = sorted((folder / name / "masks").glob("*.tif"))[1]
+        labels = tifffile.imread(mask_path).astype(np.int32)
+        image = tifffile.imread(folder / name / "images" / mask_path.name)
+        rows = {o["label"]: o for o in measure_objects(labels, image, (0.5, 0.5))}
+        regions = regionprops(labels, intensity_image=image)
+        assert len(rows) == len(regions) > 10
+        for region in regions:
+            o = rows[region.label]
+            assert o["area_px"] == region.area and o["solidity"] == pytest.approx(region.solidity, rel=1e-12)
+            # centroids are rounded to 0.01 px: a sum in another order can round a ...5 the other way
+            assert o["centroid_y_px"] == pytest.approx(region.centroid[0], abs=0.005 + 1e-9)
+            assert o["centroid_x_px"] == pytest.approx(region.centroid[1], abs=0.005 + 1e-9)
+            assert o["perimeter_um"] == pytest.approx(0.5 * region.perimeter, rel=1e-12)
+            assert o["major_axis_um"] == pytest.approx(0.5 * region.axis_major_length, rel=1e-9)
+            assert o["minor_axis_um"] == pytest.approx(0.5 * region.axis_minor_length, rel=1e-9, abs=1e-9)
+            assert o["eccentricity"] == pytest.approx(region.eccentricity, rel=1e-9, abs=1e-9)
+            assert o["mean_intensity"] == pytest.approx(region.intensity_mean, rel=1e-12)
+            box = region.bbox
+            assert o["touches_border"] == (box[0] == 0 or box[1] == 0 or box[2] == labels.shape[0] or box[3] == labels.shape[1])

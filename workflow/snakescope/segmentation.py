@@ -363,40 +363,107 @@ def object_contrast(labels: np.ndarray, intensity: np.ndarray) -> dict[int, floa
     return {int(i): (float(m) - level) / noise for i, m in zip(ids, means)}
 
 
+# skimage.measure.perimeter's weights (4-connected border), indexed by 1 + 2 x (border 4-neighbours) + 10 x (border
+# diagonal neighbours) of a border pixel: the code its convolution gives that pixel
+PERIMETER_WEIGHTS = np.zeros(50)
+PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
+PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
+PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
+STRAIGHT = ((-1, 0), (1, 0), (0, -1), (0, 1))
+DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def _shifted(array: np.ndarray, dy: int, dx: int, fill: Any) -> np.ndarray:
+    """``array`` moved so that out[y, x] = array[y + dy, x + dx]; ``fill`` beyond the edge."""
+    out = np.full_like(array, fill)
+    h, w = array.shape
+    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = array[max(0, dy):h - max(0, -dy) or None, max(0, dx):w - max(0, -dx) or None]
+    return out
+
+
+def perimeters(labels: np.ndarray, n: int) -> np.ndarray:
+    """Every object's perimeter as ``skimage.measure.perimeter`` gives it on the object alone (4-connected
+    border, weighted by how border pixels continue), for all objects in a few whole-image passes.
+
+    A pixel is on an object's border when one of its 4 neighbours is not the object (outside the image counts as
+    not); skimage then codes each border pixel by how many of its 4 and diagonal neighbours are border pixels
+    of the same object (only those: it works on the object's own mask). Equal to skimage's (tested)."""
+    border = labels > 0
+    for dy, dx in STRAIGHT:
+        border &= _shifted(labels, dy, dx, 0) == labels
+    border = (labels > 0) & ~border
+    own_border = np.where(border, labels, 0)
+    code = np.ones(labels.shape, np.int64)
+    for weight, steps in ((2, STRAIGHT), (10, DIAGONAL)):
+        for dy, dx in steps:
+            code += weight * ((_shifted(own_border, dy, dx, 0) == own_border) & border)
+    return np.bincount(own_border[border], PERIMETER_WEIGHTS[code[border]], minlength=n + 1)
+
+
 def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
                     unit_id: str = "") -> list[dict[str, Any]]:
-    """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty)."""
-    from skimage.measure import regionprops
+    """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty).
+
+    What ``skimage.measure.regionprops`` gives, made for all objects at once where it can (area, centroid,
+    second moments -> axes and eccentricity, perimeter, mean intensity: sums per label); the convex hull
+    (solidity) per object, in its bounding box. Equal to regionprops' values (tested)."""
+    from skimage.morphology import convex_hull_image
 
     pixel = calibrated(pixel_size_um)
     py, px = pixel or (np.nan, np.nan)
     scale = float(np.sqrt(py * px))
     h, w = labels.shape
-    contrast = object_contrast(labels, intensity) if labels.max() > 0 else {}
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return []
+    contrast = object_contrast(labels, intensity)
+    flat = labels.ravel()
+    present = flat > 0
+    ids = flat[present]
+    rows_idx, cols_idx = np.divmod(np.flatnonzero(present), w)
+    area = np.bincount(ids, minlength=n + 1).astype(float)
+    safe = np.maximum(area, 1)
+    cy = np.bincount(ids, rows_idx, minlength=n + 1) / safe
+    cx = np.bincount(ids, cols_idx, minlength=n + 1) / safe
+    dy, dx = rows_idx - cy[ids], cols_idx - cx[ids]
+    mu_rr = np.bincount(ids, dy * dy, minlength=n + 1) / safe
+    mu_cc = np.bincount(ids, dx * dx, minlength=n + 1) / safe
+    mu_rc = np.bincount(ids, dy * dx, minlength=n + 1) / safe
+    del dy, dx, rows_idx, cols_idx
+    half_sum, root = (mu_rr + mu_cc) / 2, np.sqrt(((mu_rr - mu_cc) / 2) ** 2 + mu_rc**2)
+    major, minor = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)  # inertia eigenvalues
+    values = np.nan_to_num(np.asarray(intensity, np.float64), nan=0.0).ravel()[present]
+    mean_intensity = np.bincount(ids, values, minlength=n + 1) / safe
+    del values, ids, present
+    perimeter = perimeters(labels, n)
     rows = []
-    for region in regionprops(labels, intensity_image=intensity):
-        area_px = float(region.area)
-        perimeter_px = float(region.perimeter)
-        minr, minc, maxr, maxc = region.bbox
+    for label, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        area_px = float(area[label])
+        perimeter_px = float(perimeter[label])
+        hull = float(np.count_nonzero(convex_hull_image(labels[box] == label)))
+        minr, minc, maxr, maxc = box[0].start, box[1].start, box[0].stop, box[1].stop
+        centroid = (float(cy[label]), float(cx[label]))
+        axes = (4 * float(np.sqrt(major[label])), 4 * float(np.sqrt(minor[label])))
         um = {
-            "centroid_y_um": float(region.centroid[0]) * py, "centroid_x_um": float(region.centroid[1]) * px,
+            "centroid_y_um": centroid[0] * py, "centroid_x_um": centroid[1] * px,
             "area_um2": area_px * py * px, "equivalent_diameter_um": float(np.sqrt(4 * area_px / np.pi)) * scale,
-            "perimeter_um": perimeter_px * scale, "major_axis_um": float(region.axis_major_length) * scale,
-            "minor_axis_um": float(region.axis_minor_length) * scale,
+            "perimeter_um": perimeter_px * scale, "major_axis_um": axes[0] * scale, "minor_axis_um": axes[1] * scale,
         }
         rows.append({
             "unit_id": unit_id,
-            "label": int(region.label),
-            "centroid_y_px": round(float(region.centroid[0]), 2),
-            "centroid_x_px": round(float(region.centroid[1]), 2),
+            "label": label,
+            "centroid_y_px": round(centroid[0], 2),
+            "centroid_x_px": round(centroid[1], 2),
             "area_px": area_px,
             "equivalent_diameter_px": float(np.sqrt(4 * area_px / np.pi)),
             **{k: (v if pixel else None) for k, v in um.items()},
             "circularity": float(min(1.0, 4 * np.pi * area_px / perimeter_px**2)) if perimeter_px > 0 else 0.0,
-            "eccentricity": float(region.eccentricity),
-            "solidity": float(region.solidity),
-            "mean_intensity": float(region.intensity_mean),
-            "contrast_snr": round(contrast.get(int(region.label), float("nan")), 3),
+            "eccentricity": float(np.sqrt(1 - minor[label] / major[label])) if major[label] > 0 else 0.0,
+            "solidity": area_px / hull if hull else 0.0,
+            "mean_intensity": float(mean_intensity[label]),
+            "contrast_snr": round(contrast.get(label, float("nan")), 3),
             "touches_border": bool(minr == 0 or minc == 0 or maxr == h or maxc == w),
         })
     return rows
