@@ -39,6 +39,19 @@ def test_touching_nuclei_split_at_any_scale_with_the_same_defaults(radius):
     assert merged.max() == 2
 
 
+def test_faint_cytoplasm_beside_bright_nuclei_is_not_a_nucleus():
+    """The model outlines a faint cell body (2 noise SDs, large: its integrated SNR is high) beside bright nuclei."""
+    centres = [(30, 30), (30, 90), (90, 30)]
+    prob, image = nuclei_image((128, 128), centres, 10, contrast=200.0, noise=5.0)
+    body = disk((128, 128), (95, 95), 18)
+    image[body] += 10.0
+    prob[body] = 1.0
+    labels, info = instance_labels(prob, image, None, PostprocessSettings())
+    assert labels.max() == 3 and labels[95, 95] == 0 and info["removed_low_contrast"] == 1
+    labels, _ = instance_labels(prob, image, None, PostprocessSettings(min_relative_contrast=0))
+    assert labels.max() == 4 and labels[95, 95] > 0
+
+
 def test_a_fixed_nucleus_diameter_overrides_the_estimate():
     prob, image = nuclei_image((120, 120), [(40, 40), (40, 66)], 15)
     labels, info = instance_labels(prob, image, (0.5, 0.5), PostprocessSettings(nucleus_diameter_um=15.0))
