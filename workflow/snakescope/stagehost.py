@@ -17,8 +17,11 @@ each child's CPU and peak memory are appended to a JSON Lines file (``benchmarks
 Snakemake's own benchmark of the job sees only the waiting client.
 
 Safety: the folder is private (mode 0700), so only the same user can connect; arguments are data for the CLI's
-argument parser, never a shell. The host is single-threaded (forking a threaded process is unsafe), leaves when
-the Snakemake process that started it ends, and stops a child whose job was killed.
+argument parser, never a shell. The host runs no Python threads and starts its libraries with one-thread pools
+(as Snakemake gives a 1-thread job), so a fork copies no lock held mid-work; the only other threads are the
+ones two libraries start at import (jemalloc's background thread, which handles fork itself, and one of
+onnxruntime's; every inference in the test suite runs in forks). It leaves when the Snakemake process that
+started it ends, and stops a child whose job was killed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ PRELOAD = ("numpy", "scipy.ndimage", "skimage.morphology", "skimage.segmentation
            "snakescope.quality", "snakescope.inference", "snakescope.segmentation", "snakescope.review",
            "snakescope.gallery", "snakescope.tables", "snakescope.report", "snakescope.plots", "snakescope.rendering")
 HEADER = struct.Struct("!I")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def _identity() -> dict[str, str]:
@@ -281,7 +286,10 @@ class StageHost:
         if usage_file is not None:
             Path(usage_file).parent.mkdir(parents=True, exist_ok=True)
             usage = str(Path(usage_file).resolve())
-        self.process = subprocess.Popen([python, "-m", "snakescope.stagehost", address, str(os.getpid()), usage],
+        # numerical libraries size their thread pools when imported: one thread, as Snakemake gives a 1-thread job
+        # (inference sets onnxruntime's threads itself); this also keeps the host free of threads when it forks
+        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1")}
+        self.process = subprocess.Popen([python, "-m", "snakescope.stagehost", address, str(os.getpid()), usage], env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + wait_s
         while not os.path.exists(address):
