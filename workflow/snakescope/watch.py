@@ -233,8 +233,6 @@ class Watcher:
                 self.reimaged[well_key(record)] = self.reimaged.get(well_key(record), 0) + 1
         self.model_metrics = [m for f in self._unit_files() for m in f["model_metrics"]]
         self.written: dict[str, tuple[str, ...]] = {}
-        self.latencies: list[float] = []
-        self.waits: list[float] = []
         self.resumed = len(self.records)
 
     def _open_llm(self) -> tuple[Any, Any, str]:
@@ -427,8 +425,6 @@ class Watcher:
         self.records.extend(records)
         self.done.add(state["sample_id"])
         self.model_metrics.extend(state["model_metrics"])
-        self.latencies.append(written_at - completed_at)
-        self.waits.append(started - completed_at)
         for record in records:
             asked = ", ".join(a["action"] + (f" x{a['exposure_factor']}" if "exposure_factor" in a else "") for a in record["actions"])
             print(f"[watch] #{record['sequence']} {record['unit_id']}: {record['verdict']}"
@@ -567,15 +563,16 @@ class Watcher:
         return result.returncode == 0
 
     def summary(self) -> dict[str, Any]:
-        latencies = sorted(self.latencies)
+        files = list({r["sample_id"]: r for r in reversed(self.records[self.resumed:])}.values())  # one record per file
+        latencies = sorted(r["latency_s"] for r in files)
 
         def pct(q: float) -> float | None:
             return round(latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))], 3) if latencies else None
 
-        queued = sum(1 for w in self.waits if w > self.settings.poll_s + 0.5)
+        queued = sum(1 for r in files if r["latency_s"] - r["processing_s"] > self.settings.poll_s + 0.5)  # waited to start
         recent = [r["stage_s"] for r in self.records[self.resumed:] if "stage_s" in r]
         stage_means = {k: round(statistics.fmean(t[k] for t in recent), 3) for k in (recent[0] if recent else {})}
-        return {"files_this_session": len(self.latencies), "records_total": len(self.records), "resumed_from": self.resumed,
+        return {"files_this_session": len(files), "records_total": len(self.records), "resumed_from": self.resumed,
                 "failed": sum(1 for r in self.records if r["status"] == "failed"),
                 "actions": sum(len(r["actions"]) for r in self.records),
                 "suppressed": sum(len(r["suppressed"]) for r in self.records),
