@@ -6,7 +6,6 @@ import shlex
 import sys
 from pathlib import Path
 
-
 # The package beside the rules (workflow/snakescope), found from this file, not the working directory,
 # so the workflow also runs as a module of another workflow.
 WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
