@@ -93,3 +93,27 @@ def test_the_host_leaves_when_the_process_that_started_it_ends(tmp_path):
     while os.path.exists(address):
         assert time.monotonic() < deadline, "the host kept listening after the process that started it ended"
         time.sleep(0.1)
+
+
+def test_a_stage_killed_in_the_host_fails_its_job_and_says_so(host, tmp_path):
+    """An out-of-memory kill of the forked stage reaches the job as a shell reports it: status 128 + signal."""
+    import signal
+
+    from conftest import UNET, needs_shared
+
+    needs_shared(UNET)
+    stage_host, address, _ = host
+    environment = {**os.environ, "PYTHONPATH": str(WORKFLOW), ADDRESS_VARIABLE: address}
+    settings = json.dumps({"source": str(UNET), "channels": [0]})
+    job = subprocess.Popen([sys.executable, "-m", "snakescope.cli", "check-model", "--settings", settings, "--cache-dir",
+                            str(tmp_path / "cache"), "--out", str(tmp_path / "check.json")], cwd=tmp_path, env=environment,
+                           stderr=subprocess.PIPE, text=True)
+    children = f"/proc/{stage_host.process.pid}/task/{stage_host.process.pid}/children"
+    deadline = time.monotonic() + 60
+    while not open(children).read().split():
+        assert time.monotonic() < deadline and job.poll() is None, "the stage never started in the host"
+        time.sleep(0.05)
+    os.kill(int(open(children).read().split()[0]), signal.SIGKILL)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 128 + signal.SIGKILL and "killed by signal 9 (SIGKILL)" in stderr
+    assert not (tmp_path / "check.json").exists()

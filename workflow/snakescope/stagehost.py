@@ -100,7 +100,14 @@ def run_hosted(argv: list[str]) -> int | None:
     if "status" not in last:
         print("[stage host] the host ended before the stage did", file=sys.stderr)
         return 1
-    return int(last["status"])
+    status = int(last["status"])
+    if status > 128:  # as a shell would say it: the stage's process was killed (e.g. out of memory)
+        try:
+            name = signal.Signals(status - 128).name
+        except ValueError:
+            name = "unknown"
+        print(f"[stage host] the stage was killed by signal {status - 128} ({name})", file=sys.stderr)
+    return status
 
 
 # ------------------------------------------------------------------------------------------------------ host
