@@ -173,12 +173,18 @@ def test_large_fields_split_one_component_at_a_time_with_the_whole_field_result(
     assert by_component[1] == whole[1] and by_component[2] == whole[2]
 
 
-def test_measurements_equal_regionprops_on_real_nuclei():
-    """The all-objects-at-once measurements give skimage's regionprops values on real touching nuclei."""
+@pytest.mark.parametrize("rows_per_block", [None, 37])
+def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_block):
+    """The all-objects-at-once measurements give skimage's regionprops values on real touching nuclei, also when
+    the sums run over blocks of a few rows (objects cut by block edges)."""
     import tifffile
     from skimage.measure import regionprops
 
     from conftest import SHARED, needs_shared
+    from snakescope import segmentation
+
+    if rows_per_block:
+        monkeypatch.setattr(segmentation, "ROWS_PER_BLOCK", rows_per_block)
 
     folder = SHARED / "data" / "nuclei"
     needs_shared(folder)

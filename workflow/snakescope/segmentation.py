@@ -418,21 +418,54 @@ def _shifted(array: np.ndarray, dy: int, dx: int, fill: Any) -> np.ndarray:
 
 def perimeters(labels: np.ndarray, n: int) -> np.ndarray:
     """Every object's perimeter as ``skimage.measure.perimeter`` gives it on the object alone (4-connected
-    border, weighted by how border pixels continue), for all objects in a few whole-image passes.
+    border, weighted by how border pixels continue), for all objects in a few passes over blocks of rows.
 
     A pixel is on an object's border when one of its 4 neighbours is not the object (outside the image counts as
     not); skimage then codes each border pixel by how many of its 4 and diagonal neighbours are border pixels
-    of the same object (only those: it works on the object's own mask). Equal to skimage's (tested)."""
-    border = labels > 0
-    for dy, dx in STRAIGHT:
-        border &= _shifted(labels, dy, dx, 0) == labels
-    border = (labels > 0) & ~border
-    own_border = np.where(border, labels, 0)
-    code = np.ones(labels.shape, np.int64)
-    for weight, steps in ((2, STRAIGHT), (10, DIAGONAL)):
-        for dy, dx in steps:
-            code += weight * ((_shifted(own_border, dy, dx, 0) == own_border) & border)
-    return np.bincount(own_border[border], PERIMETER_WEIGHTS[code[border]], minlength=n + 1)
+    of the same object (only those: it works on the object's own mask). A border pixel's code depends on pixels
+    at most 2 rows away, so each block is read with 2 rows either side. Equal to skimage's (tested)."""
+    total = np.zeros(n + 1)
+    h = labels.shape[0]
+    for start in range(0, h, ROWS_PER_BLOCK):
+        top, stop = max(0, start - 2), min(h, start + ROWS_PER_BLOCK + 2)
+        block = labels[top:stop]
+        interior = block > 0
+        for dy, dx in STRAIGHT:
+            interior &= _shifted(block, dy, dx, 0) == block
+        border = (block > 0) & ~interior
+        own_border = np.where(border, block, 0)
+        code = np.ones(block.shape, np.uint8)
+        for weight, steps in ((2, STRAIGHT), (10, DIAGONAL)):
+            for dy, dx in steps:
+                code += np.uint8(weight) * ((_shifted(own_border, dy, dx, 0) == own_border) & border)
+        kept = slice(start - top, start - top + min(ROWS_PER_BLOCK, h - start))  # the block's own rows
+        border, own_border, code = border[kept], own_border[kept], code[kept]
+        total += np.bincount(own_border[border], PERIMETER_WEIGHTS[code[border]], minlength=n + 1)
+    return total
+
+
+def _label_sums(labels: np.ndarray, n: int, intensity: np.ndarray,
+                centre: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per-label sums over blocks of rows (memory follows the block): area, row and column sums and intensity,
+    or, given the centroids, the central second moments."""
+    w = labels.shape[1]
+    keys = ("rr", "cc", "rc") if centre is not None else ("area", "r", "c", "intensity")
+    sums = {k: np.zeros(n + 1) for k in keys}
+    for start in range(0, labels.shape[0], ROWS_PER_BLOCK):
+        block = labels[start:start + ROWS_PER_BLOCK].ravel()
+        present = block > 0
+        ids = block[present]
+        rows, cols = np.divmod(np.flatnonzero(present), w)
+        rows += start
+        if centre is None:
+            values = np.nan_to_num(np.asarray(intensity[start:start + ROWS_PER_BLOCK], np.float64), nan=0.0).ravel()[present]
+            for key, weights in (("area", None), ("r", rows), ("c", cols), ("intensity", values)):
+                sums[key] += np.bincount(ids, weights, minlength=n + 1)
+        else:
+            dy, dx = rows - centre[0][ids], cols - centre[1][ids]
+            for key, weights in (("rr", dy * dy), ("cc", dx * dx), ("rc", dy * dx)):
+                sums[key] += np.bincount(ids, weights, minlength=n + 1)
+    return sums
 
 
 def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
@@ -440,8 +473,9 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
     """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty).
 
     What ``skimage.measure.regionprops`` gives, made for all objects at once where it can (area, centroid,
-    second moments -> axes and eccentricity, perimeter, mean intensity: sums per label); the convex hull
-    (solidity) per object, in its bounding box. Equal to regionprops' values (tested)."""
+    second moments -> axes and eccentricity, perimeter, mean intensity: sums per label over blocks of rows, so
+    the extra memory follows the block, not the field); the convex hull (solidity) per object, in its bounding
+    box. Equal to regionprops' values (tested)."""
     from skimage.morphology import convex_hull_image
 
     pixel = calibrated(pixel_size_um)
@@ -452,24 +486,15 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
     if n == 0:
         return []
     contrast = object_contrast(labels, intensity)
-    flat = labels.ravel()
-    present = flat > 0
-    ids = flat[present]
-    rows_idx, cols_idx = np.divmod(np.flatnonzero(present), w)
-    area = np.bincount(ids, minlength=n + 1).astype(float)
+    first = _label_sums(labels, n, intensity)
+    area = first["area"]
     safe = np.maximum(area, 1)
-    cy = np.bincount(ids, rows_idx, minlength=n + 1) / safe
-    cx = np.bincount(ids, cols_idx, minlength=n + 1) / safe
-    dy, dx = rows_idx - cy[ids], cols_idx - cx[ids]
-    mu_rr = np.bincount(ids, dy * dy, minlength=n + 1) / safe
-    mu_cc = np.bincount(ids, dx * dx, minlength=n + 1) / safe
-    mu_rc = np.bincount(ids, dy * dx, minlength=n + 1) / safe
-    del dy, dx, rows_idx, cols_idx
+    cy, cx = first["r"] / safe, first["c"] / safe
+    mean_intensity = first["intensity"] / safe
+    second = _label_sums(labels, n, intensity, (cy, cx))
+    mu_rr, mu_cc, mu_rc = (second[k] / safe for k in ("rr", "cc", "rc"))
     half_sum, root = (mu_rr + mu_cc) / 2, np.sqrt(((mu_rr - mu_cc) / 2) ** 2 + mu_rc**2)
     major, minor = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)  # inertia eigenvalues
-    values = np.nan_to_num(np.asarray(intensity, np.float64), nan=0.0).ravel()[present]
-    mean_intensity = np.bincount(ids, values, minlength=n + 1) / safe
-    del values, ids, present
     perimeter = perimeters(labels, n)
     rows = []
     for label, box in enumerate(ndi.find_objects(labels), start=1):
