@@ -105,18 +105,29 @@ def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any
     return names
 
 
-def write_ome_tiff(path: Path, array: np.ndarray, channel_names: list[str], pixel_size_um: dict[str, float | None]) -> None:
-    """Write a CYX array as OME-TIFF with channel names and physical pixel sizes."""
+def write_ome_tiff(path: Path, array: np.ndarray | Iterator[np.ndarray], channel_names: list[str],
+                   pixel_size_um: dict[str, float | None], shape: tuple[int, ...] | None = None, dtype: Any = None) -> None:
+    """Write a CYX array as OME-TIFF with channel names and physical pixel sizes; planes larger than a block
+    are tiled (``blocks.TIFF_TILE``) so later stages can read them a block at a time. ``array`` may also be an
+    iterator of such tiles (plane by plane, rows of tiles), given the ``shape`` and ``dtype``."""
     import tifffile
+
+    from .blocks import TIFF_TILE
 
     meta: dict[str, Any] = {"axes": "CYX", "Channel": {"Name": channel_names}}
     for axis in ("x", "y"):
         if pixel_size_um.get(axis):
             meta[f"PhysicalSize{axis.upper()}"] = float(pixel_size_um[axis])
             meta[f"PhysicalSize{axis.upper()}Unit"] = "µm"
+    shape = tuple(array.shape) if isinstance(array, np.ndarray) else shape
+    tiled = {"tile": (TIFF_TILE, TIFF_TILE)} if not isinstance(array, np.ndarray) or max(shape[-2:]) > TILED_ABOVE_PX else {}
+    extra = {} if isinstance(array, np.ndarray) else {"shape": shape, "dtype": dtype}
     tmp = path.with_name(f".{path.name}.tmp")
-    tifffile.imwrite(tmp, array, ome=True, metadata=meta, compression="zlib")
+    tifffile.imwrite(tmp, array, ome=True, metadata=meta, compression="zlib", **tiled, **extra)
     tmp.replace(path)
+
+
+TILED_ABOVE_PX = 2048  # planes with a side longer than this are written as tiled TIFF
 
 
 def finite(image: np.ndarray) -> np.ndarray:

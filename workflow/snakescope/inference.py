@@ -129,17 +129,22 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
 
 
 def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> np.ndarray:
+    return array[channel_indices(names, wanted, array.shape[0])]
+
+
+def channel_indices(names: list[str], wanted: tuple[str | int, ...], n_channels: int) -> list[int]:
+    """The indices of ``model.channels`` (names or indices) in a unit of ``n_channels`` channels named ``names``."""
     index = []
     for w in wanted:
         if isinstance(w, int):
-            if not 0 <= w < array.shape[0]:
-                raise IndexError(f"config key model.channels: channel index {w} but the unit has {array.shape[0]} channel(s)")
+            if not 0 <= w < n_channels:
+                raise IndexError(f"config key model.channels: channel index {w} but the unit has {n_channels} channel(s)")
             index.append(w)
         elif w in names:
             index.append(names.index(w))
         else:
             raise KeyError(f"config key model.channels: channel {w!r} not among {names}")
-    return array[index]
+    return index
 
 
 def axis_size_rule(axis: Any) -> tuple[int, int]:

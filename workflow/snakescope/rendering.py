@@ -49,7 +49,7 @@ def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float
     factor = downscale_factor(image.shape, max_size)
     grey = contrast_stretch(image[::factor, ::factor], limits=limits if limits is not None else stretch_limits(image))
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    if labels is not None:
+    if labels is not None or edges is not None:
         if edges is None:
             edges = find_boundaries(labels, mode="inner")
         if factor > 1:
@@ -77,11 +77,13 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay_png(image: np.ndarray, labels: np.ndarray, pixel_size_um: float | None, max_size: int = 512) -> bytes:
-    """Two panels side by side: the raw channel, and the same with segmentation outlines."""
+def overlay_png(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None, max_size: int = 512,
+                edges: np.ndarray | None = None) -> bytes:
+    """Two panels side by side: the raw channel, and the same with segmentation outlines (from ``labels``, or
+    the outline pixels ``edges`` of a large field's reduced view)."""
     limits = stretch_limits(image)
     left = rgb_panel(image, None, pixel_size_um, max_size, limits)
-    right = rgb_panel(image, labels, pixel_size_um, max_size, limits)
+    right = rgb_panel(image, labels, pixel_size_um, max_size, limits, edges)
     gap = np.full((left.shape[0], 4, 3), 40, np.uint8)
     return png_bytes(np.concatenate([left, gap, right], axis=1))
 

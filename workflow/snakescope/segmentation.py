@@ -53,6 +53,8 @@ class PostprocessSettings:
     boundary_fraction: float = 0.35  # outline where intensity falls below this fraction of the object's contrast
     fill_holes: bool = True
     exclude_border_objects: bool = False
+    block_px: int = 2048  # fields with a side longer than this are processed in blocks of this size (bounded memory)
+    block_overlap_px: int = 256  # context around each block: object clusters up to about this size come out whole
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "PostprocessSettings":
@@ -89,6 +91,13 @@ def typical_radius_px(mask: np.ndarray, edt: np.ndarray | None = None) -> float 
     radii = inscribed_radii(mask, components, n, edt)
     areas = np.bincount(components.ravel())[1:].astype(float)
     del components
+    return typical_radius(radii, areas)
+
+
+def typical_radius(radii: np.ndarray, areas: np.ndarray) -> float | None:
+    """:func:`typical_radius_px` from every object's inscribed radius and area (pooled over blocks of a large field)."""
+    if len(radii) == 0:
+        return None
     order = np.argsort(radii)
     cumulative = np.cumsum(areas[order])
     weighted_median = radii[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
@@ -118,8 +127,35 @@ def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int, edt: np.nd
     return radii
 
 
+@dataclass(frozen=True)
+class FieldScale:
+    """What the labelling takes from the whole field: the typical nucleus radius (px), whether the foreground is
+    tissue (its nuclei then come from the top-hat, at the radius of the model's confident cores), and the
+    intensity range mapped to 0..1 for the marker map (None when intensity is not used). Made from the field
+    itself by :func:`instance_labels`, or pooled over the blocks of a large field (:mod:`.largefield`)."""
+
+    radius: float | None
+    tissue: bool = False
+    intensity_scale: tuple[float, float] | None = None
+    info: dict[str, Any] | None = None
+
+
+def foreground(probability: np.ndarray, settings: PostprocessSettings) -> np.ndarray:
+    """The probability map at the threshold, holes filled (if set)."""
+    mask = probability >= settings.probability_threshold
+    return ndi.binary_fill_holes(mask) if settings.fill_holes else mask
+
+
+def min_object_px(radius: float, pixel: tuple[float, float] | None, settings: PostprocessSettings) -> int:
+    """The smallest object kept: ``min_object_area_fraction`` of a typical nucleus, at least ``min_object_area_um2``."""
+    min_px = settings.min_object_area_fraction * np.pi * radius**2
+    if pixel and settings.min_object_area_um2 > 0:
+        min_px = max(min_px, settings.min_object_area_um2 / (pixel[0] * pixel[1]))
+    return max(1, int(round(min_px)))
+
+
 def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
-                    settings: PostprocessSettings) -> tuple[np.ndarray, dict[str, Any]]:
+                    settings: PostprocessSettings, pinned: FieldScale | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Instance labels from a foreground probability map, and how they were made.
 
     Threshold, fill holes, estimate the typical nucleus radius r; remove objects smaller than
@@ -131,68 +167,111 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     signal-to-noise ((mean - background) / noise x sqrt(area)) is below ``min_object_snr``: noise the model
     took for nuclei (a model that normalises each image finds "nuclei" in an empty field), and objects far
     dimmer than the field's bright ones (``min_relative_contrast``: faint cytoplasm beside nuclei).
+    ``pinned``: the field's scale, given (a block of a large field) instead of estimated from this array.
     """
+    labels, _, info = labels_and_components(probability, intensity, pixel_size_um, settings, pinned)
+    return labels, info
+
+
+def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray | None, pixel: tuple[float, float] | None,
+                settings: PostprocessSettings, edt: np.ndarray | None) -> tuple[FieldScale, np.ndarray, np.ndarray | None]:
+    """The field's radius and tissue decision from its own mask: (scale without intensity range, mask, edt); in
+    tissue the mask is the nuclei's (and its distance transform is remade)."""
+    info: dict[str, Any] = {}
+    if settings.nucleus_diameter_um and pixel:
+        info["scale_source"] = "config postprocess.nucleus_diameter_um"
+        return FieldScale(settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1])), info=info), mask, edt
+    radius = typical_radius_px(mask, edt)
+    info["scale_source"] = "estimated from this field"
+    sure = typical_radius_px(probability >= TISSUE_SURE_THRESHOLD) if settings.probability_threshold < TISSUE_SURE_THRESHOLD else None
+    if not (radius and sure and radius > TISSUE_RATIO * sure):
+        return FieldScale(radius, info=info), mask, edt
+    # the model took a whole tissue (an embryo, a cell sheet on bright cytoplasm) for one nucleus: the nuclei are
+    # the blobs brighter than the tissue around them, at the scale of the model's confident cores
+    mask, radius, how = tissue_mask(mask, probability, intensity, sure, settings)
+    if intensity is None:
+        radius = typical_radius_px(mask) or sure
+    info.update(tissue=True, scale_source=tissue_source(how))
+    return FieldScale(radius, tissue=True, info=info), mask, whole_field_edt(mask)
+
+
+def tissue_mask(mask: np.ndarray, probability: np.ndarray, intensity: np.ndarray | None, sure: float,
+                settings: PostprocessSettings) -> tuple[np.ndarray, float, str]:
+    """The nuclei inside a tissue foreground: (mask, radius, how)."""
+    if intensity is not None:
+        return tissue_nuclei(mask, intensity, sure), sure, "its nuclei are the blobs brighter than the tissue around them (top-hat)"
+    core = probability >= TISSUE_CORE_THRESHOLD
+    return (ndi.binary_fill_holes(core) if settings.fill_holes else core), sure, \
+        f"its nuclei are the model's confident cores (probability >= {TISSUE_CORE_THRESHOLD})"
+
+
+def tissue_source(how: str) -> str:
+    return (f"the foreground is tissue, not separate nuclei; {how}; scale from the cores "
+            f"the model is sure of (probability >= {TISSUE_SURE_THRESHOLD})")
+
+
+def labels_and_components(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
+                          settings: PostprocessSettings, pinned: FieldScale | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """:func:`instance_labels`, and the connected components the objects were split from (0 where none)."""
+    labels, components, min_px, info = split_objects(probability, intensity, pixel_size_um, settings, pinned)
+    return finish_objects(labels, intensity, settings, min_px, info), components, info
+
+
+def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
+                  settings: PostprocessSettings, pinned: FieldScale | None = None) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
+    """The first half of :func:`instance_labels`: (objects split at the model's edge, their connected components,
+    the smallest object kept in pixels, info)."""
     from skimage.morphology import remove_small_objects
-    from skimage.segmentation import clear_border, relabel_sequential
 
     pixel = calibrated(pixel_size_um)
     probability = np.nan_to_num(np.asarray(probability, np.float32), nan=0.0)
-    mask = probability >= settings.probability_threshold
-    if settings.fill_holes:
-        mask = ndi.binary_fill_holes(mask)
-    info: dict[str, Any] = {"typical_diameter_px": None, "scale_source": None, "removed_small": 0, "removed_low_contrast": 0}
+    mask = foreground(probability, settings)
     edt = None  # the mask's distance transform, shared by the scale estimate and the split (small fields)
-    if settings.nucleus_diameter_um and pixel:
-        radius = settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1]))
-        info["scale_source"] = "config postprocess.nucleus_diameter_um"
-    else:
-        edt = whole_field_edt(mask)
-        radius = typical_radius_px(mask, edt)
-        info["scale_source"] = "estimated from this field"
-        sure = typical_radius_px(probability >= TISSUE_SURE_THRESHOLD) if settings.probability_threshold < TISSUE_SURE_THRESHOLD else None
-        if radius and sure and radius > TISSUE_RATIO * sure:
-            # the model took a whole tissue (an embryo, a cell sheet on bright cytoplasm) for one nucleus: the
-            # nuclei are the blobs brighter than the tissue around them, at the scale of the model's confident cores
-            if intensity is not None:
-                mask, radius = tissue_nuclei(mask, intensity, sure), sure
-                how = "its nuclei are the blobs brighter than the tissue around them (top-hat)"
-            else:
-                core = probability >= TISSUE_CORE_THRESHOLD
-                mask = ndi.binary_fill_holes(core) if settings.fill_holes else core
-                radius = typical_radius_px(mask) or sure
-                how = f"its nuclei are the model's confident cores (probability >= {TISSUE_CORE_THRESHOLD})"
+    if pinned is None:
+        if not (settings.nucleus_diameter_um and pixel):
             edt = whole_field_edt(mask)
-            info["scale_source"] = (f"the foreground is tissue, not separate nuclei; {how}; scale from the cores "
-                                    f"the model is sure of (probability >= {TISSUE_SURE_THRESHOLD})")
-            info["tissue"] = True
+        scale, mask, edt = field_scale(probability, mask, intensity, pixel, settings, edt)
+    else:
+        scale = pinned
+        if scale.tissue and scale.radius:
+            mask = tissue_mask(mask, probability, intensity, scale.radius, settings)[0]
+    radius = scale.radius
+    info: dict[str, Any] = {"typical_diameter_px": None, "scale_source": None, "removed_small": 0, "removed_low_contrast": 0,
+                            **(scale.info or {})}
+    empty = np.zeros(mask.shape, np.int32)
     if radius is None or not mask.any():
-        return np.zeros(mask.shape, np.int32), info
+        return empty, empty, 1, info
     radius = max(radius, 1.0)
     info["typical_diameter_px"] = round(2 * radius, 2)
-    min_px = settings.min_object_area_fraction * np.pi * radius**2
-    if pixel and settings.min_object_area_um2 > 0:
-        min_px = max(min_px, settings.min_object_area_um2 / (pixel[0] * pixel[1]))
-    min_px = max(1, int(round(min_px)))
+    min_px = min_object_px(radius, pixel, settings)
     components, before = ndi.label(mask)
     mask = remove_small_objects(mask, max_size=min_px - 1) if min_px > 1 else mask
     if not mask.any():
         info["removed_small"] = before
-        return np.zeros(mask.shape, np.int32), info
+        return empty, empty, min_px, info
     components, n_components = ndi.label(mask)
     info["removed_small"] = before - n_components
-    if settings.split_touching:
-        if mask.size > WHOLE_FIELD_PIXELS:
-            labels = _split_by_component(mask, components, intensity, radius, settings)
-        else:
-            labels = _split_whole_field(mask, components, intensity, radius, settings, edt)
-        edt = None
-        del components
-        orphans, _ = ndi.label(mask & (labels == 0))  # an object without a marker keeps one label of its own
-        has_orphan = orphans > 0
-        labels[has_orphan] = orphans[has_orphan] + labels.max()
-        del orphans, has_orphan
+    if not settings.split_touching:
+        return components.copy(), components, min_px, info
+    intensity_scale = pinned.intensity_scale if pinned is not None else _intensity_scale(intensity, mask, settings)
+    if mask.size > WHOLE_FIELD_PIXELS:
+        labels = _split_by_component(mask, components, intensity, radius, settings, intensity_scale)
     else:
-        labels = components
+        labels = _split_whole_field(mask, components, intensity, radius, settings, intensity_scale, edt)
+    del edt
+    orphans, _ = ndi.label(mask & (labels == 0))  # an object without a marker keeps one label of its own
+    has_orphan = orphans > 0
+    labels[has_orphan] = orphans[has_orphan] + labels.max()
+    return labels, components, min_px, info
+
+
+def finish_objects(labels: np.ndarray, intensity: np.ndarray | None, settings: PostprocessSettings, min_px: int,
+                   info: dict[str, Any]) -> np.ndarray:
+    """The second half of :func:`instance_labels`: outlines from intensity, small and dim objects removed,
+    border objects (if set), labels numbered 1..n."""
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import clear_border, relabel_sequential
+
     if intensity is not None and settings.boundary_fraction > 0 and labels.max() > 0:
         labels = trim_to_intensity(labels, intensity, settings.boundary_fraction)
     labels = remove_small_objects(labels, max_size=min_px - 1) if min_px > 1 else labels
@@ -201,7 +280,7 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
                                                                   settings.min_relative_contrast)
     if settings.exclude_border_objects:
         labels = clear_border(labels)
-    return relabel_sequential(labels.astype(np.int32))[0], info
+    return relabel_sequential(labels.astype(np.int32))[0]
 
 
 def tissue_nuclei(tissue: np.ndarray, intensity: np.ndarray, radius: float) -> np.ndarray:
@@ -287,22 +366,20 @@ def _flood(marker_map: np.ndarray, peak_labels: np.ndarray, mask: np.ndarray, mi
 
 
 def _split_whole_field(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
-                       settings: PostprocessSettings, edt: np.ndarray | None = None) -> np.ndarray:
+                       settings: PostprocessSettings, scale: tuple[float, float] | None,
+                       edt: np.ndarray | None = None) -> np.ndarray:
     """Touching nuclei split by a marker-controlled watershed over the whole field (small fields)."""
-    scale = _intensity_scale(intensity, mask, settings)
     marker_map = _marker_map(mask, _normalise(intensity, scale) if scale else None, radius, settings, edt)
     return _flood(marker_map, components, mask, max(1, int(round(settings.split_min_distance * radius))), 0)[0]
 
 
 def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.ndarray | None, radius: float,
-                        settings: PostprocessSettings) -> np.ndarray:
+                        settings: PostprocessSettings, scale: tuple[float, float] | None) -> np.ndarray:
     """The same split, one connected component at a time in its bounding box plus a margin, so the extra memory
     follows the largest object cluster, not the field. The margin holds everything a box pixel's value depends
     on (the smoothing's reach, 4 sigma, plus the capped distance's, r), so markers and labels equal the
     whole-field ones (tested); markers are numbered in the same order."""
-    scale = _intensity_scale(intensity, mask, settings)
-    sigma = settings.split_smoothing * radius
-    margin = int(4.0 * sigma + 0.5) + int(np.ceil(radius)) + 2
+    margin = split_margin(radius, settings)
     min_distance = max(1, int(round(settings.split_min_distance * radius)))
     labels = np.zeros(mask.shape, np.int32)
     next_id = 0
@@ -319,16 +396,22 @@ def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.
     return labels
 
 
-def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float) -> np.ndarray:
+def split_margin(radius: float, settings: PostprocessSettings) -> int:
+    """How far beyond an object cluster its split looks: the marker map's smoothing (4 sigma) plus the capped
+    distance's reach (r)."""
+    return int(4.0 * settings.split_smoothing * radius + 0.5) + int(np.ceil(radius)) + 2
+
+
+def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float, level: float | None = None) -> np.ndarray:
     """Each object's outline where its (σ=1 px smoothed) intensity falls to ``fraction`` of its contrast.
 
     A model's probability edge sits outside the nucleus (it is smooth and its training masks were
     generous); the object's own intensity profile places the edge, as a half-maximum would. Contrast is
     the object's 90th percentile above the background around all objects; holes left inside are filled.
     """
-    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
-    values = ndi.gaussian_filter(values, 1.0, output=values)  # in place: one full-size float array, not two
-    level, _ = background_noise(values, ndi.binary_dilation(labels > 0, iterations=2))
+    values = smoothed(intensity)
+    if level is None:  # given: the whole field's, for a block of a large field
+        level = trim_level(values, labels)
     ids = np.arange(1, int(labels.max()) + 1)
     top = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, 90), float, level))
     cutoff = np.full(ids.size + 1, np.inf)
@@ -343,6 +426,18 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
     out = labels.copy()
     out[~kept] = 0
     return out
+
+
+def smoothed(intensity: np.ndarray) -> np.ndarray:
+    """The intensity as float64, NaN as 0, smoothed with σ = 1 px (what outlines are placed on)."""
+    values = np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
+    return ndi.gaussian_filter(values, 1.0, output=values)  # in place: one full-size float array, not two
+
+
+def trim_level(values: np.ndarray, labels: np.ndarray) -> float:
+    """The background level outlines are placed against: the median of the smoothed intensity more than 2 px
+    from every object."""
+    return background_noise(values, ndi.binary_dilation(labels > 0, iterations=2))[0]
 
 
 def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None) -> tuple[float, float]:
@@ -386,12 +481,13 @@ def _drop_low_contrast(labels: np.ndarray, intensity: np.ndarray, min_snr: float
     return labels, len(low)
 
 
-def object_contrast(labels: np.ndarray, intensity: np.ndarray) -> dict[int, float]:
-    """Per object: (mean intensity - background) / background noise SD, background outside every object."""
+def object_contrast(labels: np.ndarray, intensity: np.ndarray, occupied: np.ndarray | None = None) -> dict[int, float]:
+    """Per object: (mean intensity - background) / background noise SD, background outside every object
+    (``occupied``: the pixels of every object, when ``labels`` holds only some of them)."""
     # integer pixels are used as they are (ndi.mean and the background statistics compute in float64 anyway):
     # no full-size float copy of the field
     values = intensity if np.issubdtype(intensity.dtype, np.integer) else np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
-    grown = ndi.binary_dilation(labels > 0, iterations=2)
+    grown = ndi.binary_dilation(labels > 0 if occupied is None else occupied, iterations=2)
     level, noise = background_noise(values, grown)
     ids = np.unique(labels[labels > 0])
     means = ndi.mean(values, labels, ids) if ids.size else []
@@ -469,7 +565,8 @@ def _label_sums(labels: np.ndarray, n: int, intensity: np.ndarray,
 
 
 def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
-                    unit_id: str = "") -> list[dict[str, Any]]:
+                    unit_id: str = "", offset: tuple[int, int] = (0, 0), field_shape: tuple[int, int] | None = None,
+                    occupied: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty).
 
     What ``skimage.measure.regionprops`` gives, made for all objects at once where it can (area, centroid,
@@ -481,11 +578,12 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
     pixel = calibrated(pixel_size_um)
     py, px = pixel or (np.nan, np.nan)
     scale = float(np.sqrt(py * px))
-    h, w = labels.shape
+    h, w = field_shape or labels.shape
+    oy, ox = offset
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return []
-    contrast = object_contrast(labels, intensity)
+    contrast = object_contrast(labels, intensity, occupied)
     first = _label_sums(labels, n, intensity)
     area = first["area"]
     safe = np.maximum(area, 1)
@@ -503,8 +601,8 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
         area_px = float(area[label])
         perimeter_px = float(perimeter[label])
         hull = float(np.count_nonzero(convex_hull_image(labels[box] == label)))
-        minr, minc, maxr, maxc = box[0].start, box[1].start, box[0].stop, box[1].stop
-        centroid = (float(cy[label]), float(cx[label]))
+        minr, minc, maxr, maxc = box[0].start + oy, box[1].start + ox, box[0].stop + oy, box[1].stop + ox
+        centroid = (float(cy[label]) + oy, float(cx[label]) + ox)
         axes = (4 * float(np.sqrt(major[label])), 4 * float(np.sqrt(minor[label])))
         um = {
             "centroid_y_um": centroid[0] * py, "centroid_x_um": centroid[1] * px,
@@ -564,6 +662,7 @@ def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pix
         "fraction_large": float(np.mean(area_px > 2.0 * typical)) if area_px.size else None,
         "fraction_touching_border": float(np.mean([o["touches_border"] for o in objects])) if objects else None,
         "removed_low_contrast": (info or {}).get("removed_low_contrast", 0),
+        **{key: info[key] for key in ("blocks", "left_out_large") if info and key in info},  # large fields
     }
 
 
@@ -577,15 +676,19 @@ def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: 
 
 def channel_means(objects: list[dict[str, Any]], labels: np.ndarray, image: np.ndarray, channel_names: list[str]) -> None:
     """Add every channel's mean intensity per object (``mean_intensity_<channel>``), not only the model's channel."""
-    import re
-
     if not objects:
         return
     index = [int(o["label"]) for o in objects]
     for c, name in enumerate(channel_names):
-        column = "mean_intensity_" + (re.sub(r"[^A-Za-z0-9]+", "_", str(name)).strip("_") or f"C{c}")
         for obj, value in zip(objects, ndi.mean(image[c].astype(np.float64), labels, index)):
-            obj[column] = round(float(value), 3)
+            obj[channel_column(c, name)] = round(float(value), 3)
+
+
+def channel_column(index: int, name: str) -> str:
+    """The objects table's column of a channel's mean intensity: ``mean_intensity_<channel name as a word>``."""
+    import re
+
+    return "mean_intensity_" + (re.sub(r"[^A-Za-z0-9]+", "_", str(name)).strip("_") or f"C{index}")
 
 
 def write_labels(path: Path, labels: np.ndarray, unit: dict[str, Any]) -> None:
@@ -605,6 +708,11 @@ def postprocess_one(unit: dict[str, Any], probability_path: str | Path, settings
 
     uid = unit["unit_id"]
     pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
+    shape = tuple(unit.get("shape") or ())
+    if shape and max(shape[-2:]) > settings.block_px:
+        from .largefield import postprocess_large
+
+        return postprocess_large(unit, probability_path, settings, channels, pixel, out, out / f"{uid}{LABELS_SUFFIX}")
     full = read_unit(unit["image_path"])
     image = select_channels(full, unit["channel_names"], channels)
     probability = np.load(probability_path).astype(np.float32)

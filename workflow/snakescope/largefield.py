@@ -1,0 +1,407 @@
+"""Post-processing of fields larger than a block (``postprocess.block_px``): the same labels and measurements,
+block by block, with memory bounded by the block and its overlap rather than by the field.
+
+Three passes over the blocks (:mod:`.blocks`), reading the probabilities (``.npy``, mapped a block at a time)
+and the unit's intensity (its TIFF through zarr, only the strips or tiles a block covers):
+
+1. **Scale**: every connected object's inscribed radius and area, each counted by the one block that owns it,
+   pooled into the field's typical radius and tissue decision exactly as :func:`segmentation.field_scale`
+   makes them from the whole field.
+2. **Intensity range** for the marker map: histograms of the intensity outside and inside the foreground
+   (exact medians and percentiles for integer images).
+3. **Labels**: :func:`segmentation.labels_and_components` on each block and its overlap with the field's
+   scale pinned; a block keeps the objects of the clusters it owns, numbered on from the previous blocks,
+   measures them, and writes them into a label array on disk. The overlay and the labels TIFF are then made
+   from that array a strip of tiles at a time.
+
+What is still local to a block and its overlap (a circle of ``block_overlap_px`` around it): the background
+level that places each object's outline (``boundary_fraction``), the background and the bright objects'
+contrast that remove dim objects, and, in tissue, the top-hat threshold. On a mosaic these follow the
+illumination across the field; where it is even, they agree with the whole field's (tested against the
+untiled result on a real-nuclei field).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, write_npy
+from .segmentation import (
+    TISSUE_RATIO,
+    TISSUE_SURE_THRESHOLD,
+    FieldScale,
+    PostprocessSettings,
+    channel_column,
+    foreground,
+    inscribed_radii,
+    measure_objects,
+    min_object_px,
+    smoothed,
+    split_margin,
+    split_objects,
+    summarize_objects,
+    tissue_mask,
+    tissue_source,
+    trim_to_intensity,
+    typical_radius,
+)
+
+
+def is_large(shape: tuple[int, ...], settings: PostprocessSettings) -> bool:
+    return max(shape[-2:]) > settings.block_px
+
+
+def _probability(path: str | Path, box: tuple[slice, slice]) -> np.ndarray:
+    return np.nan_to_num(read_npy(path, box).astype(np.float32), nan=0.0)
+
+
+def _radii_and_areas(mask: np.ndarray, block: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Inscribed radius and area of the objects of ``mask`` (a block's outer region) that this block owns."""
+    components, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    complete, starts = complete_and_owned(components, block, shape, margin=1)  # the distance transform reaches 1 px out
+    owned = complete & starts
+    radii = inscribed_radii(mask, components, n)
+    areas = np.bincount(components.ravel(), minlength=n + 1)[1:].astype(float)
+    return radii[owned[1:]], areas[owned[1:]]
+
+
+def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int, pixel: tuple[float, float] | None,
+                 settings: PostprocessSettings, blocks: list[Any]) -> FieldScale:
+    """Pass 1 and 2: the field's scale from all its blocks (see the module's docstring)."""
+    shape = reader.shape
+    info: dict[str, Any] = {}
+    tissue = False
+    if settings.nucleus_diameter_um and pixel:
+        radius: float | None = settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1]))
+        info["scale_source"] = "config postprocess.nucleus_diameter_um"
+    else:
+        found: dict[str, list[np.ndarray]] = {"radii": [], "areas": [], "sure_radii": [], "sure_areas": []}
+        check_tissue = settings.probability_threshold < TISSUE_SURE_THRESHOLD
+        for block in blocks:
+            probability = _probability(probability_path, block.outer)
+            for key, mask in (("", foreground(probability, settings)),
+                              ("sure_", probability >= TISSUE_SURE_THRESHOLD if check_tissue else None)):
+                if mask is not None:
+                    radii, areas = _radii_and_areas(mask, block, shape)
+                    found[key + "radii"].append(radii)
+                    found[key + "areas"].append(areas)
+        radius = typical_radius(np.concatenate(found["radii"]), np.concatenate(found["areas"]))
+        sure = typical_radius(np.concatenate(found["sure_radii"]), np.concatenate(found["sure_areas"])) if check_tissue else None
+        info["scale_source"] = "estimated from this field (pooled over its blocks)"
+        if radius and sure and radius > TISSUE_RATIO * sure:
+            radius, tissue = sure, True
+            info.update(tissue=True, scale_source=tissue_source("its nuclei are the blobs brighter than the tissue "
+                                                                "around them (top-hat, threshold per block)"))
+    if radius is None or not settings.split_touching or settings.split_intensity_weight <= 0:
+        return FieldScale(radius, tissue, None, info)
+    return FieldScale(radius, tissue, intensity_range(probability_path, reader, channel, pixel, settings, blocks,
+                                                      FieldScale(radius, tissue)), info)
+
+
+def intensity_range(probability_path: str | Path, reader: PlaneReader, channel: int, pixel: tuple[float, float] | None,
+                    settings: PostprocessSettings, blocks: list[Any], scale: FieldScale) -> tuple[float, float]:
+    """What :func:`segmentation._intensity_scale` gives on the whole field: the median intensity outside the
+    foreground (without its small objects) and the 95th percentile inside it, from per-block histograms of the
+    blocks' own pixels."""
+    from skimage.morphology import remove_small_objects
+
+    integer = np.issubdtype(reader.dtype, np.integer)
+    if integer and np.dtype(reader.dtype).itemsize <= 2:
+        lo, hi = np.iinfo(reader.dtype).min, np.iinfo(reader.dtype).max
+    else:  # wider integers and floats: the range first
+        lo, hi = np.inf, -np.inf
+        for block in blocks:
+            values = reader.read(channel, block.core)
+            values = values[np.isfinite(values)] if not integer else values
+            if values.size:
+                lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        if not np.isfinite(lo):
+            lo, hi = 0.0, 1.0
+    outside, inside = Histogram(lo, hi, integer), Histogram(lo, hi, integer)
+    min_px = min_object_px(max(scale.radius or 1.0, 1.0), pixel, settings)
+    for block in blocks:
+        probability = _probability(probability_path, block.outer)
+        mask = foreground(probability, settings)
+        intensity = reader.read(channel, block.outer)
+        if scale.tissue:
+            mask = tissue_mask(mask, probability, intensity, scale.radius, settings)[0]
+        del probability
+        if min_px > 1:  # small objects are background here, as on the whole field; a cut one is at least the overlap
+            components, _ = ndi.label(mask)
+            complete, _ = complete_and_owned(components, block, reader.shape, margin=0)
+            small = np.bincount(components.ravel()) < min_px
+            small[0] = False
+            mask &= ~(small & complete)[components]
+            del components
+        inner = block.inner
+        values, fg = intensity[inner], mask[inner]
+        if not integer:
+            values = np.nan_to_num(values.astype(np.float32), nan=0.0)
+        outside.add(values[~fg])
+        inside.add(values[fg])
+    background = outside if outside.total >= 64 else _merged(outside, inside)
+    return background.median(), inside.percentile(95, np.float32) if inside.total else background.median()
+
+
+def _merged(a: Histogram, b: Histogram) -> Histogram:
+    out = Histogram.__new__(Histogram)
+    out.__dict__.update(a.__dict__)
+    out.counts = a.counts + b.counts
+    return out
+
+
+class _Passes:
+    """The passes over one large unit's blocks once its scale is known. Label arrays live in ``.npy`` files beside
+    the outputs, read and written a block at a time: ``split`` (objects at the model's edge, then outlined)
+    and ``final`` (numbered 1..n)."""
+
+    def __init__(self, unit: dict[str, Any], probability_path: str | Path, reader: PlaneReader, channel: int,
+                 pixel: tuple[float, float] | None, settings: PostprocessSettings, scale: FieldScale, out: Path) -> None:
+        self.unit, self.probability_path, self.reader, self.channel = unit, probability_path, reader, channel
+        self.pixel, self.settings, self.scale = pixel, settings, scale
+        self.shape = reader.shape
+        self.blocks = layout(self.shape, settings.block_px, settings.block_overlap_px)
+        self.radius = max(scale.radius or 1.0, 1.0)
+        # what an object's result depends on around it: the split's reach, the outline's smoothing (4 sigma) and
+        # the 2 px ring kept out of the background
+        self.margin = split_margin(self.radius, settings) + 6
+        self.min_px = min_object_px(self.radius, pixel, settings)
+        self.integer = np.issubdtype(reader.dtype, np.integer)
+        self.split = out / f".{unit['unit_id']}.split.npy"
+        self.final = out / f".{unit['unit_id']}.final.npy"
+        for path in (self.split, self.final):
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=self.shape).flush()
+
+    def cleanup(self) -> None:
+        for path in (self.split, self.final):
+            if path.exists():
+                os.unlink(path)
+
+    def intensity(self, box: tuple[slice, slice], channel: int | None = None) -> np.ndarray:
+        """A block of a channel as :func:`segmentation.object_contrast` sees it (floats: NaN as 0)."""
+        values = self.reader.read(self.channel if channel is None else channel, box)
+        return values if self.integer else np.nan_to_num(values.astype(np.float64), nan=0.0)
+
+    def _range(self) -> tuple[float, float]:
+        if self.integer and np.dtype(self.reader.dtype).itemsize <= 2:
+            limits = np.iinfo(self.reader.dtype)
+            return float(limits.min), float(limits.max)
+        lo, hi = 0.0, 0.0
+        for block in self.blocks:
+            values = self.intensity(block.core)
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        return lo, hi
+
+    def split_pass(self) -> tuple[int, int]:
+        """Objects split at the model's edge, each cluster written by the block that owns it: (objects, clusters
+        left out because they are larger than the overlap)."""
+        from skimage.segmentation import relabel_sequential
+
+        count, left_out = 0, 0
+        for block in self.blocks:
+            labels, components, _, _ = split_objects(_probability(self.probability_path, block.outer),
+                                                     self.reader.read(self.channel, block.outer), self.pixel, self.settings,
+                                                     pinned=self.scale)
+            complete, starts = complete_and_owned(components, block, self.shape, self.margin)
+            left_out += int(np.sum(starts & ~complete))  # complete in no block: larger than the overlap
+            mine = relabel_sequential(np.where((complete & starts)[components] & (labels > 0), labels, 0))[0]
+            found = int(mine.max())
+            if found:
+                mine[mine > 0] += count
+                write_npy(self.split, block.outer, mine, mine > 0)
+            count += found
+        return count, left_out
+
+    def background(self, path: Path, smooth: bool) -> tuple[float, float]:
+        """:func:`segmentation.background_noise` of the (σ = 1 px ``smooth``-ed) intensity outside the objects in
+        ``path`` grown by 2 px, over the whole field: (level, noise). The level is exact; the noise is exact for
+        integer images and to 1/65536 of the range for float ones (it is not used for smoothed values)."""
+        def values_of(block: Any, everything: bool = False) -> np.ndarray:
+            values = self.intensity(block.outer)
+            values = (smoothed(values) if smooth else values)[block.inner]
+            if everything:
+                return values.ravel()
+            grown = ndi.binary_dilation(read_npy(path, block.outer) > 0, iterations=2)[block.inner]
+            return values[~grown]
+
+        lo, hi = self._range()
+        integer = self.integer and not smooth
+        outside, everywhere = Histogram(lo, hi, integer), Histogram(lo, hi, integer)
+        for block in self.blocks:
+            outside.add(values_of(block))
+            everywhere.add(values_of(block, True))
+        histogram, sample = (outside, values_of) if outside.total >= 64 else (everywhere, lambda b: values_of(b, True))
+        if histogram.total == 0:
+            return 0.0, 1.0
+        level = refined_median(sample, self.blocks, histogram)
+        if smooth:
+            return level, 1.0
+        noise = 1.4826 * histogram.median_abs_deviation(level)
+        if noise <= 0:  # a flat background: the SD instead, as background_noise does
+            values = histogram.values()
+            mean = float(np.sum(values * histogram.counts) / histogram.total)
+            noise = float(np.sqrt(np.sum(histogram.counts * (values - mean) ** 2) / histogram.total))
+        return level, max(noise, 1e-6)
+
+    def outline_pass(self, count: int, level: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each object outlined from its intensity (:func:`segmentation.trim_to_intensity` at the field's ``level``)
+        and small ones removed, by the block that owns it: (mean intensity, area) per object id."""
+        from skimage.morphology import remove_small_objects
+        from skimage.segmentation import relabel_sequential
+
+        means, areas = np.zeros(count + 1), np.zeros(count + 1)
+        self.touches = np.zeros(count + 1, bool)  # on the field's border (after outlining)
+        for block in self.blocks:
+            labels = read_npy(self.split, block.outer)
+            local, forward, inverse = relabel_sequential(labels)
+            intensity = self.intensity(block.outer)
+            if level is not None and local.max() > 0:
+                local = trim_to_intensity(local, intensity, self.settings.boundary_fraction, level)
+            if self.min_px > 1:
+                local = remove_small_objects(local, max_size=self.min_px - 1)
+            _, starts = complete_and_owned(labels, block, self.shape, 0)
+            owned_pixels = starts[labels]
+            outlined = np.asarray(inverse)[local]
+            write_npy(self.split, block.outer, outlined, owned_pixels)
+            ids = np.flatnonzero(starts)
+            if ids.size:
+                kept = np.where(owned_pixels, outlined, 0)
+                areas[ids] = np.bincount(kept.ravel(), minlength=count + 1)[ids]
+                present = ids[areas[ids] > 0]
+                if present.size:
+                    means[present] = ndi.mean(intensity, kept, present)
+                oy, ox = block.offset
+                for label, box in enumerate(ndi.find_objects(kept), start=1):
+                    if box is not None:
+                        self.touches[label] = (box[0].start + oy == 0 or box[1].start + ox == 0
+                                               or box[0].stop + oy == self.shape[0] or box[1].stop + ox == self.shape[1])
+        return means, areas
+
+    def final_pass(self, keep: np.ndarray) -> tuple[list[dict[str, Any]], int]:
+        """The kept objects numbered 1..n in the order of their ids, written to ``final``, and measured by the
+        block that owns them; (object rows, n)."""
+        lookup = np.zeros(keep.size, np.int32)
+        n = int(keep.sum())
+        lookup[np.flatnonzero(keep)] = np.arange(1, n + 1, dtype=np.int32)
+        rows: list[dict[str, Any]] = []
+        uid, names = self.unit["unit_id"], self.unit["channel_names"]
+        for block in self.blocks:
+            split = read_npy(self.split, block.outer)
+            final = lookup[split]
+            write_npy(self.final, block.core, final[block.inner])
+            _, starts = complete_and_owned(final, block, self.shape, 0)
+            mine = np.where(starts[final], final, 0)
+            ids = np.flatnonzero(starts)
+            if not ids.size:
+                continue
+            local = np.searchsorted(ids, mine) + 1  # ids (ascending) -> 1..k
+            local[mine == 0] = 0
+            intensity = self.intensity(block.outer)
+            measured = measure_objects(local, intensity, self.pixel, uid, offset=block.offset, field_shape=self.shape,
+                                       occupied=final > 0)
+            index = np.arange(1, ids.size + 1)
+            for c, name in enumerate(names):
+                plane = intensity if c == self.channel else self.reader.read(c, block.outer)
+                for row, value in zip(measured, ndi.mean(plane.astype(np.float64), local, index)):
+                    row[channel_column(c, name)] = round(float(value), 3)
+            for row in measured:
+                row["label"] = int(ids[row["label"] - 1])
+            rows.extend(measured)
+        rows.sort(key=lambda row: row["label"])
+        return rows, n
+
+    def overlay_and_labels(self, labels_path: Path, n: int) -> None:
+        """The overlay PNG from a reduced view (outline pixels from every block) and the tiled labels TIFF."""
+        from skimage.segmentation import find_boundaries
+
+        from .acquisition import write_ome_tiff
+        from .rendering import downscale_factor, overlay_png
+
+        factor = downscale_factor(self.shape, 512)
+        small = (-(-self.shape[0] // factor), -(-self.shape[1] // factor))
+        grey, edges = np.zeros(small, self.reader.dtype), np.zeros(small, bool)
+        for block in layout(self.shape, self.settings.block_px, 1):  # an outline needs one pixel of context
+            boundary = find_boundaries(read_npy(self.final, block.outer), mode="inner")[block.inner]
+            ys, xs = np.nonzero(boundary)
+            edges[(ys + block.core[0].start) // factor, (xs + block.core[1].start) // factor] = True
+            first = [-(-c.start // factor) * factor for c in block.core]
+            view = self.reader.read(self.channel, tuple(slice(f, c.stop, factor) for f, c in zip(first, block.core)))
+            grey[first[0] // factor: first[0] // factor + view.shape[0], first[1] // factor: first[1] // factor + view.shape[1]] = view
+        uid = self.unit["unit_id"]
+        (labels_path.parent / f"{uid}.overlay.png").write_bytes(
+            overlay_png(grey, None, self.pixel[1] * factor if self.pixel else None, edges=edges))
+        dtype = np.uint32 if n > 65535 else np.uint16
+        write_ome_tiff(labels_path, npy_tiles(self.final, dtype), [f"labels of {uid}"], self.unit.get("pixel_size_um") or {},
+                       shape=(1, *self.shape), dtype=dtype)
+
+
+def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
+                      channels: tuple[str | int, ...], pixel: tuple[float, float] | None, out: Path,
+                      labels_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Labels (tiled OME-TIFF at ``labels_path``), overlay and objects of one large unit, block by block; the
+    same steps as :func:`segmentation.instance_labels` with every field-wide statistic pooled over the blocks."""
+    from .inference import channel_indices
+
+    uid = unit["unit_id"]
+    with PlaneReader(unit["image_path"]) as reader:
+        shape = reader.shape
+        if npy_shape(probability_path)[-2:] != shape:
+            raise ValueError(f"probabilities {npy_shape(probability_path)} do not match the image {shape}")
+        channel = channel_indices(unit["channel_names"], channels, len(unit["channel_names"]))[0]
+        blocks = layout(shape, settings.block_px, settings.block_overlap_px)
+        print(f"[postprocess] {uid}: {shape[0]} x {shape[1]} px in {len(blocks)} blocks of {settings.block_px} px "
+              f"(+{settings.block_overlap_px} px overlap)", file=sys.stderr)
+        scale = pooled_scale(probability_path, reader, channel, pixel, settings, blocks)
+        info: dict[str, Any] = {"typical_diameter_px": round(2 * max(scale.radius, 1.0), 2) if scale.radius else None,
+                                "removed_small": None, "removed_low_contrast": 0, **(scale.info or {}),
+                                "blocks": len(blocks), "left_out_large": 0}
+        objects: list[dict[str, Any]] = []
+        if scale.radius is not None:
+            passes = _Passes(unit, probability_path, reader, channel, pixel, settings, scale, out)
+            try:
+                count, info["left_out_large"] = passes.split_pass()
+                level = passes.background(passes.split, smooth=True)[0] if settings.boundary_fraction > 0 else None
+                means, areas = passes.outline_pass(count, level)
+                keep = areas > 0
+                keep[0] = False
+                if settings.min_object_snr > 0 or settings.min_relative_contrast > 0:
+                    low = _low_contrast(means, areas, keep, passes.background(passes.split, smooth=False), settings)
+                    info["removed_low_contrast"] = int(low.sum())
+                    keep &= ~low
+                if settings.exclude_border_objects:
+                    keep &= ~passes.touches
+                objects, n = passes.final_pass(keep)
+                background, noise = passes.background(passes.final, smooth=False)
+                for row in objects:
+                    row["contrast_snr"] = round((row["mean_intensity"] - background) / noise, 3)
+                passes.overlay_and_labels(labels_path, n)
+            finally:
+                passes.cleanup()
+        else:
+            from .acquisition import write_ome_tiff
+            from .blocks import TIFF_TILE
+
+            empty = (np.zeros((TIFF_TILE, TIFF_TILE), np.uint16) for _ in range(-(-shape[0] // TIFF_TILE) * -(-shape[1] // TIFF_TILE)))
+            write_ome_tiff(labels_path, empty, [f"labels of {uid}"], unit.get("pixel_size_um") or {}, shape=(1, *shape), dtype=np.uint16)
+    if info["left_out_large"]:
+        print(f"[postprocess] {uid}: {info['left_out_large']} object cluster(s) larger than the block overlap were left out; "
+              f"raise config key postprocess.block_overlap_px (now {settings.block_overlap_px})", file=sys.stderr)
+    return summarize_objects(objects, shape, pixel, info), objects
+
+
+def _low_contrast(means: np.ndarray, areas: np.ndarray, keep: np.ndarray, background: tuple[float, float],
+                  settings: PostprocessSettings) -> np.ndarray:
+    """:func:`segmentation._drop_low_contrast`'s choice from the objects' means and areas and the field's background."""
+    level, noise = background
+    contrast = (means - level) / noise
+    values = contrast[keep]
+    floor = settings.min_relative_contrast * float(np.percentile(values, 90)) if settings.min_relative_contrast > 0 and values.size else -np.inf
+    return keep & ((contrast * np.sqrt(areas) < settings.min_object_snr) | (contrast < floor))
