@@ -113,6 +113,13 @@ class Histogram:
         n = self.total
         return (self.order_statistic((n - 1) // 2) + self.order_statistic(n // 2)) / 2
 
+    def where(self, keep: np.ndarray) -> "Histogram":
+        """The same bins with only the counts where ``keep`` (per bin) is true."""
+        out = Histogram.__new__(Histogram)
+        out.__dict__.update(self.__dict__)
+        out.counts = np.where(keep, self.counts, 0)
+        return out
+
     def median_abs_deviation(self, centre: float) -> float:
         """np.median(np.abs(values - centre))."""
         distance = np.abs(self.values() - centre)

@@ -147,15 +147,9 @@ def intensity_range(probability_path: str | Path, reader: PlaneReader, channel: 
             values = np.nan_to_num(values.astype(np.float32), nan=0.0)
         outside.add(values[~fg])
         inside.add(values[fg])
-    background = outside if outside.total >= 64 else _merged(outside, inside)
-    return background.median(), inside.percentile(95, np.float32) if inside.total else background.median()
-
-
-def _merged(a: Histogram, b: Histogram) -> Histogram:
-    out = Histogram.__new__(Histogram)
-    out.__dict__.update(a.__dict__)
-    out.counts = a.counts + b.counts
-    return out
+    if outside.total < 64:  # as background_noise: too little background, every pixel instead
+        outside.counts = outside.counts + inside.counts
+    return outside.median(), inside.percentile(95, np.float32) if inside.total else outside.median()
 
 
 class _Passes:

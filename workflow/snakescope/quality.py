@@ -47,6 +47,12 @@ def power_log_log_slope(image: np.ndarray, overwrite: bool = False) -> float:
     does not grow with the image; the result is the full-plane radial average's. ``overwrite``: the image is a
     float64 array the caller no longer needs (it is centred in place instead of copied).
     """
+    power_sum, counts = radial_power(image, overwrite)
+    return slope_of(power_sum / np.maximum(counts, 1), min(image.shape))
+
+
+def radial_power(image: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The power spectrum of the (mean-centred) image summed by integer radius: (power sums, pixel counts)."""
     img = np.asarray(image, np.float64)
     if overwrite and img is image:  # the caller's float64 copy, no longer needed: centre it in place
         img -= img.mean()
@@ -69,8 +75,12 @@ def power_log_log_slope(image: np.ndarray, overwrite: bool = False) -> float:
         power = np.abs(spectrum[rows]) ** 2
         power_sum += np.bincount(radius.ravel(), (power * weight).ravel(), minlength=n_bins)
         counts += np.bincount(radius.ravel(), np.broadcast_to(weight, radius.shape).ravel(), minlength=n_bins)
-    radial = power_sum / np.maximum(counts, 1)
-    freqs = np.arange(1, min(h, w) // 2)
+    return power_sum, counts
+
+
+def slope_of(radial: np.ndarray, side: int) -> float:
+    """The log-log slope of a radial power average over frequencies 1 .. side / 2."""
+    freqs = np.arange(1, side // 2)
     keep = radial[freqs] > 0
     if keep.sum() < 3:
         return 0.0
@@ -113,26 +123,40 @@ def blur_score(image: np.ndarray) -> float:
     row sees what it would in the whole image. It compares the image with itself, so it does not depend on
     brightness, and noise only makes an image look sharper (it can hide blur, never invent it).
     """
-    from skimage.filters import sobel
-
     if min(image.shape) < 4:
         return float("nan")
-    size = int(min(11, min(image.shape) // 2))
+    size = blur_size(image.shape)
     values = np.asarray(image, np.float64)
-    h, w = values.shape
+    h = values.shape[0]
     halo = size // 2 + 2
-    eps = 1e-10  # skimage's guard against numerical instabilities
     sums = np.zeros((2, 2))  # per axis: sum of sharp edges, sum of what re-blurring removed
     for start in range(2, h - 1, ROWS_PER_BLOCK):
         stop = min(h - 1, start + ROWS_PER_BLOCK)  # rows kept: skimage sums rows 2 .. h-2 and columns 2 .. w-2
         top, bottom = max(0, start - halo), min(h, stop + halo)
-        block = values[top:bottom]
-        keep = (slice(start - top, stop - top), slice(2, w - 1))
-        for axis in (0, 1):
-            sharp = np.maximum(eps, np.abs(sobel(block, axis=axis)))
-            blurred = np.maximum(eps, np.abs(sobel(ndi.uniform_filter1d(block, size, axis=axis), axis=axis)))
-            sums[axis, 0] += sharp[keep].sum()
-            sums[axis, 1] += np.maximum(0, sharp - blurred)[keep].sum()
+        sums += blur_sums(values[top:bottom], slice(start - top, stop - top), size)
+    return blur_from(sums)
+
+
+def blur_size(shape: tuple[int, ...]) -> int:
+    return int(min(11, min(shape) // 2))
+
+
+def blur_sums(block: np.ndarray, kept_rows: slice, size: int) -> np.ndarray:
+    """A block of rows' share of :func:`blur_score`'s sums (``kept_rows``: its rows that count)."""
+    from skimage.filters import sobel
+
+    eps = 1e-10  # skimage's guard against numerical instabilities
+    sums = np.zeros((2, 2))
+    keep = (kept_rows, slice(2, block.shape[1] - 1))
+    for axis in (0, 1):
+        sharp = np.maximum(eps, np.abs(sobel(block, axis=axis)))
+        blurred = np.maximum(eps, np.abs(sobel(ndi.uniform_filter1d(block, size, axis=axis), axis=axis)))
+        sums[axis, 0] += sharp[keep].sum()
+        sums[axis, 1] += np.maximum(0, sharp - blurred)[keep].sum()
+    return sums
+
+
+def blur_from(sums: np.ndarray) -> float:
     return float(max(abs(m1 - m2) / m1 for m1, m2 in sums))
 
 
@@ -191,6 +215,133 @@ def channel_metrics(image: np.ndarray) -> dict[str, float]:
     }
 
 
+# Planes of more pixels than this are measured a strip of rows at a time (memory follows the strip): medians and
+# percentiles from histograms (exact for integer images, to 1/65536 of the range for float ones), the power
+# spectrum's slope from the average spectrum of SPECTRUM_TILE-square tiles (Welch's method) instead of one.
+WHOLE_PLANE_PIXELS = 4096 * 4096
+STRIP_PIXELS = 1 << 22
+SPECTRUM_TILE = 2048
+STRIP_HALO = 8  # rows either side: the σ=1 smoothing (4), the blur filters (7) and the Laplacian (1) see whole rows
+
+
+def channel_metrics_by_strips(reader: Any, channel: int) -> dict[str, float]:
+    """:func:`channel_metrics` of one channel of a large plane read a strip at a time (``reader``: a
+    :class:`blocks.PlaneReader`); the same definitions, within the precision said at WHOLE_PLANE_PIXELS."""
+    from .blocks import Histogram
+
+    h, w = reader.shape
+    integer = np.issubdtype(reader.dtype, np.integer)
+    rows = max(16, STRIP_PIXELS // w)
+    starts = range(0, h, rows)
+
+    def raw(top: int, bottom: int) -> np.ndarray:
+        return reader.read(channel, (slice(top, bottom), slice(0, w))).astype(np.float64)
+
+    bad, lo, hi, total = 0, np.inf, -np.inf, 0.0
+    for start in starts:
+        values = raw(start, min(h, start + rows))
+        good = np.isfinite(values)
+        bad += int(values.size - good.sum())
+        values = values[good]
+        if values.size:
+            lo, hi, total = min(lo, float(values.min())), max(hi, float(values.max())), total + float(values.sum())
+    if not np.isfinite(lo):
+        lo = hi = 0.0
+    fill = 0.0
+    if bad:  # NaN/inf pixels take the median of the finite ones, as acquisition.finite does
+        finite_values = Histogram(lo, hi, integer)
+        for start in starts:
+            values = raw(start, min(h, start + rows))
+            finite_values.add(values[np.isfinite(values)])
+        fill = finite_values.median() if finite_values.total else 0.0
+    mean = (total + bad * fill) / (h * w)
+
+    def strip(start: int, halo: int) -> tuple[np.ndarray, slice]:
+        top, bottom = max(0, start - halo), min(h, start + rows + halo)
+        values = raw(top, bottom)
+        if bad:
+            values[~np.isfinite(values)] = fill
+        return values, slice(start - top, min(h, start + rows) - top)
+
+    every, differences, smooth_values = Histogram(lo, hi, integer), Histogram(lo - hi, hi - lo, integer), Histogram(lo, hi, False)
+    squares, saturated, minimal, blur = 0.0, 0, 0, np.zeros((2, 2))
+    size = blur_size((h, w))
+    for start in starts:
+        values, kept = strip(start, STRIP_HALO)
+        core = values[kept]
+        every.add(core)
+        squares += float(np.sum((core - mean) ** 2))
+        saturated += int(np.sum(core >= hi))
+        minimal += int(np.sum(core <= lo))
+        differences.add(np.diff(core, axis=-1))
+        smooth_values.add(ndi.gaussian_filter(values, 1.0)[kept])
+        first, last = max(2, start), min(h - 1, start + rows)  # blur_score's rows 2 .. h-2
+        if first < last:
+            blur += blur_sums(values, slice(first - start + kept.start, last - start + kept.start), size)
+    centre = differences.median()
+    noise = max(float(1.4826 * differences.median_abs_deviation(centre) / np.sqrt(2)),
+                1.0 if integer else float(np.finfo(np.float32).eps))
+    background, smooth_noise = robust_background_of(smooth_values)
+    threshold = background + 5.0 * max(smooth_noise, 0.28 * noise)
+    signal_values = smooth_values.where(smooth_values.values() > threshold)
+    laplace_sq, counted = 0.0, 0
+    for start in starts:
+        values, kept = strip(start, STRIP_HALO)
+        smooth = ndi.gaussian_filter(values, 1.0)
+        mask = smooth[kept] > threshold
+        laplace_sq += float(np.sum(ndi.laplace(smooth)[kept][mask] ** 2))
+        counted += int(mask.sum())
+    signal = signal_values.percentile(90) if counted else background
+    contrast = max(signal - background, smooth_noise)
+    variance = squares / (h * w)
+    tile = min(SPECTRUM_TILE, h, w)
+    power, counts = 0.0, 0.0
+    for y in range(0, h - tile + 1, tile):
+        for x in range(0, w - tile + 1, tile):
+            values = reader.read(channel, (slice(y, y + tile), slice(x, x + tile))).astype(np.float64)
+            if bad:
+                values[~np.isfinite(values)] = fill
+            tile_power, tile_counts = radial_power(values, overwrite=True)
+            power, counts = power + tile_power, counts + tile_counts
+    return {
+        "mean": mean,
+        "std": float(np.sqrt(variance)),
+        "min": lo,
+        "max": hi,
+        "median": every.percentile(50),
+        "p01": every.percentile(1),
+        "p99": every.percentile(99),
+        "focus_normalized_variance": variance / mean if mean > 0 else 0.0,
+        "focus_laplacian": float(np.sqrt(laplace_sq / counted) / contrast) if counted else 0.0,
+        "blur": blur_from(blur),
+        "power_log_log_slope": slope_of(power / np.maximum(counts, 1), tile),
+        "percent_saturated": float(100.0 * saturated / (h * w)) if hi > lo else 100.0,
+        "percent_minimal": float(100.0 * minimal / (h * w)) if hi > lo else 100.0,
+        "percent_non_finite": float(100.0 * bad / (h * w)),
+        "background": background,
+        "noise": noise,
+        "signal": signal,
+        "snr": float((signal - background) / noise),
+        "foreground_fraction": float(counted / (h * w)),
+    }
+
+
+def robust_background_of(histogram: Any, iterations: int = 5, clip: float = 3.0) -> tuple[float, float]:
+    """:func:`robust_background` on a histogram of the values."""
+    level = histogram.median()
+    sigma = 1.4826 * histogram.median_abs_deviation(level)
+    previous = histogram.total
+    values = histogram.values()
+    for _ in range(iterations):
+        kept = histogram.where(values <= level + clip * max(sigma, 1e-12))
+        if kept.total < 16 or kept.total == previous:
+            break
+        previous = kept.total
+        level = kept.median()
+        sigma = 1.4826 * kept.median_abs_deviation(level)
+    return level, max(sigma, float(np.finfo(np.float32).eps))
+
+
 def unit_metrics(array: np.ndarray, channel_names: list[str]) -> dict[str, dict[str, float]]:
     """Metrics for every channel of a CYX unit, keyed by channel name."""
     return {name: channel_metrics(array[i]) for i, name in enumerate(channel_names)}
@@ -201,6 +352,12 @@ def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None
     from .acquisition import read_unit
 
     try:
+        shape = unit.get("shape") or [0, 0]
+        if int(shape[-1]) * int(shape[-2]) > WHOLE_PLANE_PIXELS and min(shape[-2:]) >= 64:
+            from .blocks import PlaneReader
+
+            with PlaneReader(unit["image_path"]) as reader:
+                return {name: channel_metrics_by_strips(reader, c) for c, name in enumerate(unit["channel_names"])}, None
         return unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"]), None
     except Exception as exc:  # noqa: BLE001
         failure = Failure.from_exception("quality", unit["source_path"], exc, unit_id=unit["unit_id"])
