@@ -165,3 +165,32 @@ def test_unknown_zoo_id_fails_fast_naming_the_key(tmp_path):
     with pytest.raises(ModelError, match="model.source=.snakescope-no-such-model."):
         check_model(ModelSettings(source="snakescope-no-such-model"), tmp_path)
     assert time.time() - started < 60
+
+
+def test_large_fields_are_predicted_by_blocks_with_the_fields_normalisation(tmp_path, monkeypatch):
+    """Real BBBC039 nuclei, 2 x 2 fields (1040 x 1392) predicted whole and in 512-px blocks (96 px of context): the
+    blocks are normalised with the whole field's mean and SD, so they agree with the whole field as the model's
+    own tiles agree with larger ones; normalised per block, the lower fields' nuclei would not."""
+    from snakescope import inference
+    from snakescope.acquisition import write_ome_tiff
+    from snakescope.inference import predict_one
+    from snakescope.tiling import agreement, agrees
+
+    from conftest import SHARED
+
+    needs_shared(UNET)
+    fields = [tifffile.imread(p) for p in sorted((SHARED / "data" / "nuclei" / "bbbc039" / "images").glob("*.tif"))[:4]]
+    image = np.concatenate([np.concatenate(fields[:2], 1), np.concatenate(fields[2:], 1)], 0)
+    write_ome_tiff(tmp_path / "unit.ome.tif", image[None], ["DAPI"], {})
+    unit = {"unit_id": "unit", "image_path": str(tmp_path / "unit.ome.tif"), "channel_names": ["DAPI"],
+            "shape": [1, *image.shape], "source_path": "mosaic"}
+    predictor = shared_predictor()
+    whole = predictor.predict(image[None].astype(np.float32))
+    monkeypatch.setattr(inference, "WHOLE_FIELD_SIDE", 512)
+    monkeypatch.setattr(inference, "BLOCK_PX", 512)
+    record, failure = predict_one(predictor, unit, tmp_path, "[inference test]")
+    assert failure is None
+    blocked = np.load(record["path"])
+    assert blocked.shape == image.shape and blocked.dtype == np.float16
+    figures = agreement(whole, blocked)
+    assert agrees(figures) and figures["max_abs_difference"] < 0.1, figures

@@ -273,6 +273,21 @@ class Predictor:
             self.size_rules = {axis: (tile_rule.minimum, tile_rule.step) for axis in self.size_rules}
         self.halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in self.descr.outputs[0].axes if str(a.id) in ("y", "x")}
 
+    def with_statistics(self, stats: dict[Any, Any]) -> "Predictor":
+        """This predictor (the same loaded weights) normalising every image with ``stats`` instead of its own
+        measures: the blocks of a large field with the field's (bioimageio.core takes sample measures that are
+        given as fixed statistics instead of computing them); dataset statistics, if set, still win."""
+        import copy
+
+        from bioimageio.core import create_prediction_pipeline
+
+        twin = copy.copy(self)
+        twin.pipeline = create_prediction_pipeline(self.descr, weight_format=self.settings.weight_format,
+                                                   devices=[self.settings.device], model_adapter=self.pipeline._adapter,
+                                                   fixed_dataset_statistics={**stats, **self.fixed_stats})
+        twin.fixed_stats = {**stats, **self.fixed_stats}
+        return twin
+
     def predict(self, image: np.ndarray, sample_id: str = "image") -> np.ndarray:
         """Foreground probability (YX, float32, the image's own size) of a CYX image."""
         from bioimageio.core import Sample, Tensor
@@ -344,17 +359,94 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
     from .acquisition import read_unit
 
     try:
-        image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], predictor.settings.channels)
         t0 = time.time()
-        probability = predictor.predict(image, unit["unit_id"])
         path = out / f"{unit['unit_id']}.probability.npy"
-        np.save(path, probability.astype(np.float16))
+        shape = unit.get("shape") or [0, 0]
+        if max(int(v) for v in shape[-2:]) > WHOLE_FIELD_SIDE:
+            predict_by_blocks(predictor, unit, path)
+        else:
+            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], predictor.settings.channels)
+            probability = predictor.predict(image, unit["unit_id"])
+            np.save(path, probability.astype(np.float16))
         print(" ".join(filter(None, (label, position, unit["unit_id"]))), file=sys.stderr)
         return {"path": str(path), "seconds": round(time.time() - t0, 3)}, None
     except Exception as exc:  # noqa: BLE001
         failure = Failure.from_exception("inference", unit["source_path"], exc, unit_id=unit["unit_id"])
         print(f"{label} FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)
         return None, failure.__dict__
+
+
+# Fields with a side longer than WHOLE_FIELD_SIDE are predicted a block at a time (memory follows the block):
+# BLOCK_PX-square blocks with BLOCK_CONTEXT_PX of real neighbouring pixels around them, normalised with the whole
+# field's statistics (what the model would compute on the field), their centres written into the probability file.
+WHOLE_FIELD_SIDE = 4096
+BLOCK_PX = 2048
+BLOCK_CONTEXT_PX = 96
+
+
+def predict_by_blocks(predictor: "Predictor", unit: dict[str, Any], path: Path) -> None:
+    """The probability map of a large unit into ``path`` (``.npy``, float16), block by block."""
+    from .blocks import PlaneReader, layout, write_npy
+
+    with PlaneReader(unit["image_path"]) as reader:
+        channels = channel_indices(unit["channel_names"], predictor.settings.channels, len(unit["channel_names"]))
+        context = max(BLOCK_CONTEXT_PX, 2 * max(predictor.halo.values(), default=0))
+        blocks = layout(reader.shape, BLOCK_PX, context)
+        field = predictor.with_statistics(field_statistics(predictor.descr, reader, channels, blocks))
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=reader.shape).flush()
+        for block in blocks:
+            image = np.stack([reader.read(c, block.outer) for c in channels]).astype(np.float32)
+            probability = field.predict(image, unit["unit_id"])
+            write_npy(path, block.core, probability[block.inner].astype(np.float16))
+
+
+def field_statistics(descr: Any, reader: Any, channels: list[int], blocks: list[Any]) -> dict[Any, Any]:
+    """The model's per-sample normalisation measures over a whole large field, from its blocks' own pixels: mean,
+    variance and SD exactly (two passes), quantiles from per-channel histograms (exact for integer images).
+    Measures over other axes than y and x are not pooled: they raise (the field cannot be predicted by blocks)."""
+    from bioimageio.core import Tensor
+    from bioimageio.core.proc_setup import get_requried_measures
+    from bioimageio.core.stat_measures import SampleMean, SampleQuantile, SampleStd, SampleVar
+
+    from .blocks import Histogram
+
+    measures = {m for m in get_requried_measures(descr).pre if getattr(m, "scope", "") == "sample"}
+    if not measures:
+        return {}
+    for m in measures:
+        if not isinstance(m, (SampleMean, SampleVar, SampleStd, SampleQuantile)) or not set(map(str, m.axes or ())) <= {"y", "x"} \
+                or not m.axes:
+            raise ValueError(f"the model's normalisation needs {m!r}, which cannot be pooled over the blocks of a large field")
+    n = reader.shape[0] * reader.shape[1]
+    total = np.zeros(len(channels))
+    for block in blocks:
+        total += [float(reader.read(c, block.core).sum(dtype=np.float64)) for c in channels]
+    mean = total / n
+    squares = np.zeros(len(channels))
+    for block in blocks:
+        squares += [float(np.sum((reader.read(c, block.core).astype(np.float64) - mean[i]) ** 2)) for i, c in enumerate(channels)]
+    variance = squares / n
+    quantiles = {m for m in measures if isinstance(m, SampleQuantile)}
+    histograms = []
+    if quantiles:
+        integer = np.issubdtype(reader.dtype, np.integer)
+        ranges = [(min(float(reader.read(c, b.core).min()) for b in blocks), max(float(reader.read(c, b.core).max()) for b in blocks))
+                  for c in channels]
+        histograms = [Histogram(lo, hi, integer) for lo, hi in ranges]
+        for block in blocks:
+            for histogram, c in zip(histograms, channels):
+                histogram.add(reader.read(c, block.core))
+
+    def value(m: Any) -> np.ndarray:
+        if isinstance(m, SampleMean):
+            return mean
+        if isinstance(m, SampleVar):
+            return variance
+        if isinstance(m, SampleStd):
+            return np.sqrt(variance)
+        return np.array([h.percentile(100 * m.q, np.float32) for h in histograms])
+
+    return {m: Tensor(value(m).astype(np.float32)[None], dims=("batch", "channel")) for m in measures}
 
 
 def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSettings, predictor: Predictor | None,
