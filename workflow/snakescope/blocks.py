@@ -19,6 +19,18 @@ import numpy as np
 from scipy import ndimage as ndi
 
 TIFF_TILE = 512  # tile edge of the tiled TIFFs written for large fields (a multiple of 16, as TIFF requires)
+# Quality, inference and gallery read fields with a side longer than this a block or strip at a time (memory
+# follows the block); post-processing has its own setting (postprocess.block_px).
+LARGE_SIDE = 4096
+
+
+def is_large(shape: Any, side: int | None = None) -> bool:
+    """Whether a unit's (..., Y, X) shape is read block by block by the stages that look at whole planes: a side
+    longer than ``side`` (default LARGE_SIDE), and none too thin to cut."""
+    if not shape or len(shape) < 2:
+        return False
+    sides = [int(v) for v in shape[-2:]]
+    return max(sides) > (LARGE_SIDE if side is None else side) and min(sides) >= 64
 
 
 @dataclass(frozen=True)

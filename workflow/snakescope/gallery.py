@@ -42,16 +42,20 @@ def webp_data_uri(rgb: np.ndarray, quality: int) -> str:
 
 
 def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float | None,
-                        settings: GallerySettings, limits: tuple[float, float] | None = None) -> dict[str, str]:
+                        settings: GallerySettings, limits: tuple[float, float] | None = None,
+                        edges: np.ndarray | None = None) -> dict[str, str]:
     """Thumbnails (outlines if labels) in the run's shared contrast (``limits``) and in the field's own, and the
     detail view: the raw channel in the shared contrast | the outlines on the field's own contrast; WebP data URIs.
-    Without ``limits`` both use the field's own contrast."""
+    Without ``limits`` both use the field's own contrast. ``edges``: the outline pixels instead of ``labels``
+    (a large field's reduced view)."""
     from skimage.segmentation import find_boundaries
 
     from .rendering import rgb_panel, stretch_limits
 
     own_limits = stretch_limits(image)  # the field's own contrast, and its outlines, computed once for all panels
-    edges = find_boundaries(labels, mode="inner") if labels is not None else None
+    if edges is None and labels is not None:
+        edges = find_boundaries(labels, mode="inner")
+    labels = labels if labels is not None else edges
     shared = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px, limits if limits is not None else own_limits, edges)
     own = rgb_panel(image, labels, pixel_size_um, settings.thumbnail_px, own_limits, edges) if limits is not None else shared
     left = rgb_panel(image, None, pixel_size_um, settings.detail_px, limits if limits is not None else own_limits)
@@ -62,6 +66,23 @@ def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size
     if limits is not None:
         images["thumbnail_own"] = webp_data_uri(own, settings.image_quality)
     return images
+
+
+def large_view(unit: dict[str, Any], channels: tuple[str | int, ...], labels_path: str | Path | None,
+               size: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A large unit's model channel every n-th pixel (n: what a ``size``-px panel shows), its outline pixels, n."""
+    from .blocks import PlaneReader
+    from .inference import channel_indices
+    from .rendering import downscale_factor, reduced_view
+
+    channel = channel_indices(unit["channel_names"], channels, len(unit["channel_names"]))[0]
+    with PlaneReader(unit["image_path"]) as reader:
+        factor = downscale_factor(reader.shape, size)
+        if not labels_path:
+            return (*reduced_view(lambda box: reader.read(channel, box), None, reader.shape, factor), factor)
+        with PlaneReader(labels_path) as labels:
+            return (*reduced_view(lambda box: reader.read(channel, box), lambda box: labels.read(0, box), reader.shape, factor),
+                    factor)
 
 
 def display_limits(reference: dict[str, Any] | None, channel: str) -> tuple[float, float] | None:
@@ -78,6 +99,7 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
     import tifffile
 
     from .acquisition import read_unit
+    from .blocks import is_large
     from .inference import select_channels
     from .refinement import final_segmentation
     from .rendering import scale_bar_um
@@ -92,14 +114,19 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
     for unit in imported["units"]:
         uid = unit["unit_id"]
         try:
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
             labels_path = final_segmentation(uid, reviews.get(uid), segmentation, review)["labels"]
-            labels = tifffile.imread(labels_path) if labels_path else None
             pixel = unit["pixel_size_um"].get("x") or None
             limits = display_limits(run, model_channel_name(unit, channels))
-            images[uid] = {**unit_gallery_images(image, labels, pixel, settings, limits), "outlines": labels is not None,
-                           "contrast": "shared" if limits else "own",
-                           "scale_bar_um": scale_bar_um(image.shape, pixel, settings.detail_px) if pixel else None}
+            if is_large(unit.get("shape")):  # a reduced view, read a block at a time
+                image, edges, factor = large_view(unit, channels, labels_path, settings.detail_px)
+                shape = tuple(unit["shape"][-2:])
+                panels = unit_gallery_images(image, None, pixel * factor if pixel else None, settings, limits, edges)
+            else:
+                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
+                shape = image.shape
+                panels = unit_gallery_images(image, tifffile.imread(labels_path) if labels_path else None, pixel, settings, limits)
+            images[uid] = {**panels, "outlines": labels_path is not None, "contrast": "shared" if limits else "own",
+                           "scale_bar_um": scale_bar_um(shape, pixel, settings.detail_px) if pixel else None}
         except Exception as exc:  # noqa: BLE001 - one unit's rendering must not lose the others
             failures.append({"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],
                              "unit_id": uid, "reason": f"{type(exc).__name__}: {exc}"})

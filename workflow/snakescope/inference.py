@@ -357,12 +357,12 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
     """Predict one imported unit into ``out``: ({path, seconds}, None), or (None, failure record).
     ``label`` starts the progress and failure lines (``[inference b0000]``), ``position`` says where in the batch (``3/50``)."""
     from .acquisition import read_unit
+    from .blocks import is_large
 
     try:
         t0 = time.time()
         path = out / f"{unit['unit_id']}.probability.npy"
-        shape = unit.get("shape") or [0, 0]
-        if max(int(v) for v in shape[-2:]) > WHOLE_FIELD_SIDE:
+        if is_large(unit.get("shape"), WHOLE_FIELD_SIDE or None):
             predict_by_blocks(predictor, unit, path)
         else:
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], predictor.settings.channels)
@@ -376,12 +376,12 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
         return None, failure.__dict__
 
 
-# Fields with a side longer than WHOLE_FIELD_SIDE are predicted a block at a time (memory follows the block):
-# BLOCK_PX-square blocks with BLOCK_CONTEXT_PX of real neighbouring pixels around them, normalised with the whole
-# field's statistics (what the model would compute on the field), their centres written into the probability file.
-WHOLE_FIELD_SIDE = 4096
+# Large fields (blocks.is_large) are predicted a block at a time (memory follows the block): BLOCK_PX-square
+# blocks with BLOCK_CONTEXT_PX of real neighbouring pixels around them, normalised with the whole field's
+# statistics (what the model would compute on the field), their centres written into the probability file.
 BLOCK_PX = 2048
 BLOCK_CONTEXT_PX = 96
+WHOLE_FIELD_SIDE = 0  # 0: blocks.LARGE_SIDE (tests set a smaller side)
 
 
 def predict_by_blocks(predictor: "Predictor", unit: dict[str, Any], path: Path) -> None:

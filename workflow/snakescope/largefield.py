@@ -314,21 +314,12 @@ class _Passes:
 
     def overlay_and_labels(self, labels_path: Path, n: int) -> None:
         """The overlay PNG from a reduced view (outline pixels from every block) and the tiled labels TIFF."""
-        from skimage.segmentation import find_boundaries
-
         from .acquisition import write_ome_tiff
-        from .rendering import downscale_factor, overlay_png
+        from .rendering import downscale_factor, overlay_png, reduced_view
 
         factor = downscale_factor(self.shape, 512)
-        small = (-(-self.shape[0] // factor), -(-self.shape[1] // factor))
-        grey, edges = np.zeros(small, self.reader.dtype), np.zeros(small, bool)
-        for block in layout(self.shape, self.settings.block_px, 1):  # an outline needs one pixel of context
-            boundary = find_boundaries(read_npy(self.final, block.outer), mode="inner")[block.inner]
-            ys, xs = np.nonzero(boundary)
-            edges[(ys + block.core[0].start) // factor, (xs + block.core[1].start) // factor] = True
-            first = [-(-c.start // factor) * factor for c in block.core]
-            view = self.reader.read(self.channel, tuple(slice(f, c.stop, factor) for f, c in zip(first, block.core)))
-            grey[first[0] // factor: first[0] // factor + view.shape[0], first[1] // factor: first[1] // factor + view.shape[1]] = view
+        grey, edges = reduced_view(lambda box: self.reader.read(self.channel, box), lambda box: read_npy(self.final, box),
+                                   self.shape, factor, self.settings.block_px)
         uid = self.unit["unit_id"]
         (labels_path.parent / f"{uid}.overlay.png").write_bytes(
             overlay_png(grey, None, self.pixel[1] * factor if self.pixel else None, edges=edges))

@@ -215,10 +215,9 @@ def channel_metrics(image: np.ndarray) -> dict[str, float]:
     }
 
 
-# Planes of more pixels than this are measured a strip of rows at a time (memory follows the strip): medians and
+# Large planes (blocks.is_large) are measured a strip of rows at a time (memory follows the strip): medians and
 # percentiles from histograms (exact for integer images, to 1/65536 of the range for float ones), the power
 # spectrum's slope from the average spectrum of SPECTRUM_TILE-square tiles (Welch's method) instead of one.
-WHOLE_PLANE_PIXELS = 4096 * 4096
 STRIP_PIXELS = 1 << 22
 SPECTRUM_TILE = 2048
 STRIP_HALO = 8  # rows either side: the σ=1 smoothing (4), the blur filters (7) and the Laplacian (1) see whole rows
@@ -352,10 +351,9 @@ def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None
     from .acquisition import read_unit
 
     try:
-        shape = unit.get("shape") or [0, 0]
-        if int(shape[-1]) * int(shape[-2]) > WHOLE_PLANE_PIXELS and min(shape[-2:]) >= 64:
-            from .blocks import PlaneReader
+        from .blocks import PlaneReader, is_large
 
+        if is_large(unit.get("shape")):
             with PlaneReader(unit["image_path"]) as reader:
                 return {name: channel_metrics_by_strips(reader, c) for c, name in enumerate(unit["channel_names"])}, None
         return unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"]), None

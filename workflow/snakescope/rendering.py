@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,29 @@ def rgb_panel(image: np.ndarray, labels: np.ndarray | None, pixel_size_um: float
         y0 = h - max(6, h // 40) - 2
         rgb[y0 : y0 + max(3, h // 80), w - 6 - bar_px : w - 6] = 255
     return rgb
+
+
+def reduced_view(read_image: Any, read_labels: Any, shape: tuple[int, int], factor: int,
+                 block_px: int = 2048) -> tuple[np.ndarray, np.ndarray | None]:
+    """A large field seen every ``factor``-th pixel, read a block at a time: (intensity, outline pixels or None).
+    ``read_image(box)`` / ``read_labels(box)`` give a rectangle of the field (``read_labels`` may be None); a
+    reduced pixel is an outline when any outline pixel of the labels falls in its factor x factor cell."""
+    from skimage.segmentation import find_boundaries
+
+    from .blocks import layout
+
+    small = (-(-shape[0] // factor), -(-shape[1] // factor))
+    grey, edges = None, np.zeros(small, bool) if read_labels is not None else None
+    for block in layout(shape, block_px, 1):  # an outline needs one pixel of context
+        if edges is not None:
+            ys, xs = np.nonzero(find_boundaries(read_labels(block.outer), mode="inner")[block.inner])
+            edges[(ys + block.core[0].start) // factor, (xs + block.core[1].start) // factor] = True
+        first = [-(-c.start // factor) * factor for c in block.core]
+        view = read_image(tuple(slice(f, c.stop, factor) for f, c in zip(first, block.core)))
+        if grey is None:
+            grey = np.zeros(small, view.dtype)
+        grey[first[0] // factor: first[0] // factor + view.shape[0], first[1] // factor: first[1] // factor + view.shape[1]] = view
+    return grey, edges
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

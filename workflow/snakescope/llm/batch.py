@@ -117,6 +117,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     import tifffile
 
     from ..acquisition import read_unit
+    from ..blocks import is_large
+    from ..gallery import large_view
     from ..inference import select_channels
     from ..refinement import refine_segmentation, refinement_direction
     from ..rendering import overlay_png, scale_bar_um
@@ -143,12 +145,19 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             if ctx.get("labels_path") is None or selection[uid] == "not_selected":
                 continue
             pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
-            labels = tifffile.imread(ctx["labels_path"])
-            images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
+            if is_large(unit.get("shape")):  # the model sees a reduced view anyway: read it a block at a time
+                image, edges, factor = large_view(unit, ctx["channels"], ctx["labels_path"], 512)
+                images = review_images(image, None, pixel[1] * factor if pixel else None, settings.images_per_request, edges)
+                field_shape = tuple(unit["shape"][-2:])
+                image = None  # no re-segmentation by critique on a large field (it would hold the whole field)
+            else:
+                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
+                labels = tifffile.imread(ctx["labels_path"])
+                images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
+                field_shape = image.shape
             questions = "; ".join(f"({i + 1}) {q}" for i, q in enumerate(settings.questions)) or "(none)"
             prompt = render_prompt(template, unit_data(unit, ctx["metrics"], ctx["summary"], ctx["expected"], ctx["line"], ctx["rules"]),
-                                   scale_bar_um=(f"{scale_bar_um(image.shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
+                                   scale_bar_um=(f"{scale_bar_um(field_shape, pixel[1]):g} µm" if pixel else "none (image not calibrated; sizes in pixels)"), questions=questions,
                                    taxonomy=", ".join(schema["properties"]["issues"]["items"]["properties"]["type"]["enum"]))
             key = cache.key(images, prompt, info.backend, settings.model, info.model_id, settings.options, schema)
             sent = [f"{INPUTS_FOLDER}/{uid}.{i}.png" for i in range(len(images))]
@@ -207,7 +216,9 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
         refinement: dict[str, Any] = {"applied": False}
         summary = ctx["summary"]
         direction = refinement_direction(answer, summary)
-        if settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
+        if direction and image is None:
+            refinement["reason"] = "not run: the field is larger than the stages' block size"
+        elif settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
             probability = np.load(ctx["probability_path"]).astype(np.float32)
             result = refine_segmentation(probability, image, pixel, postprocess, answer["estimated_count"], ctx["expected"],
                                          settings.refine, direction, uid)

@@ -47,13 +47,14 @@ def prompt_version(path: str | Path) -> str:
     return Path(path).stem
 
 
-def review_images(image: Any, labels: Any, pixel_um: float, per_request: int) -> list[bytes]:
-    """PNG bytes the model sees: one two-panel image (raw | outlines), or the two panels separately."""
+def review_images(image: Any, labels: Any, pixel_um: float, per_request: int, edges: Any = None) -> list[bytes]:
+    """PNG bytes the model sees: one two-panel image (raw | outlines), or the two panels separately. ``edges``:
+    outline pixels instead of labels (a large field's reduced view)."""
     from ..rendering import overlay_png, png_bytes, rgb_panel
 
     if per_request >= 2:
-        return [png_bytes(rgb_panel(image, None, pixel_um, 512)), png_bytes(rgb_panel(image, labels, pixel_um, 512))]
-    return [overlay_png(image, labels, pixel_um)]
+        return [png_bytes(rgb_panel(image, None, pixel_um, 512)), png_bytes(rgb_panel(image, labels, pixel_um, 512, edges=edges))]
+    return [overlay_png(image, labels, pixel_um, edges=edges)]
 
 
 def fill_answers(answer: dict[str, Any], questions: tuple[str, ...]) -> list[dict[str, str]]:
