@@ -188,3 +188,34 @@ def test_leica_frame_axes():
     assert frame_axes(("T", "λ", "Z", "Y", "X")) == ("Y", "X")
     assert frame_axes(("Z", "X")) == ("Z", "X")  # an XZ scan: imported with Z as rows
     assert frame_axes(("T", "X")) is None  # a line scan over time is not an image in space
+
+
+@pytest.mark.parametrize("z", ["max", "plane", "per_plane"])
+def test_large_tiff_planes_are_copied_a_strip_at_a_time_with_the_same_pixels(tmp_path, monkeypatch, z):
+    """A large (here: over 512 px) ZCYX OME-TIFF and a plain TIFF: the units come out tiled, with the pixels, channel
+    names, pixel size and selections the whole-plane import gives."""
+    from snakescope import blocks
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 4000, (3, 2, 1100, 900)).astype(np.uint16)  # Z C Y X
+    tifffile.imwrite(tmp_path / "zcyx.ome.tif", stack, tile=(256, 256),
+                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "Channel": {"Name": ["DAPI", "GFP"]}})
+    tifffile.imwrite(tmp_path / "plain.tif", stack[0, 0], photometric="minisblack")
+    sources = [Source(sample_id="s", path=str(tmp_path / "zcyx.ome.tif"), metadata={}),
+               Source(sample_id="p", path=str(tmp_path / "plain.tif"), metadata={})]
+    settings = ImportSettings(z=z, z_plane=2)
+    whole = import_batch("b", sources[:1], settings, tmp_path / "whole")
+    monkeypatch.setattr(blocks, "LARGE_SIDE", 512)
+    streamed = import_batch("b", sources, settings, tmp_path / "streamed")
+    assert len(streamed["units"]) == len(whole["units"]) + (0 if z == "plane" else 1)
+    for before, after in zip(whole["units"], streamed["units"]):
+        for key in ("unit_id", "shape", "dtype", "channel_names", "pixel_size_um", "selection"):
+            assert after[key] == before[key], key
+        assert np.array_equal(read_unit(after["image_path"]), read_unit(before["image_path"]))
+        with tifffile.TiffFile(after["image_path"]) as tif:
+            assert tif.pages[0].is_tiled and not tifffile.TiffFile(before["image_path"]).pages[0].is_tiled
+    plain = [u for u in streamed["units"] if u["sample_id"] == "p"]
+    if z != "plane":  # a one-plane file has no plane 2: the same failure as without streaming
+        assert np.array_equal(read_unit(plain[0]["image_path"])[0], stack[0, 0])
+    else:
+        assert "z_plane=2" in streamed["failures"][0]["reason"]

@@ -208,3 +208,17 @@ def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_blo
             assert o["mean_intensity"] == pytest.approx(region.intensity_mean, rel=1e-12)
             box = region.bbox
             assert o["touches_border"] == (box[0] == 0 or box[1] == 0 or box[2] == labels.shape[0] or box[3] == labels.shape[1])
+
+
+def test_fill_holes_and_growing_equal_scipys():
+    from scipy import ndimage as ndi
+
+    from snakescope.segmentation import fill_holes, grown_by_2
+
+    rng = np.random.default_rng(0)
+    masks = [ndi.gaussian_filter(rng.random((300, 277)), 2) > q for q in (0.45, 0.5, 0.55)]
+    masks += [rng.random((300, 277)) < p for p in (0.05, 0.6, 0.95)]
+    masks += [np.zeros((5, 5), bool), np.ones((5, 5), bool), np.ones((1, 7), bool), np.eye(6, dtype=bool)]
+    for mask in masks:
+        assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+        assert np.array_equal(grown_by_2(mask), ndi.binary_dilation(mask, iterations=2))

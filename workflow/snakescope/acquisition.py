@@ -93,6 +93,100 @@ def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any]
             yield selection, array
 
 
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+
+
+def large_tiff_series(path: Path, scene_index: int, sizes: dict[str, int]) -> Any | None:
+    """The tifffile series of a TIFF scene whose planes are large (``blocks.is_large``), to be copied a strip at a
+    time instead of read whole (bioio's TIFF readers hand over whole planes); None when the scene is small, not a
+    TIFF, has RGB samples or axes other than T, C, Z, Y, X, or its shape differs from what bioio reports."""
+    from .blocks import is_large
+
+    if path.suffix.lower() not in TIFF_SUFFIXES or "S" in sizes or not is_large((sizes.get("Y", 0), sizes.get("X", 0))):
+        return None
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if scene_index >= len(tif.series):
+            return None
+        series = tif.series[scene_index]
+        axes, shape = series.axes.upper(), series.shape
+    known = {a: n for a, n in zip(axes, shape)}
+    if any(a not in "TCZYX" and n > 1 for a, n in known.items()) or any(known.get(a, 1) != sizes.get(a, 1) for a in "TCZYX"):
+        return None
+    return {"path": path, "series": scene_index, "axes": axes, "shape": shape}
+
+
+class PlaneTiles:
+    """One selected (t, z or max over z) CYX plane of a large TIFF series, yielded as TIFF tiles (channel by
+    channel, rows of tiles) from strips of source rows: memory follows a strip, not the plane."""
+
+    def __init__(self, series: dict[str, Any], t: int, z: int | str) -> None:
+        self.series, self.t, self.z = series, t, z
+        known = dict(zip(series["axes"], series["shape"]))
+        self.shape = (known.get("C", 1), known["Y"], known["X"])
+        import tifffile
+
+        with tifffile.TiffFile(series["path"]) as tif:
+            self.dtype = tif.series[series["series"]].dtype
+
+    def _strip(self, array: Any, channel: int, rows: slice) -> np.ndarray:
+        index, reduce_z = [], False
+        for axis, n in zip(self.series["axes"], self.series["shape"]):
+            if axis == "T":
+                index.append(self.t)
+            elif axis == "C":
+                index.append(channel)
+            elif axis == "Z":
+                reduce_z = self.z == "max"
+                index.append(slice(None) if reduce_z else self.z)
+            elif axis == "Y":
+                index.append(rows)
+            elif axis == "X":
+                index.append(slice(None))
+            else:
+                index.append(0)
+        values = np.asarray(array[tuple(index)])
+        return values.max(axis=[a for a in self.series["axes"] if a in "ZYX"].index("Z")) if reduce_z else values
+
+    def tiles(self) -> Iterator[np.ndarray]:
+        import tifffile
+        import zarr
+
+        from .blocks import TIFF_TILE
+
+        with tifffile.TiffFile(self.series["path"]) as tif:
+            array = zarr.open(tif.series[self.series["series"]].aszarr(), mode="r")
+            _, height, width = self.shape
+            for channel in range(self.shape[0]):
+                for y in range(0, height, TIFF_TILE):
+                    strip = self._strip(array, channel, slice(y, min(height, y + TIFF_TILE)))
+                    for x in range(0, width, TIFF_TILE):
+                        tile = np.zeros((TIFF_TILE, TIFF_TILE), self.dtype)
+                        part = strip[:, x:x + TIFF_TILE]
+                        tile[: part.shape[0], : part.shape[1]] = part
+                        yield tile
+
+
+def streamed_planes(series: dict[str, Any], sizes: dict[str, int], settings: ImportSettings) -> Iterator[tuple[dict[str, Any], "PlaneTiles"]]:
+    """:func:`planes` for a large TIFF series: the same selections, each a :class:`PlaneTiles`."""
+    n_t, n_z = sizes.get("T", 1), sizes.get("Z", 1)
+    t_values = list(range(n_t)) if settings.t == "per_timepoint" else [settings.t_index]
+    if settings.z == "per_plane":
+        z_values: list[int | str] = list(range(n_z))
+    elif settings.z == "plane":
+        z_values = [settings.z_plane]
+    else:
+        z_values = ["max"] if n_z > 1 else [0]
+    for t in t_values:
+        if not 0 <= t < n_t:
+            raise IndexError(f"import.t_index={t} but the scene has {n_t} timepoint(s)")
+        for z in z_values:
+            if z != "max" and not 0 <= int(z) < n_z:
+                raise IndexError(f"import.z_plane={z} but the scene has {n_z} plane(s)")
+            yield {"t": t, "z": "max" if settings.z == "max" else z}, PlaneTiles(series, t, z)
+
+
 def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any], n_samples: int) -> list[str]:
     names = [str(n) for n in raw] or [f"C{i}" for i in range(max(1, n_channels_out))]
     if selection.get("rgb") == "channels" and n_samples > 1:
@@ -273,7 +367,8 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         print(f"WARNING: {pixel.warning}", file=sys.stderr)
     sizes = {k: int(v) for k, v in dict(data.sizes).items()}
     units = []
-    for selection, array in planes(data, settings):
+    streamed = large_tiff_series(path, scene_index, sizes) if leica is None else None
+    for selection, array in (streamed_planes(streamed, sizes, settings) if streamed is not None else planes(data, settings)):
         # checked once the pixels were read: a file that cannot be read says that first, not "no pixel size"
         if not pixel.known and settings.missing_pixel_size == "fail":
             raise ValueError(f"{pixel.warning} (config import.missing_pixel_size: fail)")
@@ -285,14 +380,18 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         if settings.z == "per_plane" and sizes.get("Z", 1) > 1:
             parts.append(f"z{selection['z']}")
         unit_id = safe_id("_".join(parts))
-        names = _channel_names(raw_names, array.shape[0], selection, sizes.get("S", 1))
-        array, names, note = check_samples(array, names, selection, path)
         image_path = out_dir / f"{unit_id}.ome.tif"
-        write_ome_tiff(image_path, array, names, pixel.as_dict())
+        if isinstance(array, PlaneTiles):  # a large plane, copied a strip of tiles at a time
+            names, note = _channel_names(raw_names, array.shape[0], selection, 1), None
+            write_ome_tiff(image_path, array.tiles(), names, pixel.as_dict(), shape=array.shape, dtype=array.dtype)
+        else:
+            names = _channel_names(raw_names, array.shape[0], selection, sizes.get("S", 1))
+            array, names, note = check_samples(array, names, selection, path)
+            write_ome_tiff(image_path, array, names, pixel.as_dict())
         units.append(Unit(
             unit_id=unit_id, sample_id=source.sample_id, source_path=str(path), source_sha256=checksum,
             scene_index=scene_index, scene_name=str(scene), source_dims=sizes, selection=selection,
-            dtype=str(array.dtype), shape=list(array.shape), channel_names=names, pixel_size_um=pixel.as_dict(),
+            dtype=str(np.dtype(array.dtype)), shape=list(array.shape), channel_names=names, pixel_size_um=pixel.as_dict(),
             pixel_size_origin=pixel.origin, image_path=str(image_path), reader=reader, metadata=dict(source.metadata),
             warnings=notes + ([note] if note else []),
         ))

@@ -39,6 +39,7 @@ from .segmentation import (
     PostprocessSettings,
     channel_column,
     foreground,
+    grown_by_2,
     inscribed_radii,
     measure_objects,
     min_object_px,
@@ -218,21 +219,23 @@ class _Passes:
         """:func:`segmentation.background_noise` of the (σ = 1 px ``smooth``-ed) intensity outside the objects in
         ``path`` grown by 2 px, over the whole field: (level, noise). The level is exact; the noise is exact for
         integer images and to 1/65536 of the range for float ones (it is not used for smoothed values)."""
-        def values_of(block: Any, everything: bool = False) -> np.ndarray:
+        def values_of(block: Any) -> tuple[np.ndarray, np.ndarray]:
+            """(the block's own values outside the grown objects, all its own values)"""
             values = self.intensity(block.outer)
             values = (smoothed(values) if smooth else values)[block.inner]
-            if everything:
-                return values.ravel()
-            grown = ndi.binary_dilation(read_npy(path, block.outer) > 0, iterations=2)[block.inner]
-            return values[~grown]
+            grown = grown_by_2(read_npy(path, block.outer) > 0)[block.inner]
+            return values[~grown], values.ravel()
 
         lo, hi = self._range()
         integer = self.integer and not smooth
         outside, everywhere = Histogram(lo, hi, integer), Histogram(lo, hi, integer)
         for block in self.blocks:
-            outside.add(values_of(block))
-            everywhere.add(values_of(block, True))
-        histogram, sample = (outside, values_of) if outside.total >= 64 else (everywhere, lambda b: values_of(b, True))
+            own, every = values_of(block)
+            outside.add(own)
+            everywhere.add(every)
+        use_all = outside.total < 64  # as background_noise: too little background, every pixel instead
+        histogram = everywhere if use_all else outside
+        sample = lambda block: values_of(block)[1 if use_all else 0]  # noqa: E731
         if histogram.total == 0:
             return 0.0, 1.0
         level = refined_median(sample, self.blocks, histogram)
