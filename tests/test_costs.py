@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from snakescope.costs import STAGE_MEMORY, job_mem_mb, largest_field_pixels
+from snakescope.costs import STAGE_MEMORY, job_mem_mb, largest_field_pixels, pixels_held
 from workflow_helpers import snakemake, write_config
 
 
@@ -23,9 +23,15 @@ def test_memory_is_the_rule_floor_until_fields_are_large(tmp_path):
     assert largest_field_pixels(small) == 1024 * 1344
     assert job_mem_mb(small, "quality", 2000) == 2000
     large = manifest(tmp_path, (1, 256, 256), (1, 16384, 16384))
+    # the stages work by blocks on large fields: a 16384² mosaic asks for what a block needs, within the floors
+    for stage, floor in (("quality", 2000), ("infer", 6000), ("postprocess", 4000), ("gallery", 2000), ("review", 4000)):
+        assert job_mem_mb(large, stage, floor) == floor, stage
+    assert pixels_held("postprocess", 16384**2) == (2048 + 2 * 256) ** 2
+    assert pixels_held("quality", 16384**2) == pixels_held("quality", 4096**2) == 4096**2
+    # unless the blocks are made larger: then the block's memory is asked for
     base, per_pixel = STAGE_MEMORY["postprocess"]
-    assert job_mem_mb(large, "postprocess", 4000) == int(1.25 * (base + per_pixel * 16384**2 / 1e6)) > 4000
-    assert job_mem_mb(large, "review_with_refinement", 4000) > job_mem_mb(large, "review", 4000)
+    held = 16384**2  # the whole field: no larger than the block and its overlap
+    assert job_mem_mb(large, "postprocess", 4000, postprocess_block_px=16384) == int(1.25 * (base + per_pixel * held / 1e6)) > 4000
 
 
 @pytest.mark.slow
@@ -33,7 +39,7 @@ def test_snakemake_asks_for_the_memory_of_the_batch_it_runs(tmp_path, demo_dir):
     """After the import, each batch's quality, post-processing and gallery jobs ask for memory from its own largest
     field: a batch whose manifest holds an 8192² field asks for more than the rule's floor, the other batch does not."""
     (tmp_path / "samples.tsv").write_text((demo_dir / "samples.tsv").read_text().replace("\timages/", f"\t{demo_dir}/images/"))
-    write_config(tmp_path, demo_dir)
+    write_config(tmp_path, demo_dir, postprocess__block_px=16384)  # blocks larger than the field: it is held whole
     assert snakemake(tmp_path, "--until", "import_batch").returncode == 0
     path = tmp_path / "results" / "demo" / "import" / "b0000" / "manifest.json"
     doc = json.loads(path.read_text())
@@ -47,7 +53,7 @@ def test_snakemake_asks_for_the_memory_of_the_batch_it_runs(tmp_path, demo_dir):
         memory = re.search(r"mem_mb=(\d+)", block)
         if batch and memory:
             planned[(name, batch.group(1))] = int(memory.group(1))
-    assert planned[("quality_metrics", "b0000")] == job_mem_mb(path, "quality", 2000) > 2000
-    assert planned[("quality_metrics", "b0001")] == 2000
-    assert planned[("postprocess", "b0000")] > 4000 and planned[("postprocess", "b0001")] == 4000
+    assert planned[("postprocess", "b0000")] == job_mem_mb(path, "postprocess", 4000, postprocess_block_px=16384) > 4000
+    assert planned[("postprocess", "b0001")] == 4000
+    assert planned[("quality_metrics", "b0000")] == planned[("quality_metrics", "b0001")] == 2000  # by strips
     assert planned[("gallery", "b0000")] >= 2000

@@ -1,5 +1,5 @@
-"""What a job needs, from the fields it will process: memory per stage as a base plus bytes per pixel of the
-batch's largest field. The figures are measured by ``bench/large_image.py`` (real nuclei mosaics, real U-Net,
+"""What a job needs, from the fields it will process: memory per stage as a base plus bytes per pixel of what
+the stage holds of the batch's largest field at once (the field, or its block once the field is large). The figures are measured by ``bench/large_image.py`` (real nuclei mosaics, real U-Net,
 one process per stage, peak RSS) and given 25 % headroom; README "Cost model" has the table and the times.
 
 The workflow's rules call :func:`job_mem_mb` when a job is about to run (the batch's import manifest exists by
@@ -13,16 +13,27 @@ from pathlib import Path
 
 from .records import read_json
 
-# stage: (base MB, bytes per pixel of the largest field); slopes between 4096² and 8192² fields
+# stage: (base MB, bytes per pixel held); slopes between 4096² and 8192² fields before the stages worked by blocks
 STAGE_MEMORY = {
     "quality": (300, 35),
     "infer": (600, 16),
     "postprocess": (300, 55),
     "review": (300, 8),
-    "review_with_refinement": (300, 55),  # the LLM's critique may re-run post-processing
+    "review_with_refinement": (300, 55),  # the LLM's critique may re-run post-processing (not on large fields)
     "gallery": (300, 12),
 }
 HEADROOM = 1.25
+
+
+def pixels_held(stage: str, pixels: int, postprocess_block_px: int = 2048, postprocess_overlap_px: int = 256) -> int:
+    """The most pixels a stage holds at once for a field of ``pixels``: the field itself up to the size where the
+    stage starts to work by blocks or strips, the block (plus its overlap) beyond (``blocks.is_large``;
+    post-processing: its ``block_px`` and ``block_overlap_px``)."""
+    from .blocks import LARGE_SIDE
+
+    if stage == "postprocess":
+        return min(pixels, (postprocess_block_px + 2 * postprocess_overlap_px) ** 2)
+    return min(pixels, LARGE_SIDE**2)
 
 
 def largest_field_pixels(manifest: str | Path) -> int | None:
@@ -35,11 +46,12 @@ def largest_field_pixels(manifest: str | Path) -> int | None:
     return max(sizes, default=None)
 
 
-def job_mem_mb(manifest: str | Path, stage: str, floor: int) -> int:
+def job_mem_mb(manifest: str | Path, stage: str, floor: int, **blocks: int) -> int:
     """Memory (MB) for one job of ``stage`` on the batch of ``manifest``: at least ``floor`` (the rule's usual
-    value, and what a dry run shows before the batch is imported), more for large fields."""
+    value, and what a dry run shows before the batch is imported), more for fields that hold more than that
+    before the stage works by blocks. ``blocks``: post-processing's block settings (:func:`pixels_held`)."""
     pixels = largest_field_pixels(manifest)
     if pixels is None:
         return floor
     base, per_pixel = STAGE_MEMORY[stage]
-    return max(floor, int(HEADROOM * (base + per_pixel * pixels / 1e6)))
+    return max(floor, int(HEADROOM * (base + per_pixel * pixels_held(stage, pixels, **blocks) / 1e6)))
