@@ -108,3 +108,36 @@ def test_histogram_quantiles_equal_numpys():
     for part in parts:
         coarse.add(part)
     assert refined_median(lambda i: parts[i], list(range(5)), coarse) == np.median(floats)
+
+
+def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
+    """With the large-field side lowered below this mosaic's, quality and the gallery never read the whole unit:
+    the metrics equal the whole plane's (integer image) and the gallery's panels show outlines."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from snakescope import acquisition, blocks
+    from snakescope.gallery import GallerySettings, gallery_batch
+    from snakescope.quality import channel_metrics, quality_one
+    from snakescope.records import write_json
+
+    whole = channel_metrics(tifffile.imread(field["unit"]["image_path"])[1])
+    out = field["folder"] / "gallery"
+    out.mkdir()
+    summary, objects, labels = run(field, replace(PostprocessSettings(), block_px=512, block_overlap_px=128), "for_gallery")
+    (out / "segmentation").mkdir()
+    (field["folder"] / "for_gallery" / "unit.labels.ome.tif").rename(out / "segmentation" / "unit.labels.ome.tif")
+    write_json(out / "manifest.json", {"batch": "b0000", "units": [{**field["unit"], "sample_id": "mosaic"}]})
+    monkeypatch.setattr(blocks, "LARGE_SIDE", 512)
+    monkeypatch.setattr(acquisition, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
+    metrics, failure = quality_one(field["unit"], "b0000")
+    assert failure is None and metrics["second"]["median"] == whole["median"] and metrics["second"]["blur"] == pytest.approx(whole["blur"])
+    doc = gallery_batch(out / "manifest.json", out / "segmentation", out / "review", ("DAPI",), GallerySettings(), out / "gallery.json")
+    assert not doc["failures"], doc["failures"]
+    image = doc["images"]["unit"]
+    assert image["outlines"] and image["scale_bar_um"]
+    detail = np.asarray(Image.open(io.BytesIO(base64.b64decode(image["detail"].split(",", 1)[1]))).convert("RGB"))
+    yellow = (detail[..., 0] > 180) & (detail[..., 1] > 140) & (detail[..., 2] < 90)  # the outline colour, after WebP
+    assert detail.shape[1] > 384 and yellow[:, detail.shape[1] // 2:].sum() > 500 and yellow[:, :detail.shape[1] // 2].sum() < 50

@@ -379,7 +379,7 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
 # Large fields (blocks.is_large) are predicted a block at a time (memory follows the block): BLOCK_PX-square
 # blocks with BLOCK_CONTEXT_PX of real neighbouring pixels around them, normalised with the whole field's
 # statistics (what the model would compute on the field), their centres written into the probability file.
-BLOCK_PX = 2048
+BLOCK_PX = 4096  # (4096 + 2 x 96)² holds about what a 4096² field predicted whole holds
 BLOCK_CONTEXT_PX = 96
 WHOLE_FIELD_SIDE = 0  # 0: blocks.LARGE_SIDE (tests set a smaller side)
 
