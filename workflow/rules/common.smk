@@ -82,8 +82,10 @@ def field_mem_mb(stage, floor):
     """A rule's mem_mb, from its batch's largest field (snakescope.costs; evaluated when the job is about to run)."""
 
     section = config.get("postprocess", {})
-    blocks = {"postprocess_block_px": section.get("block_px", 2048),
-              "postprocess_overlap_px": section.get("block_overlap_px", 256)}
+    blocks = {
+        "postprocess_block_px": section.get("block_px", 2048),
+        "postprocess_overlap_px": section.get("block_overlap_px", 256),
+    }
 
     def mem_mb(wildcards, input):
         return job_mem_mb(R / "import" / wildcards.batch / "manifest.json", stage, floor, **blocks)
