@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .records import ObjectTable
 from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, write_npy
 from .segmentation import (
     TISSUE_RATIO,
@@ -282,23 +283,26 @@ class _Passes:
                                                or box[0].stop + oy == self.shape[0] or box[1].stop + ox == self.shape[1])
         return means, areas
 
-    def final_pass(self, keep: np.ndarray) -> tuple[list[dict[str, Any]], int]:
-        """The kept objects numbered 1..n in the order of their ids, written to ``final``, and measured by the
-        block that owns them; (object rows, n)."""
+    def number_pass(self, keep: np.ndarray) -> int:
+        """The kept objects numbered 1..n in the order of their ids, written to ``final``; n."""
         lookup = np.zeros(keep.size, np.int32)
         n = int(keep.sum())
         lookup[np.flatnonzero(keep)] = np.arange(1, n + 1, dtype=np.int32)
-        rows: list[dict[str, Any]] = []
+        for block in self.blocks:
+            write_npy(self.final, block.core, lookup[read_npy(self.split, block.core)])
+        return n
+
+    def measure_pass(self, background: tuple[float, float]) -> ObjectTable:
+        """Every object measured by the block that owns it; its contrast against the field's ``background``."""
+        rows = ObjectTable()
         uid, names = self.unit["unit_id"], self.unit["channel_names"]
         for block in self.blocks:
-            split = read_npy(self.split, block.outer)
-            final = lookup[split]
-            write_npy(self.final, block.core, final[block.inner])
+            final = read_npy(self.final, block.outer)
             _, starts = complete_and_owned(final, block, self.shape, 0)
-            mine = np.where(starts[final], final, 0)
             ids = np.flatnonzero(starts)
             if not ids.size:
                 continue
+            mine = np.where(starts[final], final, 0)
             local = np.searchsorted(ids, mine) + 1  # ids (ascending) -> 1..k
             local[mine == 0] = 0
             intensity = self.intensity(block.outer)
@@ -311,9 +315,9 @@ class _Passes:
                     row[channel_column(c, name)] = round(float(value), 3)
             for row in measured:
                 row["label"] = int(ids[row["label"] - 1])
+                row["contrast_snr"] = round((row["mean_intensity"] - background[0]) / background[1], 3)
             rows.extend(measured)
-        rows.sort(key=lambda row: row["label"])
-        return rows, n
+        return rows
 
     def overlay_and_labels(self, labels_path: Path, n: int) -> None:
         """The overlay PNG from a reduced view (outline pixels from every block) and the tiled labels TIFF."""
@@ -351,7 +355,7 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
         info: dict[str, Any] = {"typical_diameter_px": round(2 * max(scale.radius, 1.0), 2) if scale.radius else None,
                                 "removed_small": None, "removed_low_contrast": 0, **(scale.info or {}),
                                 "blocks": len(blocks), "left_out_large": 0}
-        objects: list[dict[str, Any]] = []
+        objects: ObjectTable | list[dict[str, Any]] = []
         if scale.radius is not None:
             passes = _Passes(unit, probability_path, reader, channel, pixel, settings, scale, out)
             try:
@@ -366,10 +370,8 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
                     keep &= ~low
                 if settings.exclude_border_objects:
                     keep &= ~passes.touches
-                objects, n = passes.final_pass(keep)
-                background, noise = passes.background(passes.final, smooth=False)
-                for row in objects:
-                    row["contrast_snr"] = round((row["mean_intensity"] - background) / noise, 3)
+                n = passes.number_pass(keep)
+                objects = passes.measure_pass(passes.background(passes.final, smooth=False))
                 passes.overlay_and_labels(labels_path, n)
             finally:
                 passes.cleanup()

@@ -750,8 +750,22 @@ def postprocess_one(unit: dict[str, Any], probability_path: str | Path, settings
     return summary, objects
 
 
+class Rows:
+    """Rows held in parts (lists or :class:`records.ObjectTable`), iterated as one, as often as needed."""
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+
+    def __iter__(self):
+        for part in self.parts:
+            yield from part
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+
 def write_postprocess_outputs(out: Path, batch: str, settings: PostprocessSettings, summaries: dict[str, Any],
-                              failures: list[dict[str, Any]], objects: list[dict[str, Any]]) -> dict[str, Any]:
+                              failures: list[dict[str, Any]], objects: Any) -> dict[str, Any]:
     """A batch's objects.csv and summary.json."""
     with open(out / "objects.csv", "w", newline="", encoding="utf-8") as handle:
         extra = dict.fromkeys(k for o in objects for k in o if k not in OBJECT_COLUMNS)
@@ -772,14 +786,14 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
-    all_objects: list[dict[str, Any]] = []
+    all_objects = Rows()  # each unit's rows as they came (a large field's as an ObjectTable)
     for unit in imported["units"]:
         uid = unit["unit_id"]
         if uid not in predicted["predictions"]:
             continue  # its inference failure is already recorded
         try:
             summaries[uid], objects = postprocess_one(unit, predicted["predictions"][uid]["path"], settings, channels, out)
-            all_objects.extend(objects)
+            all_objects.parts.append(objects)
         except Exception as exc:  # noqa: BLE001
             failure = Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid)
             failures.append(failure.__dict__)
