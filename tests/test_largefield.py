@@ -132,6 +132,11 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
     write_json(out / "manifest.json", {"batch": "b0000", "units": [{**field["unit"], "sample_id": "mosaic"}]})
     monkeypatch.setattr(blocks, "LARGE_SIDE", 512)
     monkeypatch.setattr(acquisition, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
+    from snakescope.inference import pooled_pixels
+
+    pooled = pooled_pixels([out / "manifest.json"], ("DAPI",), per_unit=5000)
+    assert pooled.shape[0] == 1 and 5000 <= pooled.shape[1] <= 1040 * 1392 // 4
+    assert set(np.unique(pooled)) <= set(np.unique(tifffile.imread(field["unit"]["image_path"])[0]).astype(np.float32))
     metrics, failure = quality_one(field["unit"], "b0000")
     assert failure is None and metrics["second"]["median"] == whole["median"] and metrics["second"]["blur"] == pytest.approx(whole["blur"])
     doc = gallery_batch(out / "manifest.json", out / "segmentation", out / "review", ("DAPI",), GallerySettings(), out / "gallery.json")

@@ -1,10 +1,12 @@
 """What a job needs, from the fields it will process: memory per stage as a base plus bytes per pixel of what
-the stage holds of the batch's largest field at once (the field, or its block once the field is large). The figures are measured by ``bench/large_image.py`` (real nuclei mosaics, real U-Net,
-one process per stage, peak RSS) and given 25 % headroom; README "Cost model" has the table and the times.
+the stage holds of the batch's largest field at once (the field, or its block once the field is large). The
+figures are measured by ``bench/large_image.py`` (real nuclei mosaics, real U-Net, one process per stage, peak
+RSS) and given 25 % headroom; README "Cost model" has the table and the times.
 
 The workflow's rules call :func:`job_mem_mb` when a job is about to run (the batch's import manifest exists by
-then), so a batch of 256² fields asks SLURM for the rule's usual memory and a batch with an 8192² mosaic for what
-that mosaic needs. A ``set-resources`` entry in a profile still overrides it.
+then). With the default blocks every field fits the rules' usual memory; a larger ``postprocess.block_px`` makes
+post-processing hold more of a large field, and its jobs ask for that. A ``set-resources`` entry in a profile
+still overrides it.
 """
 
 from __future__ import annotations

@@ -321,12 +321,21 @@ def pooled_pixels(import_manifests: list[str | Path], channels: tuple[str | int,
                   seed: int = 0) -> np.ndarray:
     """A (C, N) sample of pixel values from every unit of a run: the basis of dataset-level normalisation."""
     from .acquisition import read_unit
+    from .blocks import PlaneReader, is_large
 
     rng = np.random.default_rng(seed)
     parts = []
     for manifest in import_manifests:
         for unit in read_json(manifest)["units"]:
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels).reshape(len(channels), -1)
+            if is_large(unit.get("shape")):  # every n-th pixel of a large unit, read tile by tile, not the unit
+                shape = unit["shape"][-2:]
+                step = max(1, int(np.sqrt(shape[0] * shape[1] / (16 * per_unit))))
+                with PlaneReader(unit["image_path"]) as reader:
+                    image = np.stack([reader.read(c, (slice(0, None, step), slice(0, None, step))) for c in
+                                      channel_indices(unit["channel_names"], channels, len(unit["channel_names"]))])
+            else:
+                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)
+            image = image.reshape(len(channels), -1)
             take = rng.choice(image.shape[1], size=min(per_unit, image.shape[1]), replace=False)
             parts.append(image[:, take].astype(np.float32))
     if not parts:

@@ -1,24 +1,23 @@
-"""Post-processing of fields larger than a block (``postprocess.block_px``): the same labels and measurements,
-block by block, with memory bounded by the block and its overlap rather than by the field.
+"""Post-processing of fields larger than a block (``postprocess.block_px``): the same labels and measurements as
+the whole field would give, block by block, with memory bounded by the block and its overlap, not the field.
 
-Three passes over the blocks (:mod:`.blocks`), reading the probabilities (``.npy``, mapped a block at a time)
-and the unit's intensity (its TIFF through zarr, only the strips or tiles a block covers):
+The probabilities (``.npy``, mapped a block at a time) and the unit's intensity (its TIFF through zarr: only
+the strips or tiles a block covers) are read block by block, in passes (:mod:`.blocks` for the layout):
 
-1. **Scale**: every connected object's inscribed radius and area, each counted by the one block that owns it,
-   pooled into the field's typical radius and tissue decision exactly as :func:`segmentation.field_scale`
-   makes them from the whole field.
-2. **Intensity range** for the marker map: histograms of the intensity outside and inside the foreground
-   (exact medians and percentiles for integer images).
-3. **Labels**: :func:`segmentation.labels_and_components` on each block and its overlap with the field's
-   scale pinned; a block keeps the objects of the clusters it owns, numbered on from the previous blocks,
-   measures them, and writes them into a label array on disk. The overlay and the labels TIFF are then made
-   from that array a strip of tiles at a time.
+1. **Scale**: every connected object's inscribed radius and area, counted by the one block that owns it,
+   pooled into the field's typical radius and tissue decision as :func:`segmentation.field_scale` makes them.
+2. **Intensity range** of the marker map: histograms outside and inside the foreground (exact for integers).
+3. **Split**: :func:`segmentation.split_objects` on each block and its overlap with the scale pinned; a block
+   writes the objects of the clusters it owns into a label array on disk, numbered on from earlier blocks.
+4. **Outlines**: the background behind them (an exact median over the field, two passes), then each object
+   outlined and small ones removed by the block that owns it.
+5. **Dim objects**: the field's background and noise around the outlined objects, then the contrast tests.
+6. **Numbers and measurements**: the kept objects numbered 1..n; each measured by its block, its contrast
+   against the field's background; the overlay and the labels TIFF made a strip of tiles at a time.
 
-What is still local to a block and its overlap (a circle of ``block_overlap_px`` around it): the background
-level that places each object's outline (``boundary_fraction``), the background and the bright objects'
-contrast that remove dim objects, and, in tissue, the top-hat threshold. On a mosaic these follow the
-illumination across the field; where it is even, they agree with the whole field's (tested against the
-untiled result on a real-nuclei field).
+Equal to the whole field's result up to the labels' numbering (tests/test_largefield.py), with two
+exceptions: in tissue the top-hat threshold is set per block, and NaN pixels of float images count as 0 (the
+whole-field path gives them the median).
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .records import ObjectTable
 from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, write_npy
+from .records import ObjectTable
 from .segmentation import (
     TISSUE_RATIO,
     TISSUE_SURE_THRESHOLD,
@@ -53,10 +52,6 @@ from .segmentation import (
     trim_to_intensity,
     typical_radius,
 )
-
-
-def is_large(shape: tuple[int, ...], settings: PostprocessSettings) -> bool:
-    return max(shape[-2:]) > settings.block_px
 
 
 def _probability(path: str | Path, box: tuple[slice, slice]) -> np.ndarray:
@@ -156,8 +151,8 @@ def intensity_range(probability_path: str | Path, reader: PlaneReader, channel: 
 
 class _Passes:
     """The passes over one large unit's blocks once its scale is known. Label arrays live in ``.npy`` files beside
-    the outputs, read and written a block at a time: ``split`` (objects at the model's edge, then outlined)
-    and ``final`` (numbered 1..n)."""
+    the outputs, read and written a block at a time: ``split`` (objects at the model's edge) and ``final``
+    (outlined, then numbered 1..n)."""
 
     def __init__(self, unit: dict[str, Any], probability_path: str | Path, reader: PlaneReader, channel: int,
                  pixel: tuple[float, float] | None, settings: PostprocessSettings, scale: FieldScale, out: Path) -> None:
@@ -259,7 +254,7 @@ class _Passes:
         self.touches = np.zeros(count + 1, bool)  # on the field's border (after outlining)
         for block in self.blocks:
             labels = read_npy(self.split, block.outer)
-            local, forward, inverse = relabel_sequential(labels)
+            local, _, inverse = relabel_sequential(labels)
             intensity = self.intensity(block.outer)
             if level is not None and local.max() > 0:
                 local = trim_to_intensity(local, intensity, self.settings.boundary_fraction, level)
@@ -268,7 +263,7 @@ class _Passes:
             _, starts = complete_and_owned(labels, block, self.shape, 0)
             owned_pixels = starts[labels]
             outlined = np.asarray(inverse)[local]
-            write_npy(self.split, block.outer, outlined, owned_pixels)
+            write_npy(self.final, block.outer, outlined, owned_pixels)  # split stays as it was for later blocks
             ids = np.flatnonzero(starts)
             if ids.size:
                 kept = np.where(owned_pixels, outlined, 0)
@@ -284,12 +279,12 @@ class _Passes:
         return means, areas
 
     def number_pass(self, keep: np.ndarray) -> int:
-        """The kept objects numbered 1..n in the order of their ids, written to ``final``; n."""
+        """The kept outlined objects numbered 1..n in the order of their ids, in place in ``final``; n."""
         lookup = np.zeros(keep.size, np.int32)
         n = int(keep.sum())
         lookup[np.flatnonzero(keep)] = np.arange(1, n + 1, dtype=np.int32)
-        for block in self.blocks:
-            write_npy(self.final, block.core, lookup[read_npy(self.split, block.core)])
+        for block in self.blocks:  # each core once: in place is safe
+            write_npy(self.final, block.core, lookup[read_npy(self.final, block.core)])
         return n
 
     def measure_pass(self, background: tuple[float, float]) -> ObjectTable:
@@ -365,7 +360,7 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
                 keep = areas > 0
                 keep[0] = False
                 if settings.min_object_snr > 0 or settings.min_relative_contrast > 0:
-                    low = _low_contrast(means, areas, keep, passes.background(passes.split, smooth=False), settings)
+                    low = _low_contrast(means, areas, keep, passes.background(passes.final, smooth=False), settings)
                     info["removed_low_contrast"] = int(low.sum())
                     keep &= ~low
                 if settings.exclude_border_objects:
