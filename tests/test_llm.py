@@ -238,7 +238,10 @@ def test_images_per_request_two_sends_raw_and_overlay_separately(demo_batch, fak
     assert abs(reviews["ctrl_04"]["count_check"]["estimated"] - 36) <= 4
 
 
-def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_dir, tmp_path):
+@pytest.mark.parametrize("large", [False, True])
+def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_dir, tmp_path, monkeypatch, large):
+    """``large``: the same fields counted as large (the large side lowered): the model sees the reduced view read a
+    block at a time and still answers from it; the critique does not re-segment, and the review says why."""
     import tifffile
 
     from snakescope.acquisition import ImportSettings, import_batch
@@ -259,8 +262,18 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
     postprocess_batch(tmp_path / "import" / "manifest.json", tmp_path / "inference" / "manifest.json",
                       PostprocessSettings.from_config(start), ("DAPI",), tmp_path / "seg")
     settings = {"backend": "ollama", "llm": {"endpoint": fake_llm.host, "prompt": PROMPT, "refine": {"max_iterations": 3}}}
+    if large:
+        from snakescope import acquisition, blocks
+
+        monkeypatch.setattr(blocks, "LARGE_SIDE", 100)
+        monkeypatch.setattr(acquisition, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
     doc = review_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json", tmp_path / "inference" / "manifest.json",
                        tmp_path / "seg", KB, settings, ("DAPI",), tmp_path / "out", cache_dir=tmp_path / "cache", postprocess=start)
+    if large:
+        for review in doc["reviews"]:
+            assert review["status"] == "reviewed" and review["count_check"]["estimated"] > review["count_check"]["segmented"]
+            assert not review["refinement"]["applied"] and "larger than" in review["refinement"]["reason"]
+        return
     for review in doc["reviews"]:
         uid = review["unit_id"]
         refinement = review["refinement"]
