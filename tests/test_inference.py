@@ -171,7 +171,7 @@ def test_large_fields_are_predicted_by_blocks_with_the_fields_normalisation(tmp_
     """Real BBBC039 nuclei, 2 x 2 fields (1040 x 1392) predicted whole and in 512-px blocks (96 px of context): the
     blocks are normalised with the whole field's mean and SD, so they agree with the whole field as the model's
     own tiles agree with larger ones; normalised per block, the lower fields' nuclei would not."""
-    from snakescope import inference
+    from snakescope import blocks, inference
     from snakescope.acquisition import write_ome_tiff
     from snakescope.inference import predict_one
     from snakescope.tiling import agreement, agrees
@@ -186,7 +186,7 @@ def test_large_fields_are_predicted_by_blocks_with_the_fields_normalisation(tmp_
             "shape": [1, *image.shape], "source_path": "mosaic"}
     predictor = shared_predictor()
     whole = predictor.predict(image[None].astype(np.float32))
-    monkeypatch.setattr(inference, "WHOLE_FIELD_SIDE", 512)
+    monkeypatch.setattr(blocks, "LARGE_SIDE", 512)
     monkeypatch.setattr(inference, "BLOCK_PX", 512)
     record, failure = predict_one(predictor, unit, tmp_path, "[inference test]")
     assert failure is None

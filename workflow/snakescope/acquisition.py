@@ -110,11 +110,11 @@ def large_tiff_series(path: Path, scene_index: int, sizes: dict[str, int]) -> An
         if scene_index >= len(tif.series):
             return None
         series = tif.series[scene_index]
-        axes, shape = series.axes.upper(), series.shape
+        axes, shape, dtype = series.axes.upper(), series.shape, series.dtype
     known = {a: n for a, n in zip(axes, shape)}
     if any(a not in "TCZYX" and n > 1 for a, n in known.items()) or any(known.get(a, 1) != sizes.get(a, 1) for a in "TCZYX"):
         return None
-    return {"path": path, "series": scene_index, "axes": axes, "shape": shape}
+    return {"path": path, "series": scene_index, "axes": axes, "shape": shape, "dtype": dtype}
 
 
 class PlaneTiles:
@@ -125,10 +125,7 @@ class PlaneTiles:
         self.series, self.t, self.z = series, t, z
         known = dict(zip(series["axes"], series["shape"]))
         self.shape = (known.get("C", 1), known["Y"], known["X"])
-        import tifffile
-
-        with tifffile.TiffFile(series["path"]) as tif:
-            self.dtype = tif.series[series["series"]].dtype
+        self.dtype = series["dtype"]
 
     def _strip(self, array: Any, channel: int, rows: slice) -> np.ndarray:
         index, reduce_z = [], False

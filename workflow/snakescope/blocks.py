@@ -24,13 +24,13 @@ TIFF_TILE = 512  # tile edge of the tiled TIFFs written for large fields (a mult
 LARGE_SIDE = 4096
 
 
-def is_large(shape: Any, side: int | None = None) -> bool:
+def is_large(shape: Any) -> bool:
     """Whether a unit's (..., Y, X) shape is read block by block by the stages that look at whole planes: a side
-    longer than ``side`` (default LARGE_SIDE), and none too thin to cut."""
+    longer than LARGE_SIDE, and none too thin to cut."""
     if not shape or len(shape) < 2:
         return False
     sides = [int(v) for v in shape[-2:]]
-    return max(sides) > (LARGE_SIDE if side is None else side) and min(sides) >= 64
+    return max(sides) > LARGE_SIDE and min(sides) >= 64
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,21 @@ class Histogram:
         low = self.order_statistic((n - 1) // 2, distance, counts)
         high = self.order_statistic(n // 2, distance, counts)
         return (low + high) / 2
+
+
+def value_range(reader: "PlaneReader", channel: int, blocks: list[Block]) -> tuple[float, float]:
+    """Bounds for a :class:`Histogram` of a plane read block by block: the dtype's limits for integers of up to
+    16 bits (no pass over the pixels), else the range of the finite values and 0 (where NaN pixels count as 0)."""
+    if np.issubdtype(reader.dtype, np.integer) and np.dtype(reader.dtype).itemsize <= 2:
+        limits = np.iinfo(reader.dtype)
+        return float(limits.min), float(limits.max)
+    lo, hi = 0.0, 0.0
+    for block in blocks:
+        values = reader.read(channel, block.core)
+        values = values[np.isfinite(values)]
+        if values.size:
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    return lo, hi
 
 
 def refined_median(values_of: Any, blocks: list[Any], histogram: Histogram) -> float:

@@ -371,7 +371,7 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
     try:
         t0 = time.time()
         path = out / f"{unit['unit_id']}.probability.npy"
-        if is_large(unit.get("shape"), WHOLE_FIELD_SIDE or None):
+        if is_large(unit.get("shape")):
             predict_by_blocks(predictor, unit, path)
         else:
             image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], predictor.settings.channels)
@@ -390,7 +390,6 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
 # statistics (what the model would compute on the field), their centres written into the probability file.
 BLOCK_PX = 4096  # (4096 + 2 x 96)² holds about what a 4096² field predicted whole holds
 BLOCK_CONTEXT_PX = 96
-WHOLE_FIELD_SIDE = 0  # 0: blocks.LARGE_SIDE (tests set a smaller side)
 
 
 def predict_by_blocks(predictor: "Predictor", unit: dict[str, Any], path: Path) -> None:
@@ -417,7 +416,7 @@ def field_statistics(descr: Any, reader: Any, channels: list[int], blocks: list[
     from bioimageio.core.proc_setup import get_requried_measures
     from bioimageio.core.stat_measures import SampleMean, SampleQuantile, SampleStd, SampleVar
 
-    from .blocks import Histogram
+    from .blocks import Histogram, value_range
 
     measures = {m for m in get_requried_measures(descr).pre if getattr(m, "scope", "") == "sample"}
     if not measures:
@@ -439,9 +438,7 @@ def field_statistics(descr: Any, reader: Any, channels: list[int], blocks: list[
     histograms = []
     if quantiles:
         integer = np.issubdtype(reader.dtype, np.integer)
-        ranges = [(min(float(reader.read(c, b.core).min()) for b in blocks), max(float(reader.read(c, b.core).max()) for b in blocks))
-                  for c in channels]
-        histograms = [Histogram(lo, hi, integer) for lo, hi in ranges]
+        histograms = [Histogram(*value_range(reader, c, blocks), integer) for c in channels]
         for block in blocks:
             for histogram, c in zip(histograms, channels):
                 histogram.add(reader.read(c, block.core))

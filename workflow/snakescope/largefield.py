@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, write_npy
+from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, value_range, write_npy
 from .records import ObjectTable
 from .segmentation import (
     TISSUE_RATIO,
@@ -111,17 +111,7 @@ def intensity_range(probability_path: str | Path, reader: PlaneReader, channel: 
     from skimage.morphology import remove_small_objects
 
     integer = np.issubdtype(reader.dtype, np.integer)
-    if integer and np.dtype(reader.dtype).itemsize <= 2:
-        lo, hi = np.iinfo(reader.dtype).min, np.iinfo(reader.dtype).max
-    else:  # wider integers and floats: the range first
-        lo, hi = np.inf, -np.inf
-        for block in blocks:
-            values = reader.read(channel, block.core)
-            values = values[np.isfinite(values)] if not integer else values
-            if values.size:
-                lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
-        if not np.isfinite(lo):
-            lo, hi = 0.0, 1.0
+    lo, hi = value_range(reader, channel, blocks)
     outside, inside = Histogram(lo, hi, integer), Histogram(lo, hi, integer)
     min_px = min_object_px(max(scale.radius or 1.0, 1.0), pixel, settings)
     for block in blocks:
@@ -181,16 +171,6 @@ class _Passes:
         values = self.reader.read(self.channel if channel is None else channel, box)
         return values if self.integer else np.nan_to_num(values.astype(np.float64), nan=0.0)
 
-    def _range(self) -> tuple[float, float]:
-        if self.integer and np.dtype(self.reader.dtype).itemsize <= 2:
-            limits = np.iinfo(self.reader.dtype)
-            return float(limits.min), float(limits.max)
-        lo, hi = 0.0, 0.0
-        for block in self.blocks:
-            values = self.intensity(block.core)
-            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
-        return lo, hi
-
     def split_pass(self) -> tuple[int, int]:
         """Objects split at the model's edge, each cluster written by the block that owns it: (objects, clusters
         left out because they are larger than the overlap)."""
@@ -222,7 +202,7 @@ class _Passes:
             grown = grown_by_2(read_npy(path, block.outer) > 0)[block.inner]
             return values[~grown], values.ravel()
 
-        lo, hi = self._range()
+        lo, hi = value_range(self.reader, self.channel, self.blocks)
         integer = self.integer and not smooth
         outside, everywhere = Histogram(lo, hi, integer), Histogram(lo, hi, integer)
         for block in self.blocks:
