@@ -182,7 +182,7 @@ def min_object_px(radius: float, pixel: tuple[float, float] | None, settings: Po
 
 
 def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
-                    settings: PostprocessSettings, pinned: FieldScale | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                    settings: PostprocessSettings) -> tuple[np.ndarray, dict[str, Any]]:
     """Instance labels from a foreground probability map, and how they were made.
 
     Threshold, fill holes, estimate the typical nucleus radius r; remove objects smaller than
@@ -194,10 +194,9 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     signal-to-noise ((mean - background) / noise x sqrt(area)) is below ``min_object_snr``: noise the model
     took for nuclei (a model that normalises each image finds "nuclei" in an empty field), and objects far
     dimmer than the field's bright ones (``min_relative_contrast``: faint cytoplasm beside nuclei).
-    ``pinned``: the field's scale, given (a block of a large field) instead of estimated from this array.
     """
-    labels, _, info = labels_and_components(probability, intensity, pixel_size_um, settings, pinned)
-    return labels, info
+    labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings)
+    return finish_objects(labels, intensity, settings, min_px, info), info
 
 
 def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray | None, pixel: tuple[float, float] | None,
@@ -237,17 +236,11 @@ def tissue_source(how: str) -> str:
             f"the model is sure of (probability >= {TISSUE_SURE_THRESHOLD})")
 
 
-def labels_and_components(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
-                          settings: PostprocessSettings, pinned: FieldScale | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """:func:`instance_labels`, and the connected components the objects were split from (0 where none)."""
-    labels, components, min_px, info = split_objects(probability, intensity, pixel_size_um, settings, pinned)
-    return finish_objects(labels, intensity, settings, min_px, info), components, info
-
-
 def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
                   settings: PostprocessSettings, pinned: FieldScale | None = None) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
     """The first half of :func:`instance_labels`: (objects split at the model's edge, their connected components,
-    the smallest object kept in pixels, info)."""
+    the smallest object kept in pixels, info). ``pinned``: the field's scale, given (a block of a large field)
+    instead of estimated from this array."""
     from skimage.morphology import remove_small_objects
 
     pixel = calibrated(pixel_size_um)
