@@ -210,10 +210,10 @@ def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_blo
             assert o["touches_border"] == (box[0] == 0 or box[1] == 0 or box[2] == labels.shape[0] or box[3] == labels.shape[1])
 
 
-def test_fill_holes_and_growing_equal_scipys():
+def test_fill_holes_growing_and_distances_equal_scipys():
     from scipy import ndimage as ndi
 
-    from snakescope.segmentation import fill_holes, grown_by_2
+    from snakescope.segmentation import distance_to_background, fill_holes, grown_by_2
 
     rng = np.random.default_rng(0)
     masks = [ndi.gaussian_filter(rng.random((300, 277)), 2) > q for q in (0.45, 0.5, 0.55)]
@@ -222,3 +222,6 @@ def test_fill_holes_and_growing_equal_scipys():
     for mask in masks:
         assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
         assert np.array_equal(grown_by_2(mask), ndi.binary_dilation(mask, iterations=2))
+        distances = distance_to_background(mask)  # float64 holding float32 values
+        assert distances.dtype == np.float64
+        np.testing.assert_allclose(distances, ndi.distance_transform_edt(mask), rtol=2e-7, atol=0)

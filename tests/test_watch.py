@@ -63,6 +63,28 @@ def test_the_tracker_waits_for_a_slowly_written_file(tmp_path):
     assert quick.complete(str(broken)) is not None  # handed on so the import can say why it fails
 
 
+def test_an_ome_tiff_is_complete_at_the_first_look_an_imagej_one_written_plane_by_plane_is_not(tmp_path):
+    stack = np.arange(3 * 64 * 80, dtype=np.uint16).reshape(3, 64, 80)
+    ome = tmp_path / "field.ome.tif"
+    tifffile.imwrite(ome, stack, ome=True, metadata={"axes": "ZYX"})
+    data = ome.read_bytes()
+    tracker = FileTracker(stable_s=5.0)
+    ome.write_bytes(data[: len(data) * 2 // 3])
+    assert tracker.complete(str(ome)) is None
+    ome.write_bytes(data)
+    assert tracker.complete(str(ome)) is not None  # all declared planes in: no second look needed
+    # tifffile writing ImageJ plane by plane declares the planes written so far until it closes the file
+    growing = tmp_path / "growing.tif"
+    with tifffile.TiffWriter(growing, imagej=True) as writer:
+        writer.write(stack[0], contiguous=True)
+        writer.filehandle.flush()
+        assert tiff_complete(str(growing)) is True  # the declaration alone would be fooled
+        assert tracker.complete(str(growing)) is None
+        writer.write(stack[1], contiguous=True)
+        writer.filehandle.flush()
+        assert tracker.complete(str(growing)) is None
+
+
 def test_actions_are_bounded_per_well_and_clamped():
     settings = WatchSettings(max_reacquisitions_per_well=1, exposure_factor_min=0.8, exposure_factor_max=1.5)
     entry = {"position": {"plate": "P1", "well": "A01"}, "source_path": "a.tif",

@@ -141,7 +141,7 @@ def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int, edt: np.nd
     """
     if mask.size <= WHOLE_FIELD_PIXELS:
         radii = np.zeros(n + 1)  # per-label maximum in one pass (ndi.maximum's per-label selection is 25x slower)
-        np.maximum.at(radii, components[mask], (ndi.distance_transform_edt(mask) if edt is None else edt)[mask])
+        np.maximum.at(radii, components[mask], (distance_to_background(mask) if edt is None else edt)[mask])
         return radii[1:]
     radii = np.zeros(n)
     for index, box in enumerate(ndi.find_objects(components)):
@@ -150,7 +150,7 @@ def inscribed_radii(mask: np.ndarray, components: np.ndarray, n: int, edt: np.nd
         reach = (max(b.stop - b.start for b in box) + 1) // 2 + 2
         crop = tuple(slice(max(0, b.start - reach), min(size, b.stop + reach)) for b, size in zip(box, mask.shape))
         own = components[crop] == index + 1
-        radii[index] = float(ndi.distance_transform_edt(mask[crop])[own].max())
+        radii[index] = float(distance_to_background(mask[crop])[own].max())
     return radii
 
 
@@ -322,9 +322,22 @@ def tissue_nuclei(tissue: np.ndarray, intensity: np.ndarray, radius: float) -> n
     return fill_holes((tophat > threshold_otsu(values)) & tissue)
 
 
+def distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """The exact Euclidean distance of every mask pixel to the nearest background pixel (0 off the mask), float64.
+
+    The same values as ``scipy.ndimage.distance_transform_edt`` (tested), from the ``edt`` package's separable
+    algorithm: 6-8x faster at 1024² (measured 0.025 s against 0.2 s), which matters where a field's latency counts
+    (watch mode). A mask without background keeps scipy's convention (``edt`` gives infinity there)."""
+    import edt
+
+    if mask.all():
+        return ndi.distance_transform_edt(mask)
+    return edt.edt(np.ascontiguousarray(mask), black_border=False, parallel=1).astype(np.float64)
+
+
 def whole_field_edt(mask: np.ndarray) -> np.ndarray | None:
     """The mask's distance transform on fields small enough to hold one (larger fields work per component)."""
-    return ndi.distance_transform_edt(mask) if mask.size <= WHOLE_FIELD_PIXELS else None
+    return distance_to_background(mask) if mask.size <= WHOLE_FIELD_PIXELS else None
 
 
 def _marker_map(mask: np.ndarray, norm: np.ndarray | None, radius: float, settings: PostprocessSettings,
@@ -339,7 +352,7 @@ def _marker_map(mask: np.ndarray, norm: np.ndarray | None, radius: float, settin
     which is no farther from p than q. Off the mask it is zeroed, as this mask's own transform is."""
     weight = settings.split_intensity_weight if norm is not None else 0.0
     if edt is None:
-        marker_map = ndi.distance_transform_edt(mask)
+        marker_map = distance_to_background(mask)
     else:
         marker_map = edt
         marker_map[~mask] = 0
@@ -719,28 +732,60 @@ def write_labels(path: Path, labels: np.ndarray, unit: dict[str, Any]) -> None:
     write_ome_tiff(path, labels.astype(dtype)[None], [f"labels of {unit['unit_id']}"], unit.get("pixel_size_um") or {})
 
 
+def is_blocked(unit: dict[str, Any], settings: PostprocessSettings) -> bool:
+    """Whether a unit is post-processed block by block (a side longer than ``block_px``)."""
+    shape = tuple(unit.get("shape") or ())
+    return bool(shape) and max(shape[-2:]) > settings.block_px
+
+
 def postprocess_one(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
                     channels: tuple[str | int, ...], out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Labels (TIFF), overlay (PNG), summary and objects of one predicted unit; raises on failure."""
-    from .acquisition import read_unit
-    from .inference import select_channels
-    from .rendering import overlay_png
-
-    uid = unit["unit_id"]
-    pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
-    shape = tuple(unit.get("shape") or ())
-    if shape and max(shape[-2:]) > settings.block_px:
+    if is_blocked(unit, settings):
         from .largefield import postprocess_large
 
+        uid = unit["unit_id"]
+        pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
         return postprocess_large(unit, probability_path, settings, channels, pixel, out, out / f"{uid}{LABELS_SUFFIX}")
+    segmented = segment_one(unit, probability_path, settings, channels)
+    segmented.write(out)
+    return segmented.summary, segmented.objects
+
+
+@dataclass
+class Segmented:
+    """One field's labels and measurements in memory, before its files are written (watch mode writes them
+    after the field's action record)."""
+
+    unit: dict[str, Any]
+    labels: np.ndarray
+    image: np.ndarray  # the model channel
+    pixel: tuple[float, float] | None
+    summary: dict[str, Any]
+    objects: list[dict[str, Any]]
+
+    def write(self, out: Path) -> None:
+        """The labels (TIFF) and the overlay (PNG)."""
+        from .rendering import overlay_png
+
+        uid = self.unit["unit_id"]
+        write_labels(out / f"{uid}{LABELS_SUFFIX}", self.labels, self.unit)
+        (out / f"{uid}.overlay.png").write_bytes(overlay_png(self.image, self.labels, self.pixel[1] if self.pixel else None))
+
+
+def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
+                channels: tuple[str | int, ...]) -> Segmented:
+    """:func:`postprocess_one` of a field that fits in memory, without writing its files."""
+    from .acquisition import read_unit
+    from .inference import select_channels
+
+    pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
     full = read_unit(unit["image_path"])
     image = select_channels(full, unit["channel_names"], channels)
     probability = np.load(probability_path).astype(np.float32)
-    labels, objects, summary = segment_unit(probability, image[0], pixel, settings, uid)
+    labels, objects, summary = segment_unit(probability, image[0], pixel, settings, unit["unit_id"])
     channel_means(objects, labels, full, unit["channel_names"])
-    write_labels(out / f"{uid}{LABELS_SUFFIX}", labels, unit)
-    (out / f"{uid}.overlay.png").write_bytes(overlay_png(image[0], labels, pixel[1] if pixel else None))
-    return summary, objects
+    return Segmented(unit, labels, image[0], pixel, summary, objects)
 
 
 class Rows:

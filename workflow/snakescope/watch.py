@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from .closes import open_closes
 from .configuration import settings_from_section
 from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
 from .records import LABELS_SUFFIX, Failure, read_json, write_json
@@ -57,6 +58,7 @@ class WatchSettings:
     max_reacquisitions_per_well: int = 2
     exposure_factor_min: float = 0.5
     exposure_factor_max: float = 2.0
+    threads: int = 0  # inference threads; 0: every core this process may use
 
 
 def _quiet_poller(record: Any) -> bool:
@@ -66,10 +68,12 @@ def _quiet_poller(record: Any) -> bool:
     return threading.current_thread().name != POLLER_THREAD
 
 
-def tiff_complete(path: str) -> bool | None:
+def tiff_complete(path: str, ome_only: bool = False) -> bool | None:
     """A TIFF's own end marker: True when every page its metadata declares (OME-XML planes, ImageJ ``images``) is
     in the file with all its pixel data; False when the IFD chain or the data is cut short; None when the file does
-    not declare its length (a plain TIFF, or not a TIFF at all): then only a stable size says it is complete."""
+    not declare its length (a plain TIFF, or not a TIFF at all): then only a stable size says it is complete.
+    ``ome_only``: only an OME-XML declaration counts (an ImageJ description written plane by plane declares the
+    first plane alone until the file is closed)."""
     import logging
     import re
 
@@ -89,7 +93,7 @@ def tiff_complete(path: str) -> bool | None:
                     sizes = {k: int(v) for k, v in re.findall(r'\bSize([CZT])="(\d+)"', pixels)}
                     samples = re.search(r'SamplesPerPixel="(\d+)"', tif.ome_metadata)
                     expected += sizes.get("C", 1) * sizes.get("Z", 1) * sizes.get("T", 1) // max(1, int(samples.group(1)) if samples else 1)
-            elif tif.is_imagej and tif.imagej_metadata:
+            elif tif.is_imagej and tif.imagej_metadata and not ome_only:
                 expected = int(tif.imagej_metadata.get("images", 1))
             for page in tif.pages:
                 offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
@@ -108,8 +112,10 @@ def tiff_complete(path: str) -> bool | None:
 class FileTracker:
     """Decides when a file written by the microscope is complete.
 
-    TIFFs that declare their length (OME-TIFF, ImageJ): when all declared pages and their data are in the file
-    and its size did not change since the previous look (one ``poll_s``). Other files: when size and modification
+    OME-TIFFs: as soon as all the planes their OME-XML declares are in the file with their data (tifffile writes
+    the OME-XML when it closes the file; writers that declare it first have all planes in only at the end). ImageJ
+    TIFFs: the same, and their size did not change since the previous look (one ``poll_s``): an ImageJ description
+    written plane by plane declares the first plane alone until the file is closed. Other files: when size and modification
     time have not changed for ``stable_s`` seconds. A file that never becomes complete (cut short, not a TIFF
     although named one) is passed on after ``stable_s`` unchanged, so that the import records why it fails.
     """
@@ -119,19 +125,22 @@ class FileTracker:
         self.clock = clock
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
 
-    def complete(self, path: str) -> float | None:
-        """The time the file was found complete, or None while it may still be written."""
+    def complete(self, path: str, closed: bool = False) -> float | None:
+        """The time the file was found complete, or None while it may still be written. ``closed``: the kernel
+        said its writer closed it since the previous look (:mod:`.closes`): a declared length then counts at once
+        whatever declares it (a closed ImageJ file's description is final)."""
         try:
             stat = os.stat(path)
         except OSError:
             return None
         now, signature = self.clock(), (stat.st_size, stat.st_mtime_ns)
         previous = self._seen.get(path)
+        if stat.st_size == 0:
+            self._seen[path] = (signature, now)
+            return None
         if previous is None or previous[0] != signature:
             self._seen[path] = (signature, now)
-            return None if self.stable_s > 0 else now
-        if stat.st_size == 0:
-            return None
+            return now if self.stable_s <= 0 or tiff_complete(path, ome_only=not closed) else None
         if now - previous[1] >= self.stable_s:
             return now
         return now if tiff_complete(path) else None
@@ -166,11 +175,46 @@ def bounded_actions(entry: dict[str, Any], reimaged: dict[str, int], settings: W
 
 def _warm_up_postprocess(settings: Any) -> None:
     """Run in the post-processing worker at start: its imports and first calls are paid before the first field."""
+    import tempfile
+
     import numpy as np
 
-    from .segmentation import segment_unit
+    from .segmentation import Segmented, segment_unit
 
-    segment_unit(np.zeros((64, 64), np.float32), np.zeros((64, 64), np.uint16), None, settings)
+    image = np.zeros((64, 64), np.uint16)
+    labels, objects, summary = segment_unit(np.zeros((64, 64), np.float32), image, None, settings)
+    unit = {"unit_id": "warm-up", "pixel_size_um": {"y": None, "x": None}, "channel_names": ["c0"]}
+    with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:  # the writers' lazy imports
+        Segmented(unit, labels, image, None, summary, objects).write(Path(tmp))
+
+
+_HELD: dict[str, tuple[Any, Path]] = {}  # in the post-processing worker: fields segmented, files not yet written
+
+
+def segment_and_hold(unit: dict[str, Any], probability_path: str, settings: Any, channels: tuple[str | int, ...], out: Path,
+                     hold: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """In the post-processing worker: a field's summary and objects; with ``hold`` its labels and overlay stay in
+    the worker until :func:`write_held` (a large field, post-processed block by block, writes them as it goes)."""
+    from .segmentation import is_blocked, postprocess_one, segment_one
+
+    if not hold or is_blocked(unit, settings):
+        return postprocess_one(unit, probability_path, settings, channels, out)
+    segmented = segment_one(unit, probability_path, settings, channels)
+    _HELD[unit["unit_id"]] = (segmented, out)
+    return segmented.summary, segmented.objects
+
+
+def write_held(unit_ids: list[str]) -> None:
+    """In the post-processing worker: write the held fields' labels and overlays."""
+    for uid in unit_ids:
+        if uid in _HELD:
+            segmented, out = _HELD.pop(uid)
+            segmented.write(out)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a SLURM job's cgroup sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _now_iso(seconds: float) -> str:
@@ -213,20 +257,24 @@ class Watcher:
         if self.check["test"]["status"] not in ("passed", "skipped"):
             raise ModelError(f"config key model.source={self.model_settings.source!r}: bioimageio test_model did not pass")
         write_json(self.results / "models" / "model_check.json", self.check)
-        # one runtime thread: the other core post-processes the previous file meanwhile (measured: 2 threads contend)
-        self.predictor = batch_predictor(self.model_settings, self.check, threads=1)
+        # every core for inference: a field's latency is the sum of its stages, and a field arriving while the previous
+        # one is post-processed shares the cores (measured at 1024²: 0.8 s on 2 threads against 1.4 s on 1)
+        self.predictor = batch_predictor(self.model_settings, self.check, threads=self.settings.threads or available_cores())
         self._warm_up()
         self.load_seconds = time.time() - started
         self.llm_settings, self.llm_session, self.llm_note = self._open_llm()
         self.tracker = FileTracker(self.settings.stable_s)
         self.quality_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-quality")
         self.front = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-front")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-writer")
+        self.writes: list[Any] = []
         # post-processing in a process of its own: its Python-level loops would otherwise hold the GIL while the next
         # file is imported and predicted (measured: 2.2 s per file overlapped in threads, against 1.6 s alone)
         self.post_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         self.post_pool.submit(_warm_up_postprocess, self.postprocess_settings).result()
         self.records = self._read_records()
-        self.done = {r["sample_id"] for r in self.records}
+        self.recorded = {r["sample_id"] for r in self.records}
+        self.done = {sid for sid in self.recorded if (self.units_dir / f"{sid}.json").is_file()}
         self.reimaged: dict[str, int] = {}
         for record in self.records:
             if any(a["action"] in REIMAGING for a in record["actions"]):
@@ -282,15 +330,25 @@ class Watcher:
     def _warm_up(self) -> None:
         """Pay the one-off costs before the first field: the reader library's import, the runtime's first run, the
         image libraries' lazy imports."""
+        import contextlib
+        import io
+        import tempfile
+
         import numpy as np
+        import tifffile
 
-        import bioio  # noqa: F401 - imported now, not when the first field arrives
-
-        from .quality import unit_metrics
+        from .acquisition import import_one
+        from .quality import quality_one
 
         blank = np.zeros((len(self.channels), 64, 64), np.float32)
         self.predictor.predict(blank, "warm-up")
-        unit_metrics(blank.astype(np.uint16), [f"c{i}" for i in range(len(self.channels))])
+        # a small TIFF through import and quality: the first file read through bioio costs about 1 s (its plugins)
+        with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp, contextlib.redirect_stderr(io.StringIO()):
+            path = Path(tmp) / "warm-up.tif"
+            tifffile.imwrite(path, np.zeros((64, 64), np.uint16), imagej=True)
+            units, _ = import_one(Source("warm-up", str(path)), self.import_settings, Path(tmp) / "import", "[watch]")
+            for unit in units:
+                quality_one(asdict(unit), "warm-up")
 
     # -- state on disk ---------------------------------------------------------------------------------
     def _read_records(self) -> list[dict[str, Any]]:
@@ -325,16 +383,26 @@ class Watcher:
         except (InputError, FileNotFoundError):
             return []
 
+    def input_folders(self) -> list[str]:
+        """The existing folders the input globs start from (the sample sheet's files' folders are found as listed)."""
+        folders = []
+        for pattern in self.config.get("inputs") or []:
+            parts = Path(pattern).parts
+            fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts) - 1)]]
+            folder = self.base / Path(*fixed) if fixed else self.base
+            if folder.is_dir():
+                folders.append(str(folder))
+        return folders
+
     def batch_of(self, sources: list[Source]) -> dict[str, str]:
         return {s.sample_id: batch for batch, members in batches(sources, self.config["batch_size"]).items() for s in members}
 
     # -- one field -----------------------------------------------------------------------------------
     def start(self, source: Source, batch: str) -> dict[str, Any]:
         """The first half of a file's stages, which may run beside the previous file's second half: import, then
-        quality metrics beside inference (numpy and onnxruntime release the GIL). Touches no shared state."""
+        inference on all of the watcher's threads. Touches no shared state."""
         from .acquisition import import_one
         from .inference import predict_one
-        from .quality import quality_one
 
         started = time.time()
         folders = {stage: self.results / stage / batch for stage in ("import", "inference", "segmentation")}
@@ -347,39 +415,46 @@ class Watcher:
                                  "predictions": {}, "inference_failures": [], "summaries": {}, "objects": [],
                                  "postprocess_failures": [], "model_metrics": [], "started": started}
         for unit in state["units"]:
-            quality = self.quality_pool.submit(quality_one, unit, batch)
             prediction, failure = predict_one(self.predictor, unit, folders["inference"], f"[watch {batch}]")
             if failure:
                 state["inference_failures"].append(failure)
             else:
                 state["predictions"][unit["unit_id"]] = prediction
-            metrics, failure = quality.result()
-            if failure:
-                state["quality_failures"].append(failure)
-            else:
-                state["metrics"][unit["unit_id"]] = metrics
-        state["stage_s"] = {"import": round(imported - started, 3), "quality_and_inference": round(time.time() - imported, 3)}
+        state["stage_s"] = {"import": round(imported - started, 3), "inference": round(time.time() - imported, 3)}
         state["front_done"] = time.time()
         return state
 
     def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
         """The second half: post-processing, the rule-based review against the fields seen so far, the records."""
         from .review import expected_diameter, model_channel_name, review_unit, run_reference
-        from .segmentation import postprocess_one
+        from .quality import quality_one
         from .tables import unit_action_entry, unreadable_entry
 
         batch, started, front_done = state["batch"], state.pop("started"), state.pop("front_done")
         finishing = time.time()
+        # the labels and overlay files are written after the record (the microscope waits for the record, not for
+        # them), except for an LLM reviewer, which looks at them
+        hold = self.llm_session is None
+        # quality metrics on one core beside post-processing on the other (numpy releases the GIL; post-processing
+        # runs in its own process)
+        qualities = {u["unit_id"]: self.quality_pool.submit(quality_one, u, batch) for u in state["units"]}
         failures = {f["unit_id"]: f"{f['stage']}: {f['reason']}" for f in state["quality_failures"] + state["inference_failures"]}
         entries = [unreadable_entry(f, *self.positions) for f in state["import_failures"] if not f.get("unit_id")]
         context: dict[str, Any] = {}
         for unit in state["units"]:
             uid, summary, diameters = unit["unit_id"], None, []
-            if uid in state["predictions"]:
+            pending = self.post_pool.submit(segment_and_hold, unit, state["predictions"][uid]["path"], self.postprocess_settings,
+                                            self.channels, self.results / "segmentation" / batch, hold) \
+                if uid in state["predictions"] else None
+            metrics, failure = qualities[uid].result()
+            if failure:
+                state["quality_failures"].append(failure)
+                failures.setdefault(uid, f"{failure['stage']}: {failure['reason']}")
+            else:
+                state["metrics"][uid] = metrics
+            if pending is not None:
                 try:
-                    summary, objects = self.post_pool.submit(postprocess_one, unit, state["predictions"][uid]["path"],
-                                                             self.postprocess_settings, self.channels,
-                                                             self.results / "segmentation" / batch).result()
+                    summary, objects = pending.result()
                     state["summaries"][uid] = summary
                     state["objects"].extend(objects)
                     diameters = [o["equivalent_diameter_um"] for o in objects if o.get("equivalent_diameter_um") not in ("", None)]
@@ -404,11 +479,10 @@ class Watcher:
             reviews = self._llm_reviews(state["units"], context) or reviews
         for unit, review in zip(state["units"], reviews):
             entries.append(unit_action_entry(unit, review, *self.positions))
-        write_json(self.units_dir / f"{state['sample_id']}.json", state)  # before the records: a restart never loses outputs
         written_at = time.time()
         # where a record's latency went: waiting for the loop, the stages, waiting for the previous file's second half
         timing = {"queued": round(max(0.0, started - completed_at), 3), **state["stage_s"],
-                  "waiting_for_previous": round(finishing - front_done, 3), "postprocess": round(reviewing - finishing, 3),
+                  "waiting_for_previous": round(finishing - front_done, 3), "quality_and_postprocess": round(reviewing - finishing, 3),
                   "review_and_record": round(written_at - reviewing, 3)}
         sequence = len(self.records)
         records = []
@@ -421,15 +495,43 @@ class Watcher:
                             "batch": batch, "status": "failed" if entry["issues"] and entry["issues"][0]["type"] in
                             ("unreadable_input", "processing_failed") else "reviewed",
                             **{**entry, "actions": actions}, "suppressed": suppressed})
+        if state["sample_id"] in self.recorded:  # recorded before a restart that came before its outputs were complete
+            records = []
         self._append(records)
         self.records.extend(records)
-        self.done.add(state["sample_id"])
+        self.recorded.add(state["sample_id"])
+        # the files after the record, beside the next field (one writer thread, in arrival order)
+        self.writes.append(self.writer.submit(self._write_outputs, state))
         self.model_metrics.extend(state["model_metrics"])
         for record in records:
             asked = ", ".join(a["action"] + (f" x{a['exposure_factor']}" if "exposure_factor" in a else "") for a in record["actions"])
             print(f"[watch] #{record['sequence']} {record['unit_id']}: {record['verdict']}"
                   f"{' -> ' + asked if asked else ''} ({record['latency_s']:.2f} s after the file was complete)", file=sys.stderr)
         return records
+
+    def _write_outputs(self, state: dict[str, Any]) -> None:
+        """After the records: the held labels and overlays, then the file's state (what a restart and the batch
+        manifests read). A field whose record is in but whose state is not is processed again after a restart,
+        without a second record."""
+        held = list(state["summaries"])  # (write_held passes over those written already)
+        if held:
+            try:
+                self.post_pool.submit(write_held, held).result()
+            except Exception as exc:  # noqa: BLE001 - the record is out; the batch tables list the failure
+                for uid in held:
+                    unit = next(u for u in state["units"] if u["unit_id"] == uid)
+                    state["summaries"].pop(uid)
+                    state["objects"] = [o for o in state["objects"] if o.get("unit_id") != uid]
+                    state["postprocess_failures"].append(
+                        Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid).__dict__)
+                print(f"[watch] writing the labels of {', '.join(held)} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        write_json(self.units_dir / f"{state['sample_id']}.json", state)
+        self.done.add(state["sample_id"])
+
+    def drain_writes(self) -> None:
+        """Wait for the files of every field recorded so far (an error there is raised here)."""
+        while self.writes:
+            self.writes.pop(0).result()
 
     # -- batches -------------------------------------------------------------------------------------
     def write_ready_batches(self, sources: list[Source], final: bool = False) -> list[str]:
@@ -487,23 +589,44 @@ class Watcher:
 
         def poll() -> None:
             queued: set[str] = set()
+            closes, closed = open_closes(), set()  # files the kernel saw closed: looked at at once, not at the next poll
+            for folder in self.input_folders() if closes else []:
+                closes.watch(folder)
             while not halt.is_set():
                 try:
                     latest["sources"] = sources = self.sources()
                     for source in sources:
                         if source.sample_id not in self.done and source.sample_id not in queued:
-                            completed_at = self.tracker.complete(source.path)
+                            path = os.path.abspath(source.path)
+                            if closes:
+                                closes.watch(os.path.dirname(path))
+                            completed_at = self.tracker.complete(source.path, closed=path in closed)
+                            closed.discard(path)
                             if completed_at is not None:
                                 queued.add(source.sample_id)
                                 arrivals.put((source, completed_at))
                 except Exception as exc:  # noqa: BLE001 - the poller must outlive any odd file or listing error
                     print(f"[watch] listing the acquisition failed, trying again: {type(exc).__name__}: {exc}", file=sys.stderr)
-                halt.wait(self.settings.poll_s)
+                if closes:
+                    closed.update(closes.wait(self.settings.poll_s))
+                else:
+                    halt.wait(self.settings.poll_s)
+            if closes:
+                closes.close()
 
         poller = threading.Thread(target=poll, name=POLLER_THREAD, daemon=True)
         poller.start()
         processed, last_activity = 0, time.time()
         in_flight = None  # (future of start(), completed_at) of the file being imported and predicted
+
+        def finish_in_flight() -> None:
+            nonlocal in_flight, processed, last_activity
+            future, completed_at = in_flight
+            in_flight = None
+            self.finish(future.result(), completed_at)
+            processed += 1
+            last_activity = time.time()
+            self.write_ready_batches(latest["sources"])
         try:
             while True:
                 limit = max_fields is not None and processed + (in_flight is not None) >= max_fields
@@ -519,13 +642,13 @@ class Watcher:
                     batch = self.batch_of(latest["sources"] or self.sources()).get(source.sample_id)
                     if batch is None:  # listed when it was complete, gone now (renamed or removed): skip it
                         continue
+                    if in_flight is not None and arrivals.empty():
+                        # one file waiting: the file in hand is finished first (side by side both would share the
+                        # cores and each take longer); files overlap only when they queue up, for throughput
+                        finish_in_flight()
                     upcoming = (self.front.submit(self.start, source, batch), completed_at)
                 if in_flight is not None:
-                    future, completed_at = in_flight
-                    self.finish(future.result(), completed_at)
-                    processed += 1
-                    last_activity = time.time()
-                    self.write_ready_batches(latest["sources"])
+                    finish_in_flight()
                 in_flight = upcoming
                 if in_flight is None:
                     if should_stop() or limit:
@@ -538,6 +661,7 @@ class Watcher:
             if in_flight is not None:  # stopping: the file in hand is finished, not dropped
                 future, completed_at = in_flight
                 self.finish(future.result(), completed_at)
+            self.drain_writes()
         self.write_ready_batches(self.sources(), final=True)
         summary = self.summary()
         summary["adopted"] = self.adopt() if self.config_files else None
@@ -583,6 +707,7 @@ class Watcher:
 
     def close(self) -> None:
         self._llm_stack.close()
+        self.writer.shutdown()
         self.post_pool.shutdown()
         self.front.shutdown()
         self.quality_pool.shutdown()
