@@ -85,6 +85,34 @@ def test_an_ome_tiff_is_complete_at_the_first_look_an_imagej_one_written_plane_b
         assert tracker.complete(str(growing)) is None
 
 
+def test_the_kernel_says_when_a_file_is_closed_and_the_tracker_takes_it_at_once(tmp_path):
+    from snakescope.closes import open_closes
+
+    closes = open_closes()
+    if closes is None:
+        pytest.skip("no inotify on this system")
+    try:
+        assert closes.watch(str(tmp_path)) and closes.wait(0.05) == []
+        data = tiff_bytes(np.arange(2 * 64 * 80, dtype=np.uint16).reshape(2, 64, 80), 0.5)
+        path = tmp_path / "field.tif"
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+            handle.flush()
+            assert closes.wait(0.1) == []  # written to, not closed
+            handle.write(data[len(data) // 2:])
+        assert closes.wait(1.0) == [str(path)]
+        tracker = FileTracker(stable_s=5.0)
+        assert tracker.complete(str(path)) is None  # an ImageJ TIFF at a first look: not without the close
+        path.write_bytes(data)  # written again: a new signature
+        assert FileTracker(stable_s=5.0).complete(str(path), closed=True) is not None
+        (tmp_path / "other.tif").write_bytes(data)
+        os.replace(tmp_path / "other.tif", tmp_path / "moved.tif")
+        seen = closes.wait(1.0)
+        assert str(tmp_path / "moved.tif") in seen + closes.wait(0.2)
+    finally:
+        closes.close()
+
+
 def test_actions_are_bounded_per_well_and_clamped():
     settings = WatchSettings(max_reacquisitions_per_well=1, exposure_factor_min=0.8, exposure_factor_max=1.5)
     entry = {"position": {"plate": "P1", "well": "A01"}, "source_path": "a.tif",
@@ -137,9 +165,14 @@ def watched(tmp_path_factory):
         writer.join()
         before = len(first.records)
         assert 3 <= before < len(names)
+        # as if the watcher had died between a field's record and its files: processed again, no second record
+        lost = next(r["sample_id"] for r in first.records if r["status"] == "reviewed")
+        state = workdir / "results" / "screen" / "watch" / "units" / f"{lost}.json"
+        state.unlink()
         restarted = Watcher(config, KNOWLEDGE_BASE, [str(configfile)])
-        assert len(restarted.records) == before and restarted.resumed == before
+        assert len(restarted.records) == before and restarted.resumed == before and lost not in restarted.done
         summary = restarted.run(idle_exit_s=2.0)
+        assert state.is_file() and lost in restarted.done
         summary["before_restart"] = before
         restarted.close()
     finally:

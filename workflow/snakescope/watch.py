@@ -495,7 +495,9 @@ class Watcher:
                             "batch": batch, "status": "failed" if entry["issues"] and entry["issues"][0]["type"] in
                             ("unreadable_input", "processing_failed") else "reviewed",
                             **{**entry, "actions": actions}, "suppressed": suppressed})
-        if state["sample_id"] in self.recorded:  # recorded before a restart that came before its outputs were complete
+        if state["sample_id"] in self.recorded:  # recorded before a restart that came before its files were all written
+            print(f"[watch] {state['sample_id']}: recorded before the restart, its files were not all written: written now "
+                  "(no second record)", file=sys.stderr)
             records = []
         self._append(records)
         self.records.extend(records)
