@@ -340,8 +340,10 @@ class Watcher:
         from .acquisition import import_one
         from .quality import quality_one
 
+        # at the largest tile the fields will use: the runtime plans its memory per input shape
+        side = max(64, (self.model_settings.tile_px or 64) - 2 * max(self.predictor.halo.values(), default=0))
+        self.predictor.predict(np.zeros((len(self.channels), side, side), np.float32), "warm-up")
         blank = np.zeros((len(self.channels), 64, 64), np.float32)
-        self.predictor.predict(blank, "warm-up")
         # a small TIFF through import and quality: the first file read through bioio costs about 1 s (its plugins)
         with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp, contextlib.redirect_stderr(io.StringIO()):
             path = Path(tmp) / "warm-up.tif"
