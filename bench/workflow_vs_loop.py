@@ -100,6 +100,22 @@ def workflow(folder: Path, model: Path, batch_size: int, cores: int) -> tuple[fl
                      "--configfile", str(folder / "config.yaml"), "--cores", str(cores), "--quiet", "all"])
 
 
+def where_cpu_went(stage_host_log: Path, total: float) -> str:
+    """The workflow's CPU per stage (the stage host's record of its forks) and what is left: Snakemake itself,
+    the host's one-off imports, and each job's small client process."""
+    import json
+    from collections import Counter
+
+    if not stage_host_log.is_file():
+        return "(no stage host record: every job ran in its own process)"
+    per_stage: Counter = Counter()
+    for line in stage_host_log.read_text().splitlines():
+        record = json.loads(line)
+        per_stage[record["stage"]] += record["cpu_s"]
+    stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in per_stage.most_common())
+    return f"CPU s per stage: {stages}; Snakemake, the host's imports and the job clients: {total - sum(per_stage.values()):.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
@@ -125,6 +141,7 @@ def main() -> None:
         cpu_ratio = cpu / loop_cpu
         print(f"snakescope workflow, --cores {cores}: {wall:.1f} s wall ({wall / loop_wall:.2f}x the loop), "
               f"{cpu:.1f} s CPU ({cpu_ratio:.2f}x the loop)")
+        print("  " + where_cpu_went(folder / f"results-c{cores}" / "demo" / "benchmarks" / "stage_host.jsonl", cpu))
     print(f"cpu_ratio={cpu_ratio:.2f}")
 
 

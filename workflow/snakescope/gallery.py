@@ -37,7 +37,7 @@ def webp_data_uri(rgb: np.ndarray, quality: int) -> str:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="WEBP", quality=quality, method=4)
+    Image.fromarray(rgb).save(buffer, format="WEBP", quality=quality, method=2)
     return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
