@@ -219,3 +219,78 @@ def test_large_tiff_planes_are_copied_a_strip_at_a_time_with_the_same_pixels(tmp
         assert np.array_equal(read_unit(plain[0]["image_path"])[0], stack[0, 0])
     else:
         assert "z_plane=2" in streamed["failures"][0]["reason"]
+
+
+def test_a_large_czi_mosaic_is_read_a_strip_of_rows_at_a_time(tmp_path, monkeypatch):
+    """A CZI mosaic (tiles at offsets, 2 channels, 3 planes) larger than the (lowered) large side: copied strip by
+    strip through pylibCZIrw's region reads, never a whole plane, with the pixels, names and pixel size of the
+    whole-plane import."""
+    from pylibCZIrw import czi as pyczi
+
+    from snakescope import blocks
+    from snakescope.blocks import TIFF_TILE
+
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 4000, (2, 3, 1100, 900)).astype(np.uint16)  # C Z Y X
+    path = tmp_path / "mosaic.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for c in range(2):
+            for z in range(3):
+                for y in range(0, 1100, 400):
+                    for x in range(0, 900, 350):
+                        czi.write(data=stack[c, z, y:y + 400, x:x + 350], plane={"C": c, "Z": z, "T": 0}, location=(x, y), scene=0)
+        czi.write_metadata(document_name="mosaic", channel_names={0: "DAPI", 1: "GFP"}, scale_x=0.5e-6, scale_y=0.5e-6, scale_z=2e-6)
+    source = Source(sample_id="m", path=str(path), metadata={})
+    for z in ("max", "plane"):
+        settings = ImportSettings(z=z, z_plane=1)
+        whole = import_batch("b", [source], settings, tmp_path / f"whole-{z}")
+        heights: list[int] = []
+        opened = pyczi.open_czi
+
+        class Spy:
+            def __init__(self, *args, **kwargs):
+                self.czi = opened(*args, **kwargs)
+
+            def __enter__(self):
+                document = self.czi.__enter__()
+                read = document.read
+
+                def region(*args, roi=None, **kwargs):
+                    assert roi is not None, "a whole plane was read"
+                    heights.append(roi[3])
+                    return read(*args, roi=roi, **kwargs)
+
+                document.read = region
+                return document
+
+            def __exit__(self, *exc):
+                return self.czi.__exit__(*exc)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(blocks, "LARGE_SIDE", 512)
+            patched.setattr(pyczi, "open_czi", Spy)
+            streamed = import_batch("b", [source], settings, tmp_path / f"streamed-{z}")
+        (before,), (after,) = whole["units"], streamed["units"]
+        for key in ("unit_id", "shape", "dtype", "channel_names", "pixel_size_um", "selection"):
+            assert after[key] == before[key], key
+        assert before["channel_names"] == ["DAPI", "GFP"] and before["pixel_size_um"]["x"] == pytest.approx(0.5)
+        expected = stack.max(axis=1) if z == "max" else stack[:, 1]
+        assert np.array_equal(read_unit(after["image_path"]), expected)
+        assert np.array_equal(read_unit(before["image_path"]), expected)
+        assert heights and max(heights) <= TIFF_TILE and len(heights) == 2 * (3 if z == "max" else 1) * -(-1100 // TIFF_TILE)
+
+
+def test_the_real_czi_read_by_strips_equals_its_whole_plane_read(tmp_path, monkeypatch):
+    """The vendor CZI (its region sits at x=39856, y=39272 in the file's coordinates, no scenes) through the strip
+    reader, with the large side lowered below its size: the same pixels and pixel size as bioio's read."""
+    from snakescope import blocks
+
+    needs_shared(FORMATS)
+    source = Source(sample_id="c", path=str(FORMATS / "s_1_t_1_c_1_z_1.czi"), metadata={})
+    (whole,) = import_batch("b", [source], ImportSettings(), tmp_path / "whole")["units"]
+    monkeypatch.setattr(blocks, "LARGE_SIDE", 256)
+    (strips,) = import_batch("b", [source], ImportSettings(), tmp_path / "strips")["units"]
+    assert strips["shape"] == whole["shape"] == [1, 325, 475] and strips["pixel_size_um"] == whole["pixel_size_um"]
+    assert np.array_equal(read_unit(strips["image_path"]), read_unit(whole["image_path"]))
+    with tifffile.TiffFile(strips["image_path"]) as tif:
+        assert tif.pages[0].is_tiled

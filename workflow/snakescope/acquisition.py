@@ -117,9 +117,37 @@ def large_tiff_series(path: Path, scene_index: int, sizes: dict[str, int]) -> An
     return {"path": path, "series": scene_index, "axes": axes, "shape": shape, "dtype": dtype}
 
 
+def large_czi_scene(path: Path, scene_index: int, sizes: dict[str, int]) -> dict[str, Any] | None:
+    """A large CZI scene (``blocks.is_large``; a tile scan or a mosaic), to be read a strip of rows at a time through
+    pylibCZIrw's region reads (the CZI's own tile index) instead of whole planes: bioio-czi's default backend
+    reads a whole plane even for a window. None when the scene is small, has RGB samples, or its region in the
+    file does not have the size bioio reports (then bioio reads it whole, once)."""
+    from .blocks import is_large
+
+    if path.suffix.lower() != ".czi" or "S" in sizes or not is_large((sizes.get("Y", 0), sizes.get("X", 0))):
+        return None
+    from pylibCZIrw import czi as pyczi
+
+    with pyczi.open_czi(str(path)) as czi:
+        scenes = czi.scenes_bounding_rectangle_no_pyramid
+        box = czi.total_bounding_box
+        if scenes:  # bioio numbers the CZI's scenes in order
+            keys = sorted(scenes)
+            if scene_index >= len(keys):
+                return None
+            scene, rect = keys[scene_index], scenes[keys[scene_index]]
+        else:
+            scene, rect = None, czi.total_bounding_rectangle_no_pyramid
+    if (rect.h, rect.w) != (sizes["Y"], sizes["X"]) or any(box.get(a, (0, 1))[1] - box.get(a, (0, 1))[0] != sizes.get(a, 1) for a in "TCZ"):
+        return None
+    return {"czi": str(path), "scene": scene, "origin": (rect.x, rect.y), "begin": {a: box.get(a, (0, 1))[0] for a in "TCZ"},
+            "axes": "TCZYX", "shape": tuple(sizes.get(a, 1) for a in "TCZYX"), "dtype": None}
+
+
 class PlaneTiles:
-    """One selected (t, z or max over z) CYX plane of a large TIFF series, yielded as TIFF tiles (channel by
-    channel, rows of tiles) from strips of source rows: memory follows a strip, not the plane."""
+    """One selected (t, z or max over z) CYX plane of a large scene, yielded as TIFF tiles (channel by channel,
+    rows of tiles) from strips of source rows: memory follows a strip, not the plane. The strips come from a
+    TIFF series through zarr (:func:`large_tiff_series`) or from a CZI's region reads (:func:`large_czi_scene`)."""
 
     def __init__(self, series: dict[str, Any], t: int, z: int | str) -> None:
         self.series, self.t, self.z = series, t, z
@@ -146,18 +174,40 @@ class PlaneTiles:
         values = np.asarray(array[tuple(index)])
         return values.max(axis=[a for a in self.series["axes"] if a in "ZYX"].index("Z")) if reduce_z else values
 
+    def _region(self, czi: Any, channel: int, rows: slice) -> np.ndarray:
+        """Rows of one channel of a CZI scene (the maximum over Z when so selected), from region reads."""
+        x, y = self.series["origin"]
+        begin, n_z = self.series["begin"], dict(zip(self.series["axes"], self.series["shape"]))["Z"]
+        values = None
+        for z in (range(n_z) if self.z == "max" else [self.z]):
+            plane = {"T": begin["T"] + self.t, "C": begin["C"] + channel, "Z": begin["Z"] + z}
+            read = czi.read(roi=(x, y + rows.start, self.shape[2], rows.stop - rows.start), plane=plane, scene=self.series["scene"])
+            read = read[..., 0]
+            values = read if values is None else np.maximum(values, read, out=values)
+        return values
+
     def tiles(self) -> Iterator[np.ndarray]:
-        import tifffile
-        import zarr
+        import contextlib
 
         from .blocks import TIFF_TILE
 
-        with tifffile.TiffFile(self.series["path"]) as tif:
-            array = zarr.open(tif.series[self.series["series"]].aszarr(), mode="r")
+        with contextlib.ExitStack() as stack:
+            if "czi" in self.series:
+                from pylibCZIrw import czi as pyczi
+
+                source = stack.enter_context(pyczi.open_czi(self.series["czi"]))
+                read_strip = self._region
+            else:
+                import tifffile
+                import zarr
+
+                tif = stack.enter_context(tifffile.TiffFile(self.series["path"]))
+                source = zarr.open(tif.series[self.series["series"]].aszarr(), mode="r")
+                read_strip = self._strip
             _, height, width = self.shape
             for channel in range(self.shape[0]):
                 for y in range(0, height, TIFF_TILE):
-                    strip = self._strip(array, channel, slice(y, min(height, y + TIFF_TILE)))
+                    strip = read_strip(source, channel, slice(y, min(height, y + TIFF_TILE)))
                     for x in range(0, width, TIFF_TILE):
                         tile = np.zeros((TIFF_TILE, TIFF_TILE), self.dtype)
                         part = strip[:, x:x + TIFF_TILE]
@@ -166,7 +216,7 @@ class PlaneTiles:
 
 
 def streamed_planes(series: dict[str, Any], sizes: dict[str, int], settings: ImportSettings) -> Iterator[tuple[dict[str, Any], "PlaneTiles"]]:
-    """:func:`planes` for a large TIFF series: the same selections, each a :class:`PlaneTiles`."""
+    """:func:`planes` for a large scene read by strips: the same selections, each a :class:`PlaneTiles`."""
     n_t, n_z = sizes.get("T", 1), sizes.get("Z", 1)
     t_values = list(range(n_t)) if settings.t == "per_timepoint" else [settings.t_index]
     if settings.z == "per_plane":
@@ -364,7 +414,9 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         print(f"WARNING: {pixel.warning}", file=sys.stderr)
     sizes = {k: int(v) for k, v in dict(data.sizes).items()}
     units = []
-    streamed = large_tiff_series(path, scene_index, sizes) if leica is None else None
+    streamed = (large_tiff_series(path, scene_index, sizes) or large_czi_scene(path, scene_index, sizes)) if leica is None else None
+    if streamed is not None and streamed["dtype"] is None:
+        streamed["dtype"] = np.dtype(data.dtype)
     for selection, array in (streamed_planes(streamed, sizes, settings) if streamed is not None else planes(data, settings)):
         # checked once the pixels were read: a file that cannot be read says that first, not "no pixel size"
         if not pixel.known and settings.missing_pixel_size == "fail":
