@@ -505,6 +505,7 @@ class Watcher:
         self.records.extend(records)
         self.recorded.add(state["sample_id"])
         # the files after the record, beside the next field (one writer thread, in arrival order)
+        self._reap_writes()
         self.writes.append(self.writer.submit(self._write_outputs, state))
         self.model_metrics.extend(state["model_metrics"])
         for record in records:
@@ -532,10 +533,20 @@ class Watcher:
         write_json(self.units_dir / f"{state['sample_id']}.json", state)
         self.done.add(state["sample_id"])
 
+    def _reap_writes(self) -> None:
+        """Forget the writes that are done, saying so where one failed (its field is processed again on restart)."""
+        for write in [w for w in self.writes if w.done()]:
+            self.writes.remove(write)
+            if write.exception() is not None:
+                print(f"[watch] writing a field's files failed: {type(write.exception()).__name__}: {write.exception()}",
+                      file=sys.stderr)
+
     def drain_writes(self) -> None:
-        """Wait for the files of every field recorded so far (an error there is raised here)."""
-        while self.writes:
-            self.writes.pop(0).result()
+        """Wait for the files of every field recorded so far."""
+        from concurrent.futures import wait
+
+        wait(self.writes)
+        self._reap_writes()
 
     # -- batches -------------------------------------------------------------------------------------
     def write_ready_batches(self, sources: list[Source], final: bool = False) -> list[str]:
