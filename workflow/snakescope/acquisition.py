@@ -117,7 +117,7 @@ def large_tiff_series(path: Path, scene_index: int, sizes: dict[str, int]) -> An
     return {"path": path, "series": scene_index, "axes": axes, "shape": shape, "dtype": dtype}
 
 
-def large_czi_scene(path: Path, scene_index: int, sizes: dict[str, int]) -> dict[str, Any] | None:
+def large_czi_scene(path: Path, scene_index: int, sizes: dict[str, int], dtype: Any) -> dict[str, Any] | None:
     """A large CZI scene (``blocks.is_large``; a tile scan or a mosaic), to be read a strip of rows at a time through
     pylibCZIrw's region reads (the CZI's own tile index) instead of whole planes: bioio-czi's default backend
     reads a whole plane even for a window. None when the scene is small, has RGB samples, or its region in the
@@ -141,7 +141,7 @@ def large_czi_scene(path: Path, scene_index: int, sizes: dict[str, int]) -> dict
     if (rect.h, rect.w) != (sizes["Y"], sizes["X"]) or any(box.get(a, (0, 1))[1] - box.get(a, (0, 1))[0] != sizes.get(a, 1) for a in "TCZ"):
         return None
     return {"czi": str(path), "scene": scene, "origin": (rect.x, rect.y), "begin": {a: box.get(a, (0, 1))[0] for a in "TCZ"},
-            "axes": "TCZYX", "shape": tuple(sizes.get(a, 1) for a in "TCZYX"), "dtype": None}
+            "axes": "TCZYX", "shape": tuple(sizes.get(a, 1) for a in "TCZYX"), "dtype": np.dtype(dtype)}
 
 
 class PlaneTiles:
@@ -414,9 +414,8 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         print(f"WARNING: {pixel.warning}", file=sys.stderr)
     sizes = {k: int(v) for k, v in dict(data.sizes).items()}
     units = []
-    streamed = (large_tiff_series(path, scene_index, sizes) or large_czi_scene(path, scene_index, sizes)) if leica is None else None
-    if streamed is not None and streamed["dtype"] is None:
-        streamed["dtype"] = np.dtype(data.dtype)
+    streamed = (large_tiff_series(path, scene_index, sizes) or large_czi_scene(path, scene_index, sizes, data.dtype)) \
+        if leica is None else None
     for selection, array in (streamed_planes(streamed, sizes, settings) if streamed is not None else planes(data, settings)):
         # checked once the pixels were read: a file that cannot be read says that first, not "no pixel size"
         if not pixel.known and settings.missing_pixel_size == "fail":

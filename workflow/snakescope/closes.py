@@ -34,19 +34,18 @@ class ClosedFiles:
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.folders: dict[int, str] = {}
-        self._watched: set[str] = set()
+        self._tried: set[str] = set()  # watched or refused: each folder is asked for once
 
     def watch(self, folder: str) -> bool:
-        """Watch ``folder`` (once); False when the kernel refuses (gone, no permission, watch limit reached)."""
+        """Watch ``folder``, asking the kernel once; False when it refused (gone, no permission, watch limit
+        reached): polling alone finds that folder's files."""
         folder = os.path.abspath(folder)
-        if folder in self._watched:
-            return True
-        descriptor = self._libc.inotify_add_watch(self.fd, os.fsencode(folder), IN_CLOSE_WRITE | IN_MOVED_TO)
-        if descriptor < 0:
-            return False
-        self.folders[descriptor] = folder
-        self._watched.add(folder)
-        return True
+        if folder not in self._tried:
+            self._tried.add(folder)
+            descriptor = self._libc.inotify_add_watch(self.fd, os.fsencode(folder), IN_CLOSE_WRITE | IN_MOVED_TO)
+            if descriptor >= 0:
+                self.folders[descriptor] = folder
+        return folder in self.folders.values()
 
     def wait(self, timeout_s: float) -> list[str]:
         """The absolute paths closed or moved in since the last call, waiting up to ``timeout_s`` for the first."""

@@ -325,7 +325,7 @@ def tissue_nuclei(tissue: np.ndarray, intensity: np.ndarray, radius: float) -> n
 def distance_to_background(mask: np.ndarray) -> np.ndarray:
     """The exact Euclidean distance of every mask pixel to the nearest background pixel (0 off the mask), float64.
 
-    The same values as ``scipy.ndimage.distance_transform_edt`` (tested), from the ``edt`` package's separable
+    ``scipy.ndimage.distance_transform_edt``'s values to float32 precision (tested), from the ``edt`` package's separable
     algorithm: 6-8x faster at 1024² (measured 0.025 s against 0.2 s), which matters where a field's latency counts
     (watch mode). A mask without background keeps scipy's convention (``edt`` gives infinity there)."""
     import edt

@@ -343,7 +343,6 @@ class Watcher:
         # at the largest tile the fields will use: the runtime plans its memory per input shape
         side = max(64, (self.model_settings.tile_px or 64) - 2 * max(self.predictor.halo.values(), default=0))
         self.predictor.predict(np.zeros((len(self.channels), side, side), np.float32), "warm-up")
-        blank = np.zeros((len(self.channels), 64, 64), np.float32)
         # a small TIFF through import and quality: the first file read through bioio costs about 1 s (its plugins)
         with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp, contextlib.redirect_stderr(io.StringIO()):
             path = Path(tmp) / "warm-up.tif"
@@ -390,8 +389,8 @@ class Watcher:
         folders = []
         for pattern in self.config.get("inputs") or []:
             parts = Path(pattern).parts
-            fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts) - 1)]]
-            folder = self.base / Path(*fixed) if fixed else self.base
+            fixed = parts[: next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts) - 1)]
+            folder = self.base.joinpath(*fixed)
             if folder.is_dir():
                 folders.append(str(folder))
         return folders
