@@ -294,3 +294,25 @@ def test_the_real_czi_read_by_strips_equals_its_whole_plane_read(tmp_path, monke
     assert np.array_equal(read_unit(strips["image_path"]), read_unit(whole["image_path"]))
     with tifffile.TiffFile(strips["image_path"]) as tif:
         assert tif.pages[0].is_tiled
+
+
+def test_ome_xml_is_parsed_with_one_shared_binding_context_and_the_same_result(tmp_path):
+    """Opening an OME-TIFF parses its OME-XML three times; one xsdata context per process (not one per parse) must
+    give the same metadata as a parse with a fresh context, and stay in place with the installed ome-types."""
+    import ome_types
+    import ome_types._conversion as conversion
+    from xsdata_pydantic_basemodel.bindings import XmlContext
+
+    from snakescope.acquisition import share_ome_binding_context, write_ome_tiff
+
+    path = tmp_path / "field.ome.tif"
+    write_ome_tiff(path, np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50), ["DAPI", "GFP"], {"x": 0.325, "y": 0.325})
+    units, failures = import_source(Source("field", str(path), {}), ImportSettings(), tmp_path / "out")
+    assert not failures and units[0].channel_names == ["DAPI", "GFP"] and units[0].pixel_size_um["x"] == pytest.approx(0.325)
+    assert share_ome_binding_context()  # in place: a newer ome-types that builds its parser otherwise fails here
+    assert conversion.XmlParser().context is conversion.XmlParser().context
+    xml = tifffile.TiffFile(path).pages[0].description
+    shared = ome_types.from_xml(xml)
+    fresh = ome_types.from_xml(xml, parser_kwargs={"context": XmlContext()})
+    assert shared.model_dump() == fresh.model_dump()
+    assert [c.name for c in shared.images[0].pixels.channels] == ["DAPI", "GFP"]

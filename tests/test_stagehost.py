@@ -12,7 +12,8 @@ import time
 import pytest
 
 from conftest import ROOT
-from snakescope.stagehost import ADDRESS_VARIABLE, HEADER, StageHost, read_usage
+from snakescope.hostclient import ADDRESS_VARIABLE, HEADER
+from snakescope.stagehost import StageHost, read_usage
 
 WORKFLOW = ROOT / "workflow"
 
@@ -34,7 +35,7 @@ def stage(args, cwd, address, **env):
     environment.pop(ADDRESS_VARIABLE, None)
     if address:
         environment[ADDRESS_VARIABLE] = address
-    return subprocess.run([sys.executable, "-m", "snakescope.cli", *args], cwd=cwd, env=environment,
+    return subprocess.run([sys.executable, "-m", "snakescope", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -105,7 +106,7 @@ def test_a_stage_killed_in_the_host_fails_its_job_and_says_so(host, tmp_path):
     stage_host, address, _ = host
     environment = {**os.environ, "PYTHONPATH": str(WORKFLOW), ADDRESS_VARIABLE: address}
     settings = json.dumps({"source": str(UNET), "channels": [0]})
-    job = subprocess.Popen([sys.executable, "-m", "snakescope.cli", "check-model", "--settings", settings, "--cache-dir",
+    job = subprocess.Popen([sys.executable, "-m", "snakescope", "check-model", "--settings", settings, "--cache-dir",
                             str(tmp_path / "cache"), "--out", str(tmp_path / "check.json")], cwd=tmp_path, env=environment,
                            stderr=subprocess.PIPE, text=True)
     children = f"/proc/{stage_host.process.pid}/task/{stage_host.process.pid}/children"

@@ -17,5 +17,5 @@ rule import_batch:
         settings=as_json(config["import"]),
         reader=config["reader"],
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli import --batch {wildcards.batch} --sources {params.sources:q} --settings {params.settings:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope import --batch {wildcards.batch} --sources {params.sources:q} --settings {params.settings:q} '
         "--reader {params.reader:q} --out {output:q} 2> {log:q}"

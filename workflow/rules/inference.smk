@@ -14,7 +14,7 @@ rule check_model:
         settings=as_json(config["model"]),
         cache_dir=config["cache_dir"],
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output:q} 2> {log:q}'
+        '"$SNAKESCOPE_PYTHON" -m snakescope check-model --settings {params.settings:q} --cache-dir {params.cache_dir:q} --out {output:q} 2> {log:q}'
 
 
 rule dataset_pixels:
@@ -32,7 +32,7 @@ rule dataset_pixels:
         manifests=IMPORT_MANIFESTS,
         model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}'
+        '"$SNAKESCOPE_PYTHON" -m snakescope dataset-pixels --manifests {params.manifests:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}'
 
 
 rule infer:
@@ -58,5 +58,5 @@ rule infer:
             f"--dataset-pixels {shlex.quote(input.pixels)}" if hasattr(input, "pixels") else ""
         ),
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli infer --manifest {input.imported:q}/manifest.json --settings {params.settings:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope infer --manifest {input.imported:q}/manifest.json --settings {params.settings:q} '
         "--model-check {input.model_check:q} --threads {threads} --out {output:q} {params.dataset_pixels} 2> {log:q}"

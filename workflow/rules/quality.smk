@@ -13,7 +13,7 @@ rule quality_metrics:
         mem_mb=field_mem_mb("quality", 2000),
         runtime=30,
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}'
+        '"$SNAKESCOPE_PYTHON" -m snakescope quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}'
 
 
 rule quality_reference:
@@ -32,5 +32,5 @@ rule quality_reference:
         manifests=IMPORT_MANIFESTS,
         plate_column=config["report"]["plate_column"],
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli quality-reference --quality {input.quality:q} --manifests {params.manifests:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope quality-reference --quality {input.quality:q} --manifests {params.manifests:q} '
         "--plate-column {params.plate_column:q} --out {output:q} 2> {log:q}"

@@ -20,7 +20,7 @@ rule pipeline_info:
         config=as_json(config),
         out=lambda wildcards, output: Path(output.params).parent,
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli pipeline-info --config {params.config:q} --out {params.out:q} 2> {log:q}'
+        '"$SNAKESCOPE_PYTHON" -m snakescope pipeline-info --config {params.config:q} --out {params.out:q} 2> {log:q}'
 
 
 rule tables:
@@ -82,7 +82,7 @@ rule tables:
         ),
         out=lambda wildcards, output: Path(output.units).parent,
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli tables --batches {params.batches:q} --results {params.results:q} --model-settings {params.model:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope tables --batches {params.batches:q} --results {params.results:q} --model-settings {params.model:q} '
         "--condition-column {params.condition_column:q} --dataset {params.dataset:q} --report-settings {params.positions:q} "
         "--out {params.out:q} {params.corrections} 2> {log:q}"
 
@@ -108,7 +108,7 @@ rule gallery:
         settings=as_json({k: config["report"][k] for k in ("thumbnail_px", "detail_px", "image_quality")}),
         model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} '
         "--review {input.review:q} --model-settings {params.model:q} --settings {params.settings:q} --reference {input.reference:q} "
         "--out {output:q} 2> {log:q}"
 
@@ -140,7 +140,7 @@ rule plots:
         tables=lambda wildcards, input: Path(input.units).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli plots --tables {params.tables:q} --condition-column {params.condition_column:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope plots --tables {params.tables:q} --condition-column {params.condition_column:q} '
         "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {params.out:q} 2> {log:q}"
 
 
@@ -164,7 +164,7 @@ rule run_summary:
     params:
         settings=as_json(REVIEW_PARAMS),
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli summary --aggregates {input.aggregates:q} --settings {params.settings:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope summary --aggregates {input.aggregates:q} --settings {params.settings:q} '
         "--out {output:q} 2> {log:q}"
 
 
@@ -192,6 +192,6 @@ rule report:
         pipeline_info=lambda wildcards, input: Path(input.params).parent,
         benchmarks=lambda wildcards, output: Path(output[0]).parents[1] / "benchmarks",
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli report --tables {params.tables:q} --plots {params.plots:q} --gallery {input.gallery:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope report --tables {params.tables:q} --plots {params.plots:q} --gallery {input.gallery:q} '
         "--model-check {input.model_check:q} --pipeline-info {params.pipeline_info:q} --dataset {params.dataset:q} "
         "--settings {params.settings:q} --benchmarks {params.benchmarks:q} --batches {params.batches:q} --out {output:q} 2> {log:q}"

@@ -24,7 +24,7 @@ rule review:
         postprocess=as_json(config["postprocess"]),
         model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli review --manifest {input.imported:q}/manifest.json --quality {input.quality:q} '
+        '"$SNAKESCOPE_PYTHON" -m snakescope review --manifest {input.imported:q}/manifest.json --quality {input.quality:q} '
         "--inference {input.inference:q}/manifest.json --segmentation {input.segmentation:q} "
         "--knowledge-base {input.knowledge_base:q} --settings {params.settings:q} --postprocess {params.postprocess:q} "
         "--model-settings {params.model:q} --schema {input.schema:q} --reference {input.reference:q} "

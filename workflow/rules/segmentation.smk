@@ -17,5 +17,5 @@ rule postprocess:
         settings=as_json(config["postprocess"]),
         model=as_json({"channels": config["model"]["channels"]}),
     shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope.cli postprocess --manifest {input.imported:q}/manifest.json --inference {input.inference:q}/manifest.json '
+        '"$SNAKESCOPE_PYTHON" -m snakescope postprocess --manifest {input.imported:q}/manifest.json --inference {input.inference:q}/manifest.json '
         "--settings {params.settings:q} --model-settings {params.model:q} --out {output:q} 2> {log:q}"

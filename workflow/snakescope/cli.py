@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from .stagehost import run_hosted
+    from .hostclient import run_hosted
 
     hosted = run_hosted(sys.argv[1:])  # a local run's stage host, when there is one; else the stage runs here
     if hosted is None:

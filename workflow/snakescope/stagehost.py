@@ -3,8 +3,8 @@
 Every stage job is a new Python process, and most of a small batch's CPU went into imports: bioio about 2.3 s
 (dask, ome-types, pint), bioimageio.core 2.2 s, scipy and scikit-image about 1 s, paid again by every job of
 every batch. For a local run the workflow starts one host process (``onstart``) that imports them once and
-listens on a Unix socket in a private folder. A job's command is unchanged (``python -m snakescope.cli <stage>
-...``): the CLI finds the host through ``SNAKESCOPE_STAGE_HOST``, passes its arguments, working folder,
+listens on a Unix socket in a private folder. A job's command is unchanged (``python -m snakescope <stage> ...``):
+the job (:mod:`.hostclient`, few imports) finds the host through ``SNAKESCOPE_STAGE_HOST``, passes its arguments, working folder,
 environment and its stdin/stdout/stderr (the job's log) over the socket, and the host forks a child that runs
 the stage exactly as the job would have, with the job's own file descriptors. The job waits for the child and
 exits with its status; Snakemake still sees one job per stage and batch with the same inputs, outputs, params
@@ -31,7 +31,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,78 +38,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ADDRESS_VARIABLE = "SNAKESCOPE_STAGE_HOST"
-# stages a job may hand to the host (watch, demo data and the LLM self-test run in their own process)
-HOSTED = frozenset({"import", "quality", "quality-reference", "check-model", "infer", "dataset-pixels", "postprocess",
-                    "review", "gallery", "tables", "plots", "summary", "report", "pipeline-info"})
+from .hostclient import ADDRESS_VARIABLE, HEADER, identity
+
 PRELOAD = ("numpy", "scipy.ndimage", "skimage.morphology", "skimage.segmentation", "skimage.feature", "skimage.measure",
            "skimage.filters", "PIL.Image", "tifffile", "yaml", "jsonschema", "bioio", "bioio_base", "bioimageio.core",
            "bioimageio.core.backends.onnx_backend", "onnxruntime", "snakescope.cli", "snakescope.acquisition",
            "snakescope.quality", "snakescope.inference", "snakescope.segmentation", "snakescope.review",
            "snakescope.gallery", "snakescope.tables", "snakescope.report", "snakescope.plots", "snakescope.rendering")
-HEADER = struct.Struct("!I")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-def _identity() -> dict[str, str]:
-    """What must match between a job and the host: the interpreter and the package's code."""
-    return {"python": os.path.realpath(sys.executable), "package": str(Path(__file__).resolve().parent)}
-
-
-# ---------------------------------------------------------------------------------------------------- client
-
-
-def run_hosted(argv: list[str]) -> int | None:
-    """Run a stage command in the host; its exit status, or None when there is no usable host (run it here)."""
-    address = os.environ.get(ADDRESS_VARIABLE)
-    if not address or not argv or argv[0] not in HOSTED:
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(address)
-        payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), **_identity()}).encode()
-        socket.send_fds(sock, [HEADER.pack(len(payload))], [0, 1, 2])
-        sock.sendall(payload)
-        reader = sock.makefile("rb")
-        first = json.loads(reader.readline() or b"{}")
-    except (OSError, ValueError):
-        sock.close()
-        return None
-    if "pid" not in first:
-        print(f"[stage host] not used ({first.get('error', 'no answer')}): running the stage in this job", file=sys.stderr)
-        sock.close()
-        return None
-    pid = int(first["pid"])
-
-    def forward(signum: int, _frame: Any) -> None:  # Snakemake stopping the job stops the stage
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    try:
-        last = json.loads(reader.readline() or b"{}")
-    except (OSError, ValueError):
-        last = {}
-    finally:
-        sock.close()
-    if "status" not in last:
-        print("[stage host] the host ended before the stage did", file=sys.stderr)
-        return 1
-    status = int(last["status"])
-    if status > 128:  # as a shell would say it: the stage's process was killed (e.g. out of memory)
-        try:
-            name = signal.Signals(status - 128).name
-        except ValueError:
-            name = "unknown"
-        print(f"[stage host] the stage was killed by signal {status - 128} ({name})", file=sys.stderr)
-    return status
-
-
-# ------------------------------------------------------------------------------------------------------ host
 
 
 def _preload() -> list[str]:
@@ -200,7 +136,7 @@ def serve(address: str, parent: int | None = None, usage_file: str | None = None
     listener.bind(address)  # bound before the imports: a job that connects meanwhile waits in the backlog
     listener.listen(64)
     _preload()
-    identity = _identity()
+    own = identity()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
@@ -218,7 +154,7 @@ def serve(address: str, parent: int | None = None, usage_file: str | None = None
                 except (OSError, ValueError):
                     conn.close()
                     continue
-                mismatch = [k for k in identity if request.get(k) != identity[k]]
+                mismatch = [k for k in own if request.get(k) != own[k]]
                 if mismatch:
                     for fd in fds:
                         os.close(fd)
