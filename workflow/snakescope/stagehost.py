@@ -18,7 +18,8 @@ Snakemake's own benchmark of the job sees only the waiting client.
 
 Safety: the folder is private (mode 0700), so only the same user can connect; arguments are data for the CLI's
 argument parser, never a shell. The host runs no Python threads and starts its libraries with one-thread pools
-(as Snakemake gives a 1-thread job), so a fork copies no lock held mid-work; the only other threads are the
+(as Snakemake gives a 1-thread job), so a fork copies no lock held mid-work (its warm-up stops the one thread a
+reader starts, zarr's I/O loop; tested); the only other threads are the
 ones two libraries start at import (jemalloc's background thread, which handles fork itself, and one of
 onnxruntime's; every inference in the test suite runs in forks). It leaves when the Snakemake process that
 started it ends, and stops a child whose job was killed.
@@ -59,6 +60,47 @@ def _preload() -> list[str]:
         except Exception:  # noqa: BLE001 - a library this environment lacks is imported by the stage that needs it
             failed.append(name)
     return failed
+
+
+def _warm_up() -> None:
+    """First uses every fork would otherwise repeat, paid once here: a tiny OME-TIFF through import (bioio finds and
+    imports its reader plugins on the first open, dask builds its compute machinery on the first read, ome-types its
+    binding context: about 1.2-1.5 s of CPU per import job, measured), quality metrics, post-processing and the
+    overlay and gallery renderers (their lazy imports). dask computes synchronously here and zarr's I/O thread,
+    which the OME-TIFF reader starts, is stopped after, so the host keeps no threads of its own. Anything that
+    fails is left to the stage that needs it."""
+    import contextlib
+    import io
+    import tempfile
+
+    try:
+        import dask
+        import numpy as np
+
+        from .acquisition import ImportSettings, import_source, read_unit, write_ome_tiff
+        from .gallery import GallerySettings, unit_gallery_images
+        from .inputs import Source
+        from .quality import unit_metrics
+        from .rendering import overlay_png
+        from .segmentation import PostprocessSettings, segment_unit
+
+        with tempfile.TemporaryDirectory(prefix="snakescope-host-warm-up-") as tmp, \
+                contextlib.redirect_stderr(io.StringIO()), dask.config.set(scheduler="synchronous"):
+            field = np.zeros((1, 32, 32), np.uint16)
+            field[0, 8:20, 8:20] = 100
+            write_ome_tiff(Path(tmp) / "warm-up.ome.tif", field, ["warm-up"], {"x": 1.0, "y": 1.0})
+            units, _ = import_source(Source("warm-up", str(Path(tmp) / "warm-up.ome.tif")), ImportSettings(), Path(tmp) / "out")
+            image = read_unit(units[0].image_path)
+            unit_metrics(image, units[0].channel_names)
+            labels = segment_unit((image[0] > 50).astype(np.float32), image[0], (1.0, 1.0), PostprocessSettings())[0]
+            overlay_png(image[0], labels, 1.0)
+            unit_gallery_images(image[0], labels, 1.0, GallerySettings(), (0.0, 100.0))
+    except Exception:  # noqa: BLE001 - a warm-up only saves time
+        pass
+    finally:  # the OME-TIFF reader's zarr store started zarr's I/O thread: stopped, so the host forks without threads
+        zarr_sync = sys.modules.get("zarr.core.sync")
+        if zarr_sync is not None and hasattr(zarr_sync, "cleanup_resources"):
+            zarr_sync.cleanup_resources()
 
 
 def _child(request: dict[str, Any], fds: list[int], keep_closed: list[Any]) -> None:
@@ -136,6 +178,7 @@ def serve(address: str, parent: int | None = None, usage_file: str | None = None
     listener.bind(address)  # bound before the imports: a job that connects meanwhile waits in the backlog
     listener.listen(64)
     _preload()
+    _warm_up()
     own = identity()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
