@@ -4,9 +4,9 @@ Every stage job is a new Python process, and most of a small batch's CPU went in
 (dask, ome-types, pint), bioimageio.core 2.2 s, scipy and scikit-image about 1 s, paid again by every job of
 every batch. For a local run the workflow starts one host process (``onstart``) that imports them once and
 listens on a Unix socket in a private folder. A job's command is unchanged (``python -m snakescope <stage> ...``):
-the job (:mod:`.hostclient`, few imports) finds the host through ``SNAKESCOPE_STAGE_HOST``, passes its arguments, working folder,
-environment and its stdin/stdout/stderr (the job's log) over the socket, and the host forks a child that runs
-the stage exactly as the job would have, with the job's own file descriptors. The job waits for the child and
+the job (:mod:`.hostclient`, few imports) finds the host through ``SNAKESCOPE_STAGE_HOST``, passes its arguments,
+working folder, environment and its stdin/stdout/stderr (the job's log) over the socket, and the host forks a child
+that runs the stage exactly as the job would have, with the job's own file descriptors. The job waits for the child and
 exits with its status; Snakemake still sees one job per stage and batch with the same inputs, outputs, params
 and log, so reruns are as precise as without the host.
 
@@ -19,9 +19,9 @@ Snakemake's own benchmark of the job sees only the waiting client.
 Safety: the folder is private (mode 0700), so only the same user can connect; arguments are data for the CLI's
 argument parser, never a shell. The host runs no Python threads and starts its libraries with one-thread pools
 (as Snakemake gives a 1-thread job), so a fork copies no lock held mid-work (its warm-up stops the one thread a
-reader starts, zarr's I/O loop; tested); the only other threads are the
-ones two libraries start at import (jemalloc's background thread, which handles fork itself, and one of
-onnxruntime's; every inference in the test suite runs in forks). It leaves when the Snakemake process that
+reader starts, zarr's I/O loop; tested); the only other threads are the ones two libraries start at import
+(jemalloc's background thread, which handles fork itself, and one of onnxruntime's; every inference in the test
+suite runs in forks). It leaves when the Snakemake process that
 started it ends, and stops a child whose job was killed.
 """
 
@@ -71,7 +71,6 @@ def _warm_up() -> None:
     fails is left to the stage that needs it."""
     import contextlib
     import io
-    import tempfile
 
     try:
         import dask
