@@ -182,6 +182,37 @@ def test_identical_colour_samples_are_refused_and_grey_rgb_is_one_channel(tmp_pa
     assert unit.shape == [1, 20, 30] and any("one grey channel" in w for w in unit.warnings)
 
 
+def test_png_and_jpeg_as_the_data_science_bowl_distributes_them(tmp_path):
+    """The Data Science Bowl's nuclei come as RGBA PNGs with R = G = B and an opaque alpha: one grey channel,
+    uncalibrated (with the message), equal to the pixels; a varying alpha stays a channel; JPEG says it is lossy."""
+    from PIL import Image
+
+    needs_shared(NUCLEI)
+    grey = tifffile.imread(sorted((NUCLEI / "dsb2018" / "images").glob("*.tif"))[0])
+    grey = grey if grey.ndim == 2 else grey[..., 0]
+    grey = np.asarray(grey, np.uint8)
+    opaque = np.full_like(grey, 255)
+    Image.fromarray(np.dstack([grey, grey, grey, opaque])).save(tmp_path / "dsb.png")
+    Image.fromarray(np.dstack([grey, opaque])).save(tmp_path / "la.png")
+    ramp = (np.arange(grey.size).reshape(grey.shape) % 200).astype(np.uint8)
+    Image.fromarray(np.dstack([grey, grey // 2, grey, ramp])).save(tmp_path / "varying.png")
+    Image.fromarray(grey).save(tmp_path / "dsb.jpg", quality=95)
+    doc = import_batch("b0000", [Source(p.stem + p.suffix[1:], str(tmp_path / p)) for p in
+                                 (Path("dsb.png"), Path("la.png"), Path("varying.png"), Path("dsb.jpg"))],
+                       ImportSettings(), tmp_path / "out")
+    assert not doc["failures"]
+    rgba, la, varying, jpeg = doc["units"]
+    for unit in (rgba, la):
+        assert unit["shape"] == [1, *grey.shape] and unit["pixel_size_um"]["x"] is None
+        assert np.array_equal(read_unit(unit["image_path"])[0], grey)
+        assert any("no usable pixel size" in w for w in unit["warnings"])
+    assert any("one grey channel" in w for w in rgba["warnings"])
+    assert [n.rsplit(":", 1)[1] for n in varying["channel_names"]] == ["R", "G", "B", "alpha"]
+    assert np.array_equal(read_unit(varying["image_path"])[3], ramp)
+    assert jpeg["shape"] == [1, *grey.shape] and any("lossy" in w for w in jpeg["warnings"])
+    assert np.abs(read_unit(jpeg["image_path"])[0].astype(int) - grey).mean() < 3
+
+
 def test_leica_frame_axes():
     from snakescope.acquisition import frame_axes
 

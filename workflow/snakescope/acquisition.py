@@ -114,8 +114,12 @@ def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any]
             else:
                 plane = stack.isel(Z=z)
             array = np.asarray(plane.transpose("C", "Y", "X", *(["S"] if "S" in sizes else [])).values)
-            selection = {"t": t, "z": z}
-            if array.ndim == 4:  # RGB samples
+            selection: dict[str, Any] = {"t": t, "z": z}
+            if array.ndim == 4:  # colour samples (RGB, RGBA, grey + alpha)
+                array, selection["samples"] = without_constant_alpha(array)
+            if array.ndim == 4 and array.shape[-1] == 1:  # grey + an alpha that was dropped
+                array = array[..., 0]
+            if array.ndim == 4:
                 if settings.rgb == "luminance" and array.shape[-1] == 3:
                     array = np.tensordot(array.astype(np.float32), LUMINANCE, axes=([-1], [0]))
                     selection["rgb"] = "luminance"
@@ -126,6 +130,21 @@ def planes(data: Any, settings: ImportSettings) -> Iterator[tuple[dict[str, Any]
 
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+SAMPLE_LABELS = {2: ("grey", "alpha"), 3: ("R", "G", "B"), 4: ("R", "G", "B", "alpha")}
+
+
+def without_constant_alpha(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """A CYXS array without its alpha sample when that is one value throughout (an opaque PNG's 255: no image
+    in it, and as a channel it would read as saturated); (array, the sample labels kept, e.g. ``"RGB"``).
+    Only 2 (grey + alpha) and 4 (RGBA) samples carry an alpha; a varying alpha is kept as a channel."""
+    n = array.shape[-1]
+    labels = SAMPLE_LABELS.get(n, tuple(str(i) for i in range(n)))
+    if n in (2, 4):
+        alpha = array[..., -1]
+        if alpha.size and alpha.min() == alpha.max():
+            array, labels = array[..., :-1], labels[:-1]
+    return array, ",".join(labels)
 
 
 def large_tiff_series(path: Path, scene_index: int, sizes: dict[str, int]) -> Any | None:
@@ -268,8 +287,9 @@ def streamed_planes(series: dict[str, Any], sizes: dict[str, int], settings: Imp
 
 def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any], n_samples: int) -> list[str]:
     names = [str(n) for n in raw] or [f"C{i}" for i in range(max(1, n_channels_out))]
-    if selection.get("rgb") == "channels" and n_samples > 1:
-        labels = "RGB" if n_samples == 3 else [str(i) for i in range(n_samples)]
+    kept = selection.get("samples")
+    labels = kept.split(",") if kept else list(SAMPLE_LABELS.get(n_samples, [str(i) for i in range(n_samples)]))
+    if selection.get("rgb") == "channels" and len(labels) > 1:
         names = [f"{n}:{s}" for n in names for s in labels]
     elif selection.get("rgb") == "luminance":
         names = [f"{n}:luminance" for n in names]
@@ -440,6 +460,8 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         raw_names = list(image.channel_names or [])
         if path.suffix.lower() in (".tif", ".tiff", ".stk") and len(raw_names) == 1 and raw_names[0].startswith("Channel:"):
             raw_names = [metamorph_channel_name(path) or raw_names[0]]
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        notes.append(f"{path.name} is JPEG-compressed (lossy): intensities and the quality metrics are approximate")
     pixel = resolve(stated, source.metadata.get("pixel_size_um"), settings.default_pixel_size_um, path, str(scene))
     if pixel.warning:
         notes.append(pixel.warning)

@@ -11,7 +11,7 @@ from typing import Any
 from .records import write_json
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
-            "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-nd2", "aicsimageio", "onnxruntime", "torch", "numpy", "xarray",
+            "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch", "numpy", "xarray",
             "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic"]
 
 
