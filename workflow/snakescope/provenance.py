@@ -11,8 +11,8 @@ from typing import Any
 from .records import write_json
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
-            "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch", "numpy", "xarray",
-            "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic"]
+            "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch",
+            "numpy", "xarray", "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic"]
 
 
 ENVS_DIR = Path(__file__).resolve().parents[1] / "envs"
