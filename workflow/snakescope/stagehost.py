@@ -27,6 +27,7 @@ started it ends, and stops a child whose job was killed.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -178,6 +179,11 @@ def serve(address: str, parent: int | None = None, usage_file: str | None = None
     listener.listen(64)
     _preload()
     _warm_up()
+    # the imported libraries' objects out of every later collection: a fork's collections then neither walk them
+    # (measured: a child allocating 200k objects spent 0.45 s of CPU, 0.16 s after the freeze) nor write to their
+    # pages, which would copy them (copy-on-write; Python's gc.freeze documentation)
+    gc.collect()
+    gc.freeze()
     own = identity()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
