@@ -51,6 +51,8 @@ def test_a_stage_runs_in_the_host_in_the_jobs_folder_with_its_environment_and_lo
     records = read_usage(usage)[before:]
     assert [(r["stage"], r["out"], r["status"]) for r in records] == [("pipeline-info", "info", 0)]
     assert records[0]["cpu_s"] >= 0 and records[0]["max_rss_mb"] > 50  # the forked child, with the host's imports
+    # the host froze its imported objects before forking: the child's collections neither walk nor copy them
+    assert records[0]["frozen_objects"] > 100_000
 
     # a failing stage: its status and its message reach the job (the child writes to the job's stderr)
     result = stage(["infer", "--manifest", "missing.json", "--settings", "{}", "--model-check", "x", "--out", "o"],

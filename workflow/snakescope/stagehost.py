@@ -163,7 +163,8 @@ def _record_usage(path: str | None, request: dict[str, Any], status: int, usage:
     argv = request["argv"]
     out = argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
     record = {"stage": argv[0], "out": out, "status": status, "wall_s": round(time.monotonic() - started, 3),
-              "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "frozen_objects": gc.get_freeze_count()}  # the host's objects the child's collections leave alone
     try:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
