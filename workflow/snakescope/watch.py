@@ -22,6 +22,7 @@ the summary; a restart reads the records already written and goes on with the fi
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -186,6 +187,8 @@ def _warm_up_postprocess(settings: Any) -> None:
     unit = {"unit_id": "warm-up", "pixel_size_um": {"y": None, "x": None}, "channel_names": ["c0"]}
     with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:  # the writers' lazy imports
         Segmented(unit, labels, image, None, summary, objects).write(Path(tmp))
+    gc.collect()  # as in the watcher: the worker's imported objects out of later full collections
+    gc.freeze()
 
 
 _HELD: dict[str, tuple[Any, Path]] = {}  # in the post-processing worker: fields segmented, files not yet written
@@ -272,6 +275,10 @@ class Watcher:
         # file is imported and predicted (measured: 2.2 s per file overlapped in threads, against 1.6 s alone)
         self.post_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         self.post_pool.submit(_warm_up_postprocess, self.postprocess_settings).result()
+        # the libraries' objects out of later collections: one full collection walks them in ~0.3 s (measured after
+        # these imports), which would land in the middle of some field's latency
+        gc.collect()
+        gc.freeze()
         self.records = self._read_records()
         self.recorded = {r["sample_id"] for r in self.records}
         self.done = {sid for sid in self.recorded if (self.units_dir / f"{sid}.json").is_file()}
