@@ -225,3 +225,45 @@ def test_fill_holes_growing_and_distances_equal_scipys():
         distances = distance_to_background(mask)  # float64 holding float32 values
         assert distances.dtype == np.float64
         np.testing.assert_allclose(distances, ndi.distance_transform_edt(mask), rtol=2e-7, atol=0)
+
+
+def test_label_peaks_equal_scikit_images_on_real_nuclei():
+    """The markers' peak search gives peak_local_max's coordinates in its order: on the marker map of real
+    nuclei fields (both sets), in one large object with thousands of candidates (the k-d tree path), and on flat
+    objects and single pixels (its special cases)."""
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    from conftest import SHARED, needs_shared
+    from snakescope.segmentation import _marker_map, label_peaks
+
+    def same(image, labels, min_distance):
+        expected = peak_local_max(image, min_distance=min_distance, labels=labels, exclude_border=False)
+        got = label_peaks(image, labels, min_distance)
+        assert got.shape == expected.shape and np.array_equal(got, expected), (min_distance, len(expected))
+
+    folder = SHARED / "data" / "nuclei"
+    needs_shared(folder)
+    for name in ("bbbc039", "dsb2018"):
+        for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:3]:
+            truth = tifffile.imread(mask_path)
+            image = tifffile.imread(folder / name / "images" / mask_path.name).astype(np.float32)
+            image = image if image.ndim == 2 else image[..., 0]
+            mask = truth > 0
+            components, _ = ndi.label(mask)
+            norm = np.clip((image - image.min()) / np.ptp(image), 0, 1)
+            for min_distance in (1, 2, 4, 7):
+                same(_marker_map(mask, norm, 8.0, PostprocessSettings()), components, min_distance)
+    rng = np.random.default_rng(0)
+    image = ndi.gaussian_filter(rng.random((600, 600)), 2).astype(np.float32)
+    labels = np.ones((600, 600), np.int32)
+    labels[:, 300], labels[300:, 301:] = 0, 2
+    for min_distance in (2, 5):
+        same(image, labels, min_distance)
+    flat, labels = np.zeros((20, 20), np.float32), np.zeros((20, 20), np.int32)
+    labels[2:8, 2:8], labels[12, 12], labels[15:18, 3] = 1, 2, 3
+    flat[labels > 0] = 1
+    for min_distance in (1, 2):
+        same(flat, labels, min_distance)
+    same(image[:50, :50].astype(np.float64), np.zeros((50, 50), np.int32), 3)  # no objects

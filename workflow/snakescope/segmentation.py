@@ -384,14 +384,67 @@ def _normalise(intensity: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
     return np.clip((values - background) / max(top - background, 1e-6), 0, 1.5)
 
 
+def spaced(coords: np.ndarray, spacing: int) -> np.ndarray:
+    """``coords`` (in order of preference) without those closer than ``spacing`` (Chebyshev) to one kept before
+    them: the greedy rule of scikit-image's ``ensure_spacing`` with its default infinity norm."""
+    n = len(coords)
+    if n < 2:
+        return coords
+    keep = np.ones(n, bool)
+    if n <= 512:  # small: all pairwise distances at once
+        close = np.abs(coords[:, None, :] - coords[None, :, :]).max(axis=-1) < spacing
+        for i in range(n):
+            if keep[i]:
+                keep[i + 1:] &= ~close[i, i + 1:]
+        return coords[keep]
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(coords)
+    for i in range(n):
+        if keep[i]:
+            near = np.asarray(tree.query_ball_point(coords[i], r=spacing - 0.5, p=np.inf), int)
+            keep[near[near > i]] = False
+    return coords[keep]
+
+
+def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:
+    """The peaks of ``image`` within each object of ``labels``: the coordinates, in the same order, that
+    ``skimage.feature.peak_local_max(image, min_distance=min_distance, labels=labels, exclude_border=False)`` gives
+    (tested), with its spacing pass done by :func:`spaced`, without a k-d tree per object (the half of its time
+    on a field of a few hundred nuclei, measured)."""
+    threshold = image.min()
+    background = np.finfo(image.dtype).min if np.issubdtype(image.dtype, np.floating) else np.iinfo(image.dtype).min
+    size = 2 * min_distance + 1
+    found = []
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        own = labels[box] == index
+        values = image[box].copy()
+        values[~own] = background  # other objects in the box do not count
+        if size > 1 and values.size > 1:
+            peak = values == ndi.maximum_filter(values, size=size, mode="nearest")
+            if peak[own].all():  # a flat object: no peak, unless it is an isolated pixel
+                peak[:] = False
+                peak[own ^ ndi.binary_opening(own)] = True
+            peak &= values > threshold
+        else:
+            peak = values > threshold
+        where = np.nonzero(peak)
+        coords = np.transpose(where)[np.argsort(-values[where], kind="stable")]
+        if min_distance > 1:
+            coords = spaced(coords, min_distance)
+        found.append(coords + [b.start for b in box])
+    return np.vstack(found) if found else np.empty((0, image.ndim), int)
+
+
 def _flood(marker_map: np.ndarray, peak_labels: np.ndarray, mask: np.ndarray, min_distance: int,
            first_id: int) -> tuple[np.ndarray, int]:
     """Markers at the marker map's peaks within each of ``peak_labels``' objects (numbered from ``first_id`` + 1),
     then the watershed of the inverted map (inverted in place) within ``mask``; returns (labels, markers found)."""
-    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    peaks = peak_local_max(marker_map, min_distance=min_distance, labels=peak_labels, exclude_border=False)
+    peaks = label_peaks(marker_map, peak_labels, min_distance)
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(first_id + 1, first_id + len(peaks) + 1)
     np.negative(marker_map, out=marker_map)
