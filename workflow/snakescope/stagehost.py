@@ -21,8 +21,9 @@ argument parser, never a shell. The host runs no Python threads and starts its l
 (as Snakemake gives a 1-thread job), so a fork copies no lock held mid-work (its warm-up stops the one thread a
 reader starts, zarr's I/O loop; tested); the only other threads are the ones two libraries start at import
 (jemalloc's background thread, which handles fork itself, and one of onnxruntime's; every inference in the test
-suite runs in forks). It leaves when the Snakemake process that
-started it ends, and stops a child whose job was killed.
+suite runs in forks). It leaves when the Snakemake process that started it ends, and stops a child whose job
+was killed. Before the first fork it freezes its objects out of the garbage collector (``gc.freeze``), so the
+forks' collections neither walk nor copy the inherited heap.
 """
 
 from __future__ import annotations
