@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .hostclient import ADDRESS_VARIABLE, HEADER, identity
+from .warmup import freeze_heap
 
 PRELOAD = ("numpy", "scipy.ndimage", "skimage.morphology", "skimage.segmentation", "skimage.feature", "skimage.measure",
            "skimage.filters", "PIL.Image", "tifffile", "yaml", "jsonschema", "bioio", "bioio_base", "bioimageio.core",
@@ -65,37 +66,23 @@ def _preload() -> list[str]:
 
 
 def _warm_up() -> None:
-    """First uses every fork would otherwise repeat, paid once here: a tiny OME-TIFF through import (bioio finds and
-    imports its reader plugins on the first open, dask builds its compute machinery on the first read, ome-types its
-    binding context: about 1.2-1.5 s of CPU per import job, measured), quality metrics, post-processing and the
-    overlay and gallery renderers (their lazy imports). dask computes synchronously here and zarr's I/O thread,
-    which the OME-TIFF reader starts, is stopped after, so the host keeps no threads of its own. Anything that
-    fails is left to the stage that needs it."""
+    """First uses every fork would otherwise repeat, paid once here (:mod:`.warmup`; about 1.2-1.5 s of CPU per import
+    job, measured): tiny TIFFs through import and quality metrics, post-processing, the overlay and gallery
+    renderers. dask computes synchronously here and zarr's I/O thread, which the OME-TIFF reader starts, is stopped
+    after, so the host keeps no threads of its own. Anything that fails is left to the stage that needs it."""
     import contextlib
     import io
 
     try:
         import dask
-        import numpy as np
 
-        from .acquisition import ImportSettings, import_source, read_unit, write_ome_tiff
-        from .gallery import GallerySettings, unit_gallery_images
-        from .inputs import Source
-        from .quality import unit_metrics
-        from .rendering import overlay_png
-        from .segmentation import PostprocessSettings, segment_unit
+        from .acquisition import read_unit
+        from .warmup import first_reads, first_segmentation
 
         with tempfile.TemporaryDirectory(prefix="snakescope-host-warm-up-") as tmp, \
                 contextlib.redirect_stderr(io.StringIO()), dask.config.set(scheduler="synchronous"):
-            field = np.zeros((1, 32, 32), np.uint16)
-            field[0, 8:20, 8:20] = 100
-            write_ome_tiff(Path(tmp) / "warm-up.ome.tif", field, ["warm-up"], {"x": 1.0, "y": 1.0})
-            units, _ = import_source(Source("warm-up", str(Path(tmp) / "warm-up.ome.tif")), ImportSettings(), Path(tmp) / "out")
-            image = read_unit(units[0].image_path)
-            unit_metrics(image, units[0].channel_names)
-            labels = segment_unit((image[0] > 50).astype(np.float32), image[0], (1.0, 1.0), PostprocessSettings())[0]
-            overlay_png(image[0], labels, 1.0)
-            unit_gallery_images(image[0], labels, 1.0, GallerySettings(), (0.0, 100.0))
+            units = first_reads(Path(tmp))
+            first_segmentation(read_unit(units[0]["image_path"])[0], gallery=True)
     except Exception:  # noqa: BLE001 - a warm-up only saves time
         pass
     finally:  # the OME-TIFF reader's zarr store started zarr's I/O thread: stopped, so the host forks without threads
@@ -181,11 +168,9 @@ def serve(address: str, parent: int | None = None, usage_file: str | None = None
     listener.listen(64)
     _preload()
     _warm_up()
-    # the imported libraries' objects out of every later collection: a fork's collections then neither walk them
-    # (measured: a child allocating 200k objects spent 0.45 s of CPU, 0.16 s after the freeze) nor write to their
-    # pages, which would copy them (copy-on-write; Python's gc.freeze documentation)
-    gc.collect()
-    gc.freeze()
+    # a fork's collections then neither walk the host's objects (measured: a child allocating 200k objects spent
+    # 0.45 s of CPU, 0.16 s after the freeze) nor write to their pages, which would copy them
+    freeze_heap()
     own = identity()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

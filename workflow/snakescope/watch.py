@@ -22,7 +22,6 @@ the summary; a restart reads the records already written and goes on with the fi
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import statistics
@@ -39,6 +38,7 @@ from .closes import open_closes
 from .configuration import settings_from_section
 from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
 from .records import LABELS_SUFFIX, Failure, read_json, write_json
+from .warmup import freeze_heap
 
 RECORD_FORMAT = "snakescope-watch-action"
 RECORD_VERSION = 1
@@ -175,20 +175,19 @@ def bounded_actions(entry: dict[str, Any], reimaged: dict[str, int], settings: W
 
 
 def _warm_up_postprocess(settings: Any) -> None:
-    """Run in the post-processing worker at start: its imports and first calls are paid before the first field."""
+    """Run in the post-processing worker at start: its imports and first calls are paid before the first field, then
+    its objects are frozen out of later full collections (:mod:`.warmup`)."""
     import tempfile
 
     import numpy as np
 
-    from .segmentation import Segmented, segment_unit
+    from .warmup import first_segmentation, freeze_heap
 
-    image = np.zeros((64, 64), np.uint16)
-    labels, objects, summary = segment_unit(np.zeros((64, 64), np.float32), image, None, settings)
-    unit = {"unit_id": "warm-up", "pixel_size_um": {"y": None, "x": None}, "channel_names": ["c0"]}
-    with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:  # the writers' lazy imports
-        Segmented(unit, labels, image, None, summary, objects).write(Path(tmp))
-    gc.collect()  # as in the watcher: the worker's imported objects out of later full collections
-    gc.freeze()
+    with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:
+        image = np.zeros((64, 64), np.uint16)
+        image[20:40, 20:40] = 100
+        first_segmentation(image, settings, Path(tmp))
+    freeze_heap()
 
 
 _HELD: dict[str, tuple[Any, Path]] = {}  # in the post-processing worker: fields segmented, files not yet written
@@ -277,8 +276,7 @@ class Watcher:
         self.post_pool.submit(_warm_up_postprocess, self.postprocess_settings).result()
         # the libraries' objects out of later collections: one full collection walks them in ~0.3 s (measured after
         # these imports), which would land in the middle of some field's latency
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
         self.records = self._read_records()
         self.recorded = {r["sample_id"] for r in self.records}
         self.done = {sid for sid in self.recorded if (self.units_dir / f"{sid}.json").is_file()}
@@ -335,28 +333,21 @@ class Watcher:
             return None
 
     def _warm_up(self) -> None:
-        """Pay the one-off costs before the first field: the reader library's import, the runtime's first run, the
-        image libraries' lazy imports."""
+        """Pay the one-off costs before the first field: the runtime's first run at the fields' tile size, the reader
+        plugins and the quality metrics' first calls (:mod:`.warmup`)."""
         import contextlib
         import io
         import tempfile
 
         import numpy as np
-        import tifffile
 
-        from .acquisition import import_one
-        from .quality import quality_one
+        from .warmup import first_reads
 
         # at the largest tile the fields will use: the runtime plans its memory per input shape
         side = max(64, (self.model_settings.tile_px or 64) - 2 * max(self.predictor.halo.values(), default=0))
         self.predictor.predict(np.zeros((len(self.channels), side, side), np.float32), "warm-up")
-        # a small TIFF through import and quality: the first file read through bioio costs about 1 s (its plugins)
         with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp, contextlib.redirect_stderr(io.StringIO()):
-            path = Path(tmp) / "warm-up.tif"
-            tifffile.imwrite(path, np.zeros((64, 64), np.uint16), imagej=True)
-            units, _ = import_one(Source("warm-up", str(path)), self.import_settings, Path(tmp) / "import", "[watch]")
-            for unit in units:
-                quality_one(asdict(unit), "warm-up")
+            first_reads(Path(tmp), self.import_settings)
 
     # -- state on disk ---------------------------------------------------------------------------------
     def _read_records(self) -> list[dict[str, Any]]:
