@@ -370,11 +370,5 @@ def main(argv: list[str] | None = None) -> None:
     args.func(args)
 
 
-if __name__ == "__main__":
-    from .hostclient import run_hosted
-
-    hosted = run_hosted(sys.argv[1:])  # a local run's stage host, when there is one; else the stage runs here
-    if hosted is None:
-        main()
-    else:
-        sys.exit(hosted)
+if __name__ == "__main__":  # the rules run ``python -m snakescope``, which hands a job to the stage host first
+    main()
