@@ -111,8 +111,8 @@ def workflow(folder: Path, model: Path, batch_size: int, cores: int) -> tuple[fl
 
 
 def where_cpu_went(stage_host_log: Path, total: float) -> str:
-    """The workflow's CPU per stage (the stage host's record of its forks) and what is left: Snakemake itself,
-    the host's one-off imports, and each job's small client process."""
+    """The workflow's CPU per stage (the stage host's record of its forks), the host's own (its imports and
+    warm-up, recorded as it leaves) and what is left: Snakemake itself and each job's small client process."""
     import json
     from collections import Counter
 
@@ -122,8 +122,12 @@ def where_cpu_went(stage_host_log: Path, total: float) -> str:
     for line in stage_host_log.read_text().splitlines():
         record = json.loads(line)
         per_stage[record["stage"]] += record["cpu_s"]
+    host = per_stage.pop("stage-host", None)  # the host itself: imports, warm-up, serving (absent before it said so)
     stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in per_stage.most_common())
-    return f"CPU s per stage: {stages}; Snakemake, the host's imports and the job clients: {total - sum(per_stage.values()):.1f}"
+    rest = total - sum(per_stage.values()) - (host or 0.0)
+    if host is None:
+        return f"CPU s per stage: {stages}; Snakemake, the host's imports and the job clients: {rest:.1f}"
+    return f"CPU s per stage: {stages}; the stage host itself (imports, warm-up) {host:.1f}; Snakemake and the job clients: {rest:.1f}"
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ def host(tmp_path_factory):
     yield stage_host, address, usage
     stage_host.stop()
     assert not os.path.exists(address)
+    last = read_usage(usage)[-1]  # the host's own cost, written as it leaves: its imports and warm-up at least
+    assert last["stage"] == "stage-host" and last["status"] == 0 and last["cpu_s"] > 1.0
 
 
 def stage(args, cwd, address, **env):

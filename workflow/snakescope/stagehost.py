@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -146,9 +147,11 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def _record_usage(path: str | None, request: dict[str, Any], status: int, usage: Any, started: float) -> None:
+    """One line of the usage file: a stage run in a fork (``request``), or with ``request`` None the host itself
+    (stage ``stage-host``: its imports, warm-up and serving, its forks not included)."""
     if not path:
         return
-    argv = request["argv"]
+    argv = request["argv"] if request else ["stage-host"]
     out = argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
     record = {"stage": argv[0], "out": out, "status": status, "wall_s": round(time.monotonic() - started, 3),
               "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
@@ -163,6 +166,7 @@ def _record_usage(path: str | None, request: dict[str, Any], status: int, usage:
 def serve(address: str, parent: int | None = None, usage_file: str | None = None) -> None:
     """Listen on ``address`` and run each request in a fork; return when stopped or when ``parent`` is gone.
     Each stage's CPU time and peak memory are appended to ``usage_file`` (JSON Lines)."""
+    serving_since = time.monotonic()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)  # bound before the imports: a job that connects meanwhile waits in the backlog
     listener.listen(64)
@@ -247,6 +251,7 @@ def serve(address: str, parent: int | None = None, usage_file: str | None = None
         os.unlink(address)
     except OSError:
         pass
+    _record_usage(usage_file, None, 0, resource.getrusage(resource.RUSAGE_SELF), serving_since)
 
 
 class StageHost:
