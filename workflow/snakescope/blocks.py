@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from scipy import ndimage as ndi
 
 TIFF_TILE = 512  # tile edge of the tiled TIFFs written for large fields (a multiple of 16, as TIFF requires)
 # Quality, inference and gallery read fields with a side longer than this a block or strip at a time (memory
@@ -63,6 +62,8 @@ def complete_and_owned(labels: np.ndarray, block: Block, shape: tuple[int, int],
     """Per label of an outer region's ``labels`` (index 0 unused): (complete: its box plus ``margin`` stays in
     the outer region or meets the field's edge; starts here: its box's first corner is in the block's core).
     The block owns the labels that are both; one that starts here but is not complete is larger than the overlap."""
+    from scipy import ndimage as ndi  # here, not at the top: the workflow's memory estimate (costs.py) imports this module
+
     n = int(labels.max()) if labels.size else 0
     complete, starts = np.zeros(n + 1, bool), np.zeros(n + 1, bool)
     oy, ox = block.offset
