@@ -181,7 +181,7 @@ def _warm_up_postprocess(settings: Any) -> None:
 
     import numpy as np
 
-    from .warmup import first_segmentation, freeze_heap
+    from .warmup import first_segmentation
 
     with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:
         image = np.zeros((64, 64), np.uint16)
