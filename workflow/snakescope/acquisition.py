@@ -285,10 +285,11 @@ def streamed_planes(series: dict[str, Any], sizes: dict[str, int], settings: Imp
             yield {"t": t, "z": "max" if settings.z == "max" else z}, PlaneTiles(series, t, z)
 
 
-def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any], n_samples: int) -> list[str]:
+def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any]) -> list[str]:
+    """Channel names of a plane's CYX array; colour samples (``selection["samples"]``, set by :func:`planes`) as
+    ``name:R``, ``name:G``, ... when they became channels."""
     names = [str(n) for n in raw] or [f"C{i}" for i in range(max(1, n_channels_out))]
-    kept = selection.get("samples")
-    labels = kept.split(",") if kept else list(SAMPLE_LABELS.get(n_samples, [str(i) for i in range(n_samples)]))
+    labels = selection["samples"].split(",") if "samples" in selection else []
     if selection.get("rgb") == "channels" and len(labels) > 1:
         names = [f"{n}:{s}" for n in names for s in labels]
     elif selection.get("rgb") == "luminance":
@@ -485,10 +486,10 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         unit_id = safe_id("_".join(parts))
         image_path = out_dir / f"{unit_id}.ome.tif"
         if isinstance(array, PlaneTiles):  # a large plane, copied a strip of tiles at a time
-            names, note = _channel_names(raw_names, array.shape[0], selection, 1), None
+            names, note = _channel_names(raw_names, array.shape[0], selection), None
             write_ome_tiff(image_path, array.tiles(), names, pixel.as_dict(), shape=array.shape, dtype=array.dtype)
         else:
-            names = _channel_names(raw_names, array.shape[0], selection, sizes.get("S", 1))
+            names = _channel_names(raw_names, array.shape[0], selection)
             array, names, note = check_samples(array, names, selection, path)
             write_ome_tiff(image_path, array, names, pixel.as_dict())
         units.append(Unit(

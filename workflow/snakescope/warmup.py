@@ -62,10 +62,11 @@ def first_segmentation(image: np.ndarray, settings: Any = None, folder: Path | N
     with warnings.catch_warnings():  # e.g. scikit-image's about a single object: true of this image, not news
         warnings.simplefilter("ignore")
         labels, objects, summary = segment_unit(probability, image, (1.0, 1.0), settings or PostprocessSettings())
-    overlay_png(image, labels, 1.0)
-    if folder is not None:
+    if folder is not None:  # the writers render the overlay themselves
         unit = {"unit_id": "warm-up", "pixel_size_um": {"y": 1.0, "x": 1.0}, "channel_names": ["warm-up"]}
         Segmented(unit, labels, image, (1.0, 1.0), summary, objects).write(folder)
+    else:
+        overlay_png(image, labels, 1.0)
     if gallery:
         from .gallery import GallerySettings, unit_gallery_images
 
