@@ -213,6 +213,33 @@ def test_png_and_jpeg_as_the_data_science_bowl_distributes_them(tmp_path):
     assert np.abs(read_unit(jpeg["image_path"])[0].astype(int) - grey).mean() < 3
 
 
+def test_a_stain_exported_in_one_colour_imports_as_that_channel(tmp_path):
+    """Real nuclei exported as an RGB TIFF and PNG with the stain in blue and red and green blank (as "RGB Color"
+    exports of a DAPI channel are): one channel, the blue sample, so ``model.channels: [0]`` is the stain; a
+    two-colour composite keeps its three samples."""
+    from PIL import Image
+
+    needs_shared(NUCLEI)
+    grey = tifffile.imread(sorted((NUCLEI / "bbbc039" / "images").glob("*.tif"))[0]).astype(np.float32)
+    grey = np.clip(grey / np.percentile(grey, 99.9) * 255, 0, 255).astype(np.uint8)
+    blue = np.zeros((*grey.shape, 3), np.uint8)
+    blue[..., 2] = grey
+    tifffile.imwrite(tmp_path / "blue.tif", blue, photometric="rgb")
+    Image.fromarray(blue).save(tmp_path / "blue.png")
+    composite = blue.copy()
+    composite[..., 1] = grey[:, ::-1] // 2
+    tifffile.imwrite(tmp_path / "composite.tif", composite, photometric="rgb")
+    doc = import_batch("b0000", [Source(name, str(tmp_path / name)) for name in ("blue.tif", "blue.png", "composite.tif")],
+                       ImportSettings(), tmp_path / "out")
+    assert not doc["failures"]
+    *blues, mixed = doc["units"]
+    for unit in blues:
+        assert [n.rsplit(":", 1)[1] for n in unit["channel_names"]] == ["B"]
+        assert np.array_equal(read_unit(unit["image_path"])[0], grey)
+        assert any("R and G samples are blank" in w for w in unit["warnings"])
+    assert [n.rsplit(":", 1)[1] for n in mixed["channel_names"]] == ["R", "G", "B"]
+
+
 def test_leica_frame_axes():
     from snakescope.acquisition import frame_axes
 

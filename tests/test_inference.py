@@ -133,6 +133,25 @@ def test_predict_batch_loads_once_and_records_per_unit_failures(demo_dir, tmp_pa
     assert probability.shape == (256, 256) and 0 <= probability.min() and probability.max() <= 1
 
 
+def test_a_blank_model_channel_beside_a_channel_with_signal_fails_the_unit_naming_the_key():
+    """Real nuclei in the second channel and the model pointed at a blank first one: the unit fails with the key and
+    the channel to choose, instead of a field of nuclei reviewed as empty; a field blank in every channel passes
+    (it is empty, and the review says so); the right channel passes."""
+    from conftest import SHARED
+    from snakescope.inference import check_model_channels
+
+    folder = SHARED / "data" / "nuclei" / "bbbc039" / "images"
+    needs_shared(folder)
+    nuclei = tifffile.imread(sorted(folder.glob("*.tif"))[0])
+    unit = np.stack([np.zeros_like(nuclei), nuclei])
+    names = ["Cy5", "DAPI"]
+    with pytest.raises(ValueError, match=r"model.channels selects 'Cy5', blank .* 'DAPI' carries signal.*\[1\] or \['DAPI'\]"):
+        check_model_channels(unit, names, (0,))
+    check_model_channels(unit, names, ("DAPI",))
+    check_model_channels(unit, names, (0, 1))  # one of the model's channels has signal
+    check_model_channels(np.zeros_like(unit), names, (0,))
+
+
 def test_a_model_that_fails_its_own_test_is_refused_with_the_reason(demo_dir, tmp_path):
     import shutil
     import subprocess

@@ -156,3 +156,40 @@ def test_large_planes_measured_by_strips_agree_with_the_whole_plane(tmp_path, mo
         else:
             assert strips[key] == pytest.approx(value, rel=3e-3, abs=1e-9), key
     assert whole["percent_non_finite"] > 0 or kind == "uint16"
+
+
+def test_snr_does_not_depend_on_how_the_same_pixels_are_stored(tmp_path, monkeypatch):
+    """A real 8-bit DSB2018 field whose noise is below one grey level (its noise is the floor) stored four ways
+    users meet: as it is, as floats in 0..1, shifted into 16 bits (x16, as 12-bit cameras write) and with a camera
+    offset. The floor is the data's own quantisation step, so SNR and the foreground are the same in all four,
+    whole and measured by strips (it was 27 for the original and 290,000 for the floats, 250 for x16)."""
+    import tifffile
+
+    from snakescope import quality
+    from snakescope.acquisition import write_ome_tiff
+    from snakescope.blocks import PlaneReader
+
+    from conftest import SHARED, needs_shared
+
+    folder = SHARED / "data" / "nuclei" / "dsb2018" / "images"
+    needs_shared(folder)
+    original = tifffile.imread(next(folder.glob("29ea4f6eb4545f43*.tif")))
+    assert original.dtype == np.uint8
+    stored = {"uint8": original, "float 0..1": original.astype(np.float32) / 255,
+              "uint16 x16": original.astype(np.uint16) * 16, "uint16 + 1000": original.astype(np.uint16) + 1000}
+    metrics = {name: channel_metrics(image) for name, image in stored.items()}
+    reference = metrics["uint8"]
+    assert reference["noise"] == 1.0  # at the floor: the case this test is about
+    for name, m in metrics.items():
+        assert m["snr"] == pytest.approx(reference["snr"], rel=1e-6), name
+        assert m["foreground_fraction"] == pytest.approx(reference["foreground_fraction"], abs=1e-9), name
+    assert metrics["float 0..1"]["noise"] == pytest.approx(1 / 255)
+    assert metrics["uint16 x16"]["noise"] == 16.0
+    monkeypatch.setattr(quality, "STRIP_PIXELS", 50 * original.shape[1])
+    for name in ("float 0..1", "uint16 x16"):
+        path = tmp_path / f"{name.split()[0]}{name.split()[-1]}.ome.tif"
+        write_ome_tiff(path, stored[name][None], ["nuclei"], {})
+        with PlaneReader(path) as reader:
+            strips = quality.channel_metrics_by_strips(reader, 0)
+        assert strips["noise"] == pytest.approx(metrics[name]["noise"], rel=1e-6), name
+        assert strips["snr"] == pytest.approx(reference["snr"], rel=3e-3), name

@@ -352,12 +352,21 @@ def check_samples(array: np.ndarray, names: list[str], selection: dict[str, Any]
 
     Several channels whose R, G and B samples are all identical are a reader fault (bioio-czi 3.0.1
     copies sample 0 into all three for RGB CZI): refused. One RGB channel with R = G = B is a grey image
-    stored as RGB: kept as one channel, with a note.
+    stored as RGB: kept as one channel, with a note. One RGB channel with one sample that varies and two
+    blank ones (every pixel the same) is one stain exported in a colour (DAPI in blue): kept as that sample,
+    so ``model.channels: [0]`` is the stain and not a blank sample.
     """
     if selection.get("rgb") != "channels" or array.shape[0] % 3 or not all(n.endswith((":R", ":G", ":B")) for n in names):
         return array, names, None
     samples = array.reshape(-1, 3, *array.shape[1:])
     identical = [bool(np.array_equal(c[0], c[1]) and np.array_equal(c[0], c[2])) for c in samples]
+    if len(samples) == 1 and not identical[0]:
+        varying = [i for i in range(3) if samples[0, i].min() != samples[0, i].max()]
+        if len(varying) == 1:
+            kept = varying[0]
+            blank = " and ".join(names[i].rsplit(":", 1)[1] for i in range(3) if i != kept)
+            return samples[:, kept], [names[kept]], \
+                f"{blank} samples are blank: imported as one channel, the {names[kept].rsplit(':', 1)[1]} sample"
     if not all(identical):
         return array, names, None
     if len(identical) > 1:

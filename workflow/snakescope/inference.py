@@ -132,6 +132,21 @@ def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int
     return array[channel_indices(names, wanted, array.shape[0])]
 
 
+def check_model_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> None:
+    """Raise when every channel ``model.channels`` selects is blank (one value in every pixel) while another channel
+    of the unit varies: the model would see nothing and the review would call a field of nuclei empty. A unit
+    blank in every channel is an empty field and passes."""
+    chosen = channel_indices(names, wanted, array.shape[0])
+    blank = [bool(array[i].min() == array[i].max()) for i in range(array.shape[0])]
+    if not all(blank[i] for i in chosen) or all(blank):
+        return
+    signal = [i for i in range(array.shape[0]) if not blank[i]]
+    raise ValueError(
+        f"config key model.channels selects {', '.join(repr(names[i]) for i in chosen)}, blank in this image (every pixel "
+        f"{array[chosen[0]].flat[0]}), while {', '.join(repr(names[i]) for i in signal)} {'carry' if len(signal) > 1 else 'carries'} signal: set model.channels "
+        f"to the stain the model segments, e.g. [{signal[0]}] or [{names[signal[0]]!r}]")
+
+
 def channel_indices(names: list[str], wanted: tuple[str | int, ...], n_channels: int) -> list[int]:
     """The indices of ``model.channels`` (names or indices) in a unit of ``n_channels`` channels named ``names``."""
     index = []
@@ -374,7 +389,9 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
         if is_large(unit.get("shape")):
             predict_by_blocks(predictor, unit, path)
         else:
-            image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], predictor.settings.channels)
+            full = read_unit(unit["image_path"])
+            check_model_channels(full, unit["channel_names"], predictor.settings.channels)
+            image = select_channels(full, unit["channel_names"], predictor.settings.channels)
             probability = predictor.predict(image, unit["unit_id"])
             np.save(path, probability.astype(np.float16))
         print(" ".join(filter(None, (label, position, unit["unit_id"]))), file=sys.stderr)

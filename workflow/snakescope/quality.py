@@ -88,12 +88,32 @@ def slope_of(radial: np.ndarray, side: int) -> float:
     return float(slope)
 
 
+def smallest_step(differences: np.ndarray) -> float:
+    """The smallest non-zero absolute value of ``differences`` (neighbour differences): the data's quantisation
+    step (one grey level of 8-bit data, also when it is stored as floats in 0..1 or shifted into 16 bits), or 0
+    when all are zero. Looked at a million values at a time (no full-size temporary)."""
+    step = np.inf
+    flat = differences.ravel()
+    for start in range(0, flat.size, 1 << 20):
+        part = np.abs(flat[start:start + (1 << 20)])
+        part = part[part > 0]
+        if part.size:
+            step = min(step, float(part.min()))
+    return step if np.isfinite(step) else 0.0
+
+
+def noise_floor(step: float, integer: bool) -> float:
+    """The smallest noise SD a channel is given: one quantisation step (one grey level, at least, for integers).
+    Below it noise is not measurable (a flat, clipped 8-bit background), and dividing by zero would call any field
+    perfect; a floor in the data's own step keeps SNR the same however the same data are stored (tested)."""
+    return max(step, 1.0 if integer else float(np.finfo(np.float32).eps))
+
+
 def pixel_noise(image: np.ndarray) -> float:
     """Noise SD of single pixels from differences of horizontal neighbours (robust: 1.4826 MAD / sqrt 2).
 
     Differences cancel the content that varies slowly (nuclei, background gradients); the median
-    ignores the edges. Integer images get a floor of one grey level: a flat, clipped background
-    (8-bit exports) has no measurable noise, and dividing by zero would call any field perfect.
+    ignores the edges. The floor is one quantisation step of the data (:func:`noise_floor`).
     """
     axis = -1 if image.shape[-1] > 1 else 0  # a 1-pixel-wide image: vertical neighbours
     shape = (image.shape[0], image.shape[1] - 1) if axis else (image.shape[0] - 1, image.shape[1])
@@ -105,14 +125,13 @@ def pixel_noise(image: np.ndarray) -> float:
     else:
         diffs[:] = np.diff(image.astype(np.float64), axis=0)
     diffs = diffs.ravel()
-    noise = 0.0
+    noise, step = 0.0, smallest_step(diffs)
     if diffs.size:
         centre = np.median(diffs)
         diffs -= centre  # in place: the differences are ours
         np.abs(diffs, out=diffs)
         noise = float(1.4826 * np.median(diffs, overwrite_input=True) / np.sqrt(2))
-    floor = 1.0 if np.issubdtype(image.dtype, np.integer) else float(np.finfo(np.float32).eps)
-    return max(noise, floor)
+    return max(noise, noise_floor(step, np.issubdtype(image.dtype, np.integer)))
 
 
 def blur_score(image: np.ndarray) -> float:
@@ -263,7 +282,7 @@ def channel_metrics_by_strips(reader: Any, channel: int) -> dict[str, float]:
         return values, slice(start - top, min(h, start + rows) - top)
 
     every, differences, smooth_values = Histogram(lo, hi, integer), Histogram(lo - hi, hi - lo, integer), Histogram(lo, hi, False)
-    squares, saturated, minimal, blur = 0.0, 0, 0, np.zeros((2, 2))
+    squares, saturated, minimal, blur, step = 0.0, 0, 0, np.zeros((2, 2)), np.inf
     size = blur_size((h, w))
     for start in starts:
         values, kept = strip(start, STRIP_HALO)
@@ -272,14 +291,16 @@ def channel_metrics_by_strips(reader: Any, channel: int) -> dict[str, float]:
         squares += float(np.sum((core - mean) ** 2))
         saturated += int(np.sum(core >= hi))
         minimal += int(np.sum(core <= lo))
-        differences.add(np.diff(core, axis=-1))
+        core_differences = np.diff(core, axis=-1)
+        differences.add(core_differences)
+        step = min(step, smallest_step(core_differences) or np.inf)
         smooth_values.add(ndi.gaussian_filter(values, 1.0)[kept])
         first, last = max(2, start), min(h - 1, start + rows)  # blur_score's rows 2 .. h-2
         if first < last:
             blur += blur_sums(values, slice(first - start + kept.start, last - start + kept.start), size)
     centre = differences.median()
     noise = max(float(1.4826 * differences.median_abs_deviation(centre) / np.sqrt(2)),
-                1.0 if integer else float(np.finfo(np.float32).eps))
+                noise_floor(step if np.isfinite(step) else 0.0, integer))
     background, smooth_noise = robust_background_of(smooth_values)
     threshold = background + 5.0 * max(smooth_noise, 0.28 * noise)
     signal_values = smooth_values.where(smooth_values.values() > threshold)
