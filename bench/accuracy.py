@@ -74,21 +74,56 @@ def units_by_source(results: Path) -> dict[str, tuple[str, str]]:
 
 
 def segmentation_scores(shared: Path, work: Path, name: str, project: Path, model: Path) -> dict[str, float]:
+    images = sorted((shared / "data" / "nuclei" / name / "images").glob("*.tif"))
+    return field_scores(work, name, [(image, shared / "data" / "nuclei" / name / "masks" / image.name, "") for image in images],
+                        project, model)
+
+
+def ramp_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str, float]:
+    """Every real field of both sets with a background ramp added: rising linearly across the field, in a seeded
+    random direction, by 40 % of the field's contrast (99th percentile above the median), as uneven illumination
+    without flat-field correction gives. Scored like the untouched sets; they should also pass the quality review."""
     import tifffile
 
-    images = sorted((shared / "data" / "nuclei" / name / "images").glob("*.tif"))
-    sheet = work / f"{name}.tsv"
+    rng = np.random.default_rng(7)
+    folder = work / "ramp-fields"
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = []
+    for name, pixel in (("bbbc039", "0.645"), ("dsb2018", "")):
+        for image_path in sorted((shared / "data" / "nuclei" / name / "images").glob("*.tif")):
+            image = tifffile.imread(image_path)
+            x = image.astype(np.float64)
+            h, w = x.shape
+            angle = rng.uniform(0, 2 * np.pi)
+            yy, xx = np.mgrid[0:h, 0:w]
+            along = (np.cos(angle) * xx / w + np.sin(angle) * yy / h)
+            along = (along - along.min()) / max(float(np.ptp(along)), 1e-9)
+            rise = 0.4 * (float(np.percentile(x, 99)) - float(np.median(x)))
+            ramped = np.clip(np.round(x + rise * along), 0, np.iinfo(image.dtype).max).astype(image.dtype)
+            path = folder / f"{name}_{image_path.name}"
+            tifffile.imwrite(path, ramped)
+            fields.append((path, shared / "data" / "nuclei" / name / "masks" / image_path.name, pixel))
+    return field_scores(work, "ramp", fields, project, model)
+
+
+def field_scores(work: Path, dataset: str, fields: list[tuple[Path, Path, str]], project: Path, model: Path) -> dict[str, float]:
+    """Run the workflow on (image, instance mask, pixel size or "") fields; object F1 counts, count error, and how many
+    fields passed the review with no quality issue."""
+    import tifffile
+
+    sheet = work / f"{dataset}.tsv"
     with sheet.open("w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["sample_id", "path"])
-        writer.writerows([[image.stem, str(image)] for image in images])
-    seconds = run_workflow(project, work, name, sheet, model)
-    results = work / "results" / name
+        writer.writerow(["sample_id", "path", "pixel_size_um"])
+        writer.writerows([[image.stem, str(image), pixel] for image, _, pixel in fields])
+    seconds = run_workflow(project, work, dataset, sheet, model)
+    results = work / "results" / dataset
     found = units_by_source(results)
-    tp = predicted = true = 0
+    issues = quality_issues(results)
+    tp = predicted = true = passed = 0
     errors, failed = [], 0
-    for image in images:
-        truth = tifffile.imread(shared / "data" / "nuclei" / name / "masks" / image.name)
+    for image, mask, _ in fields:
+        truth = tifffile.imread(mask)
         n_true = len(np.unique(truth[truth > 0]))
         batch, uid = found.get(str(image.resolve()), (None, None))
         labels_path = results / "segmentation" / str(batch) / f"{uid}.labels.ome.tif"
@@ -97,11 +132,24 @@ def segmentation_scores(shared: Path, work: Path, name: str, project: Path, mode
             labels = np.zeros_like(truth)
         else:
             labels = tifffile.imread(labels_path)
+        passed += issues.get(uid) == []
         score = object_f1(labels, truth)
         tp, predicted, true = tp + score["tp"], predicted + score["predicted"], true + n_true
         errors.append(abs(score["predicted"] - n_true) / n_true)
-    return {"fields": len(images), "failed": failed, "tp": tp, "predicted": predicted, "true": true,
+    return {"fields": len(fields), "failed": failed, "tp": tp, "predicted": predicted, "true": true, "quality_pass": passed,
             "mean_abs_count_error": float(np.mean(errors)), "seconds": seconds}
+
+
+def quality_issues(results: Path) -> dict[str, list[str]]:
+    """unit id -> the quality issues the review found (from tables/reviews.csv)."""
+    reviews = results / "tables" / "reviews.csv"
+    issues: dict[str, list[str]] = {}
+    if reviews.is_file():
+        with reviews.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                found = [part.split(":")[0] for part in (row["issues"] or "").split(";") if part]
+                issues[row["unit_id"]] = [i for i in found if i in QUALITY_ISSUES]
+    return issues
 
 
 def degrade(image: np.ndarray, truth: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -155,13 +203,7 @@ def qc_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str,
         writer.writerow(["sample_id", "path", "pixel_size_um", "condition", "split"])
         writer.writerows(rows)
     seconds = run_workflow(project, work, "qc", sheet, model)
-    reviews = work / "results" / "qc" / "tables" / "reviews.csv"
-    issues: dict[str, list[str]] = {}
-    if reviews.is_file():
-        with reviews.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                found = [part.split(":")[0] for part in (row["issues"] or "").split(";") if part]
-                issues[row["unit_id"]] = [i for i in found if i in QUALITY_ISSUES]
+    issues = quality_issues(work / "results" / "qc")
     confusion: Counter = Counter()
     right: Counter = Counter()
     total: Counter = Counter()
@@ -186,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     parser.add_argument("--project", type=Path, default=ROOT, help="checkout whose Snakefile runs (default: this one)")
-    parser.add_argument("--sets", nargs="+", default=["bbbc039", "dsb2018", "qc"])
+    parser.add_argument("--sets", nargs="+", default=["bbbc039", "dsb2018", "qc", "ramp"])
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
     parser.add_argument("--tile-px", type=int, default=None, help="set model.tile_px (opt-in larger inference tiles)")
     parser.add_argument("--default-pixel-size", type=float, default=None,
@@ -204,8 +246,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"project {project} (commit {_commit(project)}); working folder {work}")
     scores = {}
-    for name in [s for s in args.sets if s != "qc"]:
+    for name in [s for s in args.sets if s not in ("qc", "ramp")]:
         scores[name] = segmentation_scores(shared, work, name, project, model)
+    ramp = ramp_scores(shared, work, project, model) if "ramp" in args.sets else None
     summary = []
     if scores:
         print(f"\n{'set':10s} {'fields':>6s} {'failed':>6s} {'nuclei':>6s} {'found':>6s} {'F1@0.5':>7s} {'prec':>6s} "
@@ -225,6 +268,13 @@ def main() -> None:
                   f"{pooled['true']:6d} {pooled['predicted']:6d} {f1:7.3f} {pooled['tp'] / pooled['predicted']:6.3f} "
                   f"{pooled['tp'] / pooled['true']:6.3f} {100 * sum(errors) / sum(s['fields'] for s in scores.values()):8.1f}%")
             summary.insert(0, f"pooled_f1={f1:.3f}")
+    if ramp is not None:
+        f1 = 2 * ramp["tp"] / max(1, ramp["predicted"] + ramp["true"])
+        print(f"\nramp: the {ramp['fields']} fields of both sets with a background ramp of 40 % of their contrast "
+              f"({ramp['seconds']:.0f} s): object F1 {f1:.3f} (precision {ramp['tp'] / max(ramp['predicted'], 1):.3f}, "
+              f"recall {ramp['tp'] / max(ramp['true'], 1):.3f}, MAE count {100 * ramp['mean_abs_count_error']:.1f}%); "
+              f"passing with no quality issue: {ramp['quality_pass']}/{ramp['fields']}; failed: {ramp['failed']}")
+        summary.append(f"ramp_f1={f1:.3f}")
     if "qc" in args.sets:
         qc = qc_scores(shared, work, project, model)
         columns = [*QUALITY_ISSUES, "none", "not reviewed"]

@@ -66,7 +66,7 @@ def plain_loop(folder: Path, model: Path) -> float:
 
     from snakescope.acquisition import ImportSettings, import_source
     from snakescope.gallery import GallerySettings, unit_gallery_images
-    from snakescope.inference import ModelSettings, Predictor
+    from snakescope.inference import ModelSettings, Predictor, model_channels
     from snakescope.inputs import read_sample_sheet
     from snakescope.quality import unit_metrics
     from snakescope.rendering import overlay_png
@@ -85,10 +85,12 @@ def plain_loop(folder: Path, model: Path) -> float:
             from snakescope.acquisition import read_unit
 
             image = read_unit(unit.image_path)
-            metrics = unit_metrics(image, unit.channel_names)
-            probability = predictor.predict(image[:1], unit.unit_id)
+            metrics = unit_metrics(image, unit.channel_names, unit.__dict__)
+            seen = model_channels(image, unit.__dict__, (0,))  # the channel with its background flattened, as the stages see it
+            probability = predictor.predict(seen, unit.unit_id)
             pixel = (unit.pixel_size_um["y"], unit.pixel_size_um["x"])
-            labels, objects, summary = segment_unit(probability, image[0], pixel, PostprocessSettings(), unit.unit_id)
+            labels, objects, summary = segment_unit(probability, seen[0], pixel, PostprocessSettings(), unit.unit_id,
+                                                    measured=image[0])
             (out / f"{unit.unit_id}.png").write_bytes(overlay_png(image[0], labels, pixel[1]))
             # the report's images, as the workflow renders them: in a shared contrast and the field's own
             gallery[unit.unit_id] = unit_gallery_images(image[0], labels, pixel[1], GallerySettings(), shared_limits)

@@ -28,6 +28,7 @@ class ImportSettings:
     rgb: str = "channels"  # channels | luminance
     default_pixel_size_um: float | None = None
     missing_pixel_size: str = "pixels"  # pixels (import uncalibrated, warned) | fail
+    background: str = "flatten"  # flatten (fit each channel's smooth background; later stages look at it flattened) | none
 
     @classmethod
     def from_config(cls, section: dict[str, Any], reader: str = "bioio") -> "ImportSettings":
@@ -347,6 +348,13 @@ def read_unit(path: str | Path, raw: bool = False) -> np.ndarray:
     return array if raw else finite(array)
 
 
+def fitted_backgrounds(array: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Each channel's smooth background (:mod:`.background`), by channel name, for the unit's record."""
+    from .background import fit_background
+
+    return {name: fit_background(finite(array[i])).as_dict() for i, name in enumerate(names)}
+
+
 def check_samples(array: np.ndarray, names: list[str], selection: dict[str, Any], path: Path) -> tuple[np.ndarray, list[str], str | None]:
     """Sanity-check RGB samples a reader returned.
 
@@ -494,19 +502,20 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
             parts.append(f"z{selection['z']}")
         unit_id = safe_id("_".join(parts))
         image_path = out_dir / f"{unit_id}.ome.tif"
-        if isinstance(array, PlaneTiles):  # a large plane, copied a strip of tiles at a time
-            names, note = _channel_names(raw_names, array.shape[0], selection), None
+        if isinstance(array, PlaneTiles):  # a large plane, copied a strip of tiles at a time (not flattened: see config/README)
+            names, note, background = _channel_names(raw_names, array.shape[0], selection), None, {}
             write_ome_tiff(image_path, array.tiles(), names, pixel.as_dict(), shape=array.shape, dtype=array.dtype)
         else:
             names = _channel_names(raw_names, array.shape[0], selection)
             array, names, note = check_samples(array, names, selection, path)
             write_ome_tiff(image_path, array, names, pixel.as_dict())
+            background = fitted_backgrounds(array, names) if settings.background == "flatten" else {}
         units.append(Unit(
             unit_id=unit_id, sample_id=source.sample_id, source_path=str(path), source_sha256=checksum,
             scene_index=scene_index, scene_name=str(scene), source_dims=sizes, selection=selection,
             dtype=str(np.dtype(array.dtype)), shape=list(array.shape), channel_names=names, pixel_size_um=pixel.as_dict(),
             pixel_size_origin=pixel.origin, image_path=str(image_path), reader=reader, metadata=dict(source.metadata),
-            warnings=notes + ([note] if note else []),
+            warnings=notes + ([note] if note else []), background=background,
         ))
     return units
 

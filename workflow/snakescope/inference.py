@@ -132,6 +132,14 @@ def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int
     return array[channel_indices(names, wanted, array.shape[0])]
 
 
+def model_channels(array: np.ndarray, unit: dict[str, Any], wanted: tuple[str | int, ...]) -> np.ndarray:
+    """What the model and the segmentation look at: the ``model.channels`` of a unit's CYX ``array``, each with the
+    smooth background fitted at import taken out (:mod:`.background`; as they are when none was fitted)."""
+    from .background import flattened_channels
+
+    return flattened_channels(array, unit, channel_indices(unit["channel_names"], wanted, array.shape[0]))
+
+
 def check_model_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> None:
     """Raise when every channel ``model.channels`` selects is blank (one value in every pixel) while another channel
     of the unit varies: the model would see nothing and the review would call a field of nuclei empty. A unit
@@ -349,7 +357,7 @@ def pooled_pixels(import_manifests: list[str | Path], channels: tuple[str | int,
                     image = np.stack([reader.read(c, (slice(0, None, step), slice(0, None, step))) for c in
                                       channel_indices(unit["channel_names"], channels, len(unit["channel_names"]))])
             else:
-                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)
+                image = model_channels(read_unit(unit["image_path"]), unit, channels)
             image = image.reshape(len(channels), -1)
             take = rng.choice(image.shape[1], size=min(per_unit, image.shape[1]), replace=False)
             parts.append(image[:, take].astype(np.float32))
@@ -391,7 +399,7 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
         else:
             full = read_unit(unit["image_path"])
             check_model_channels(full, unit["channel_names"], predictor.settings.channels)
-            image = select_channels(full, unit["channel_names"], predictor.settings.channels)
+            image = model_channels(full, unit, predictor.settings.channels)
             probability = predictor.predict(image, unit["unit_id"])
             np.save(path, probability.astype(np.float16))
         print(" ".join(filter(None, (label, position, unit["unit_id"]))), file=sys.stderr)

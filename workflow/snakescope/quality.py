@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .acquisition import finite
+from .background import flattened, unit_surface
 from .records import Failure, read_json, write_json
 
 
@@ -179,8 +180,11 @@ def blur_from(sums: np.ndarray) -> float:
     return float(max(abs(m1 - m2) / m1 for m1, m2 in sums))
 
 
-def channel_metrics(image: np.ndarray) -> dict[str, float]:
-    """Quality metrics of one 2D channel; see config/README.md for one line on each."""
+def channel_metrics(image: np.ndarray, surface: Any = None) -> dict[str, float]:
+    """Quality metrics of one 2D channel; see config/README.md for one line on each. ``surface``: the channel's
+    smooth background fitted at import (:mod:`.background`): background, foreground, signal and focus are measured
+    on the channel with it flattened (a ramp is not signal, and does not widen the background's spread);
+    intensities, saturation, noise, blur and the spectrum on the pixels as they are."""
     img = np.asarray(image)
     non_finite = float(100.0 * np.mean(~np.isfinite(img))) if np.issubdtype(img.dtype, np.floating) else 0.0
     img = finite(img)
@@ -188,7 +192,7 @@ def channel_metrics(image: np.ndarray) -> dict[str, float]:
     mean = float(values.mean())
     lo, hi = float(values.min()), float(values.max())
     noise = pixel_noise(img)  # before the smoothed copy exists (peak memory)
-    smooth = ndi.gaussian_filter(values, 1.0)
+    smooth = ndi.gaussian_filter(values if surface is None else flattened(values, surface).astype(np.float64), 1.0)
     background, smooth_noise = robust_background(smooth)
     # sigma=1 smoothing lowers white noise about 3.5x; the floor keeps flat 8-bit backgrounds from counting as signal
     foreground = smooth > background + 5.0 * max(smooth_noise, 0.28 * noise)
@@ -231,6 +235,7 @@ def channel_metrics(image: np.ndarray) -> dict[str, float]:
         "signal": signal,
         "snr": float((signal - background) / noise),
         "foreground_fraction": fg_fraction,
+        "background_unevenness": float(surface.range / contrast) if surface is not None else 0.0,
     }
 
 
@@ -343,6 +348,7 @@ def channel_metrics_by_strips(reader: Any, channel: int) -> dict[str, float]:
         "signal": signal,
         "snr": float((signal - background) / noise),
         "foreground_fraction": float(counted / (h * w)),
+        "background_unevenness": 0.0,  # large planes are not flattened (config/README.md, import.background)
     }
 
 
@@ -362,9 +368,10 @@ def robust_background_of(histogram: Any, iterations: int = 5, clip: float = 3.0)
     return level, max(sigma, float(np.finfo(np.float32).eps))
 
 
-def unit_metrics(array: np.ndarray, channel_names: list[str]) -> dict[str, dict[str, float]]:
-    """Metrics for every channel of a CYX unit, keyed by channel name."""
-    return {name: channel_metrics(array[i]) for i, name in enumerate(channel_names)}
+def unit_metrics(array: np.ndarray, channel_names: list[str], unit: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Metrics for every channel of a CYX unit, keyed by channel name (``unit``: its record, for the backgrounds fitted
+    at import)."""
+    return {name: channel_metrics(array[i], unit_surface(unit, name) if unit else None) for i, name in enumerate(channel_names)}
 
 
 def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -377,7 +384,7 @@ def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None
         if is_large(unit.get("shape")):
             with PlaneReader(unit["image_path"]) as reader:
                 return {name: channel_metrics_by_strips(reader, c) for c, name in enumerate(unit["channel_names"])}, None
-        return unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"]), None
+        return unit_metrics(read_unit(unit["image_path"], raw=True), unit["channel_names"], unit), None
     except Exception as exc:  # noqa: BLE001
         failure = Failure.from_exception("quality", unit["source_path"], exc, unit_id=unit["unit_id"])
         print(f"[quality {label}] FAILED {unit['unit_id']}: {failure.reason}", file=sys.stderr)

@@ -51,7 +51,8 @@ def refinement_direction(answer: dict[str, Any], summary: dict[str, Any] | None)
 
 
 def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, float], base: Any, target: int,
-                        expected: dict[str, Any], refine: dict[str, Any], direction: int, unit_id: str) -> dict[str, Any]:
+                        expected: dict[str, Any], refine: dict[str, Any], direction: int, unit_id: str,
+                        measured: Any = None) -> dict[str, Any]:
     """Bounded search over post-processing settings towards the model's count estimate.
 
     Each attempt changes ``split_min_distance`` (x0.6 to split more, x1.5 to split less; within
@@ -76,7 +77,7 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
         return abs(n - target) / max(target, 1) + outside + merged_looking
 
     settings = base
-    labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id)
+    labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id, measured)
     attempts = [{"settings": asdict(settings), "object_count": len(objects), "score": round(score(objects), 4)}]
     best = (attempts[0]["score"], settings, labels, objects, summary)
     for _ in range(int(refine["max_iterations"])):
@@ -89,7 +90,7 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
                                min_object_area_fraction=min(hi_a, max(lo_a, round(settings.min_object_area_fraction * 1.5, 4))))
         if asdict(settings) == attempts[-1]["settings"]:
             break  # at the bound
-        labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id)
+        labels, objects, summary = segment_unit(probability, intensity, pixel, settings, unit_id, measured)
         attempts.append({"settings": asdict(settings), "object_count": len(objects), "score": round(score(objects), 4)})
         if attempts[-1]["score"] < best[0] - MIN_GAIN:
             best = (attempts[-1]["score"], settings, labels, objects, summary)

@@ -753,10 +753,11 @@ def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pix
 
 
 def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
-                 settings: PostprocessSettings, unit_id: str = ""):
-    """Labels, object rows and summary of one unit."""
+                 settings: PostprocessSettings, unit_id: str = "", measured: np.ndarray | None = None):
+    """Labels, object rows and summary of one unit: segmented on ``intensity`` (the model channel, its background
+    flattened), measured on ``measured`` (the channel as imported; ``intensity`` when not given)."""
     labels, info = instance_labels(probability, intensity, pixel_size_um, settings)
-    objects = measure_objects(labels, intensity, pixel_size_um, unit_id)
+    objects = measure_objects(labels, intensity if measured is None else measured, pixel_size_um, unit_id)
     return labels, objects, summarize_objects(objects, labels.shape, pixel_size_um, info)
 
 
@@ -830,13 +831,14 @@ def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: Po
                 channels: tuple[str | int, ...]) -> Segmented:
     """:func:`postprocess_one` of a field that fits in memory, without writing its files."""
     from .acquisition import read_unit
-    from .inference import select_channels
+    from .inference import model_channels, select_channels
 
     pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
     full = read_unit(unit["image_path"])
     image = select_channels(full, unit["channel_names"], channels)
     probability = np.load(probability_path).astype(np.float32)
-    labels, objects, summary = segment_unit(probability, image[0], pixel, settings, unit["unit_id"])
+    labels, objects, summary = segment_unit(probability, model_channels(full, unit, channels)[0], pixel, settings,
+                                            unit["unit_id"], measured=image[0])
     channel_means(objects, labels, full, unit["channel_names"])
     return Segmented(unit, labels, image[0], pixel, summary, objects)
 

@@ -13,7 +13,7 @@ from .records import read_csv, read_json, write_json
 from .review import model_channel_name
 
 METRIC_COLUMNS = ["snr", "blur", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
-                  "percent_minimal", "foreground_fraction", "background", "noise", "mean", "max"]
+                  "percent_minimal", "foreground_fraction", "background", "background_unevenness", "noise", "mean", "max"]
 SUMMARY_COLUMNS = ["object_count", "length_unit", "density_per_mm2", "diameter_um_median", "diameter_um_p10", "diameter_um_p90",
                    "area_um2_median", "diameter_px_median", "typical_diameter_px", "fraction_large", "fraction_low_solidity",
                    "removed_low_contrast"]

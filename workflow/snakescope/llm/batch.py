@@ -119,7 +119,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     from ..acquisition import read_unit
     from ..blocks import is_large
     from ..gallery import large_view
-    from ..inference import select_channels
+    from ..inference import model_channels, select_channels
     from ..refinement import refine_segmentation, refinement_direction
     from ..rendering import overlay_png, scale_bar_um
     from ..segmentation import OBJECT_COLUMNS, calibrated, write_labels
@@ -149,9 +149,11 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                 image, edges, factor = large_view(unit, ctx["channels"], ctx["labels_path"], 512)
                 images = review_images(image, None, pixel[1] * factor if pixel else None, settings.images_per_request, edges)
                 field_shape = tuple(unit["shape"][-2:])
-                image = None  # no re-segmentation by critique on a large field (it would hold the whole field)
+                image = segmenting = None  # no re-segmentation by critique on a large field (it would hold the whole field)
             else:
-                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]
+                full = read_unit(unit["image_path"])
+                image = select_channels(full, unit["channel_names"], ctx["channels"])[0]  # shown as imported
+                segmenting = model_channels(full, unit, ctx["channels"])[0]  # what post-processing looks at
                 labels = tifffile.imread(ctx["labels_path"])
                 images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
                 field_shape = image.shape
@@ -164,7 +166,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             for name, data in zip(sent, images):
                 (out_dir / name).write_bytes(data)
             (inputs / f"{uid}.prompt.txt").write_text(prompt, encoding="utf-8")
-            prepared[uid] = {"pixel": pixel, "image": image, "prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
+            prepared[uid] = {"pixel": pixel, "image": image, "segmenting": segmenting, "prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
             if prepared[uid]["cached"] is None:
                 futures[pool.submit(ask_timed, client, prompt, images, schema)] = uid
     except BaseException:
@@ -192,7 +194,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             reviews.append(rules_only(rules, "unreviewed", None, "not sent to the LLM"))
             continue
         job = prepared[uid]
-        pixel, image, prompt, key, cached = job["pixel"], job["image"], job["prompt"], job["key"], job["cached"]
+        pixel, image, segmenting = job["pixel"], job["image"], job["segmenting"]
+        prompt, key, cached = job["prompt"], job["key"], job["cached"]
         provenance = {**base_provenance, "prompt_sha256": sha256(prompt), "cache_key": key, "cache_hit": cached is not None,
                       "sent_images": job["sent"], "sent_prompt": f"{INPUTS_FOLDER}/{uid}.prompt.txt"}
         if cached is not None:
@@ -220,8 +223,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             refinement["reason"] = "not run: the field is larger than the stages' block size"
         elif settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
             probability = np.load(ctx["probability_path"]).astype(np.float32)
-            result = refine_segmentation(probability, image, pixel, postprocess, answer["estimated_count"], ctx["expected"],
-                                         settings.refine, direction, uid)
+            result = refine_segmentation(probability, segmenting, pixel, postprocess, answer["estimated_count"], ctx["expected"],
+                                         settings.refine, direction, uid, measured=image)
             refinement = {"applied": result["improved"], "direction": "split more" if direction > 0 else "split less",
                           "target_count": result["target_count"], "attempts": result["attempts"],
                           "best_settings": result["best_settings"]}
