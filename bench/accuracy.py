@@ -1,6 +1,6 @@
 """Right answers on real microscopy: the workflow with its default config on the real nuclei sets.
 
-    python bench/accuracy.py [--shared ../shared] [--project .] [--sets bbbc039 dsb2018 qc] [--tile-px 1100]
+    python bench/accuracy.py [--shared ../shared] [--project .] [--sets bbbc039 dsb2018 qc ramp] [--tile-px 1100]
 
 Runs the real Snakemake on the real Snakefile, with the real U-Net from ../shared/models, once per set:
 
@@ -14,9 +14,12 @@ Runs the real Snakemake on the real Snakefile, with the real U-Net from ../share
   confusion table (true condition x the review's quality issue), the share of degraded fields that
   get the right issue, the share of untouched fields that pass with no quality issue, separately for
   fields the thresholds were calibrated on (even positions) and held-out fields (odd positions).
+- ``ramp``: every field of both sets with a background ramp added (linear, seeded random direction, rising by
+  40 % of the field's contrast: uneven illumination without flat-field correction): object F1 as above, and
+  how many of these otherwise untouched fields pass the review with no quality issue.
 
 ``--project`` points at another checkout (e.g. a worktree of an older commit) to measure "before"
-with the same script. The last line is ``pooled_f1=… dsb2018_f1=… bbbc039_f1=… qc_right_issue=… qc_ok_pass=…``.
+with the same script. The last line is ``pooled_f1=… bbbc039_f1=… dsb2018_f1=… ramp_f1=… qc_right_issue=… qc_ok_pass=…``.
 """
 
 from __future__ import annotations
