@@ -152,6 +152,20 @@ def test_a_blank_model_channel_beside_a_channel_with_signal_fails_the_unit_namin
     check_model_channels(np.zeros_like(unit), names, (0,))
 
 
+def test_a_model_channel_picked_by_index_beside_a_nuclear_stain_is_warned():
+    """Cell-painting-like channel names: index 0 is actin and the DNA stain is index 2: one warning naming both and the
+    setting; no warning when the chosen channel is the stain, when it was chosen by name, or when no name says."""
+    from snakescope.inference import channel_choice_warning
+
+    warning = channel_choice_warning(["Actin-488", "Tubulin", "w3 DAPI"], (0,))
+    assert "'Actin-488' (index 0)" in warning and "'w3 DAPI' (index 2)" in warning and "model.channels: ['w3 DAPI']" in warning
+    assert channel_choice_warning(["GFP", "H2B-mCherry"], (0,)) is not None
+    assert channel_choice_warning(["w1 Hoechst 33342", "w2 Mito"], (0,)) is None
+    assert channel_choice_warning(["Actin", "DAPI"], ("Actin",)) is None
+    assert channel_choice_warning(["Channel:0:0", "Channel:0:1"], (0,)) is None
+    assert channel_choice_warning(["SiR-DNA", "PINK1-GFP"], (1,)) is not None  # "PINK1" is not a nuclear stain
+
+
 def test_a_model_that_fails_its_own_test_is_refused_with_the_reason(demo_dir, tmp_path):
     import shutil
     import subprocess

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -138,6 +139,28 @@ def model_channels(array: np.ndarray, unit: dict[str, Any], wanted: tuple[str | 
     from .background import flattened_channels
 
     return flattened_channels(array, unit, channel_indices(unit["channel_names"], wanted, array.shape[0]))
+
+
+# channel names that say "nuclear stain" (case-insensitive, whole words or name parts)
+NUCLEAR_STAIN = re.compile(r"(?<![a-z])(dapi|hoechst|h33342|h33258|draq[57]|nucblue|nucred|nucspot|sir-?dna|sytox|to-?pro|"
+                           r"propidium|h2b|dna|nuclei|nucleus|nuclear)(?![a-z])", re.IGNORECASE)
+
+
+def channel_choice_warning(names: list[str], wanted: tuple[str | int, ...]) -> str | None:
+    """A warning when ``model.channels`` picks channels by index, none of them is named like a nuclear stain, and
+    another channel is (DAPI at index 2 while the model sees index 0): the nuclei model would segment another
+    stain without a word. Channels picked by name are the user's explicit choice: no warning."""
+    if any(isinstance(w, str) for w in wanted):
+        return None
+    chosen = [w for w in wanted if isinstance(w, int) and 0 <= w < len(names)]
+    if not chosen or any(NUCLEAR_STAIN.search(names[i]) for i in chosen):
+        return None
+    stains = [i for i, name in enumerate(names) if i not in chosen and NUCLEAR_STAIN.search(name)]
+    if not stains:
+        return None
+    return (f"config key model.channels picks {', '.join(repr(names[i]) for i in chosen)} (index {', '.join(map(str, chosen))}), "
+            f"while {names[stains[0]]!r} (index {stains[0]}) is named like a nuclear stain: if the model segments nuclei, "
+            f"set model.channels: [{names[stains[0]]!r}]")
 
 
 def check_model_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> None:

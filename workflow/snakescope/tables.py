@@ -198,6 +198,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from .corrections import agreement, corrected_review, load_corrections, overruled
+    from .inference import channel_choice_warning
     from .refinement import final_segmentation
 
     corrections = load_corrections(corrections_path) if corrections_path else {}
@@ -223,6 +224,10 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
             unit_records.append(unit)
             warnings += [{"stage": "import", "source_path": unit["source_path"], "sample_id": unit["sample_id"], "unit_id": uid,
                           "warning": text} for text in unit.get("warnings", [])]
+            choice = channel_choice_warning(unit["channel_names"], channels)
+            if choice:
+                warnings.append({"stage": "inference", "source_path": unit["source_path"], "sample_id": unit["sample_id"],
+                                 "unit_id": uid, "warning": choice})
             metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels), {})
             review = reviewed.get(uid, {})
             correction = corrections.get(uid)
