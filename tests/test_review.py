@@ -87,3 +87,47 @@ def test_relative_checks_compare_a_field_with_its_plate_and_say_so(tmp_path):
     (issue,) = quality_issues(field, ReviewThresholds(), unit_reference(doc, "P1", "DAPI"))
     assert issue["type"] == "out_of_focus" and "blur 0.55" in issue["evidence"] and "median of plate P1" in issue["evidence"]
     assert quality_issues(field, ReviewThresholds(), unit_reference(doc, "P2", "DAPI")) == []  # P2's own median is 0.5
+
+
+def test_a_few_real_nuclei_in_a_large_field_are_not_an_empty_field(unet_model):
+    """Three real BBBC039 nuclei (with their own surroundings) in a 2048 x 1024 field of the same field's background
+    level and camera noise, as a cytotoxic well on a large camera gives: 0.1 % foreground, under the empty limit. The U-Net and
+    the segmentation keep the three nuclei, so the review does not call the field empty (its nuclei are the result);
+    the same field without them is empty."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from conftest import SHARED, needs_shared
+    from snakescope.background import fit_background
+    from snakescope.inference import ModelSettings, Predictor
+
+    folder = SHARED / "data" / "nuclei" / "bbbc039"
+    needs_shared(folder)
+    path = sorted((folder / "images").glob("*.tif"))[0]
+    image, truth = tifffile.imread(path), tifffile.imread(folder / "masks" / path.name)
+    rng = np.random.default_rng(3)
+    from snakescope.quality import pixel_noise
+
+    level = float(np.median(image[~ndi.binary_dilation(truth > 0, iterations=4)]))  # the field's background and camera noise
+    sparse = np.clip(np.round(rng.normal(level, pixel_noise(image), (1024, 2048))), 0, 65535).astype(image.dtype)
+    empty = sparse.copy()
+    areas = np.bincount(truth.ravel())
+    ids = np.arange(1, areas.size)[areas[1:] > 0]
+    kept = [int(i) for i in ids[np.argsort(np.abs(areas[ids] - np.median(areas[ids])))][:3]]  # three typical nuclei
+    for n, label in enumerate(kept):
+        ys, xs = np.nonzero(ndi.binary_dilation(truth == label, iterations=3))
+        sparse[ys - ys.min() + 200 + 250 * n, xs - xs.min() + 300 + 600 * n] = image[ys, xs]
+    predictor = Predictor(ModelSettings(source=str(unet_model)), threads=1)
+    kb = yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
+    verdicts = {}
+    for name, field in (("sparse", sparse), ("empty", empty)):
+        metrics = channel_metrics(field, fit_background(field))
+        assert metrics["foreground_fraction"] <= ReviewThresholds().empty_foreground_fraction
+        probability = predictor.predict(field[None].astype(np.float32))
+        _, objects, summary = segment_unit(probability, field, (0.645, 0.645), PostprocessSettings(), name)
+        review = review_unit({"unit_id": name, "metadata": {}}, metrics, summary, [o["equivalent_diameter_um"] for o in objects],
+                             kb, ReviewThresholds())
+        verdicts[name] = (summary["object_count"], [i["type"] for i in review["issues"]])
+    predictor.close()
+    assert verdicts["sparse"][0] == 3 and "empty_field" not in verdicts["sparse"][1]
+    assert verdicts["empty"][0] == 0 and "empty_field" in verdicts["empty"][1]

@@ -38,6 +38,7 @@ from .segmentation import (
     FieldScale,
     PostprocessSettings,
     channel_column,
+    confident_objects,
     foreground,
     grown_by_2,
     inscribed_radii,
@@ -58,16 +59,19 @@ def _probability(path: str | Path, box: tuple[slice, slice]) -> np.ndarray:
     return np.nan_to_num(read_npy(path, box).astype(np.float32), nan=0.0)
 
 
-def _radii_and_areas(mask: np.ndarray, block: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Inscribed radius and area of the objects of ``mask`` (a block's outer region) that this block owns."""
+def _radii_and_areas(mask: np.ndarray, block: Any, shape: tuple[int, int],
+                     probability: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inscribed radius, area and confidence (:func:`segmentation.confident_objects`) of the objects of ``mask`` (a
+    block's outer region) that this block owns."""
     components, n = ndi.label(mask)
     if n == 0:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
     complete, starts = complete_and_owned(components, block, shape, margin=1)  # the distance transform reaches 1 px out
     owned = complete & starts
     radii = inscribed_radii(mask, components, n)
     areas = np.bincount(components.ravel(), minlength=n + 1)[1:].astype(float)
-    return radii[owned[1:]], areas[owned[1:]]
+    sure = confident_objects(components, n, probability)
+    return radii[owned[1:]], areas[owned[1:]], sure[owned[1:]]
 
 
 def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int, pixel: tuple[float, float] | None,
@@ -80,17 +84,19 @@ def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int
         radius: float | None = settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1]))
         info["scale_source"] = "config postprocess.nucleus_diameter_um"
     else:
-        found: dict[str, list[np.ndarray]] = {"radii": [], "areas": [], "sure_radii": [], "sure_areas": []}
+        found: dict[str, list[np.ndarray]] = {"radii": [], "areas": [], "confident": [], "sure_radii": [], "sure_areas": [],
+                                              "sure_confident": []}
         check_tissue = settings.probability_threshold < TISSUE_SURE_THRESHOLD
         for block in blocks:
             probability = _probability(probability_path, block.outer)
             for key, mask in (("", foreground(probability, settings)),
                               ("sure_", probability >= TISSUE_SURE_THRESHOLD if check_tissue else None)):
                 if mask is not None:
-                    radii, areas = _radii_and_areas(mask, block, shape)
+                    radii, areas, confident = _radii_and_areas(mask, block, shape, probability)
                     found[key + "radii"].append(radii)
                     found[key + "areas"].append(areas)
-        radius = typical_radius(np.concatenate(found["radii"]), np.concatenate(found["areas"]))
+                    found[key + "confident"].append(confident)
+        radius = typical_radius(np.concatenate(found["radii"]), np.concatenate(found["areas"]), np.concatenate(found["confident"]))
         sure = typical_radius(np.concatenate(found["sure_radii"]), np.concatenate(found["sure_areas"])) if check_tissue else None
         info["scale_source"] = "estimated from this field (pooled over its blocks)"
         if radius and sure and radius > TISSUE_RATIO * sure:
