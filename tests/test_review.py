@@ -92,8 +92,9 @@ def test_relative_checks_compare_a_field_with_its_plate_and_say_so(tmp_path):
 def test_a_few_real_nuclei_in_a_large_field_are_not_an_empty_field(unet_model):
     """Three real BBBC039 nuclei (with their own surroundings) in a 2048 x 1024 field of the same field's background
     level and camera noise, as a cytotoxic well on a large camera gives: 0.1 % foreground, under the empty limit. The U-Net and
-    the segmentation keep the three nuclei, so the review does not call the field empty (its nuclei are the result);
-    the same field without them is empty."""
+    the segmentation keep the three nuclei, so the review does not fail the field as empty (its nuclei are the result):
+    it warns, to be looked at (debris alone would look the same), and asks nothing of the microscope; the same field
+    without them fails as empty."""
     import tifffile
     from scipy import ndimage as ndi
 
@@ -127,7 +128,9 @@ def test_a_few_real_nuclei_in_a_large_field_are_not_an_empty_field(unet_model):
         _, objects, summary = segment_unit(probability, field, (0.645, 0.645), PostprocessSettings(), name)
         review = review_unit({"unit_id": name, "metadata": {}}, metrics, summary, [o["equivalent_diameter_um"] for o in objects],
                              kb, ReviewThresholds())
-        verdicts[name] = (summary["object_count"], [i["type"] for i in review["issues"]])
+        verdicts[name] = (summary["object_count"], [(i["type"], i["severity"]) for i in review["issues"]], review["verdict"],
+                          [a["action"] for a in review["suggested_actions"]])
     predictor.close()
-    assert verdicts["sparse"][0] == 3 and "empty_field" not in verdicts["sparse"][1]
-    assert verdicts["empty"][0] == 0 and "empty_field" in verdicts["empty"][1]
+    assert verdicts["sparse"][0] == 3 and verdicts["sparse"][1] == [("empty_field", "warn")], verdicts
+    assert verdicts["sparse"][2] == "warn" and verdicts["sparse"][3] == ["none"]  # kept, and not skipped unasked
+    assert verdicts["empty"][0] == 0 and ("empty_field", "fail") in verdicts["empty"][1] and verdicts["empty"][2] == "fail"

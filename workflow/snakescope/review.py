@@ -117,14 +117,18 @@ def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str
     run (``outlier_mad`` robust SDs on the bad side, for SNR and blur) is flagged too. The evidence
     gives both the value and its place in the run. ``objects``: how many objects the segmentation kept (after
     its contrast test, which removes the noise a model finds in an empty field). A field with little foreground
-    is empty only when none were kept: a few real nuclei in a large field (a cytotoxic well on a 2048² camera:
-    eight BBBC039-sized nuclei are 0.2 % of it) are a result, not a failed acquisition.
+    fails as empty only when none were kept; with some it is a warning to look at: a few real nuclei in a large
+    field (a cytotoxic well on a 2048² camera: eight BBBC039-sized nuclei are 0.2 % of it) are a result to keep,
+    a speck of debris alone is not, and the numbers cannot tell them apart.
     """
     issues = []
-    if m["foreground_fraction"] <= t.empty_foreground_fraction and not objects:
-        issues.append(_issue("empty_field", "fail", f"foreground fraction {m['foreground_fraction']:.4f} <= {t.empty_foreground_fraction}"
-                             + ("; no object with nucleus contrast segmented" if objects == 0 else "")))
-        return issues  # signal, focus and saturation are meaningless on an empty field
+    if m["foreground_fraction"] <= t.empty_foreground_fraction:
+        evidence = f"foreground fraction {m['foreground_fraction']:.4f} <= {t.empty_foreground_fraction}"
+        if not objects:
+            issues.append(_issue("empty_field", "fail", evidence + ("; no object with nucleus contrast segmented" if objects == 0 else "")))
+            return issues  # signal, focus and saturation are meaningless on an empty field
+        issues.append(_issue("empty_field", "warn", f"{evidence}, but {objects} object(s) with nucleus contrast were segmented: "
+                                                    "a few cells (keep them: e.g. a cytotoxic well) or debris; look before excluding it"))
     if m["percent_saturated"] >= t.saturated_percent_warn:
         sev = "fail" if m["percent_saturated"] >= t.saturated_percent_fail else "warn"
         issues.append(_issue("saturated", sev, f"{m['percent_saturated']:.2f}% of pixels at the maximum value {m['max']:.0f} "
@@ -219,6 +223,8 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
     verdict = "fail" if "fail" in severities else "warn" if issues else "pass"
     actions = []
     for issue in issues:
+        if issue["type"] == "empty_field" and issue["severity"] == "warn":
+            continue  # a field with a few cells: not for skipping unasked
         if issue["type"] in ACTIONS and ACTIONS[issue["type"]][0] not in [a["action"] for a in actions]:
             action, detail = ACTIONS[issue["type"]]
             actions.append({"action": action, "detail": detail})
