@@ -209,7 +209,10 @@ def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
         "blur": f"blur, 0 sharp to 1 blurred (warn ≥ {t['blur_warn']:g}, fail ≥ {t['blur_fail']:g}, or {t['outlier_mad']:g} MAD above the run)",
         "percent_saturated": f"saturated pixels, % (warn ≥ {t['saturated_percent_warn']:g}, fail ≥ {t['saturated_percent_fail']:g})",
         "foreground_fraction": f"foreground fraction (empty field ≤ {t['empty_foreground_fraction']:g})",
-        "background": "background, grey levels", "noise": "pixel noise SD, grey levels", "object_count": "objects",
+        "background": "background, grey levels",
+        "background_unevenness": "uneven background: the fitted background's rise across the field, fraction of the contrast "
+                                 "(taken out before segmentation and these metrics; import.background)",
+        "noise": "pixel noise SD, grey levels", "object_count": "objects",
         "density_per_mm2": "density, objects per mm²", "diameter_um_median": "median equivalent diameter, µm",
         "area_um2_median": "median area, µm²", "diameter_px_median": "median equivalent diameter, px",
         "fraction_large": f"objects over twice the median area, fraction (under-segmentation ≥ {t['large_object_fraction']:g})",
