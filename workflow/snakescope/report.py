@@ -210,8 +210,7 @@ def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
         "percent_saturated": f"saturated pixels, % (warn ≥ {t['saturated_percent_warn']:g}, fail ≥ {t['saturated_percent_fail']:g})",
         "foreground_fraction": f"foreground fraction (empty field ≤ {t['empty_foreground_fraction']:g})",
         "background": "background, grey levels",
-        "background_unevenness": "uneven background: the fitted background's rise across the field, fraction of the contrast "
-                                 "(taken out before segmentation and these metrics; import.background)",
+        "background_unevenness": "uneven background, rise as a fraction of the contrast (taken out before analysis)",
         "noise": "pixel noise SD, grey levels", "object_count": "objects",
         "density_per_mm2": "density, objects per mm²", "diameter_um_median": "median equivalent diameter, µm",
         "area_um2_median": "median area, µm²", "diameter_px_median": "median equivalent diameter, px",
