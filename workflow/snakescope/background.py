@@ -12,8 +12,8 @@ background sample (a box of a dense field still holds some background between it
 than CLIP robust SDs above it (boxes inside a cluster of nuclei or a bright tissue). The surface minus its median
 over the field is what is subtracted, so the flattened field keeps its own background level and units. On the 32
 real BBBC039 and DSB2018 fields, which are nearly flat, flattening moved object F1 by +0.004 and +0.003 (pooled);
-on the same fields with a ramp it restored F1 to within 0.01 of the untouched fields (bench/accuracy.py, ``qc``
-set's ``ramp`` rows, and tests/test_background.py).
+on the same fields with a ramp it restored F1 to within 0.01 of the untouched fields (``bench/accuracy.py --sets
+ramp``, and tests/test_background.py).
 """
 
 from __future__ import annotations
@@ -91,10 +91,10 @@ def fit_background(image: np.ndarray, order: int = ORDER, grid: int = GRID, quan
                 samples.append(float(np.percentile(box, quantile)))
                 where.append(((top + bottom) / h - 1, (left + right) / w - 1))
     values = np.asarray(samples)
-    flat = BackgroundSurface(0, (float(np.median(values)) if values.size else 0.0,), (h, w), 0.0, 0.0)
     n_terms = len(powers(order))
     if values.size < 2 * n_terms:  # too few boxes for the surface (a thin strip): a constant
-        return BackgroundSurface(0, flat.coefficients, (h, w), flat.coefficients[0], 0.0)
+        level = float(np.median(values)) if values.size else 0.0
+        return BackgroundSurface(0, (level,), (h, w), level, 0.0)
     at = np.asarray(where)
     design = _design(at[:, 0], at[:, 1], order)
     keep = np.ones(values.size, bool)
@@ -107,16 +107,16 @@ def fit_background(image: np.ndarray, order: int = ORDER, grid: int = GRID, quan
         if now.sum() < 2 * n_terms or np.array_equal(now, keep):
             break
         keep = now
-    surface = BackgroundSurface(order, tuple(float(c) for c in coefficients), (h, w), 0.0, 0.0)
-    coarse = _coarse(surface)
-    return BackgroundSurface(order, surface.coefficients, (h, w), float(np.median(coarse)), float(coarse.max() - coarse.min()))
+    coarse = _coarse(order, coefficients)
+    return BackgroundSurface(order, tuple(float(c) for c in coefficients), (h, w), float(np.median(coarse)),
+                             float(coarse.max() - coarse.min()))
 
 
-def _coarse(surface: BackgroundSurface, n: int = 64) -> np.ndarray:
+def _coarse(order: int, coefficients: np.ndarray, n: int = 64) -> np.ndarray:
     """The surface on an n x n lattice spanning the field (its median and range)."""
     y = np.linspace(-1, 1, n)
     grid_y, grid_x = np.meshgrid(y, y, indexing="ij")
-    return _design(grid_y.ravel(), grid_x.ravel(), surface.order) @ np.asarray(surface.coefficients)
+    return _design(grid_y.ravel(), grid_x.ravel(), order) @ coefficients
 
 
 def flattened(image: np.ndarray, surface: BackgroundSurface | None) -> np.ndarray:

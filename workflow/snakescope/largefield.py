@@ -84,8 +84,7 @@ def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int
         radius: float | None = settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1]))
         info["scale_source"] = "config postprocess.nucleus_diameter_um"
     else:
-        found: dict[str, list[np.ndarray]] = {"radii": [], "areas": [], "confident": [], "sure_radii": [], "sure_areas": [],
-                                              "sure_confident": []}
+        found: dict[str, list[np.ndarray]] = {"radii": [], "areas": [], "confident": [], "sure_radii": [], "sure_areas": []}
         check_tissue = settings.probability_threshold < TISSUE_SURE_THRESHOLD
         for block in blocks:
             probability = _probability(probability_path, block.outer)
@@ -95,7 +94,8 @@ def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int
                     radii, areas, confident = _radii_and_areas(mask, block, shape, probability)
                     found[key + "radii"].append(radii)
                     found[key + "areas"].append(areas)
-                    found[key + "confident"].append(confident)
+                    if not key:  # the sure cores are all confident
+                        found["confident"].append(confident)
         radius = typical_radius(np.concatenate(found["radii"]), np.concatenate(found["areas"]), np.concatenate(found["confident"]))
         sure = typical_radius(np.concatenate(found["sure_radii"]), np.concatenate(found["sure_areas"])) if check_tissue else None
         info["scale_source"] = "estimated from this field (pooled over its blocks)"

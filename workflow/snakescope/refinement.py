@@ -60,7 +60,8 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
     range). Score (lower is better): relative count error to the model's estimate, plus the fraction of
     objects outside the expected diameter range, plus the fraction of non-convex objects (solidity < 0.9,
     the shape of merged nuclei). The model's count alone is not trusted: a change must also keep the
-    objects plausible, and must beat the original by MIN_GAIN. Returns every attempt and the best.
+    objects plausible, and must beat the original by MIN_GAIN. Returns every attempt and the best. ``intensity``
+    is what post-processing segments, ``measured`` what it measures (:func:`segmentation.segment_unit`).
     """
     from .segmentation import segment_unit
 
