@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from snakescope.hostclient import ADDRESS_VARIABLE, HEADER
+from snakescope.hostclient import ADDRESS_VARIABLE, LENGTH_BYTES, pack_request, unpack_request
 from snakescope.stagehost import StageHost, read_usage
 
 WORKFLOW = ROOT / "workflow"
@@ -66,6 +66,29 @@ def test_a_stage_runs_in_the_host_in_the_jobs_folder_with_its_environment_and_lo
     assert result.returncode == 2 and "arguments are required" in result.stderr
 
 
+def test_stages_running_at_once_in_the_host_each_answer_their_own_job(host, tmp_path):
+    """Several jobs at once (as with --cores N): each job gets its own stage's status and output, and the host keeps
+    no descriptor (connection, exit watch) of a stage that has ended."""
+    stage_host, address, usage = host
+    environment = {**os.environ, "PYTHONPATH": str(WORKFLOW), ADDRESS_VARIABLE: address}
+    open_before = set(os.listdir(f"/proc/{stage_host.process.pid}/fd"))
+    jobs = []
+    for index in range(4):
+        args = ["pipeline-info", "--config", json.dumps({"dataset": f"d{index}"}), "--out", f"info{index}"]
+        if index == 3:  # one of them fails
+            args = ["postprocess", "--no-such-flag"]
+        jobs.append(subprocess.Popen([sys.executable, "-m", "snakescope", *args], cwd=tmp_path, env=environment,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    statuses = [job.wait(timeout=120) for job in jobs]
+    assert statuses == [0, 0, 0, 2]
+    for index in range(3):
+        assert json.loads((tmp_path / f"info{index}" / "params.json").read_text())["dataset"] == f"d{index}"
+    deadline = time.monotonic() + 10  # the host closes a stage's descriptors as it reaps it, right after answering
+    while set(os.listdir(f"/proc/{stage_host.process.pid}/fd")) != open_before:
+        assert time.monotonic() < deadline, "the host kept descriptors of stages that have ended"
+        time.sleep(0.05)
+
+
 def test_without_a_host_or_for_other_commands_the_job_runs_the_stage_itself(host, tmp_path):
     _, address, usage = host
     before = len(read_usage(usage))
@@ -78,14 +101,36 @@ def test_without_a_host_or_for_other_commands_the_job_runs_the_stage_itself(host
 
 def test_the_host_refuses_a_job_of_another_interpreter(host):
     _, address, _ = host
-    payload = json.dumps({"argv": ["tables"], "cwd": "/", "env": {}, "python": "/other/python",
-                          "package": "/other/snakescope"}).encode()
+    payload = pack_request(["tables"], "/", {}, python="/other/python", package="/other/snakescope")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(address)
-        socket.send_fds(sock, [HEADER.pack(len(payload))], [0, 1, 2])
+        socket.send_fds(sock, [len(payload).to_bytes(LENGTH_BYTES, "big")], [0, 1, 2])
         sock.sendall(payload)
-        answer = json.loads(sock.makefile("rb").readline())
-    assert "pid" not in answer and "python" in answer["error"] and "package" in answer["error"]
+        answer = sock.makefile("rb").readline().decode()
+    assert answer.startswith("error ") and "python" in answer and "package" in answer
+
+
+def test_a_request_carries_every_string_of_the_job_unchanged():
+    """Arguments with spaces, quotes, '=' and newlines, empty ones, non-UTF-8 bytes in the environment (as
+    os.environ holds them, surrogate-escaped) and values holding '=' arrive as the job sent them."""
+    argv = ["tables", "--out", "a b/'c'\n=d", "", "--x=y", "ü\nz"]
+    env = {"PATH": "/usr/bin:/bin", "ODD": "a=b=c", "EMPTY": "", "RAW": b"\xff\xfe".decode("utf-8", "surrogateescape")}
+    request = unpack_request(pack_request(argv, "/tmp/x y", env, python="/py", package="/pkg"))
+    assert request == {"argv": argv, "cwd": "/tmp/x y", "env": env, "python": "/py", "package": "/pkg"}
+    with pytest.raises(ValueError):
+        unpack_request(b"\0".join([b"/py", b"/pkg", b"/cwd", b"5", b"tables"]))  # says five arguments, holds one
+
+
+def test_a_job_client_imports_nothing_it_would_have_to_load():
+    """The client of every local stage job loads only built-in modules (no socket, json, re, enum, selectors):
+    its start-up is paid by every job of every batch."""
+    probe = ("import sys; before = set(sys.modules); import snakescope.hostclient; "
+             "print(' '.join(sorted(set(sys.modules) - before)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(WORKFLOW)},
+                            capture_output=True, text=True, check=True).stdout.split()
+    allowed = set(sys.builtin_module_names) | {"_socket"}  # socket's C part: built in, or one small extension module
+    assert "snakescope.hostclient" in loaded
+    assert [name for name in loaded if not name.startswith("snakescope") and name not in allowed] == []
 
 
 def test_the_host_leaves_when_the_process_that_started_it_ends(tmp_path):
