@@ -110,6 +110,24 @@ def test_the_host_refuses_a_job_of_another_interpreter(host):
     assert answer.startswith("error ") and "python" in answer and "package" in answer
 
 
+def test_a_malformed_request_is_dropped_and_the_host_serves_on(host, tmp_path):
+    """A request that is cut short or does not parse is closed without an answer (the job then runs the stage
+    itself) and leaves no descriptor behind in the host, which goes on serving jobs."""
+    stage_host, address, _ = host
+    host_fds = f"/proc/{stage_host.process.pid}/fd"
+    open_before = set(os.listdir(host_fds))
+    for payload, claimed in ((b"\0".join([b"/py", b"/pkg", b"/cwd", b"5", b"tables"]), None), (b"short", 100)):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(address)
+            socket.send_fds(sock, [(claimed or len(payload)).to_bytes(LENGTH_BYTES, "big")], [0, 1, 2])
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.makefile("rb").readline() == b""  # closed, no answer
+    assert set(os.listdir(host_fds)) == open_before
+    result = stage(["pipeline-info", "--config", "{}", "--out", "info"], tmp_path, address)
+    assert result.returncode == 0 and (tmp_path / "info" / "params.json").is_file()
+
+
 def test_a_request_carries_every_string_of_the_job_unchanged():
     """Arguments with spaces, quotes, '=' and newlines, empty ones, non-UTF-8 bytes in the environment (as
     os.environ holds them, surrogate-escaped) and values holding '=' arrive as the job sent them."""

@@ -132,25 +132,23 @@ def _child(request: dict[str, Any], fds: list[int], keep_closed: list[Any], othe
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """A job's request and its three standard descriptors; ValueError or OSError (with the descriptors closed)
+    when it is incomplete, malformed or not sent within 10 s."""
     conn.settimeout(10)
     head, fds, _, _ = socket.recv_fds(conn, LENGTH_BYTES, 3)
-    if len(head) != LENGTH_BYTES or len(fds) != 3:
-        for fd in fds:
-            os.close(fd)
-        raise ValueError("incomplete request")
-    size = int.from_bytes(head, "big")
-    data = bytearray()
-    while len(data) < size:
-        chunk = conn.recv(min(1 << 20, size - len(data)))
-        if not chunk:
-            break
-        data += chunk
-    conn.settimeout(None)
     try:
-        if len(data) < size:
-            raise ValueError("request cut short")
+        if len(head) != LENGTH_BYTES or len(fds) != 3:
+            raise ValueError("incomplete request")
+        size = int.from_bytes(head, "big")
+        data = bytearray()
+        while len(data) < size:
+            chunk = conn.recv(min(1 << 20, size - len(data)))
+            if not chunk:
+                raise ValueError("request cut short")
+            data += chunk
+        conn.settimeout(None)
         return unpack_request(bytes(data)), fds
-    except ValueError:
+    except (OSError, ValueError):
         for fd in fds:
             os.close(fd)
         raise
