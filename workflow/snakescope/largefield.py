@@ -60,18 +60,18 @@ def _probability(path: str | Path, box: tuple[slice, slice]) -> np.ndarray:
 
 
 def _radii_and_areas(mask: np.ndarray, block: Any, shape: tuple[int, int],
-                     probability: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inscribed radius, area and confidence (:func:`segmentation.confident_objects`) of the objects of ``mask`` (a
-    block's outer region) that this block owns."""
+                     probability: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inscribed radius, area and, given the model's ``probability``, confidence (:func:`segmentation.confident_objects`)
+    of the objects of ``mask`` (a block's outer region) that this block owns."""
     components, n = ndi.label(mask)
     if n == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
+        return np.zeros(0), np.zeros(0), (None if probability is None else np.zeros(0, bool))
     complete, starts = complete_and_owned(components, block, shape, margin=1)  # the distance transform reaches 1 px out
     owned = complete & starts
     radii = inscribed_radii(mask, components, n)
     areas = np.bincount(components.ravel(), minlength=n + 1)[1:].astype(float)
-    sure = confident_objects(components, n, probability)
-    return radii[owned[1:]], areas[owned[1:]], sure[owned[1:]]
+    sure = None if probability is None else confident_objects(components, n, probability)[owned[1:]]
+    return radii[owned[1:]], areas[owned[1:]], sure
 
 
 def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int, pixel: tuple[float, float] | None,
@@ -91,10 +91,11 @@ def pooled_scale(probability_path: str | Path, reader: PlaneReader, channel: int
             for key, mask in (("", foreground(probability, settings)),
                               ("sure_", probability >= TISSUE_SURE_THRESHOLD if check_tissue else None)):
                 if mask is not None:
-                    radii, areas, confident = _radii_and_areas(mask, block, shape, probability)
+                    # the sure cores are confident by their threshold: no confidence asked
+                    radii, areas, confident = _radii_and_areas(mask, block, shape, None if key else probability)
                     found[key + "radii"].append(radii)
                     found[key + "areas"].append(areas)
-                    if not key:  # the sure cores are all confident
+                    if confident is not None:
                         found["confident"].append(confident)
         radius = typical_radius(np.concatenate(found["radii"]), np.concatenate(found["areas"]), np.concatenate(found["confident"]))
         sure = typical_radius(np.concatenate(found["sure_radii"]), np.concatenate(found["sure_areas"])) if check_tissue else None
