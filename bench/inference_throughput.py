@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
 from snakescope.demo import write_demo_model  # noqa: E402
-from snakescope.inference import ModelSettings, Predictor, load_description  # noqa: E402
+from snakescope.inference import Predictor, load_description  # noqa: E402
+from snakescope.settings import ModelSettings
 
 
 def images(n: int, size: int) -> list[np.ndarray]:

@@ -24,15 +24,19 @@ sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
 def main() -> None:
     import tifffile
 
-    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.acquisition import import_batch
+    from snakescope.settings import ImportSettings
     from snakescope.demo import clustered_fields, write_demo_model, write_fields
-    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inference import check_model, predict_batch
+    from snakescope.settings import ModelSettings
     from snakescope.inputs import read_sample_sheet
     from snakescope.quality import quality_batch
     from snakescope.records import write_json
     from snakescope.refinement import final_segmentation
     from snakescope.review import review_batch
-    from snakescope.segmentation import PostprocessSettings, object_f1, postprocess_batch
+    from snakescope.segmentation import postprocess_batch
+    from snakescope.instances import object_f1
+    from snakescope.settings import PostprocessSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fields", type=int, default=8)

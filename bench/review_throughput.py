@@ -25,13 +25,16 @@ sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
 
 def prepared_batch(root: Path, n_units: int) -> Path:
     """Demo units taken through import, quality, inference and post-processing (no Snakemake); returns the root."""
-    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.acquisition import import_batch
+    from snakescope.settings import ImportSettings
     from snakescope.demo import write_demo_data, write_demo_model
-    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inference import check_model, predict_batch
+    from snakescope.settings import ModelSettings
     from snakescope.inputs import Source, read_sample_sheet
     from snakescope.quality import quality_batch
     from snakescope.records import write_json
-    from snakescope.segmentation import PostprocessSettings, postprocess_batch
+    from snakescope.segmentation import postprocess_batch
+    from snakescope.settings import PostprocessSettings
 
     write_demo_data(root / "demo")
     write_demo_model(root / "demo" / "model")

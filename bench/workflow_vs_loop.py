@@ -64,14 +64,20 @@ def measured(command: list[str]) -> tuple[float, float]:
 def plain_loop(folder: Path, model: Path) -> float:
     import yaml as _yaml
 
-    from snakescope.acquisition import ImportSettings, import_source
-    from snakescope.gallery import GallerySettings, unit_gallery_images
-    from snakescope.inference import ModelSettings, Predictor, model_channels
+    from snakescope.acquisition import import_source
+    from snakescope.settings import ImportSettings
+    from snakescope.report.gallery import unit_gallery_images
+    from snakescope.settings import GallerySettings
+    from snakescope.inference import Predictor
+    from snakescope.settings import ModelSettings
+    from snakescope.channels import model_channels
     from snakescope.inputs import read_sample_sheet
     from snakescope.quality import unit_metrics
     from snakescope.rendering import overlay_png
-    from snakescope.review import ReviewThresholds, review_unit
-    from snakescope.segmentation import PostprocessSettings, segment_unit
+    from snakescope.review import review_unit
+    from snakescope.settings import ReviewThresholds
+    from snakescope.instances import segment_unit
+    from snakescope.settings import PostprocessSettings
 
     t0 = time.perf_counter()
     kb = _yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
@@ -82,7 +88,7 @@ def plain_loop(folder: Path, model: Path) -> float:
     for source in read_sample_sheet(folder / "samples.tsv"):
         units, _ = import_source(source, ImportSettings(), out)
         for unit in units:
-            from snakescope.acquisition import read_unit
+            from snakescope.images import read_unit
 
             image = read_unit(unit.image_path)
             metrics = unit_metrics(image, unit.channel_names, unit.__dict__)

@@ -1,7 +1,7 @@
 """A results tree of any size in the shape the workflow writes, for report tests and the report benchmark.
 
-Tables follow the columns of ``snakescope.tables``; reviews validate against ``review.schema.json``; gallery
-images are rendered by ``snakescope.gallery`` from the demo images (cycled), so their sizes are real.
+Tables follow the columns of ``snakescope.report.tables``; reviews validate against ``review.schema.json``; gallery
+images are rendered by ``snakescope.report.gallery`` from the demo images (cycled), so their sizes are real.
 Seeded: the same arguments give the same files.
 """
 
@@ -27,13 +27,14 @@ def _well(index: int) -> tuple[str, str]:
 def write_synthetic_results(root: Path, n_units: int, demo_images: list[Path], batch_size: int = 50,
                             hostile: str | None = None, llm: bool = False, seed: int = 0) -> dict[str, Any]:
     """Write tables/, report/plots/, report/gallery/, models/, pipeline_info/ under ``root``; return their paths."""
-    from snakescope.acquisition import read_unit
-    from snakescope.gallery import GallerySettings, unit_gallery_images
-    from snakescope.plots import write_plots
+    from snakescope.images import read_unit
+    from snakescope.report.gallery import unit_gallery_images
+    from snakescope.settings import GallerySettings
+    from snakescope.report.plots import write_plots
     from snakescope.records import write_json
     from snakescope.review import load_schema, validate_review
-    from snakescope.segmentation import OBJECT_COLUMNS
-    from snakescope.tables import acquisition_actions, write_csv
+    from snakescope.instances import OBJECT_COLUMNS
+    from snakescope.report.tables import acquisition_actions, write_csv
 
     rng = np.random.default_rng(seed)
     tables = root / "tables"

@@ -7,7 +7,9 @@ import pytest
 import tifffile
 
 from conftest import FORMATS, needs_shared
-from snakescope.acquisition import ImportSettings, import_batch, import_source, read_unit
+from snakescope.acquisition import import_batch, import_source
+from snakescope.settings import ImportSettings
+from snakescope.images import read_unit
 from snakescope.inputs import Source
 from snakescope.records import read_json, sha256_file
 
@@ -361,7 +363,8 @@ def test_ome_xml_is_parsed_with_one_shared_binding_context_and_the_same_result(t
     import ome_types._conversion as conversion
     from xsdata_pydantic_basemodel.bindings import XmlContext
 
-    from snakescope.acquisition import share_ome_binding_context, write_ome_tiff
+    from snakescope.acquisition import share_ome_binding_context
+    from snakescope.images import write_ome_tiff
 
     path = tmp_path / "field.ome.tif"
     write_ome_tiff(path, np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50), ["DAPI", "GFP"], {"x": 0.325, "y": 0.325})

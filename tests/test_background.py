@@ -79,12 +79,17 @@ def test_import_records_the_fit_and_quality_and_segmentation_see_the_field_flatt
     the unit's pixels stay as read and the objects are measured on them."""
     from dataclasses import replace
 
-    from snakescope.acquisition import ImportSettings, import_batch, read_unit
-    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.acquisition import import_batch
+    from snakescope.settings import ImportSettings
+    from snakescope.images import read_unit
+    from snakescope.inference import check_model, predict_batch
+    from snakescope.settings import ModelSettings
     from snakescope.inputs import Source
     from snakescope.quality import quality_batch
     from snakescope.records import write_json
-    from snakescope.segmentation import PostprocessSettings, object_f1, postprocess_batch
+    from snakescope.segmentation import postprocess_batch
+    from snakescope.instances import object_f1
+    from snakescope.settings import PostprocessSettings
 
     image, truth = real_field("dsb2018", "77ceeb87")
     h, w = image.shape

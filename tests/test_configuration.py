@@ -96,7 +96,7 @@ def test_every_runtime_dependency_is_in_a_stage_env():
     """pyproject.toml is the one dependency list; the per-stage conda envs together must cover it."""
     import tomllib
 
-    from snakescope.provenance import declared_in_envs
+    from snakescope.report.provenance import declared_in_envs
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.match(r"[A-Za-z0-9_.\-]+", d).group(0) for d in deps} - {"snakemake"}

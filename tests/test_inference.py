@@ -5,8 +5,10 @@ import pytest
 import tifffile
 
 from conftest import UNET, needs_shared
-from snakescope.acquisition import ImportSettings, import_batch
-from snakescope.inference import ModelError, ModelSettings, Predictor, check_model, predict_batch
+from snakescope.acquisition import import_batch
+from snakescope.settings import ImportSettings
+from snakescope.inference import ModelError, Predictor, check_model, predict_batch
+from snakescope.settings import ModelSettings
 from snakescope.inputs import Source
 from snakescope.records import write_json
 
@@ -138,7 +140,7 @@ def test_a_blank_model_channel_beside_a_channel_with_signal_fails_the_unit_namin
     the channel to choose, instead of a field of nuclei reviewed as empty; a field blank in every channel passes
     (it is empty, and the review says so); the right channel passes."""
     from conftest import SHARED
-    from snakescope.inference import check_model_channels
+    from snakescope.channels import check_model_channels
 
     folder = SHARED / "data" / "nuclei" / "bbbc039" / "images"
     needs_shared(folder)
@@ -155,7 +157,7 @@ def test_a_blank_model_channel_beside_a_channel_with_signal_fails_the_unit_namin
 def test_a_model_channel_picked_by_index_beside_a_nuclear_stain_is_warned():
     """Cell-painting-like channel names: index 0 is actin and the DNA stain is index 2: one warning naming both and the
     setting; no warning when the chosen channel is the stain, when it was chosen by name, or when no name says."""
-    from snakescope.inference import channel_choice_warning
+    from snakescope.channels import channel_choice_warning
 
     warning = channel_choice_warning(["Actin-488", "Tubulin", "w3 DAPI"], (0,))
     assert "'Actin-488' (index 0)" in warning and "'w3 DAPI' (index 2)" in warning and "model.channels: ['w3 DAPI']" in warning
@@ -205,7 +207,7 @@ def test_large_fields_are_predicted_by_blocks_with_the_fields_normalisation(tmp_
     blocks are normalised with the whole field's mean and SD, so they agree with the whole field as the model's
     own tiles agree with larger ones; normalised per block, the lower fields' nuclei would not."""
     from snakescope import blocks, inference
-    from snakescope.acquisition import write_ome_tiff
+    from snakescope.images import write_ome_tiff
     from snakescope.inference import predict_one
     from snakescope.tiling import agreement, agrees
 

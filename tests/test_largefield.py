@@ -8,9 +8,10 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from snakescope.acquisition import write_ome_tiff
+from snakescope.images import write_ome_tiff
 from snakescope.blocks import Histogram, layout, refined_median
-from snakescope.segmentation import PostprocessSettings, postprocess_one
+from snakescope.segmentation import postprocess_one
+from snakescope.settings import PostprocessSettings
 
 from conftest import SHARED
 
@@ -119,7 +120,8 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
     from PIL import Image
 
     from snakescope import acquisition, blocks
-    from snakescope.gallery import GallerySettings, gallery_batch
+    from snakescope.report.gallery import gallery_batch
+    from snakescope.settings import GallerySettings
     from snakescope.quality import channel_metrics, quality_one
     from snakescope.records import write_json
 

@@ -17,7 +17,7 @@ from snakescope.llm.guardrails import check_claims, check_numbers, combine
 from snakescope.llm.ollama_api import OllamaClient, ollama_server
 from snakescope.llm.prompt import data_block, render_prompt
 from snakescope.llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable, ModelMissing
-from snakescope.llm.summary import write_run_summary
+from snakescope.report.summary import write_run_summary
 from snakescope.review import review_batch
 
 PROMPT = str(ROOT / "config" / "prompts" / "review_v1.txt")
@@ -161,7 +161,7 @@ def test_data_block_cannot_be_closed_from_inside():
 
 
 def test_questions_are_answered_per_image_and_aggregated_per_condition(demo_batch, fake_llm, tmp_path):
-    from snakescope.tables import condition_aggregates
+    from snakescope.report.tables import condition_aggregates
 
     questions = ["Is the staining nuclear?", "Are there mitotic cells?"]
     reviews = run_review(demo_batch, tmp_path / "r", fake_llm.host, questions=questions)["reviews"]
@@ -244,13 +244,17 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
     block at a time and still answers from it; the critique does not re-segment, and the review says why."""
     import tifffile
 
-    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.acquisition import import_batch
+    from snakescope.settings import ImportSettings
     from snakescope.demo import clustered_fields, write_fields
-    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.inference import check_model, predict_batch
+    from snakescope.settings import ModelSettings
     from snakescope.inputs import read_sample_sheet
     from snakescope.quality import quality_batch
     from snakescope.records import write_json
-    from snakescope.segmentation import PostprocessSettings, object_f1, postprocess_batch
+    from snakescope.segmentation import postprocess_batch
+    from snakescope.instances import object_f1
+    from snakescope.settings import PostprocessSettings
 
     sheet = write_fields(clustered_fields(2, seed=900), tmp_path / "data")
     import_batch("b0000", read_sample_sheet(sheet), ImportSettings(), tmp_path / "import")
@@ -405,7 +409,7 @@ def test_the_self_test_refuses_a_model_that_cannot_see_images(demo_batch, tmp_pa
 
 
 def test_scope_flagged_and_audit_sends_the_flagged_units_and_a_seeded_sample_of_the_rest(demo_batch, fake_llm, tmp_path):
-    from snakescope.llm.batch import audit_draw
+    from snakescope.llm_review import audit_draw
 
     flagged = run_review(demo_batch, tmp_path / "f", fake_llm.host, scope="flagged")
     sent = {r["body"]["messages"][0]["content"].split('"unit_id": "')[1].split('"')[0] for r in fake_llm.chat_requests()}

@@ -42,7 +42,7 @@ def settings_of(live, **changes):
 
 
 def test_the_server_passes_the_self_test(live):
-    from snakescope.llm.client import connect
+    from snakescope.llm.backends import connect
     from snakescope.llm.selftest import self_test
 
     with connect(settings_of(live)) as (client, info):
@@ -51,7 +51,7 @@ def test_the_server_passes_the_self_test(live):
 
 
 def test_an_unknown_model_is_named(live):
-    from snakescope.llm.client import connect
+    from snakescope.llm.backends import connect
     from snakescope.llm.settings import ModelMissing
 
     with pytest.raises(ModelMissing, match="snakescope-no-such-model"):

@@ -51,12 +51,15 @@ def test_a_few_nan_pixels_do_not_empty_a_real_field(tmp_path, unet_model):
     import tifffile
 
     from conftest import FORMATS, needs_shared
-    from snakescope.acquisition import ImportSettings, import_batch
-    from snakescope.inference import ModelSettings, check_model, predict_batch
+    from snakescope.acquisition import import_batch
+    from snakescope.settings import ImportSettings
+    from snakescope.inference import check_model, predict_batch
+    from snakescope.settings import ModelSettings
     from snakescope.inputs import Source
     from snakescope.quality import quality_batch
     from snakescope.records import read_json, write_json
-    from snakescope.segmentation import PostprocessSettings, postprocess_batch
+    from snakescope.segmentation import postprocess_batch
+    from snakescope.settings import PostprocessSettings
 
     images = FORMATS.parent / "nuclei" / "bbbc039" / "images"
     needs_shared(images)
@@ -132,7 +135,7 @@ def test_large_planes_measured_by_strips_agree_with_the_whole_plane(tmp_path, mo
     import tifffile
 
     from snakescope import quality
-    from snakescope.acquisition import write_ome_tiff
+    from snakescope.images import write_ome_tiff
     from snakescope.blocks import PlaneReader
 
     from conftest import SHARED
@@ -166,7 +169,7 @@ def test_snr_does_not_depend_on_how_the_same_pixels_are_stored(tmp_path, monkeyp
     import tifffile
 
     from snakescope import quality
-    from snakescope.acquisition import write_ome_tiff
+    from snakescope.images import write_ome_tiff
     from snakescope.blocks import PlaneReader
 
     from conftest import SHARED, needs_shared

@@ -8,8 +8,10 @@ import yaml
 from conftest import ROOT
 from snakescope.demo import DEMO_FIELDS, render_field
 from snakescope.quality import channel_metrics
-from snakescope.review import ReviewThresholds, expected_diameter, load_schema, review_unit, validate_review
-from snakescope.segmentation import PostprocessSettings, segment_unit
+from snakescope.review import expected_diameter, load_schema, review_unit, validate_review
+from snakescope.settings import ReviewThresholds
+from snakescope.instances import segment_unit
+from snakescope.settings import PostprocessSettings
 
 KB = yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
 
@@ -69,7 +71,8 @@ def test_failed_processing_is_a_fail_verdict():
 def test_relative_checks_compare_a_field_with_its_plate_and_say_so(tmp_path):
     """An outlier of its own plate is flagged with both numbers, even where the absolute limit is not reached."""
     from snakescope.records import write_json
-    from snakescope.review import quality_issues, unit_reference, write_run_reference
+    from snakescope.review import quality_issues, unit_reference
+    from snakescope.quality import write_run_reference
 
     rng = np.random.default_rng(0)
     metrics, units = {}, []
@@ -100,7 +103,8 @@ def test_a_few_real_nuclei_in_a_large_field_are_not_an_empty_field(unet_model):
 
     from conftest import SHARED, needs_shared
     from snakescope.background import fit_background
-    from snakescope.inference import ModelSettings, Predictor
+    from snakescope.inference import Predictor
+    from snakescope.settings import ModelSettings
 
     folder = SHARED / "data" / "nuclei" / "bbbc039"
     needs_shared(folder)

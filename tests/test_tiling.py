@@ -8,7 +8,8 @@ import tifffile
 import yaml
 
 from conftest import SHARED, UNET, needs_shared
-from snakescope.inference import ModelError, ModelSettings, Predictor, check_model, predict_batch
+from snakescope.inference import ModelError, Predictor, check_model, predict_batch
+from snakescope.settings import ModelSettings
 from snakescope.records import write_json
 from snakescope.tiling import TileRule, free_size_onnx
 
@@ -115,7 +116,8 @@ def test_free_size_copy_keeps_the_graph_and_frees_only_spatial_sizes(tmp_path):
 
 
 def test_predict_batch_records_the_tiles_it_used(checked, tmp_path):
-    from snakescope.acquisition import ImportSettings, import_batch
+    from snakescope.acquisition import import_batch
+    from snakescope.settings import ImportSettings
     from snakescope.inputs import Source
 
     settings, record, _ = checked

@@ -18,7 +18,8 @@ import yaml
 from conftest import ROOT, SHARED, UNET, needs_shared
 from snakescope.configuration import load_config
 from snakescope.microscope_sim import acquire, tiff_bytes, write_slowly
-from snakescope.watch import FileTracker, Watcher, WatchSettings, bounded_actions, tiff_complete
+from snakescope.watch import FileTracker, Watcher, bounded_actions, tiff_complete
+from snakescope.settings import WatchSettings
 from workflow_helpers import planned_jobs, snakemake
 
 BBBC039 = SHARED / "data" / "nuclei" / "bbbc039" / "images"

@@ -92,17 +92,6 @@ def test_corrupt_file_is_reported_and_the_rest_complete(completed_run):
     assert json.loads((info / "params.json").read_text())["dataset"] == "demo"
 
 
-def test_local_stage_jobs_ran_in_the_stage_host_and_the_report_counts_their_cost(completed_run):
-    records = [json.loads(line) for line in (completed_run / "benchmarks" / "stage_host.jsonl").read_text().splitlines()]
-    stages = Counter(r["stage"] for r in records)
-    batches = len(list((completed_run / "import").iterdir()))
-    assert batches == 3 and all(r["status"] == 0 for r in records)
-    assert all(stages[s] == batches for s in ("import", "quality", "infer", "postprocess", "review", "gallery")), stages
-    assert stages["check-model"] == stages["tables"] == stages["report"] == 1
-    page = (completed_run / "report" / "report.html").read_text()
-    assert "cpu_s" in page and "forked stage" in page
-
-
 def test_outputs_open_calibrated_typed_and_readable_by_others(completed_run):
     """Labels open in bioio at the image's pixel size; Parquet reads back typed; objects carry the sample sheet and
     every channel; overlay paths are relative to the results folder; files follow the umask (022 here)."""

@@ -1,8 +1,6 @@
 # Config validation, inputs, batches and small helpers shared by all rules.
 
-import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -12,13 +10,21 @@ WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
 PROJECT_DIR = WORKFLOW_DIR.parent
 sys.path.insert(0, str(WORKFLOW_DIR))
 from snakescope.configuration import ConfigError, check_config, job_environment  # noqa: E402
+from snakescope.layout import BatchPaths, manifest  # noqa: E402
+from snakescope.settings import (  # noqa: E402
+    GallerySettings,
+    ImportSettings,
+    ModelSettings,
+    PostprocessSettings,
+    ReportSettings,
+)
+from snakescope.stages import LLM_RUNTIME_KEYS  # noqa: E402
 from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
 from snakescope.costs import job_mem_mb  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
 from snakescope.llm.settings import BACKENDS as LLM_BACKENDS  # noqa: E402
-from snakescope.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
+from snakescope.report.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.progress import run_summary_message  # noqa: E402
-from snakescope.stagehost import StageHost  # noqa: E402
 
 # The keys a user must set first, then one readable line per schema problem, then the schema's defaults
 # (snakescope.configuration.check_config, which `snakescope watch` uses too).
@@ -58,24 +64,9 @@ KNOWLEDGE_BASE = project_file(config["review"]["knowledge_base"])
 if not Path(KNOWLEDGE_BASE).is_file():
     raise WorkflowError(f"snakescope: knowledge base not found: {KNOWLEDGE_BASE} (config key review.knowledge_base)")
 
-# How jobs call the stage CLI. With --sdm conda each rule's env provides the Python; otherwise the
-# Python running Snakemake (e.g. the project's venv). Both reach jobs through the environment, so no
-# path is pasted into a shell command. Paths in the commands are quoted: data, never code.
-_CONDA = "conda" in str(workflow.deployment_settings.deployment_method).lower()
-os.environ.update(job_environment("python" if _CONDA else sys.executable, WORKFLOW_DIR))
-STAGE_HOST = StageHost()
-
-
-def start_stage_host():
-    """Local runs (not SLURM jobs, not conda environments): one process imports the libraries once and runs
-    each stage job in a fork of itself (snakescope/stagehost.py); jobs fall back to their own process."""
-    if config["stage_host"] and workflow.local_exec and not workflow.touch and not workflow.remote_exec and not _CONDA:
-        STAGE_HOST.start(sys.executable, R / "benchmarks/stage_host.jsonl")
-
-
-def as_json(value):
-    """Params as canonical JSON: a changed value changes the param, so Snakemake reruns the rule."""
-    return json.dumps(value, sort_keys=True)
+# Jobs import the package beside the rules (for --sdm conda environments too, which do not install it).
+os.environ.update(job_environment(package_dir=WORKFLOW_DIR))
+B = BatchPaths(R, "{batch}")  # where each stage keeps a batch: the rules' outputs
 
 
 def field_mem_mb(stage, floor):
@@ -88,7 +79,7 @@ def field_mem_mb(stage, floor):
     }
 
     def mem_mb(wildcards, input):
-        return job_mem_mb(R / "import" / wildcards.batch / "manifest.json", stage, floor, **blocks)
+        return job_mem_mb(manifest(BatchPaths(R, wildcards.batch).imported), stage, floor, **blocks)
 
     return mem_mb
 
@@ -97,37 +88,26 @@ def batch_sources(wildcards):
     return [s.path for s in BATCHES[wildcards.batch]]
 
 
-def batch_sources_json(wildcards):
-    return as_json(
-        [{"sample_id": s.sample_id, "path": s.path, "metadata": s.metadata} for s in BATCHES[wildcards.batch]]
-    )
+def batch_source_records(wildcards):
+    return [{"sample_id": s.sample_id, "path": s.path, "metadata": s.metadata} for s in BATCHES[wildcards.batch]]
 
 
-MODEL_PARAMS = {k: v for k, v in config["model"].items() if k != "run_test"}
+# Settings parsed once, passed to the stage functions as params (a changed value reruns what depends on it).
+IMPORT_SETTINGS = ImportSettings.from_config(config["import"], reader=config["reader"])
+MODEL_SETTINGS = ModelSettings.from_config(config["model"])
+INFER_SETTINGS = ModelSettings.from_config({**config["model"], "run_test": True})  # the test does not change predictions
+POSTPROCESS_SETTINGS = PostprocessSettings.from_config(config["postprocess"])
+GALLERY_SETTINGS = GallerySettings.from_config(config["report"])
+REPORT_SETTINGS = ReportSettings.from_config(config["report"])
+CHANNELS = tuple(config["model"]["channels"])
+POSITIONS = {k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}
 
-# LLM settings that do not change answers (where the server is, how long to wait, how many requests at once,
-# the self-test) and the cache folder reach jobs through the environment, not params, so changing them does not
-# rerun reviews; everything else is a rerun trigger.
+# The review's params: what changes answers. The LLM's server settings reach jobs from the config itself
+# (snakescope.stages.LLM_RUNTIME_KEYS), so changing them reruns no review.
 USES_LLM = config["review"]["backend"] in LLM_BACKENDS
 _LLM = dict(config["review"].get("llm", {}))
 for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
     _LLM[_key] = project_file(_LLM.get(_key, _default))
-LLM_RUNTIME_KEYS = (
-    "endpoint",
-    "api_key_env",
-    "keep_alive",
-    "timeout_s",
-    "server",
-    "pull",
-    "max_concurrency",
-    "selftest",
-)
-os.environ.update(
-    job_environment(
-        llm_runtime=as_json({k: v for k, v in _LLM.items() if k in LLM_RUNTIME_KEYS}),
-        cache_dir=config["cache_dir"],
-    )
-)
 REVIEW_PARAMS = {**config["review"], "llm": {k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS}}
 REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
 REVIEW_PARAMS.pop("corrections", None)  # a person's corrections change the final verdicts (tables), not the reviews
@@ -135,33 +115,31 @@ if not USES_LLM:
     REVIEW_PARAMS.pop("llm")  # irrelevant without an LLM backend
 
 
-IMPORT_MANIFESTS = [str(R / f"import/{batch}/manifest.json") for batch in BATCHES]
+def every_batch(name):
+    """One stage's output of every batch of the run, in order (BatchPaths' attribute ``name``)."""
+    return [getattr(BatchPaths(R, batch), name) for batch in BATCHES]
 
 
 def dataset_normalization(wildcards):
     """With model.normalization: dataset, inference normalises with statistics pooled over the whole run."""
     if config["model"].get("normalization", "per_image") != "dataset":
-        return {}
-    return {"pixels": R / "inference/dataset_pixels.npy"}
+        return []
+    return R / "inference/dataset_pixels.npy"
 
 
 def review_corrections(wildcards):
     """A corrections file exported from the report (review.corrections) is an input of the tables: editing it reruns
     the tables, plots, summary and report, never a review."""
-    return {"corrections": config["review"]["corrections"]} if config["review"].get("corrections") else {}
+    return config["review"].get("corrections") or []
 
 
-def review_prompts(wildcards):
+def review_prompt(wildcards):
     """Prompt templates are inputs when the LLM reviews: editing one reruns the reviews."""
-    if not USES_LLM:
-        return {}
-    return {"prompt": _LLM["prompt"]}
+    return _LLM["prompt"] if USES_LLM else []
 
 
-def summary_prompts(wildcards):
-    if not USES_LLM:
-        return {}
-    return {"prompt": _LLM["summary_prompt"]}
+def summary_prompt(wildcards):
+    return _LLM["summary_prompt"] if USES_LLM else []
 
 
 wildcard_constraints:

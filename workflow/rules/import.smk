@@ -2,7 +2,7 @@ rule import_batch:
     input:
         batch_sources,
     output:
-        directory(R / "import/{batch}"),
+        imported=directory(B.imported),
     log:
         R / "logs/import/{batch}.log",
     benchmark:
@@ -13,9 +13,7 @@ rule import_batch:
         mem_mb=4000,
         runtime=60,
     params:
-        sources=batch_sources_json,
-        settings=as_json(config["import"]),
-        reader=config["reader"],
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope import --batch {wildcards.batch} --sources {params.sources:q} --settings {params.settings:q} '
-        "--reader {params.reader:q} --out {output:q} 2> {log:q}"
+        sources=batch_source_records,
+        settings=IMPORT_SETTINGS,
+    script:
+        "../scripts/stage.py"

@@ -1,8 +1,8 @@
 rule quality_metrics:
     input:
-        R / "import/{batch}",
+        imported=B.imported,
     output:
-        R / "quality/{batch}.json",
+        quality=B.quality,
     log:
         R / "logs/quality/{batch}.log",
     benchmark:
@@ -12,16 +12,16 @@ rule quality_metrics:
     resources:
         mem_mb=field_mem_mb("quality", 2000),
         runtime=30,
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope quality --manifest {input:q}/manifest.json --out {output:q} 2> {log:q}'
+    script:
+        "../scripts/stage.py"
 
 
 rule quality_reference:
     input:
-        quality=expand(R / "quality/{batch}.json", batch=BATCHES),
-        imported=expand(R / "import/{batch}", batch=BATCHES),
+        quality=every_batch("quality"),
+        imported=every_batch("imported"),
     output:
-        R / "quality/reference.json",
+        reference=R / "quality/reference.json",
     log:
         R / "logs/quality/reference.log",
     benchmark:
@@ -29,8 +29,6 @@ rule quality_reference:
     conda:
         "../envs/analysis.yaml"
     params:
-        manifests=IMPORT_MANIFESTS,
         plate_column=config["report"]["plate_column"],
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope quality-reference --quality {input.quality:q} --manifests {params.manifests:q} '
-        "--plate-column {params.plate_column:q} --out {output:q} 2> {log:q}"
+    script:
+        "../scripts/stage.py"

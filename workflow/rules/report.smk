@@ -17,20 +17,19 @@ rule pipeline_info:
     conda:
         "../envs/analysis.yaml"
     params:
-        config=as_json(config),
-        out=lambda wildcards, output: Path(output.params).parent,
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope pipeline-info --config {params.config:q} --out {params.out:q} 2> {log:q}'
+        config=config,
+    script:
+        "../scripts/stage.py"
 
 
 rule tables:
     input:
-        unpack(review_corrections),
-        imported=expand(R / "import/{batch}", batch=BATCHES),
-        quality=expand(R / "quality/{batch}.json", batch=BATCHES),
-        inference=expand(R / "inference/{batch}", batch=BATCHES),
-        segmentation=expand(R / "segmentation/{batch}", batch=BATCHES),
-        review=expand(R / "review/{batch}", batch=BATCHES),
+        every_batch("imported"),
+        every_batch("quality"),
+        every_batch("inference"),
+        every_batch("segmentation"),
+        every_batch("review"),
+        corrections=review_corrections,
     output:
         units=report(R / "tables/units.csv", category="Tables", subcategory="Units", caption="../report/units.rst"),
         units_parquet=R / "tables/units.parquet",
@@ -71,30 +70,23 @@ rule tables:
     conda:
         "../envs/analysis.yaml"
     params:
-        batches=as_json(list(BATCHES)),
-        model=as_json({"channels": config["model"]["channels"]}),
+        batches=list(BATCHES),
+        channels=CHANNELS,
         condition_column=config["review"]["condition_column"],
         dataset=config["dataset"],
-        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}),
-        results=lambda wildcards, output: Path(output.units).parents[1],
-        corrections=lambda wildcards, input: (
-            f"--corrections {shlex.quote(input.corrections)}" if hasattr(input, "corrections") else ""
-        ),
-        out=lambda wildcards, output: Path(output.units).parent,
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope tables --batches {params.batches:q} --results {params.results:q} --model-settings {params.model:q} '
-        "--condition-column {params.condition_column:q} --dataset {params.dataset:q} --report-settings {params.positions:q} "
-        "--out {params.out:q} {params.corrections} 2> {log:q}"
+        **POSITIONS,
+    script:
+        "../scripts/stage.py"
 
 
 rule gallery:
     input:
-        imported=R / "import/{batch}",
-        segmentation=R / "segmentation/{batch}",
-        review=R / "review/{batch}",
+        imported=B.imported,
+        segmentation=B.segmentation,
+        review=B.review,
         reference=R / "quality/reference.json",
     output:
-        R / "report/gallery/{batch}.json",
+        gallery=B.gallery,
     log:
         R / "logs/gallery/{batch}.log",
     benchmark:
@@ -105,12 +97,10 @@ rule gallery:
         mem_mb=field_mem_mb("gallery", 2000),
         runtime=30,
     params:
-        settings=as_json({k: config["report"][k] for k in ("thumbnail_px", "detail_px", "image_quality")}),
-        model=as_json({"channels": config["model"]["channels"]}),
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope gallery --manifest {input.imported:q}/manifest.json --segmentation {input.segmentation:q} '
-        "--review {input.review:q} --model-settings {params.model:q} --settings {params.settings:q} --reference {input.reference:q} "
-        "--out {output:q} 2> {log:q}"
+        settings=GALLERY_SETTINGS,
+        channels=CHANNELS,
+    script:
+        "../scripts/stage.py"
 
 
 rule plots:
@@ -135,21 +125,18 @@ rule plots:
         "../envs/analysis.yaml"
     params:
         condition_column=config["review"]["condition_column"],
-        thresholds=as_json(config["review"]["thresholds"]),
-        positions=as_json({k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}),
-        tables=lambda wildcards, input: Path(input.units).parent,
-        out=lambda wildcards, output: Path(output[0]).parent,
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope plots --tables {params.tables:q} --condition-column {params.condition_column:q} '
-        "--thresholds {params.thresholds:q} --settings {params.positions:q} --out {params.out:q} 2> {log:q}"
+        thresholds=config["review"]["thresholds"],
+        **POSITIONS,
+    script:
+        "../scripts/stage.py"
 
 
 rule run_summary:
     input:
-        unpack(summary_prompts),
         aggregates=R / "tables/aggregates.json",
+        prompt=summary_prompt,
     output:
-        report(
+        run_summary=report(
             R / "tables/run_summary.json",
             category="Review",
             subcategory="Narrative summary",
@@ -162,36 +149,29 @@ rule run_summary:
     conda:
         "../envs/analysis.yaml"
     params:
-        settings=as_json(REVIEW_PARAMS),
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope summary --aggregates {input.aggregates:q} --settings {params.settings:q} '
-        "--out {output:q} 2> {log:q}"
+        settings=REVIEW_PARAMS,
+    script:
+        "../scripts/stage.py"
 
 
 rule report:
     input:
         tables=rules.tables.output,
         plots=rules.plots.output,
-        gallery=expand(R / "report/gallery/{batch}.json", batch=BATCHES),
+        gallery=every_batch("gallery"),
         run_summary=R / "tables/run_summary.json",
         model_check=R / "models/model_check.json",
         params=R / "pipeline_info/params.json",
         versions=R / "pipeline_info/software_versions.json",
     output:
-        report(R / "report/report.html", category="Report", caption="../report/report_html.rst"),
+        html=report(R / "report/report.html", category="Report", caption="../report/report_html.rst"),
     log:
         R / "logs/report.log",
     conda:
         "../envs/analysis.yaml"
     params:
         dataset=config["dataset"],
-        batches=as_json(list(BATCHES)),
-        settings=as_json({k: config["report"][k] for k in ("page_size", "detail_images_max_units")}),
-        tables=lambda wildcards, input: Path(input.run_summary).parent,
-        plots=lambda wildcards, input: Path(input.plots[0]).parent,
-        pipeline_info=lambda wildcards, input: Path(input.params).parent,
-        benchmarks=lambda wildcards, output: Path(output[0]).parents[1] / "benchmarks",
-    shell:
-        '"$SNAKESCOPE_PYTHON" -m snakescope report --tables {params.tables:q} --plots {params.plots:q} --gallery {input.gallery:q} '
-        "--model-check {input.model_check:q} --pipeline-info {params.pipeline_info:q} --dataset {params.dataset:q} "
-        "--settings {params.settings:q} --benchmarks {params.benchmarks:q} --batches {params.batches:q} --out {output:q} 2> {log:q}"
+        batches=list(BATCHES),
+        settings=REPORT_SETTINGS,
+    script:
+        "../scripts/stage.py"

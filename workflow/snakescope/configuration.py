@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,12 +90,6 @@ def job_environment(python: str | None = None, package_dir: str | Path | None = 
     if cache_dir is not None:
         env["SNAKESCOPE_CACHE_DIR"] = cache_dir
     return env
-
-
-def settings_from_section(cls: type[T], section: dict[str, Any]) -> T:
-    """A settings dataclass from its config section; keys it does not hold (used by other stages) are ignored."""
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in known})
 
 
 class ConfigError(ValueError):

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from .layout import schema_path
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "corrections.schema.json"
+SCHEMA_PATH = schema_path("corrections")
 
 
 class CorrectionsError(ValueError):
@@ -80,7 +81,7 @@ def corrected_review(review: dict[str, Any], correction: Correction) -> dict[str
     """The review as the person decided it: their verdict and issues, the machine's evidence kept where it agrees;
     suggested actions dropped for pass, and a re-acquisition with the person's comment when they fail a unit
     the machine had no microscope action for."""
-    from .tables import ACQUISITION_ACTIONS
+    from .records import ACQUISITION_ACTIONS
 
     if correction.issues is None:
         issues = list(review.get("issues", [])) if correction.verdict != "pass" else []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -13,31 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from .channels import channel_indices, check_model_channels, model_channels
+from .settings import ModelSettings
 from .records import Failure, read_json, write_json
 
 
 class ModelError(RuntimeError):
     """The configured model cannot be used; the message names the config key and the reason."""
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """Config section ``model``."""
-
-    source: str
-    weight_format: str = "onnx"
-    device: str = "cpu"
-    channels: tuple[str | int, ...] = (0,)
-    output_channel: int = 0
-    run_test: bool = True
-    normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
-    tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.tiling)
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "ModelSettings":
-        values = dict(section)
-        values["channels"] = tuple(values.get("channels", (0,)))
-        return cls(**values)
 
 
 def load_description(source: str) -> Any:
@@ -119,7 +100,7 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
                          f"weights, not {settings.weight_format} on {settings.device}")
     data = get_test_inputs(descr).members[descr.inputs[0].id].data
     test_input = np.asarray(data.transpose(*[d for d in ("batch", "channel", "y", "x") if d in data.dims]).values)[0]
-    result = validate_tiles(settings, descr, test_input.astype(np.float32))
+    result = validate_tiles(settings, test_input.astype(np.float32), Predictor)
     if result["status"] != "passed":
         tried = "; ".join(f"step {t['step']}: " + (t["error"] if "error" in t else f"mean difference {t['mean_abs_difference']}, "
                                                     f"foreground agreement {t['foreground_agreement']}") for t in result["tried"])
@@ -127,70 +108,6 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
                          f"tiles larger than its own on its test input ({tried}); remove model.tile_px for this model")
     write_json(cache, result)
     return {**result, "cached": False}
-
-
-def select_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> np.ndarray:
-    return array[channel_indices(names, wanted, array.shape[0])]
-
-
-def model_channels(array: np.ndarray, unit: dict[str, Any], wanted: tuple[str | int, ...]) -> np.ndarray:
-    """What the model and the segmentation look at: the ``model.channels`` of a unit's CYX ``array``, each with the
-    smooth background fitted at import taken out (:mod:`.background`; as they are when none was fitted)."""
-    from .background import flattened_channels
-
-    return flattened_channels(array, unit, channel_indices(unit["channel_names"], wanted, array.shape[0]))
-
-
-# channel names that say "nuclear stain" (case-insensitive, whole words or name parts)
-NUCLEAR_STAIN = re.compile(r"(?<![a-z])(dapi|hoechst|h33342|h33258|draq[57]|nucblue|nucred|nucspot|sir-?dna|sytox|to-?pro|"
-                           r"propidium|h2b|dna|nuclei|nucleus|nuclear)(?![a-z])", re.IGNORECASE)
-
-
-def channel_choice_warning(names: list[str], wanted: tuple[str | int, ...]) -> str | None:
-    """A warning when ``model.channels`` picks channels by index, none of them is named like a nuclear stain, and
-    another channel is (DAPI at index 2 while the model sees index 0): the nuclei model would segment another
-    stain without a word. Channels picked by name are the user's explicit choice: no warning."""
-    if any(isinstance(w, str) for w in wanted):
-        return None
-    chosen = [w for w in wanted if isinstance(w, int) and 0 <= w < len(names)]
-    if not chosen or any(NUCLEAR_STAIN.search(names[i]) for i in chosen):
-        return None
-    stains = [i for i, name in enumerate(names) if i not in chosen and NUCLEAR_STAIN.search(name)]
-    if not stains:
-        return None
-    return (f"config key model.channels picks {', '.join(repr(names[i]) for i in chosen)} (index {', '.join(map(str, chosen))}), "
-            f"while {names[stains[0]]!r} (index {stains[0]}) is named like a nuclear stain: if the model segments nuclei, "
-            f"set model.channels: [{names[stains[0]]!r}]")
-
-
-def check_model_channels(array: np.ndarray, names: list[str], wanted: tuple[str | int, ...]) -> None:
-    """Raise when every channel ``model.channels`` selects is blank (one value in every pixel) while another channel
-    of the unit varies: the model would see nothing and the review would call a field of nuclei empty. A unit
-    blank in every channel is an empty field and passes."""
-    chosen = channel_indices(names, wanted, array.shape[0])
-    blank = [bool(array[i].min() == array[i].max()) for i in range(array.shape[0])]
-    if not all(blank[i] for i in chosen) or all(blank):
-        return
-    signal = [i for i in range(array.shape[0]) if not blank[i]]
-    raise ValueError(
-        f"config key model.channels selects {', '.join(repr(names[i]) for i in chosen)}, blank in this image (every pixel "
-        f"{array[chosen[0]].flat[0]}), while {', '.join(repr(names[i]) for i in signal)} {'carry' if len(signal) > 1 else 'carries'} signal: set model.channels "
-        f"to the stain the model segments, e.g. [{signal[0]}] or [{names[signal[0]]!r}]")
-
-
-def channel_indices(names: list[str], wanted: tuple[str | int, ...], n_channels: int) -> list[int]:
-    """The indices of ``model.channels`` (names or indices) in a unit of ``n_channels`` channels named ``names``."""
-    index = []
-    for w in wanted:
-        if isinstance(w, int):
-            if not 0 <= w < n_channels:
-                raise IndexError(f"config key model.channels: channel index {w} but the unit has {n_channels} channel(s)")
-            index.append(w)
-        elif w in names:
-            index.append(names.index(w))
-        else:
-            raise KeyError(f"config key model.channels: channel {w!r} not among {names}")
-    return index
 
 
 def axis_size_rule(axis: Any) -> tuple[int, int]:
@@ -366,7 +283,7 @@ class Predictor:
 def pooled_pixels(import_manifests: list[str | Path], channels: tuple[str | int, ...], per_unit: int = 20_000,
                   seed: int = 0) -> np.ndarray:
     """A (C, N) sample of pixel values from every unit of a run: the basis of dataset-level normalisation."""
-    from .acquisition import read_unit
+    from .images import read_unit
     from .blocks import PlaneReader, is_large
 
     rng = np.random.default_rng(seed)
@@ -411,7 +328,7 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
                 position: str = "") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Predict one imported unit into ``out``: ({path, seconds}, None), or (None, failure record).
     ``label`` starts the progress and failure lines (``[inference b0000]``), ``position`` says where in the batch (``3/50``)."""
-    from .acquisition import read_unit
+    from .images import read_unit
     from .blocks import is_large
 
     try:
@@ -553,3 +470,41 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     result = inference_manifest(doc["batch"], check, settings, predictor, dataset_pixels, load_seconds, predictions, failures)
     write_json(out / "manifest.json", result)
     return result
+
+
+def run_check(*, settings: ModelSettings, model_check: str, cache_dir: str) -> None:
+    """Rule ``check_model``: the model loaded and tested once (cached per digest) -> ``models/model_check.json``."""
+    try:
+        record = check_model(settings, cache_dir)
+    except ModelError as exc:
+        raise SystemExit(f"snakescope: {exc}") from None
+    if record["test"]["status"] not in ("passed", "skipped"):
+        reasons = "; ".join(record["test"].get("errors") or record["test"].get("failed_checks") or ["no detail"])
+        raise SystemExit(f"snakescope: config key model.source={settings.source!r}: bioimageio test_model "
+                         f"did not pass ({record['test']['status']}): {reasons}")
+    write_json(model_check, record)
+    cached = " (cached)" if record.get("test_cached") else ""
+    print(f"model {record['name']} [{settings.weight_format}] test {record['test']['status']}{cached}", file=sys.stderr)
+
+
+def run_dataset_pixels(*, imported: list[str], pixels: str, channels: tuple[str | int, ...]) -> None:
+    """Rule ``dataset_pixels`` (``model.normalization: dataset``): a pooled pixel sample of the whole run."""
+    from .layout import manifest
+
+    sample = pooled_pixels([manifest(folder) for folder in imported], channels)
+    with open(pixels, "wb") as handle:
+        np.save(handle, sample)
+    print(f"dataset pixels: {sample.shape[1]} per channel from {len(imported)} batch(es)", file=sys.stderr)
+
+
+def run_inference(*, imported: str, model_check: str, inference: str, settings: ModelSettings, threads: int,
+                  pixels: str | None = None) -> None:
+    """Rule ``infer``: the model loaded once for the batch, every unit predicted -> ``inference/<batch>/``."""
+    from .layout import manifest
+    from .progress import stage_progress
+
+    try:
+        doc = predict_batch(manifest(imported), settings, model_check, inference, pixels, threads=threads)
+    except ModelError as exc:
+        raise SystemExit(f"snakescope: {exc}") from None
+    stage_progress("inference", doc, len(doc["predictions"]))

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, value_range, write_npy
 from .records import ObjectTable
-from .segmentation import (
+from .instances import (
     TISSUE_RATIO,
     TISSUE_SURE_THRESHOLD,
     FieldScale,
@@ -115,7 +115,6 @@ def intensity_range(probability_path: str | Path, reader: PlaneReader, channel: 
     """What :func:`segmentation._intensity_scale` gives on the whole field: the median intensity outside the
     foreground (without its small objects) and the 95th percentile inside it, from per-block histograms of the
     blocks' own pixels."""
-    from skimage.morphology import remove_small_objects
 
     integer = np.issubdtype(reader.dtype, np.integer)
     lo, hi = value_range(reader, channel, blocks)
@@ -303,7 +302,7 @@ class _Passes:
 
     def overlay_and_labels(self, labels_path: Path, n: int) -> None:
         """The overlay PNG from a reduced view (outline pixels from every block) and the tiled labels TIFF."""
-        from .acquisition import write_ome_tiff
+        from .images import write_ome_tiff
         from .rendering import downscale_factor, overlay_png, reduced_view
 
         factor = downscale_factor(self.shape, 512)
@@ -322,7 +321,7 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
                       labels_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Labels (tiled OME-TIFF at ``labels_path``), overlay and objects of one large unit, block by block; the
     same steps as :func:`segmentation.instance_labels` with every field-wide statistic pooled over the blocks."""
-    from .inference import channel_indices
+    from .channels import channel_indices
 
     uid = unit["unit_id"]
     with PlaneReader(unit["image_path"]) as reader:
@@ -358,7 +357,7 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
             finally:
                 passes.cleanup()
         else:
-            from .acquisition import write_ome_tiff
+            from .images import write_ome_tiff
             from .blocks import TIFF_TILE
 
             empty = (np.zeros((TIFF_TILE, TIFF_TILE), np.uint16) for _ in range(-(-shape[0] // TIFF_TILE) * -(-shape[1] // TIFF_TILE)))

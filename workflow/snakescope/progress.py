@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from .records import read_csv, read_json
 
@@ -20,6 +21,21 @@ def batch_progress(stage: str, batch: str, text: str) -> None:
     line = f"[{stage} {batch}] {text}"
     print(line, flush=True)
     print(line, file=sys.stderr, flush=True)
+
+
+def stage_progress(stage: str, doc: dict[str, Any], done: int) -> None:
+    """A batch stage's line: units done, verdicts (and how many the LLM reviewed), failures."""
+    from collections import Counter
+
+    failures = len(doc.get("failures", []))
+    verdicts = Counter(r["verdict"] for r in doc.get("reviews", []))
+    extra = "".join(f", {n} {v}" for v, n in sorted(verdicts.items()))
+    if doc.get("uses_llm") or doc.get("llm_error"):  # an LLM run: say how many the LLM really reviewed
+        by_llm = sum(1 for r in doc.get("reviews", []) if r["reviewer"].get("uses_llm"))
+        scoped = sum(1 for r in doc.get("reviews", []) if r.get("status") == "rules_only")
+        extra += (f"; {by_llm} reviewed by the LLM, {len(doc.get('reviews', [])) - by_llm} by the rules alone"
+                  + (f" ({scoped} of them left to the rules by review.llm.scope)" if scoped else ""))
+    batch_progress(stage, doc["batch"], f"{done} unit(s) done{extra}" + (f", {failures} FAILED (see the log)" if failures else ""))
 
 
 def summary_lines(results: Path, failed: bool = False) -> list[str]:

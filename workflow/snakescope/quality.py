@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .acquisition import finite
+from .images import finite
 from .background import flattened, unit_surface
 from .records import Failure, read_json, write_json
+from .settings import RELATIVE_CHECKS
 
 
 def robust_background(image: np.ndarray, iterations: int = 5, clip: float = 3.0) -> tuple[float, float]:
@@ -376,7 +377,7 @@ def unit_metrics(array: np.ndarray, channel_names: list[str], unit: dict[str, An
 
 def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(metrics, None) for one imported unit, or (None, failure record)."""
-    from .acquisition import read_unit
+    from .images import read_unit
 
     try:
         from .blocks import PlaneReader, is_large
@@ -405,3 +406,73 @@ def quality_batch(import_manifest: str | Path, out_path: str | Path) -> dict[str
     out = {"batch": doc["batch"], "metrics": results, "failures": failures}
     write_json(out_path, out)
     return out
+
+
+def display_range(metrics: list[dict[str, float]]) -> dict[str, float] | None:
+    """The contrast every field of a channel is shown in: black at the run's median background, white a quarter
+    above the run's median nuclear signal (p90 of the foreground), so a dim field looks dim and a clipped one
+    white, next to their neighbours."""
+    background = [float(m["background"]) for m in metrics if m.get("background") is not None and np.isfinite(float(m["background"]))]
+    signal = [float(m["signal"]) for m in metrics if m.get("signal") is not None and np.isfinite(float(m["signal"]))]
+    if not background or not signal:
+        return None
+    low, top = float(np.median(background)), float(np.median(signal))
+    return {"low": low, "high": top + 0.25 * max(top - low, 0.0), "fields": len(signal)} if top > low else None
+
+
+def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path, import_manifests: list[str | Path] = (),
+                        plate_column: str = "plate") -> dict[str, Any]:
+    """The run's reference for relative quality checks: per channel name, and per plate and channel when the
+    sample sheet names plates (plates differ in staining and focus; a field is compared with its own plate)."""
+    plates = {}
+    for manifest in import_manifests:
+        for unit in read_json(manifest)["units"]:
+            plate = (unit.get("metadata") or {}).get(plate_column)
+            if plate:
+                plates[unit["unit_id"]] = plate
+    per_channel: dict[str, list[dict[str, float]]] = {}
+    per_plate: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for path in quality_jsons:
+        for uid, channels in read_json(path)["metrics"].items():
+            for name, metrics in channels.items():
+                per_channel.setdefault(name, []).append(metrics)
+                if uid in plates:
+                    per_plate.setdefault(plates[uid], {}).setdefault(name, []).append(metrics)
+    doc = {"channels": {name: run_reference(values) for name, values in per_channel.items()},
+           "display": {name: display_range(values) for name, values in per_channel.items()},
+           "plates": {plate: {name: run_reference(values) for name, values in channels.items()} for plate, channels in per_plate.items()},
+           "plate_column": plate_column,
+           "fields": {name: len(values) for name, values in per_channel.items()}}
+    write_json(out_path, doc)
+    return doc
+
+
+def run_reference(metrics: list[dict[str, float]]) -> dict[str, Any]:
+    """Median and MAD of the relative-check metrics over a run's fields (log scale for ratios)."""
+    out: dict[str, Any] = {}
+    for metric, (transform, _, _) in RELATIVE_CHECKS.items():
+        values = np.array([float(m[metric]) for m in metrics if m.get(metric) is not None and np.isfinite(float(m[metric]))])
+        if transform == "log":
+            values = np.log(values[values > 0])
+        if values.size >= 8:  # fewer fields say little about a run
+            median = float(np.median(values))
+            out[metric] = {"median": median, "mad": float(1.4826 * np.median(np.abs(values - median))), "n": int(values.size),
+                           "scale": transform}
+    return out
+
+
+def run_quality(*, imported: str, quality: str) -> None:
+    """Rule ``quality_metrics``: every channel's metrics of a batch's units -> ``quality/<batch>.json``."""
+    from .layout import manifest
+    from .progress import stage_progress
+
+    doc = quality_batch(manifest(imported), quality)
+    stage_progress("quality", doc, len(doc["metrics"]))
+
+
+def run_quality_reference(*, quality: list[str], imported: list[str], reference: str, plate_column: str) -> None:
+    """Rule ``quality_reference``: the run's median and MAD of the metrics, per channel and plate (relative checks)."""
+    from .layout import manifest
+
+    doc = write_run_reference(quality, reference, [manifest(folder) for folder in imported], plate_column)
+    print(f"quality reference: {doc['fields']} field(s) per channel", file=sys.stderr)

@@ -157,3 +157,7 @@ class ObjectTable:
             for i in range(len(next(iter(packed.values()))[1])):
                 yield {key: None if missing[i] else (kind(values[i]) if kind is not object else values[i])
                        for key, (kind, values, missing) in converted.items()}
+
+
+# Actions a microscope (or its operator) can carry out; adjust_segmentation and none are analysis-side.
+ACQUISITION_ACTIONS = ("refocus", "reduce_exposure", "increase_exposure", "skip_field", "reacquire", "check_sample")

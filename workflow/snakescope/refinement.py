@@ -63,7 +63,7 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
     objects plausible, and must beat the original by MIN_GAIN. Returns every attempt and the best. ``intensity``
     is what post-processing segments, ``measured`` what it measures (:func:`segmentation.segment_unit`).
     """
-    from .segmentation import segment_unit
+    from .instances import segment_unit
 
     lo_p, hi_p = refine["split_min_distance"]
     lo_a, hi_a = refine["min_object_area_fraction"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -116,3 +118,20 @@ def scale_bar_um(shape: tuple[int, int], pixel_size_um: float, max_size: int = 5
     """The length in µm the scale bar of :func:`rgb_panel` represents (for captions and prompts)."""
     factor = downscale_factor(shape, max_size)
     return _nice_length(shape[1] // factor * pixel_size_um * factor / 5)
+
+
+def large_view(unit: dict[str, Any], channels: tuple[str | int, ...], labels_path: str | Path | None,
+               size: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A large unit's model channel every n-th pixel (n: what a ``size``-px panel shows), its outline pixels, n."""
+    from .blocks import PlaneReader
+    from .channels import channel_indices
+    from .rendering import downscale_factor, reduced_view
+
+    channel = channel_indices(unit["channel_names"], channels, len(unit["channel_names"]))[0]
+    with PlaneReader(unit["image_path"]) as reader:
+        factor = downscale_factor(reader.shape, size)
+        if not labels_path:
+            return (*reduced_view(lambda box: reader.read(channel, box), None, reader.shape, factor), factor)
+        with PlaneReader(labels_path) as labels:
+            return (*reduced_view(lambda box: reader.read(channel, box), lambda box: labels.read(0, box), reader.shape, factor),
+                    factor)

@@ -6,44 +6,19 @@ It writes the same schema-validated JSON shape as the LLM reviewer, so either ca
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
-from .configuration import settings_from_section
 from .llm.settings import BACKENDS as LLM_BACKENDS  # review.backend values where a vision model reviews
+from .channels import model_channel_name
+from .settings import RELATIVE_CHECKS, PostprocessSettings, ReviewThresholds
 from .records import LABELS_SUFFIX, read_json, write_json
+from .layout import schema_path
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "review.schema.json"
-
-
-@dataclass(frozen=True)
-class ReviewThresholds:
-    """Config section ``review.thresholds``: when a metric becomes an issue (see config/README.md).
-
-    The quality limits were calibrated on real fields (BBBC039 and DSB2018 nuclei, untouched and with
-    generated blur, clipping, dimming with noise and empty fields; ``bench/accuracy.py``), not on the demo.
-    """
-
-    saturated_percent_warn: float = 1.0
-    saturated_percent_fail: float = 5.0
-    snr_warn: float = 12.0
-    snr_fail: float = 5.0
-    blur_warn: float = 0.65
-    blur_fail: float = 0.8
-    empty_foreground_fraction: float = 0.002
-    outlier_mad: float = 6.0
-    size_out_of_range_fraction: float = 0.3
-    large_object_fraction: float = 0.15
-    low_solidity_fraction: float = 0.2
-    count_tolerance: float = 0.2
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "ReviewThresholds":
-        return settings_from_section(cls, section)
+SCHEMA_PATH = schema_path("review")
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
@@ -81,10 +56,6 @@ def expected_diameter(metadata: dict[str, str], knowledge_base: dict[str, Any], 
 
 def _issue(kind: str, severity: str, evidence: str) -> dict[str, str]:
     return {"type": kind, "severity": severity, "evidence": evidence}
-
-
-# Run-relative checks: metric, transform (robust z on the log for ratios), the side that is bad, MAD floor.
-RELATIVE_CHECKS = {"snr": ("log", -1, 0.1), "blur": ("linear", +1, 0.02)}
 
 
 def relative_position(metric: str, value: float, reference: dict[str, Any] | None) -> float | None:
@@ -147,20 +118,6 @@ def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str
         issues.append(_issue("out_of_focus", sev, f"blur {blur:.2f} (0 sharp, 1 blurred; warn >= {t.blur_warn:g}, "
                                                   f"fail >= {t.blur_fail:g})" + _relative_text("blur", blur, reference)))
     return issues
-
-
-def run_reference(metrics: list[dict[str, float]]) -> dict[str, Any]:
-    """Median and MAD of the relative-check metrics over a run's fields (log scale for ratios)."""
-    out: dict[str, Any] = {}
-    for metric, (transform, _, _) in RELATIVE_CHECKS.items():
-        values = np.array([float(m[metric]) for m in metrics if m.get(metric) is not None and np.isfinite(float(m[metric]))])
-        if transform == "log":
-            values = np.log(values[values > 0])
-        if values.size >= 8:  # fewer fields say little about a run
-            median = float(np.median(values))
-            out[metric] = {"median": median, "mad": float(1.4826 * np.median(np.abs(values - median))), "n": int(values.size),
-                           "scale": transform}
-    return out
 
 
 def segmentation_issues(summary: dict[str, Any], diameters: list[float], expected: dict[str, Any], t: ReviewThresholds) -> list[dict[str, str]]:
@@ -246,15 +203,10 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
     }
 
 
-def model_channel_name(unit: dict[str, Any], channels: tuple[str | int, ...]) -> str:
-    first = channels[0] if channels else 0
-    return unit["channel_names"][first] if isinstance(first, int) else str(first)
-
-
 def review_batch(import_manifest: str | Path, quality_json: str | Path, inference_manifest: str | Path,
                  postprocess_dir: str | Path, knowledge_base_path: str | Path, settings: dict[str, Any],
                  channels: tuple[str | int, ...], out_dir: str | Path, schema_path: str | Path = SCHEMA_PATH,
-                 cache_dir: str | Path = ".snakescope-cache", postprocess: dict[str, Any] | None = None,
+                 cache_dir: str | Path = ".snakescope-cache", postprocess: PostprocessSettings | None = None,
                  reference_path: str | Path | None = None) -> dict[str, Any]:
     """Review every imported unit of a batch (failed ones included, as failed); validate each review.
 
@@ -265,8 +217,6 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     import csv
 
     import yaml
-
-    from .segmentation import PostprocessSettings
 
     imported = read_json(import_manifest)
     quality = read_json(quality_json)
@@ -308,7 +258,7 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
         llm = LLMSettings.from_config(settings.get("llm", {}), settings["backend"])
         try:
             reviews, doc["llm"] = llm_review_units(imported["units"], context, llm, cache_dir, out,
-                                                   PostprocessSettings.from_config(postprocess or {}), thresholds.count_tolerance)
+                                                   postprocess or PostprocessSettings(), thresholds.count_tolerance)
             doc.update(backend=llm.backend, uses_llm=True)
         except LLMUnavailable as exc:
             if llm.on_unreachable == "fail":
@@ -324,48 +274,27 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     return doc
 
 
-def display_range(metrics: list[dict[str, float]]) -> dict[str, float] | None:
-    """The contrast every field of a channel is shown in: black at the run's median background, white a quarter
-    above the run's median nuclear signal (p90 of the foreground), so a dim field looks dim and a clipped one
-    white, next to their neighbours."""
-    background = [float(m["background"]) for m in metrics if m.get("background") is not None and np.isfinite(float(m["background"]))]
-    signal = [float(m["signal"]) for m in metrics if m.get("signal") is not None and np.isfinite(float(m["signal"]))]
-    if not background or not signal:
-        return None
-    low, top = float(np.median(background)), float(np.median(signal))
-    return {"low": low, "high": top + 0.25 * max(top - low, 0.0), "fields": len(signal)} if top > low else None
-
-
-def write_run_reference(quality_jsons: list[str | Path], out_path: str | Path, import_manifests: list[str | Path] = (),
-                        plate_column: str = "plate") -> dict[str, Any]:
-    """The run's reference for relative quality checks: per channel name, and per plate and channel when the
-    sample sheet names plates (plates differ in staining and focus; a field is compared with its own plate)."""
-    plates = {}
-    for manifest in import_manifests:
-        for unit in read_json(manifest)["units"]:
-            plate = (unit.get("metadata") or {}).get(plate_column)
-            if plate:
-                plates[unit["unit_id"]] = plate
-    per_channel: dict[str, list[dict[str, float]]] = {}
-    per_plate: dict[str, dict[str, list[dict[str, float]]]] = {}
-    for path in quality_jsons:
-        for uid, channels in read_json(path)["metrics"].items():
-            for name, metrics in channels.items():
-                per_channel.setdefault(name, []).append(metrics)
-                if uid in plates:
-                    per_plate.setdefault(plates[uid], {}).setdefault(name, []).append(metrics)
-    doc = {"channels": {name: run_reference(values) for name, values in per_channel.items()},
-           "display": {name: display_range(values) for name, values in per_channel.items()},
-           "plates": {plate: {name: run_reference(values) for name, values in channels.items()} for plate, channels in per_plate.items()},
-           "plate_column": plate_column,
-           "fields": {name: len(values) for name, values in per_channel.items()}}
-    write_json(out_path, doc)
-    return doc
-
-
 def unit_reference(doc: dict[str, Any], plate: str | None, channel: str) -> dict[str, Any] | None:
     """The reference a unit is compared with: its plate's (when that has enough fields), else the run's."""
     plate_ref = doc.get("plates", {}).get(plate, {}).get(channel) if plate else None
     if plate_ref:
         return {metric: {**values, "scope": f"plate {plate}"} for metric, values in plate_ref.items()}
     return doc.get("channels", {}).get(channel)
+
+
+def run_review(*, imported: str, quality: str, reference: str, inference: str, segmentation: str, knowledge_base: str,
+               schema: str, review: str, settings: dict[str, Any], postprocess: PostprocessSettings,
+               channels: tuple[str | int, ...], llm_runtime: dict[str, Any], cache_dir: str, prompt: str | None = None) -> None:
+    """Rule ``review``: every unit of a batch reviewed by the rules, and by the vision model when configured ->
+    ``review/<batch>/``. ``llm_runtime``: the ``review.llm`` keys that do not change answers (server, timeouts)."""
+    from .layout import manifest
+    from .llm.settings import LLMUnavailable
+    from .progress import stage_progress
+
+    llm = {**settings.get("llm", {}), **llm_runtime, **({"prompt": prompt} if prompt else {})}
+    try:
+        doc = review_batch(manifest(imported), quality, manifest(inference), segmentation, knowledge_base, {**settings, "llm": llm},
+                           channels, review, schema, cache_dir, postprocess, reference)
+    except LLMUnavailable as exc:
+        raise SystemExit(f"snakescope: {exc} (review.llm.on_unreachable: fail)") from None
+    stage_progress("review", doc, len(doc["reviews"]))

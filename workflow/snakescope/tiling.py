@@ -17,7 +17,7 @@ only the model's architecture decides that, so snakescope never assumes it:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -91,16 +91,17 @@ def agrees(figures: dict[str, float]) -> bool:
             and figures["foreground_agreement"] >= TOLERANCE["foreground_agreement"])
 
 
-def validate_tiles(settings: Any, descr: Any, test_input: np.ndarray) -> dict[str, Any]:
+def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..., Any]) -> dict[str, Any]:
     """Find the step at which ``settings.tile_px`` tiles reproduce the model's own tiles on its test input.
+
+    ``predictor(settings, tile_rule=None)`` loads the model (inference's ``Predictor``): passed in, so this check
+    stays below the inference stage that calls it.
 
     Returns the record for model_check.json: ``status`` passed (with ``rule``) or failed (with the figures).
     """
     from dataclasses import replace
 
-    from .inference import Predictor
-
-    own = Predictor(replace(settings, tile_px=None))
+    own = predictor(replace(settings, tile_px=None))
     fixed = own.size_rules.get("y", (1, 1))[0]
     image = validation_image(test_input, fixed, own.halo.get("y", 0), settings.tile_px)
     reference = own.predict(image, "tile-check")
@@ -110,7 +111,7 @@ def validate_tiles(settings: Any, descr: Any, test_input: np.ndarray) -> dict[st
     for step in (s for s in STEP_CANDIDATES if (2 * halo) % s == 0):  # the field plus its halo stays a valid size
         rule = TileRule(tile_px=settings.tile_px, minimum=fixed, step=step)
         try:
-            larger = Predictor(settings, tile_rule=rule)
+            larger = predictor(settings, tile_rule=rule)
             figures = agreement(reference, larger.predict(image, "tile-check"))
             larger.close()
         except Exception as exc:  # noqa: BLE001 - onnxruntime/torch reject a size the architecture cannot take

@@ -22,23 +22,27 @@ the summary; a restart reads the records already written and goes on with the fi
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
 import sys
 import time
+import warnings
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from .closes import open_closes
-from .configuration import settings_from_section
+from .settings import settings_from_section
+from .settings import WatchSettings
 from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
 from .records import LABELS_SUFFIX, Failure, read_json, write_json
-from .warmup import freeze_heap
+from .layout import PROJECT_DIR, SNAKEFILE
+
 
 RECORD_FORMAT = "snakescope-watch-action"
 RECORD_VERSION = 1
@@ -47,19 +51,6 @@ REIMAGING = ("reacquire", "refocus", "increase_exposure", "reduce_exposure")
 EXPOSURE_CHANGE = {"increase_exposure": 2.0, "reduce_exposure": 0.5}
 POLLER_THREAD = "watch-poller"
 STAGE_RULES = ("check_model", "import_batch", "quality_metrics", "infer", "postprocess")  # what watch mode computes
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    """Config section ``watch``."""
-
-    stable_s: float = 1.0
-    poll_s: float = 0.2
-    actions_file: str = ""
-    max_reacquisitions_per_well: int = 2
-    exposure_factor_min: float = 0.5
-    exposure_factor_max: float = 2.0
-    threads: int = 0  # inference threads; 0: every core this process may use
 
 
 def _quiet_poller(record: Any) -> bool:
@@ -181,7 +172,7 @@ def _warm_up_postprocess(settings: Any) -> None:
 
     import numpy as np
 
-    from .warmup import first_segmentation
+    
 
     with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:
         image = np.zeros((64, 64), np.uint16)
@@ -230,10 +221,11 @@ class Watcher:
                  base_dir: str | Path = ".") -> None:
         import yaml
 
-        from .acquisition import ImportSettings
-        from .inference import ModelError, ModelSettings, batch_predictor, check_model
-        from .review import ReviewThresholds
-        from .segmentation import PostprocessSettings
+        from .settings import ImportSettings
+        from .inference import ModelError, batch_predictor, check_model
+        from .settings import ModelSettings
+        from .settings import ReviewThresholds
+        from .settings import PostprocessSettings
 
         self.config = config
         self.config_files = list(config_files or [])
@@ -302,7 +294,7 @@ class Watcher:
         if review["backend"] not in LLM_BACKENDS:
             return None, None, "reviewer: the rules (review.backend: deterministic)"
         section = dict(review.get("llm") or {})
-        project = Path(__file__).resolve().parents[2]
+        project = PROJECT_DIR
         for key, default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
             path = Path(section.get(key, default))
             section[key] = str(path if path.is_file() or not (project / path).is_file() else project / path)
@@ -341,7 +333,7 @@ class Watcher:
 
         import numpy as np
 
-        from .warmup import first_reads
+        
 
         # at the largest tile the fields will use: the runtime plans its memory per input shape
         side = max(64, (self.model_settings.tile_px or 64) - 2 * max(self.predictor.halo.values(), default=0))
@@ -425,7 +417,9 @@ class Watcher:
 
     def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
         """The second half: post-processing, the rule-based review against the fields seen so far, the records."""
-        from .review import expected_diameter, model_channel_name, review_unit, run_reference
+        from .review import expected_diameter, review_unit
+        from .quality import run_reference
+        from .channels import model_channel_name
         from .quality import quality_one
         from .tables import unit_action_entry, unreadable_entry
 
@@ -689,7 +683,7 @@ class Watcher:
             return True
         targets = [str(self.results / "segmentation" / b) for b in sorted(self.written)]
         targets += [str(self.results / "quality" / f"{b}.json") for b in sorted(self.written)]
-        snakefile = Path(__file__).resolve().parents[1] / "Snakefile"
+        snakefile = SNAKEFILE
         command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--configfile", *self.config_files, "--touch",
                    "--forcerun", *STAGE_RULES, "--cores", "1", "--quiet", "all", "--", *targets]
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.base)
@@ -741,3 +735,62 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"batches ready for snakemake: {', '.join(summary['batches_ready'])}{recorded}; run snakemake with the "
                      "same config for the review and report of the whole screen")
     return lines
+
+
+def freeze_heap() -> int:
+    """Collect once, then move every object tracked so far out of later collections (``gc.freeze``); returns how
+    many. New objects are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def first_reads(folder: Path, settings: Any = None) -> list[dict[str, Any]]:
+    """A tiny OME-TIFF and a tiny ImageJ TIFF (the two TIFF readers) through import and quality metrics, written to
+    and imported in ``folder``; returns the units (as the stages pass them, dicts)."""
+    import numpy as np
+    import tifffile
+
+    from .acquisition import import_one
+    from .settings import ImportSettings
+    from .images import write_ome_tiff
+    from .inputs import Source
+    from .quality import quality_one
+
+    field = np.zeros((1, 32, 32), np.uint16)
+    field[0, 8:20, 8:20] = 100
+    write_ome_tiff(folder / "warm-up.ome.tif", field, ["warm-up"], {"x": 1.0, "y": 1.0})
+    tifffile.imwrite(folder / "warm-up.tif", field[0], imagej=True)
+    units = []
+    for name in ("warm-up.ome.tif", "warm-up.tif"):
+        imported, _ = import_one(Source(name, str(folder / name)), settings or ImportSettings(), folder / "import", "[warm-up]")
+        units += [asdict(unit) for unit in imported]
+    for unit in units:
+        quality_one(unit, "warm-up")
+    return units
+
+
+def first_segmentation(image: Any, settings: Any = None, folder: Path | None = None, gallery: bool = False) -> None:
+    """Post-processing of a YX ``image`` (its bright part as the probability), then the overlay renderer, and with
+    ``folder`` the labels and overlay writers, with ``gallery`` the report's gallery images."""
+    import numpy as np
+
+    from .rendering import overlay_png
+    from .segmentation import Segmented
+    from .instances import segment_unit
+    from .settings import PostprocessSettings
+
+    probability = (image > image.mean()).astype(np.float32)
+    with warnings.catch_warnings():  # e.g. scikit-image's about a single object: true of this image, not news
+        warnings.simplefilter("ignore")
+        labels, objects, summary = segment_unit(probability, image, (1.0, 1.0), settings or PostprocessSettings())
+    if folder is not None:  # the writers render the overlay themselves
+        unit = {"unit_id": "warm-up", "pixel_size_um": {"y": 1.0, "x": 1.0}, "channel_names": ["warm-up"]}
+        Segmented(unit, labels, image, (1.0, 1.0), summary, objects).write(folder)
+    else:
+        overlay_png(image, labels, 1.0)
+    if gallery:
+        from .gallery import unit_gallery_images
+        from .settings import GallerySettings
+
+        unit_gallery_images(image, labels, 1.0, GallerySettings(), (0.0, float(image.max()) or 1.0))

@@ -2,17 +2,15 @@
 
 A backend says where its server is and what it is (:meth:`ChatClient.describe`), and sends one chat request
 (:meth:`ChatClient.send`). :meth:`ChatClient.ask` turns that into an answer that is valid JSON for the schema,
-the same way for every wire protocol. :func:`connect` picks the backend named in the config.
+the same way for every wire protocol. :func:`.backends.connect` picks the backend named in the config.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .settings import AnswerInvalid, LLMSettings, LLMUnavailable
@@ -117,22 +115,3 @@ def public_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
-@contextmanager
-def connect(settings: LLMSettings, log_path: str | Path | None = None) -> Iterator[tuple[ChatClient, ModelInfo]]:
-    """A client of the configured backend and the model it serves, for the duration of the block.
-
-    Raises :class:`LLMUnavailable` (or :class:`ModelMissing`) with a message naming the config key to change.
-    """
-    if settings.backend == "ollama":
-        from .ollama_api import OllamaClient, ollama_server
-
-        with ollama_server(settings, log_path) as (endpoint, version):
-            client: ChatClient = OllamaClient(settings, endpoint)
-            yield client, client.describe(version)
-    elif settings.backend == "openai":
-        from .openai_api import OpenAIClient
-
-        client = OpenAIClient(settings)
-        yield client, client.describe(client.server_version())
-    else:
-        raise LLMUnavailable(f"review.backend {settings.backend!r} has no LLM client")

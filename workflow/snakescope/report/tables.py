@@ -9,8 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .records import read_csv, read_json, write_json
-from .review import model_channel_name
+from ..layout import BatchPaths, manifest
+from ..records import ACQUISITION_ACTIONS, read_csv, read_json, write_json
+from ..channels import model_channel_name
 
 METRIC_COLUMNS = ["snr", "blur", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
                   "percent_minimal", "foreground_fraction", "background", "background_unevenness", "noise", "mean", "max"]
@@ -51,23 +52,23 @@ def write_parquet(csv_path: Path) -> Path:
     return path
 
 
-def _merge_objects(path: Path, batches: list[str], results: Path, refined_units: dict[str, Path],
+def _merge_objects(path: Path, batches: list[BatchPaths], refined_units: dict[str, Path],
                    unit_meta: dict[str, dict[str, Any]]) -> None:
     """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv, each
     row carrying its unit's sample id and sample-sheet metadata (well, condition, ...) and every channel's mean."""
-    from .segmentation import OBJECT_COLUMNS
+    from ..instances import OBJECT_COLUMNS
 
     def rows():
         for batch in batches:
-            for row in read_csv(results / "segmentation" / batch / "objects.csv"):
+            for row in read_csv(batch.segmentation / "objects.csv"):
                 if row["unit_id"] not in refined_units:
                     yield row
-            for path in dict.fromkeys(p for p in refined_units.values() if p.parent.name == batch):
+            for path in dict.fromkeys(p for p in refined_units.values() if p.parent.name == batch.batch):
                 yield from (r for r in read_csv(path) if refined_units.get(r["unit_id"]) == path)
 
     channel_columns, meta_columns = {}, {}
     for batch in batches:  # headers only: the columns of every batch
-        with open(results / "segmentation" / batch / "objects.csv", newline="", encoding="utf-8") as handle:
+        with open(batch.segmentation / "objects.csv", newline="", encoding="utf-8") as handle:
             channel_columns.update(dict.fromkeys(c for c in next(csv.reader(handle), []) if c not in OBJECT_COLUMNS))
     for meta in unit_meta.values():
         meta_columns.update(dict.fromkeys(k for k in meta if k != "sample_id"))
@@ -120,8 +121,6 @@ def condition_aggregates(units: list[dict[str, Any]], reviews: list[dict[str, An
     return out
 
 
-# Actions a microscope (or its operator) can carry out; adjust_segmentation and none are analysis-side.
-ACQUISITION_ACTIONS = ("refocus", "reduce_exposure", "increase_exposure", "skip_field", "reacquire", "check_sample")
 ACTIONS_FORMAT = "snakescope-acquisition-actions"
 ACTIONS_VERSION = 1
 
@@ -189,17 +188,18 @@ def acquisition_actions(unit_records: list[dict[str, Any]], reviews: dict[str, d
             "counts": dict(Counter(a["action"] for e in entries for a in e["actions"])), "units": entries}
 
 
-def build_tables(batches: list[str], results: Path, channels: tuple[str | int, ...], out_dir: str | Path,
+def build_tables(batches: list[BatchPaths], channels: tuple[str | int, ...], out_dir: str | Path,
                  condition_column: str = "treatment", dataset: str = "", plate_column: str = "plate",
                  well_column: str = "well", usable_verdicts: tuple[str, ...] | list[str] = USABLE_VERDICTS,
                  corrections_path: str | Path | None = None) -> dict[str, Any]:
     """Merge every batch's stage outputs into units.csv, objects.csv, reviews.csv/.jsonl, failures.csv,
-    answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote)."""
+    answers.csv (questions per condition) and aggregates.json (the numbers the run summary may quote).
+    ``batches``: where each batch's stage outputs are (:class:`.layout.BatchPaths`), in the run's order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from .corrections import agreement, corrected_review, load_corrections, overruled
-    from .inference import channel_choice_warning
-    from .refinement import final_segmentation
+    from ..corrections import agreement, corrected_review, load_corrections, overruled
+    from ..channels import channel_choice_warning
+    from ..refinement import final_segmentation
 
     corrections = load_corrections(corrections_path) if corrections_path else {}
     final_reviews: dict[str, dict[str, Any]] = {}  # as decided: the machine's review, or the person's correction of it
@@ -207,12 +207,14 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
     refined_units: dict[str, Path] = {}
     review_backends = Counter()
     llm_runs: list[dict[str, Any]] = []
-    for batch in batches:
-        imported = read_json(results / "import" / batch / "manifest.json")
-        quality = read_json(results / "quality" / f"{batch}.json")
-        inference = read_json(results / "inference" / batch / "manifest.json")
-        post = read_json(results / "segmentation" / batch / "summary.json")
-        review_doc = read_json(results / "review" / batch / "reviews.json")
+    results = batches[0].results if batches else Path(out_dir).parent
+    for paths in batches:
+        batch = paths.batch
+        imported = read_json(manifest(paths.imported))
+        quality = read_json(paths.quality)
+        inference = read_json(manifest(paths.inference))
+        post = read_json(paths.segmentation / "summary.json")
+        review_doc = read_json(paths.review / "reviews.json")
         review_backends[review_doc["backend"]] += 1
         if review_doc.get("llm"):
             llm_runs.append({**review_doc["llm"], "batch": batch})
@@ -234,8 +236,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
             final = corrected_review(review, correction) if correction and review else review
             if review:
                 final_reviews[uid] = final
-            final_seg = final_segmentation(uid, review, results / "segmentation" / batch, results / "review" / batch,
-                                           post["summaries"])
+            final_seg = final_segmentation(uid, review, paths.segmentation, paths.review, post["summaries"])
             summary, overlay = final_seg["summary"], final_seg["overlay"]
             if final_seg["refined"]:
                 refined_units[uid] = final_seg["objects_csv"]
@@ -271,7 +272,7 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
                          "warning": f"the corrections file names unit {uid!r}, which this run does not have; ignored"})
     unit_meta = {u["unit_id"]: {"sample_id": u["sample_id"], **{k: v for k, v in u.items() if k.startswith("meta_")}}
                  for u in units}
-    _merge_objects(out / "objects.csv", batches, results, refined_units, unit_meta)
+    _merge_objects(out / "objects.csv", batches, refined_units, unit_meta)
     columns = list(dict.fromkeys(k for row in units for k in row))
     write_csv(out / "units.csv", units, columns)
     metadata_of = {u["unit_id"]: u.get("metadata", {}) for u in unit_records}
@@ -318,7 +319,9 @@ def build_tables(batches: list[str], results: Path, channels: tuple[str | int, .
         "flags": sum(len(r.get("flags", [])) for r in reviews), "refined_units": len(refined_units),
     }
     write_json(out / "aggregates.json", aggregates)
-    write_finetune_pairs(out / "finetune.jsonl", reviews, results, corrections, {u["unit_id"]: u["batch"] for u in units})
+    review_dirs = {p.batch: p.review for p in batches}
+    write_finetune_pairs(out / "finetune.jsonl", reviews, results, corrections,
+                         {u["unit_id"]: review_dirs[u["batch"]] for u in units})
     actions = acquisition_actions(unit_records, final_reviews, dataset, plate_column, well_column,
                                   [f for f in failures if f["stage"] == "import"])
     write_json(out / "acquisition_actions.json", actions)
@@ -350,7 +353,7 @@ def llm_aggregates(runs: list[dict[str, Any]], reviews: list[dict[str, Any]]) ->
 
 
 def write_finetune_pairs(path: Path, reviews: list[dict[str, Any]], results: Path, corrections: dict[str, Any],
-                         batch_of: dict[str, str]) -> int:
+                         review_dir_of: dict[str, Path]) -> int:
     """Image-text pairs for fine-tuning a vision model (docs/outputs.md): one JSON line per unit the LLM answered,
     with the images and prompt it was sent (paths relative to the results folder), its answer, the final verdict and,
     where a person corrected it, the correction; ``messages`` is the chat a PEFT/LoRA script trains on, its assistant
@@ -361,7 +364,7 @@ def write_finetune_pairs(path: Path, reviews: list[dict[str, Any]], results: Pat
             prov = review["reviewer"].get("provenance") or {}
             if not (review["reviewer"].get("uses_llm") and prov.get("answer") and prov.get("sent_images")):
                 continue
-            batch_dir = results / "review" / batch_of[review["unit_id"]]
+            batch_dir = review_dir_of[review["unit_id"]]
             if not (batch_dir / prov["answer"]).is_file():
                 continue
             answer = read_json(batch_dir / prov["answer"])
@@ -382,3 +385,15 @@ def write_finetune_pairs(path: Path, reviews: list[dict[str, Any]], results: Pat
             written += 1
     return written
 
+
+
+def run_tables(*, batches: list[str], units: str, channels: tuple[str | int, ...], condition_column: str, dataset: str,
+               plate_column: str, well_column: str, usable_verdicts: list[str], corrections: str | None = None) -> None:
+    """Rule ``tables``: every batch's stage outputs (found with :class:`.layout.BatchPaths`) merged into the folder of
+    the file named ``units``: units, objects, reviews, failures, warnings, answers, aggregates, acquisition actions."""
+    import sys
+
+    results = Path(units).parents[1]
+    counts = build_tables([BatchPaths(results, batch) for batch in batches], channels, Path(units).parent, condition_column,
+                          dataset, plate_column, well_column, usable_verdicts, corrections)
+    print(f"tables: {counts}", file=sys.stderr)

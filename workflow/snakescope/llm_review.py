@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..records import LABELS_SUFFIX, read_json, write_json
-from .client import ChatClient, connect, public_endpoint
-from .guardrails import check_claims, combine
-from .prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
-from .selftest import self_test
-from .settings import AnswerInvalid, LLMSettings, LLMUnavailable
+from .records import LABELS_SUFFIX, read_json, write_json
+from .llm.client import ChatClient, public_endpoint
+from .llm.backends import connect
+from .llm.guardrails import check_claims, combine
+from .llm.prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
+from .llm.selftest import self_test
+from .llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
+from .layout import schema_path
 
-ANSWER_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "mllm_answer.schema.json"
+ANSWER_SCHEMA_PATH = schema_path("mllm_answer")
 INPUTS_FOLDER = "llm_inputs"  # what each unit sent: its PNG(s) and prompt (provenance, and the fine-tuning export)
 
 
@@ -116,13 +118,14 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     import numpy as np
     import tifffile
 
-    from ..acquisition import read_unit
-    from ..blocks import is_large
-    from ..gallery import large_view
-    from ..inference import model_channels, select_channels
-    from ..refinement import refine_segmentation, refinement_direction
-    from ..rendering import overlay_png, scale_bar_um
-    from ..segmentation import OBJECT_COLUMNS, calibrated, write_labels
+    from .images import read_unit
+    from .blocks import is_large
+    from .rendering import large_view
+    from .channels import model_channels, select_channels
+    from .refinement import refine_segmentation, refinement_direction
+    from .rendering import overlay_png, scale_bar_um
+    from .instances import OBJECT_COLUMNS, calibrated
+    from .images import write_labels
 
     template = Path(settings.prompt).read_text(encoding="utf-8")
     schema = read_json(ANSWER_SCHEMA_PATH)

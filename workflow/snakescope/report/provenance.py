@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .records import write_json
+from ..records import write_json
+from ..layout import ENVS_DIR
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
             "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch",
             "numpy", "xarray", "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic"]
 
 
-ENVS_DIR = Path(__file__).resolve().parents[1] / "envs"
+ENVS_DIR = ENVS_DIR
 CONDA_NAMES = {"pytorch-cpu": "torch", "pytorch-gpu": "torch", "pytorch": "torch", "pyyaml": "PyYAML"}
 
 
@@ -43,7 +44,7 @@ def software_versions() -> dict[str, Any]:
 
     With ``--sdm conda`` each stage has its own environment: a package absent here (``null``) is listed
     under ``declared`` with the version its stage's env file asks for."""
-    from . import __version__
+    from .. import __version__
 
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -56,7 +57,7 @@ def software_versions() -> dict[str, Any]:
             "declared": {k: v for k, v in declared.items() if k in versions and versions[k] is None}}
 
 
-def write_pipeline_info(config: dict[str, Any], out_dir: str | Path) -> None:
-    out = Path(out_dir)
-    write_json(out / "params.json", config)
-    write_json(out / "software_versions.json", software_versions())
+def run_pipeline_info(*, params: str, versions: str, config: dict[str, Any]) -> None:
+    """Rule ``pipeline_info``: the run's full configuration and the versions of the software that ran it."""
+    write_json(params, config)
+    write_json(versions, software_versions())

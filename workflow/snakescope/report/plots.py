@@ -407,8 +407,8 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
     import csv
     from dataclasses import asdict
 
-    from .review import ReviewThresholds
-    from .records import read_csv
+    from ..settings import ReviewThresholds
+    from ..records import read_csv
 
     tables = Path(tables_dir)
     units = read_csv(tables / "units.csv")
@@ -433,3 +433,13 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
         (out / f"{name}.svg").write_text(svg, encoding="utf-8")
         written.append(out / f"{name}.svg")
     return written
+
+
+def run_plots(*, units: str, objects: str, condition_column: str, thresholds: dict[str, float], plate_column: str,
+              well_column: str, usable_verdicts: list[str], **plots: str) -> None:
+    """Rule ``plots``: the report's SVG plots from the tables (``plots``: the output file of each name in PLOT_NAMES)."""
+    import sys
+
+    out = Path(next(iter(plots.values()))).parent
+    written = write_plots(Path(units).parent, out, condition_column, thresholds, plate_column, well_column, usable_verdicts)
+    print(f"plots: {len(written)} SVG file(s) in {out}", file=sys.stderr)

@@ -3,13 +3,14 @@ LLM is used; either way every number in it is checked against the data it was gi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..records import write_json
-from .guardrails import check_numbers
-from .prompt import ReviewCache, now, prompt_version, render_prompt, sha256
-from .settings import AnswerInvalid, LLMSettings, LLMUnavailable
+from ..llm.guardrails import check_numbers
+from ..llm.prompt import ReviewCache, now, prompt_version, render_prompt, sha256
+from ..llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
 
 
 def rules_summary(data: dict[str, Any]) -> str:
@@ -31,7 +32,8 @@ def rules_summary(data: dict[str, Any]) -> str:
 def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, cache_dir: str | Path,
                       out_path: str | Path) -> dict[str, Any]:
     """The dataset's narrative: written by the LLM (``settings`` given) or the rule template, numbers checked."""
-    from .client import connect, public_endpoint
+    from ..llm.client import public_endpoint
+    from ..llm.backends import connect
 
     record: dict[str, Any] = {"backend": "deterministic", "uses_llm": False, "data": aggregates}
     text = None
@@ -61,3 +63,21 @@ def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, 
     record.update(text=text, numbers_checked=checked, numbers_mismatched=mismatched)
     write_json(out_path, record)
     return record
+
+
+def run_summary(*, aggregates: str, run_summary: str, settings: dict[str, Any], llm_runtime: dict[str, Any], cache_dir: str,
+                prompt: str | None = None) -> None:
+    """Rule ``run_summary``: the narrative of the run, by the LLM when one reviews (``review.backend``), numbers checked."""
+    from ..llm.settings import BACKENDS
+    from ..records import read_json
+
+    backend = settings.get("backend", "deterministic")
+    llm = None
+    if backend in BACKENDS:
+        llm = LLMSettings.from_config({**settings.get("llm", {}), **llm_runtime, **({"summary_prompt": prompt} if prompt else {})},
+                                      backend)
+    try:
+        record = write_run_summary(read_json(aggregates), llm, cache_dir, run_summary)
+    except (LLMUnavailable, AnswerInvalid) as exc:
+        raise SystemExit(f"snakescope: run summary: {exc} (review.llm.on_unreachable: fail)") from None
+    print(f"run summary ({record['backend']}): {len(record['numbers_mismatched'])} unchecked number(s)", file=sys.stderr)

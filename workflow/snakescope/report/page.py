@@ -12,16 +12,14 @@ import html
 import json
 import math
 import os
-import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .configuration import settings_from_section
-from .records import json_safe, read_csv, read_json
+from ..settings import ReportSettings
+from ..records import json_safe, read_csv, read_json
 from .tables import USABLE_VERDICTS
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
@@ -32,20 +30,6 @@ PLOT_TITLES = {
     "quality_snr": "Signal to noise", "quality_focus": "Focus", "quality_saturation": "Saturation",
     "quality_foreground": "Foreground (empty fields)", "plate_map": "Plate map",
 }
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """Config section ``report`` (the page part)."""
-
-    page_size: int = 50
-    detail_images_max_units: int = 1000
-    plate_column: str = "plate"
-    well_column: str = "well"
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "ReportSettings":
-        return settings_from_section(cls, section)
 
 
 def e(value: Any) -> str:
@@ -82,52 +66,24 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-# the stage host's usage records name the CLI stage; the benchmark folders name the rule
-STAGE_RULES = {"import": "import_batch", "quality": "quality_metrics", "quality-reference": "quality_reference",
-               "check-model": "check_model", "infer": "infer", "dataset-pixels": "dataset_pixels", "postprocess": "postprocess",
-               "review": "review", "gallery": "gallery", "tables": "tables", "plots": "plots", "summary": "run_summary",
-               "report": "report", "pipeline-info": "pipeline_info"}
-
-
-def hosted_usage(benchmarks: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """(rule, benchmark file name) -> the last usage record of that job run in the stage host (stagehost.py).
-
-    Snakemake's benchmark of a hosted job measures the client that waits for the stage, so its CPU and memory
-    come from here; a batch stage's ``--out`` folder is named after its batch, a run-level stage has ``run.tsv``."""
-    from .stagehost import read_usage
-
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in read_usage(benchmarks / "stage_host.jsonl"):
-        rule = STAGE_RULES.get(record.get("stage"))
-        if rule is None or not record.get("out"):
-            continue
-        name = Path(record["out"]).stem  # inference/b0001, quality/b0001.json; tables, report.html
-        out[(rule, f"{name}.tsv" if re.fullmatch(r"b\d+", name) else "run.tsv")] = record
-    return out
-
-
 def stage_timings(benchmarks: Path, batches: list[str] | None = None) -> list[dict[str, Any]]:
     """Per rule: jobs, summed wall time and CPU time, and peak memory, from Snakemake's benchmark files
-    (benchmarks/<rule>/*.tsv) and, for jobs run in the stage host, its usage records.
+    (benchmarks/<rule>/*.tsv).
 
     Only this run's batches (and run-level ``run.tsv``) count, so files left by batches no longer in the sample
     sheet do not; a job that was not rerun counts with the time it took when it made its outputs."""
     out = []
     if not benchmarks.is_dir():
         return out
-    hosted = hosted_usage(benchmarks)
     wanted = None if batches is None else {f"{b}.tsv" for b in batches} | {"run.tsv"}
     for rule_dir in sorted(p for p in benchmarks.iterdir() if p.is_dir()):
         seconds, cpu, rss, jobs = 0.0, 0.0, 0.0, 0
         for tsv in sorted(rule_dir.glob("*.tsv")):
             if wanted is not None and tsv.name not in wanted:
                 continue
-            record = hosted.get((rule_dir.name, tsv.name))
             for row in read_csv(tsv, delimiter="\t"):
                 seconds += float(row.get("s") or 0)
                 memory, used = typed(row.get("max_rss")), typed(row.get("cpu_time"))
-                if record is not None:
-                    memory, used = record.get("max_rss_mb"), record.get("cpu_s")
                 rss = max(rss, memory if isinstance(memory, (int, float)) else 0)
                 cpu += used if isinstance(used, (int, float)) else 0
                 jobs += 1
@@ -201,7 +157,7 @@ def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
     """What the detail view calls each number: its meaning, unit and the threshold it was judged against."""
     from dataclasses import asdict
 
-    from .review import ReviewThresholds
+    from ..settings import ReviewThresholds
 
     t = asdict(ReviewThresholds.from_config(thresholds or {}))
     return {
@@ -483,7 +439,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
                  pipeline_info: str | Path, dataset: str, out_html: str | Path, settings: ReportSettings,
                  benchmarks: str | Path | None = None, batches: list[str] | None = None) -> dict[str, Any]:
     """Read the tables, plots, gallery images and provenance; write the page atomically. Returns size facts."""
-    from . import __version__
+    from .. import __version__
 
     tables, info_dir = Path(tables_dir), Path(pipeline_info)
     units = read_csv(tables / "units.csv")
@@ -533,3 +489,15 @@ def template(name: str) -> str:
     """A file of the page (``templates/report.css``, ``templates/report.js``), inlined into the report."""
     return (TEMPLATES / name).read_text(encoding="utf-8")
 
+
+
+def run_report(*, tables: list[str], plots: list[str], gallery: list[str], run_summary: str, model_check: str, params: str,
+               versions: str, html: str, dataset: str, batches: list[str], settings: ReportSettings) -> None:
+    """Rule ``report``: the self-contained HTML page from the tables, plots, gallery images and provenance."""
+    import sys
+
+    results = Path(html).parents[1]
+    facts = write_report(Path(tables[0]).parent, Path(plots[0]).parent, gallery, model_check, Path(params).parent, dataset,
+                         html, settings, results / "benchmarks", batches)
+    print(f"report: {Path(html).resolve()} ({facts['units']} units, {facts['bytes'] / 1e6:.1f} MB, "
+          f"{facts['bytes_per_unit'] / 1024:.1f} KiB per unit)", file=sys.stderr)

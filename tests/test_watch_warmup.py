@@ -1,4 +1,4 @@
-"""The first uses a long-lived process pays before its work (stage host, watch mode)."""
+"""The first uses a long-lived process pays before its work (watch mode)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from snakescope.acquisition import read_unit
-from snakescope.warmup import first_reads, first_segmentation
+from snakescope.images import read_unit
+from snakescope.watch import first_reads, first_segmentation
 
 
 def test_first_reads_import_both_tiff_kinds_and_first_segmentation_writes_what_the_stage_writes(tmp_path):
@@ -26,7 +26,7 @@ def test_freeze_heap_takes_the_objects_out_of_later_collections():
     objects made afterwards are collected as usual."""
     script = (
         "import gc\n"
-        "from snakescope.warmup import freeze_heap\n"
+        "from snakescope.watch import freeze_heap\n"
         "frozen = freeze_heap()\n"
         "class Cycle: pass\n"
         "a = Cycle(); a.me = a; del a\n"

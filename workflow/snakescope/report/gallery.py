@@ -10,27 +10,14 @@ from __future__ import annotations
 import base64
 import io
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .configuration import settings_from_section
-from .records import LABELS_SUFFIX, read_json, write_json
-
-
-@dataclass(frozen=True)
-class GallerySettings:
-    """Config section ``report`` (the image part): sizes in pixels of the longest side, WebP quality."""
-
-    thumbnail_px: int = 160
-    detail_px: int = 384
-    image_quality: int = 75
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "GallerySettings":
-        return settings_from_section(cls, section)
+from ..settings import GallerySettings
+from ..records import read_json, write_json
+from ..rendering import large_view
 
 
 def webp_data_uri(rgb: np.ndarray, quality: int) -> str:
@@ -50,7 +37,7 @@ def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size
     (a large field's reduced view)."""
     from skimage.segmentation import find_boundaries
 
-    from .rendering import rgb_panel, stretch_limits
+    from ..rendering import rgb_panel, stretch_limits
 
     own_limits = stretch_limits(image)  # the field's own contrast, and its outlines, computed once for all panels
     if edges is None and labels is not None:
@@ -68,23 +55,6 @@ def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size
     return images
 
 
-def large_view(unit: dict[str, Any], channels: tuple[str | int, ...], labels_path: str | Path | None,
-               size: int) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """A large unit's model channel every n-th pixel (n: what a ``size``-px panel shows), its outline pixels, n."""
-    from .blocks import PlaneReader
-    from .inference import channel_indices
-    from .rendering import downscale_factor, reduced_view
-
-    channel = channel_indices(unit["channel_names"], channels, len(unit["channel_names"]))[0]
-    with PlaneReader(unit["image_path"]) as reader:
-        factor = downscale_factor(reader.shape, size)
-        if not labels_path:
-            return (*reduced_view(lambda box: reader.read(channel, box), None, reader.shape, factor), factor)
-        with PlaneReader(labels_path) as labels:
-            return (*reduced_view(lambda box: reader.read(channel, box), lambda box: labels.read(0, box), reader.shape, factor),
-                    factor)
-
-
 def display_limits(reference: dict[str, Any] | None, channel: str) -> tuple[float, float] | None:
     """The run's shared contrast of a channel (``quality/reference.json``, ``display``), or None."""
     display = ((reference or {}).get("display") or {}).get(channel)
@@ -98,12 +68,12 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
     run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
     import tifffile
 
-    from .acquisition import read_unit
-    from .blocks import is_large
-    from .inference import select_channels
-    from .refinement import final_segmentation
-    from .rendering import scale_bar_um
-    from .review import model_channel_name
+    from ..images import read_unit
+    from ..blocks import is_large
+    from ..channels import select_channels
+    from ..refinement import final_segmentation
+    from ..rendering import scale_bar_um
+    from ..channels import model_channel_name
 
     imported = read_json(import_manifest)
     run = read_json(reference) if reference else None
@@ -136,3 +106,11 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
     size = sum(len(v["thumbnail"]) + len(v["detail"]) for v in images.values())
     print(f"[gallery {imported['batch']}] {len(images)} unit(s), {size / 1024:.0f} KiB of images", file=sys.stderr)
     return doc
+
+
+def run_gallery(*, imported: str, segmentation: str, review: str, reference: str, gallery: str, settings: GallerySettings,
+                channels: tuple[str | int, ...]) -> None:
+    """Rule ``gallery``: a batch's thumbnails and detail views, from the final labels -> ``report/gallery/<batch>.json``."""
+    from ..layout import manifest
+
+    gallery_batch(manifest(imported), segmentation, review, channels, settings, gallery, reference)

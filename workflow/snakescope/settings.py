@@ -1,0 +1,159 @@
+"""The config's sections as typed, frozen settings: parsed once, passed to every stage and to watch mode.
+
+Each class holds one section (or the part of it a stage reads); its defaults are the schema's
+(``workflow/schemas/config.schema.yaml``, tested equal), so a stage called without the workflow behaves as one
+called through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def settings_from_section(cls: type[T], section: dict[str, Any]) -> T:
+    """A settings dataclass from its config section; keys it does not hold (used by other stages) are ignored."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in section.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How files become units (config section ``import``)."""
+
+    reader: str = "bioio"  # bioio | aicsimageio
+    z: str = "max"  # max | plane | per_plane
+    z_plane: int = 0
+    t: str = "first"  # first | per_timepoint
+    t_index: int = 0
+    rgb: str = "channels"  # channels | luminance
+    default_pixel_size_um: float | None = None
+    missing_pixel_size: str = "pixels"  # pixels (import uncalibrated, warned) | fail
+    background: str = "flatten"  # flatten (fit each channel's smooth background; later stages look at it flattened) | none
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any], reader: str = "bioio") -> "ImportSettings":
+        return cls(reader=reader, **section)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Config section ``model``."""
+
+    source: str
+    weight_format: str = "onnx"
+    device: str = "cpu"
+    channels: tuple[str | int, ...] = (0,)
+    output_channel: int = 0
+    run_test: bool = True
+    normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
+    tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.tiling)
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "ModelSettings":
+        values = dict(section)
+        values["channels"] = tuple(values.get("channels", (0,)))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """Config section ``postprocess``.
+
+    Scales are relative to the typical nucleus of each field (estimated from the probability map, or
+    ``nucleus_diameter_um`` when set), so the same defaults fit small dense nuclei and large sparse
+    ones, calibrated images and uncalibrated ones. Defaults were chosen on the real BBBC039 and
+    DSB2018 nuclei in ../shared (see config/README.md), not on the synthetic demo.
+    """
+
+    probability_threshold: float = 0.5
+    nucleus_diameter_um: float | None = None  # None: estimate the typical nucleus per field
+    split_touching: bool = True
+    split_min_distance: float = 0.4  # nucleus centres at least this many typical radii apart
+    split_smoothing: float = 0.25  # smoothing of the marker map, in typical radii
+    split_intensity_weight: float = 0.5  # markers from intensity (1) or from shape/distance (0)
+    min_object_area_fraction: float = 0.1  # of the typical nucleus area
+    min_object_area_um2: float = 0.0  # absolute floor, calibrated images only
+    min_object_snr: float = 10.0  # (object mean - background) / noise x sqrt(area): integrated signal-to-noise
+    min_relative_contrast: float = 0.1  # of the contrast of the field's bright objects (their 90th percentile)
+    boundary_fraction: float = 0.35  # outline where intensity falls below this fraction of the object's contrast
+    fill_holes: bool = True
+    exclude_border_objects: bool = False
+    block_px: int = 2048  # fields with a side longer than this are processed in blocks of this size (bounded memory)
+    block_overlap_px: int = 256  # context around each block: object clusters up to about this size come out whole
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "PostprocessSettings":
+        return settings_from_section(cls, section)
+
+
+@dataclass(frozen=True)
+class ReviewThresholds:
+    """Config section ``review.thresholds``: when a metric becomes an issue (see config/README.md).
+
+    The quality limits were calibrated on real fields (BBBC039 and DSB2018 nuclei, untouched and with
+    generated blur, clipping, dimming with noise and empty fields; ``bench/accuracy.py``), not on the demo.
+    """
+
+    saturated_percent_warn: float = 1.0
+    saturated_percent_fail: float = 5.0
+    snr_warn: float = 12.0
+    snr_fail: float = 5.0
+    blur_warn: float = 0.65
+    blur_fail: float = 0.8
+    empty_foreground_fraction: float = 0.002
+    outlier_mad: float = 6.0
+    size_out_of_range_fraction: float = 0.3
+    large_object_fraction: float = 0.15
+    low_solidity_fraction: float = 0.2
+    count_tolerance: float = 0.2
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "ReviewThresholds":
+        return settings_from_section(cls, section)
+
+
+@dataclass(frozen=True)
+class GallerySettings:
+    """Config section ``report`` (the image part): sizes in pixels of the longest side, WebP quality."""
+
+    thumbnail_px: int = 160
+    detail_px: int = 384
+    image_quality: int = 75
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "GallerySettings":
+        return settings_from_section(cls, section)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Config section ``report`` (the page part)."""
+
+    page_size: int = 50
+    detail_images_max_units: int = 1000
+    plate_column: str = "plate"
+    well_column: str = "well"
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "ReportSettings":
+        return settings_from_section(cls, section)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Config section ``watch``."""
+
+    stable_s: float = 1.0
+    poll_s: float = 0.2
+    actions_file: str = ""
+    max_reacquisitions_per_well: int = 2
+    exposure_factor_min: float = 0.5
+    exposure_factor_max: float = 2.0
+    threads: int = 0  # inference threads; 0: every core this process may use
+
+
+# Run-relative checks: metric, transform (robust z on the log for ratios), the side that is bad, MAD floor.
+RELATIVE_CHECKS = {"snr": ("log", -1, 0.1), "blur": ("linear", +1, 0.02)}

@@ -1,0 +1,114 @@
+"""The pipeline's stages, each declared once: the rule that runs it and the function that does it.
+
+A rule in ``workflow/rules/`` is the stage's table of inputs, outputs, params, resources and log; its one-line call is
+``script: "../scripts/stage.py"``, which hands the job to :func:`run_job`. That looks the rule up here and calls the
+stage's function with the rule's named inputs, outputs and params as keyword arguments of the same names (and
+``batch``, ``threads``, ``cache_dir``, ``llm_runtime`` where the function asks for them). A name the function needs
+and the rule does not give, or an input or param the rule gives and the function does not take, stops the job with
+one line naming both: the rule and the function cannot drift apart unnoticed.
+
+The functions live in the stage modules, side by side; this module imports none of them until a job runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# ``review.llm`` keys that say where and how to reach the server, not what it answers: they reach jobs from the config
+# itself (not as params), so changing them reruns nothing.
+LLM_RUNTIME_KEYS = ("endpoint", "api_key_env", "keep_alive", "timeout_s", "server", "pull", "max_concurrency", "selftest")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One rule: ``name`` is the pipeline stage it belongs to (its module, output folder and progress lines),
+    ``function`` the ``module:function`` under :mod:`snakescope` that runs one job of it."""
+
+    rule: str
+    name: str
+    function: str
+    per_batch: bool = True
+    watch: bool = False  # watch mode writes this rule's outputs itself; ``snakemake --touch`` adopts them
+
+
+STAGES = {
+    stage.rule: stage
+    for stage in (
+        Stage("import_batch", "import", "acquisition:run_import", watch=True),
+        Stage("quality_metrics", "quality", "quality:run_quality", watch=True),
+        Stage("quality_reference", "quality", "quality:run_quality_reference", per_batch=False),
+        Stage("check_model", "inference", "inference:run_check", per_batch=False, watch=True),
+        Stage("dataset_pixels", "inference", "inference:run_dataset_pixels", per_batch=False),
+        Stage("infer", "inference", "inference:run_inference", watch=True),
+        Stage("postprocess", "segmentation", "segmentation:run_segmentation", watch=True),
+        Stage("review", "review", "review:run_review"),
+        Stage("gallery", "report", "report.gallery:run_gallery"),
+        Stage("pipeline_info", "report", "report.provenance:run_pipeline_info", per_batch=False),
+        Stage("tables", "report", "report.tables:run_tables", per_batch=False),
+        Stage("plots", "report", "report.plots:run_plots", per_batch=False),
+        Stage("run_summary", "report", "report.summary:run_summary", per_batch=False),
+        Stage("report", "report", "report.page:run_report", per_batch=False),
+    )
+}
+
+
+def stage_function(rule: str) -> Callable[..., None]:
+    module, name = STAGES[rule].function.split(":")
+    return getattr(importlib.import_module(f"snakescope.{module}"), name)
+
+
+def runtime_values(config: dict[str, Any]) -> dict[str, Any]:
+    """What a job may read from the config without it being a rerun trigger: the cache folder and the LLM's
+    server settings (:data:`LLM_RUNTIME_KEYS`)."""
+    llm = config.get("review", {}).get("llm") or {}
+    return {"cache_dir": config.get("cache_dir", ".snakescope-cache"),
+            "llm_runtime": {k: v for k, v in llm.items() if k in LLM_RUNTIME_KEYS}}
+
+
+def _files(item: Any) -> Any:
+    """A named input or output as the function gets it: a file name as a string, a list of them as a list, an optional
+    input the rule left out (an empty list) as None."""
+    if isinstance(item, str) or not isinstance(item, (list, tuple)):
+        return item
+    return [str(i) for i in item] or None
+
+
+def call_arguments(rule: str, function: Callable[..., None], named: dict[str, dict[str, Any]],
+                   extra: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``function`` from the rule's ``named`` items (``input``, ``output``, ``params``) and
+    the job's ``extra`` values; raises ``TypeError`` naming what does not match."""
+    signature = inspect.signature(function)
+    wanted = {n: p for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    takes_rest = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    given: dict[str, Any] = {}
+    for kind in ("input", "params", "output"):
+        for name, value in named[kind].items():
+            if name in given:
+                raise TypeError(f"rule {rule}: {kind} {name!r} is named twice (input, output and params share one namespace)")
+            if name not in wanted and not (kind == "output" or takes_rest):
+                raise TypeError(f"rule {rule}: {kind} {name!r} is not a parameter of {function.__module__}.{function.__name__}")
+            given[name] = value if kind == "params" else _files(value)
+    given.update({k: v for k, v in extra.items() if k in wanted})
+    missing = [n for n, p in wanted.items() if n not in given and p.default is p.empty]
+    if missing:
+        raise TypeError(f"rule {rule} does not give {', '.join(missing)} to {function.__module__}.{function.__name__}")
+    return {n: v for n, v in given.items() if n in wanted or takes_rest}
+
+
+def run_job(job: Any) -> None:
+    """Run one job of Snakemake's ``script:`` directive (``job`` is its ``snakemake`` object): stderr (this process's
+    and its libraries') goes to the job's log, then the stage's function runs with the rule's named items."""
+    if job.log:
+        log = os.open(str(job.log[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        sys.stderr.flush()
+        os.dup2(log, 2)
+        os.close(log)
+    function = stage_function(job.rule)
+    named = {kind: dict(getattr(job, kind).items()) for kind in ("input", "output", "params")}
+    extra = {"batch": getattr(job.wildcards, "batch", None), "threads": job.threads, **runtime_values(job.config)}
+    function(**call_arguments(job.rule, function, named, extra))
