@@ -20,10 +20,12 @@ demo: $(BIN)/.installed demo/samples.tsv
 test: lint
 	$(BIN)/python -m pytest -ra
 
-# The Snakemake workflow catalog's checks: `snakemake --lint` and snakefmt, both clean.
+# The Snakemake workflow catalog's checks (`snakemake --lint`, snakefmt) and the package's layering (import-linter's
+# contracts in pyproject.toml: no cycles, no import upwards, no stage importing another).
 lint: $(BIN)/.installed demo/samples.tsv
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/
+	$(BIN)/lint-imports
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/accuracy.py

@@ -4,8 +4,9 @@
 
 Each size is one uint16 mosaic of real BBBC039 nuclei (../shared/data/nuclei, flipped tiles), imported as an
 OME-TIFF and taken through the stages the workflow runs per batch: import, quality, inference (the shared
-U-Net, ONNX), post-processing, rule-based review and gallery. Every stage runs as its own process through the
-stage CLI (as a Snakemake job would) under GNU time, which reports its peak resident memory.
+U-Net, ONNX), post-processing, rule-based review, refinement and gallery. Every stage runs as its own process
+(``python -m snakescope.stages RULE ...``, the rule's function as a Snakemake job calls it) under GNU time, which
+reports its peak resident memory.
 
 A stage whose memory, extrapolated from the previous size, would exceed --max-rss-gb is skipped (this machine
 has 24 GiB; a process that runs out is killed, with others). Prints per stage and size: peak RSS (GB), bytes
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SNAKESCOPE_SHARED", ROOT.parent / "shared"))
 UNET = SHARED / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"
 NUCLEI = SHARED / "data" / "nuclei" / "bbbc039" / "images"
-STAGES = ("import", "quality", "infer", "postprocess", "review", "gallery")
+STAGES = ("import", "quality", "infer", "postprocess", "review", "refinement", "gallery")
 
 
 def mosaic(size: int, seed: int = 0) -> np.ndarray:
@@ -60,28 +61,36 @@ def write_input(folder: Path, size: int) -> Path:
 
 
 def commands(work: Path, source: Path) -> dict[str, list[str]]:
-    cli = [sys.executable, "-m", "snakescope.cli"]
-    model = json.dumps({"source": str(UNET), "weight_format": "onnx", "channels": [0]})
-    channels = json.dumps({"channels": [0]})
-    sources = json.dumps([{"sample_id": "field", "path": str(source), "metadata": {"cell_line": "U2OS"}}])
+    """Each stage's job as the workflow's rule would run it (snakescope.stages.run_stage, by the rule's names)."""
+    model = {"source": str(UNET), "weight_format": "onnx", "channels": [0]}
+    channels = [0]
+    paths = {name: str(work / name) for name in ("import", "inference", "segmentation", "review", "refinement")}
+
+    def job(rule: str, **arguments) -> list[str]:
+        return [sys.executable, "-m", "snakescope.stages", rule, json.dumps(arguments)]
+
     return {
-        "import": [*cli, "import", "--batch", "b0000", "--sources", sources, "--settings", "{}", "--out", str(work / "import")],
-        "quality": [*cli, "quality", "--manifest", str(work / "import" / "manifest.json"), "--out", str(work / "quality.json")],
-        "check": [*cli, "check-model", "--settings", model, "--cache-dir", str(work.parent / "cache"), "--out", str(work / "check.json")],
-        "infer": [*cli, "infer", "--manifest", str(work / "import" / "manifest.json"), "--settings", model,
-                  "--model-check", str(work / "check.json"), "--out", str(work / "inference"), "--threads", "2"],
-        "postprocess": [*cli, "postprocess", "--manifest", str(work / "import" / "manifest.json"),
-                        "--inference", str(work / "inference" / "manifest.json"), "--settings", "{}",
-                        "--model-settings", channels, "--out", str(work / "segmentation")],
-        "reference": [*cli, "quality-reference", "--quality", str(work / "quality.json"), "--out", str(work / "reference.json")],
-        "review": [*cli, "review", "--manifest", str(work / "import" / "manifest.json"), "--quality", str(work / "quality.json"),
-                   "--inference", str(work / "inference" / "manifest.json"), "--segmentation", str(work / "segmentation"),
-                   "--knowledge-base", str(ROOT / "config" / "knowledge_base.yaml"), "--settings", "{}",
-                   "--model-settings", channels, "--schema", str(ROOT / "workflow" / "schemas" / "review.schema.json"),
-                   "--reference", str(work / "reference.json"), "--out", str(work / "review")],
-        "gallery": [*cli, "gallery", "--manifest", str(work / "import" / "manifest.json"), "--segmentation", str(work / "segmentation"),
-                    "--review", str(work / "review"), "--model-settings", channels, "--reference", str(work / "reference.json"),
-                    "--out", str(work / "gallery.json")],
+        "import": job("import_batch", batch="b0000", imported=paths["import"], settings={},
+                      sources=[{"sample_id": "field", "path": str(source), "metadata": {"cell_line": "U2OS"}}]),
+        "quality": job("quality_metrics", imported=paths["import"], quality=str(work / "quality.json")),
+        "check": job("check_model", settings=model, cache_dir=str(work.parent / "cache"), model_check=str(work / "check.json")),
+        "infer": job("infer", imported=paths["import"], settings=model, model_check=str(work / "check.json"),
+                     inference=paths["inference"], threads=2),
+        "postprocess": job("postprocess", imported=paths["import"], inference=paths["inference"], settings={},
+                           channels=channels, segmentation=paths["segmentation"]),
+        "reference": job("quality_reference", quality=[str(work / "quality.json")], imported=[paths["import"]],
+                         plate_column="plate", reference=str(work / "reference.json")),
+        "review": job("review", imported=paths["import"], quality=str(work / "quality.json"), inference=paths["inference"],
+                      segmentation=paths["segmentation"], knowledge_base=str(ROOT / "config" / "knowledge_base.yaml"),
+                      settings={}, channels=channels, schema=str(ROOT / "workflow" / "schemas" / "review.schema.json"),
+                      reference=str(work / "reference.json"), review=paths["review"], llm_runtime={},
+                      cache_dir=str(work.parent / "cache")),
+        "refinement": job("refinement", imported=paths["import"], quality=str(work / "quality.json"), inference=paths["inference"],
+                          segmentation=paths["segmentation"], review=paths["review"], refinement=paths["refinement"],
+                          knowledge_base=str(ROOT / "config" / "knowledge_base.yaml"), settings={}, channels=channels,
+                          refine={"enabled": False}, count_tolerance=0.2, cell_line_column="cell_line"),
+        "gallery": job("gallery", imported=paths["import"], refinement=paths["refinement"], settings={}, channels=channels,
+                       reference=str(work / "reference.json"), gallery=str(work / "gallery.json")),
     }
 
 
@@ -92,7 +101,7 @@ def timed(command: list[str], log: Path) -> tuple[float, float]:
     with open(log, "w") as handle:
         result = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", str(stats), *command], stdout=handle, stderr=handle, env=env)
     if result.returncode != 0:
-        raise RuntimeError(f"{command[3]} failed (exit {result.returncode}); see {log}")
+        raise RuntimeError(f"{command[3]} failed (exit {result.returncode}); see {log}")  # command[3]: the rule
     wall, kb = stats.read_text().split()[-2:]
     return float(wall), int(kb) / 1024**2
 
@@ -115,7 +124,7 @@ def main() -> None:
         source = write_input(tmp, size)
         steps = commands(work, source)
         megapixels = size * size / 1e6
-        for stage in ("import", "quality", "check", "infer", "postprocess", "reference", "review", "gallery"):
+        for stage in ("import", "quality", "check", "infer", "postprocess", "reference", "review", "refinement", "gallery"):
             if stage in per_pixel and per_pixel[stage] * size * size / 1024**3 > args.max_rss_gb:
                 print(f"{size:>6}² {stage:<12} skipped: about {per_pixel[stage] * size * size / 1024**3:.1f} GB expected "
                       f"(> --max-rss-gb {args.max_rss_gb:g})", flush=True)

@@ -32,7 +32,8 @@ def main() -> None:
     from snakescope.inputs import read_sample_sheet
     from snakescope.quality import quality_batch
     from snakescope.records import write_json
-    from snakescope.refinement import final_segmentation
+    from snakescope.knowledge import load_knowledge_base
+    from snakescope.refinement import refine_batch
     from snakescope.review import review_batch
     from snakescope.segmentation import postprocess_batch
     from snakescope.instances import object_f1
@@ -66,18 +67,23 @@ def main() -> None:
         seg = root / f"seg-{len(start)}-{abs(hash(name)) % 1000}"
         postprocess_batch(root / "import" / "manifest.json", root / "inference" / "manifest.json",
                           PostprocessSettings.from_config(start), ("DAPI",), seg)
-        out = root / f"review-{seg.name}"
-        doc = review_batch(root / "import" / "manifest.json", root / "quality.json", root / "inference" / "manifest.json", seg,
+        reviewed, out = root / f"review-{seg.name}", root / f"refinement-{seg.name}"
+        review_batch(root / "import" / "manifest.json", root / "quality.json", root / "inference" / "manifest.json", seg,
                            ROOT / "config" / "knowledge_base.yaml",
                            {"backend": "ollama", "llm": {"endpoint": host, "model": args.model,
                                                          "prompt": str(ROOT / "config" / "prompts" / "review_v1.txt")}},
-                           ("DAPI",), out, cache_dir=root / "cache", postprocess=start)
+                           ("DAPI",), reviewed, cache_dir=root / "cache")
+        doc = refine_batch(root / "import" / "manifest.json", root / "quality.json", root / "inference" / "manifest.json", seg,
+                           reviewed, out, PostprocessSettings.from_config(start), ("DAPI",),
+                           {"enabled": True, "max_iterations": 3, "split_min_distance": [0.15, 1.5],
+                            "min_object_area_fraction": [0.05, 0.5]}, 0.2,
+                           load_knowledge_base(ROOT / "config" / "knowledge_base.yaml"))
         before, after, err_before, err_after, refined = [], [], [], [], 0
         for review in doc["reviews"]:
             uid = review["unit_id"]
             truth = tifffile.imread(root / "data" / "truth" / f"{uid}.tif")
             first = tifffile.imread(seg / f"{uid}.labels.ome.tif")
-            chosen = final_segmentation(uid, review, seg, out)
+            chosen = doc["segmentation"][uid]
             final = tifffile.imread(chosen["labels"])
             refined += chosen["refined"]
             before.append(object_f1(first, truth)["f1"])

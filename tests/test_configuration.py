@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required
 
-SCHEMA = json.loads((ROOT / "workflow" / "schemas" / "config.schema.json").read_text())
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 NO_DEFAULT = object()
 
 
@@ -22,8 +22,8 @@ def schema_default(path: list[str]):
     return node.get("default", NO_DEFAULT)
 
 
-def documented_defaults() -> dict[tuple[str, ...], str]:
-    """{key path: default cell} from every `| key | default | ...` table of config/README.md."""
+def documented_rows() -> dict[tuple[str, ...], tuple[str, str]]:
+    """{key path: (default cell, meaning)} from every `| key | default | meaning |` table of config/README.md."""
     rows: dict[tuple[str, ...], str] = {}
     section: list[str] = []
     for line in (ROOT / "config" / "README.md").read_text().splitlines():
@@ -35,8 +35,16 @@ def documented_defaults() -> dict[tuple[str, ...], str]:
             section = ["(not a key table)"]
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and re.fullmatch(r"`[\w.]+`", cells[0]) and section != ["(not a key table)"]:
-            rows[tuple(section + cells[0].strip("`").split("."))] = cells[1]
+            rows[tuple(section + cells[0].strip("`").split("."))] = (cells[1], "|".join(cells[2:]).strip())
     return rows
+
+
+def documented_defaults() -> dict[tuple[str, ...], str]:
+    return {path: default for path, (default, _) in documented_rows().items()}
+
+
+def documented_meanings() -> dict[tuple[str, ...], str]:
+    return {path: meaning for path, (_, meaning) in documented_rows().items()}
 
 
 def test_every_documented_default_is_the_applied_default():
@@ -87,9 +95,8 @@ def test_required_keys_are_named_and_nulls_take_defaults():
 
 def test_job_environment_puts_the_package_first_once(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/pkg:/other")
-    env = job_environment("python3", "/pkg", llm_runtime="{}", cache_dir="c")
-    assert env == {"SNAKESCOPE_PYTHON": "python3", "PYTHONPATH": "/pkg:/other", "SNAKESCOPE_LLM_RUNTIME": "{}",
-                   "SNAKESCOPE_CACHE_DIR": "c"}
+    assert job_environment("/pkg") == {"PYTHONPATH": "/pkg:/other"}
+    assert job_environment("/new") == {"PYTHONPATH": "/new:/pkg:/other"}
 
 
 def test_every_runtime_dependency_is_in_a_stage_env():
@@ -105,8 +112,63 @@ def test_every_runtime_dependency_is_in_a_stage_env():
 
 
 def test_keys_of_earlier_versions_say_what_to_write_instead():
-    schema = json.loads((ROOT / "workflow" / "schemas" / "config.schema.json").read_text())
+    schema = SCHEMA
     old = config_errors({"review": {"backend": "ollama", "ollama": {"host": "gpu01"}}}, schema)
     assert "config key 'review.ollama' was renamed: write review.llm (with review.backend: ollama or openai)" in old
     host = config_errors({"review": {"backend": "openai", "llm": {"host": "gpu01:8000"}}}, schema)
     assert "config key 'review.llm.host' was renamed: write review.llm.endpoint" in host
+
+
+def schema_keys(node=None, path=()):
+    """Every key of the schema that a README row documents: the leaves, and sections without properties of their own."""
+    node = SCHEMA if node is None else node
+    for key, value in node.get("properties", {}).items():
+        if "properties" in value:
+            yield from schema_keys(value, path + (key,))
+        else:
+            yield path + (key,), value
+
+
+def test_every_key_is_described_in_the_schema_and_the_readme_says_the_same():
+    """The schema owns the config: each key has a description (and a default unless only the user can say it), and
+    config/README.md's row for it gives that default and that description word for word."""
+    rows = documented_meanings()
+    keys = dict(schema_keys())
+    assert len(keys) > 80
+    for path, node in keys.items():
+        dotted = ".".join(path)
+        assert node.get("description"), f"schema key {dotted} has no description"
+        assert "default" in node or path in (("dataset",), ("model", "source")), f"schema key {dotted} has no default"
+        assert path in rows, f"config/README.md has no row for {dotted}"
+        assert rows[path] == node["description"], f"{dotted}: README says {rows[path]!r}, the schema {node['description']!r}"
+    assert set(rows) <= set(keys), sorted(set(rows) - set(keys))
+
+
+@pytest.mark.parametrize("section, settings", [
+    (("import",), "ImportSettings"), (("model",), "ModelSettings"), (("postprocess",), "PostprocessSettings"),
+    (("review", "thresholds"), "ReviewThresholds"), (("report",), "GallerySettings"), (("report",), "ReportSettings"),
+    (("watch",), "WatchSettings"), (("review", "llm"), "LLMSettings")])
+def test_settings_classes_take_the_schemas_defaults(section, settings):
+    """A stage called without the workflow (tests, watch mode, benches) behaves as one called through it."""
+    import dataclasses
+
+    import snakescope.llm.settings
+    import snakescope.settings
+
+    cls = getattr(snakescope.settings, settings, None) or getattr(snakescope.llm.settings, settings)
+    node = SCHEMA
+    for key in section:
+        node = node["properties"][key]
+    compared = 0
+    for field in dataclasses.fields(cls):
+        schema_node = node["properties"].get(field.name) or (SCHEMA["properties"].get(field.name) if field.name == "reader" else None)
+        if schema_node is None or "default" not in schema_node:
+            continue
+        expected = schema_node["default"]
+        if "properties" in schema_node:  # a section: its keys' own defaults
+            expected = {k: v["default"] for k, v in schema_node["properties"].items()}
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        default = list(default) if isinstance(default, tuple) else default
+        assert default == expected, f"{settings}.{field.name}: {default!r}, schema {'.'.join(section)}: {expected!r}"
+        compared += 1
+    assert compared >= 1

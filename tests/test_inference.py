@@ -170,8 +170,6 @@ def test_a_model_channel_picked_by_index_beside_a_nuclear_stain_is_warned():
 
 def test_a_model_that_fails_its_own_test_is_refused_with_the_reason(demo_dir, tmp_path):
     import shutil
-    import subprocess
-    import sys
 
     broken = tmp_path / "broken-model"
     shutil.copytree(demo_dir / "model", broken)
@@ -186,10 +184,12 @@ def test_a_model_that_fails_its_own_test_is_refused_with_the_reason(demo_dir, tm
     record = check_model(ModelSettings(source=str(broken / "bioimageio.yaml")), tmp_path / "cache")
     assert record["test"]["status"] != "passed" and record["test"]["failed_checks"]
     assert not list((tmp_path / "cache").rglob("*.json")), "a failed test must not be cached"
-    result = subprocess.run([sys.executable, "-m", "snakescope.cli", "check-model", "--settings",
-                             '{"source": "%s"}' % (broken / "bioimageio.yaml"), "--cache-dir", str(tmp_path / "c2"),
-                             "--out", str(tmp_path / "check.json")], capture_output=True, text=True)
-    assert result.returncode != 0 and "model.source" in result.stderr and "did not pass" in result.stderr
+    from snakescope.inference import run_check
+
+    with pytest.raises(SystemExit) as stopped:  # the rule check_model's job stops with the reason
+        run_check(settings=ModelSettings(source=str(broken / "bioimageio.yaml")), cache_dir=str(tmp_path / "c2"),
+                  model_check=str(tmp_path / "check.json"))
+    assert "model.source" in str(stopped.value) and "did not pass" in str(stopped.value)
     assert not (tmp_path / "check.json").exists()
 
 

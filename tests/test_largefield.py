@@ -119,7 +119,7 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
 
     from PIL import Image
 
-    from snakescope import acquisition, blocks
+    from snakescope import blocks, images
     from snakescope.report.gallery import gallery_batch
     from snakescope.settings import GallerySettings
     from snakescope.quality import channel_metrics, quality_one
@@ -133,7 +133,7 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
     (field["folder"] / "for_gallery" / "unit.labels.ome.tif").rename(out / "segmentation" / "unit.labels.ome.tif")
     write_json(out / "manifest.json", {"batch": "b0000", "units": [{**field["unit"], "sample_id": "mosaic"}]})
     monkeypatch.setattr(blocks, "LARGE_SIDE", 512)
-    monkeypatch.setattr(acquisition, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
+    monkeypatch.setattr(images, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
     from snakescope.inference import pooled_pixels
 
     pooled = pooled_pixels([out / "manifest.json"], ("DAPI",), per_unit=5000)
@@ -141,7 +141,8 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
     assert set(np.unique(pooled)) <= set(np.unique(tifffile.imread(field["unit"]["image_path"])[0]).astype(np.float32))
     metrics, failure = quality_one(field["unit"], "b0000")
     assert failure is None and metrics["second"]["median"] == whole["median"] and metrics["second"]["blur"] == pytest.approx(whole["blur"])
-    doc = gallery_batch(out / "manifest.json", out / "segmentation", out / "review", ("DAPI",), GallerySettings(), out / "gallery.json")
+    final = {"unit": {"labels": str(out / "segmentation" / "unit.labels.ome.tif")}}  # the refinement stage's final labels
+    doc = gallery_batch(out / "manifest.json", final, ("DAPI",), GallerySettings(), out / "gallery.json")
     assert not doc["failures"], doc["failures"]
     image = doc["images"]["unit"]
     assert image["outlines"] and image["scale_bar_um"]

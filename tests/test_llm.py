@@ -25,13 +25,11 @@ SUMMARY_PROMPT = str(ROOT / "config" / "prompts" / "summary_v1.txt")
 KB = ROOT / "config" / "knowledge_base.yaml"
 
 
-def run_review(batch, out: Path, host: str, cache: Path | None = None, postprocess: dict | None = None,
-               backend: str = "ollama", **llm):
+def run_review(batch, out: Path, host: str, cache: Path | None = None, backend: str = "ollama", **llm):
     root = batch["root"]
     settings = {"backend": backend, "llm": {"endpoint": host, "prompt": PROMPT, "timeout_s": 30, **llm}}
     return review_batch(root / "import" / "manifest.json", root / "quality.json", root / "inference" / "manifest.json",
-                        root / "segmentation", KB, settings, ("DAPI",), out, cache_dir=cache or out / "cache",
-                        postprocess=postprocess or {})
+                        root / "segmentation", KB, settings, ("DAPI",), out, cache_dir=cache or out / "cache")
 
 
 def by_unit(doc):
@@ -254,6 +252,8 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
     from snakescope.records import write_json
     from snakescope.segmentation import postprocess_batch
     from snakescope.instances import object_f1
+    from snakescope.knowledge import load_knowledge_base
+    from snakescope.refinement import refine_batch
     from snakescope.settings import PostprocessSettings
 
     sheet = write_fields(clustered_fields(2, seed=900), tmp_path / "data")
@@ -267,12 +267,16 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
                       PostprocessSettings.from_config(start), ("DAPI",), tmp_path / "seg")
     settings = {"backend": "ollama", "llm": {"endpoint": fake_llm.host, "prompt": PROMPT, "refine": {"max_iterations": 3}}}
     if large:
-        from snakescope import acquisition, blocks
+        from snakescope import blocks, images
 
         monkeypatch.setattr(blocks, "LARGE_SIDE", 100)
-        monkeypatch.setattr(acquisition, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
-    doc = review_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json", tmp_path / "inference" / "manifest.json",
-                       tmp_path / "seg", KB, settings, ("DAPI",), tmp_path / "out", cache_dir=tmp_path / "cache", postprocess=start)
+        monkeypatch.setattr(images, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
+    review_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json", tmp_path / "inference" / "manifest.json",
+                 tmp_path / "seg", KB, settings, ("DAPI",), tmp_path / "review", cache_dir=tmp_path / "cache")
+    doc = refine_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json", tmp_path / "inference" / "manifest.json",
+                       tmp_path / "seg", tmp_path / "review", tmp_path / "out", PostprocessSettings.from_config(start), ("DAPI",),
+                       {"enabled": True, "max_iterations": 3, "split_min_distance": [0.15, 1.5],
+                        "min_object_area_fraction": [0.05, 0.5]}, 0.2, load_knowledge_base(KB))
     if large:
         for review in doc["reviews"]:
             assert review["status"] == "reviewed" and review["count_check"]["estimated"] > review["count_check"]["segmented"]
@@ -290,6 +294,9 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
         after = object_f1(tifffile.imread(tmp_path / "out" / f"{uid}.labels.ome.tif"), truth)["f1"]
         assert after > before + 0.2, (uid, before, after)
         assert review["count_check"]["segmented"] == refinement["summary"]["object_count"]
+        final = doc["segmentation"][uid]  # the final labels: the refined ones, decided here once
+        assert final["refined"] and final["labels"] == str(tmp_path / "out" / f"{uid}.labels.ome.tif")
+        assert final["summary"] == refinement["summary"]
     refined_rows = (tmp_path / "out" / "refined_objects.csv").read_text().splitlines()
     assert len(refined_rows) - 1 == sum(r["refinement"]["summary"]["object_count"] for r in doc["reviews"])
 

@@ -83,8 +83,9 @@ def test_gallery_images_are_small_webp_with_outlines(demo_batch):
     from snakescope.settings import GallerySettings
 
     root = demo_batch["root"]
-    doc = gallery_batch(root / "import" / "manifest.json", root / "segmentation", root / "no-review", ("DAPI",),
-                        GallerySettings(thumbnail_px=128), root / "gallery.json")
+    final = {path.name.split(".")[0]: {"labels": str(path)} for path in (root / "segmentation").glob("*.labels.ome.tif")}
+    doc = gallery_batch(root / "import" / "manifest.json", final, ("DAPI",), GallerySettings(thumbnail_px=128),
+                        root / "gallery.json")
     assert len(doc["images"]) == 7  # every unit of the batch
     assert doc["failures"] == []
     for uid, images in doc["images"].items():

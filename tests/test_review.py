@@ -8,7 +8,8 @@ import yaml
 from conftest import ROOT
 from snakescope.demo import DEMO_FIELDS, render_field
 from snakescope.quality import channel_metrics
-from snakescope.review import expected_diameter, load_schema, review_unit, validate_review
+from snakescope.review import load_schema, review_unit, validate_review
+from snakescope.knowledge import expected_diameter
 from snakescope.settings import ReviewThresholds
 from snakescope.instances import segment_unit
 from snakescope.settings import PostprocessSettings

@@ -182,7 +182,7 @@ def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_blo
     from skimage.measure import regionprops
 
     from conftest import SHARED, needs_shared
-    from snakescope import segmentation
+    from snakescope import instances as segmentation
 
     if rows_per_block:
         monkeypatch.setattr(segmentation, "ROWS_PER_BLOCK", rows_per_block)

@@ -18,7 +18,7 @@ from snakescope.settings import (  # noqa: E402
     PostprocessSettings,
     ReportSettings,
 )
-from snakescope.stages import LLM_RUNTIME_KEYS  # noqa: E402
+from snakescope.stages import LLM_RUNTIME_KEYS, as_params, canonical  # noqa: E402
 from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
 from snakescope.costs import job_mem_mb  # noqa: E402
 from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
@@ -29,7 +29,7 @@ from snakescope.progress import run_summary_message  # noqa: E402
 # The keys a user must set first, then one readable line per schema problem, then the schema's defaults
 # (snakescope.configuration.check_config, which `snakescope watch` uses too).
 try:
-    check_config(config, workflow.source_path("../schemas/config.schema.json"))
+    check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 except ConfigError as err:
     raise WorkflowError(f"snakescope: {err}")
 
@@ -65,7 +65,7 @@ if not Path(KNOWLEDGE_BASE).is_file():
     raise WorkflowError(f"snakescope: knowledge base not found: {KNOWLEDGE_BASE} (config key review.knowledge_base)")
 
 # Jobs import the package beside the rules (for --sdm conda environments too, which do not install it).
-os.environ.update(job_environment(package_dir=WORKFLOW_DIR))
+os.environ.update(job_environment(WORKFLOW_DIR))
 B = BatchPaths(R, "{batch}")  # where each stage keeps a batch: the rules' outputs
 
 
@@ -92,15 +92,16 @@ def batch_source_records(wildcards):
     return [{"sample_id": s.sample_id, "path": s.path, "metadata": s.metadata} for s in BATCHES[wildcards.batch]]
 
 
-# Settings parsed once, passed to the stage functions as params (a changed value reruns what depends on it).
-IMPORT_SETTINGS = ImportSettings.from_config(config["import"], reader=config["reader"])
-MODEL_SETTINGS = ModelSettings.from_config(config["model"])
-INFER_SETTINGS = ModelSettings.from_config({**config["model"], "run_test": True})  # the test does not change predictions
-POSTPROCESS_SETTINGS = PostprocessSettings.from_config(config["postprocess"])
-GALLERY_SETTINGS = GallerySettings.from_config(config["report"])
-REPORT_SETTINGS = ReportSettings.from_config(config["report"])
-CHANNELS = tuple(config["model"]["channels"])
-POSITIONS = {k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")}
+# Settings parsed once, passed to the stage functions as params (a changed value reruns what depends on it;
+# snakescope.stages.as_params: plain canonical dicts, which the job turns back into the settings classes).
+IMPORT_SETTINGS = as_params(ImportSettings.from_config(config["import"], reader=config["reader"]))
+MODEL_SETTINGS = as_params(ModelSettings.from_config(config["model"]))
+INFER_SETTINGS = {**MODEL_SETTINGS, "run_test": True}  # whether the model's test runs does not change predictions
+POSTPROCESS_SETTINGS = as_params(PostprocessSettings.from_config(config["postprocess"]))
+GALLERY_SETTINGS = as_params(GallerySettings.from_config(config["report"]))
+REPORT_SETTINGS = as_params(ReportSettings.from_config(config["report"]))
+CHANNELS = canonical(config["model"]["channels"])
+POSITIONS = canonical({k: config["report"][k] for k in ("plate_column", "well_column", "usable_verdicts")})
 
 # The review's params: what changes answers. The LLM's server settings reach jobs from the config itself
 # (snakescope.stages.LLM_RUNTIME_KEYS), so changing them reruns no review.
@@ -108,11 +109,14 @@ USES_LLM = config["review"]["backend"] in LLM_BACKENDS
 _LLM = dict(config["review"].get("llm", {}))
 for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
     _LLM[_key] = project_file(_LLM.get(_key, _default))
-REVIEW_PARAMS = {**config["review"], "llm": {k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS}}
+REVIEW_PARAMS = canonical({**config["review"], "llm": {k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS}})
 REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
 REVIEW_PARAMS.pop("corrections", None)  # a person's corrections change the final verdicts (tables), not the reviews
 if not USES_LLM:
     REVIEW_PARAMS.pop("llm")  # irrelevant without an LLM backend
+REFINE = (
+    canonical(_LLM["refine"]) if USES_LLM else {"enabled": False}
+)  # the critique's re-segmentation needs an LLM's critique
 
 
 def every_batch(name):

@@ -17,7 +17,7 @@ rule pipeline_info:
     conda:
         "../envs/analysis.yaml"
     params:
-        config=config,
+        config=canonical(config),
     script:
         "../scripts/stage.py"
 
@@ -29,6 +29,7 @@ rule tables:
         every_batch("inference"),
         every_batch("segmentation"),
         every_batch("review"),
+        every_batch("refinement"),
         corrections=review_corrections,
     output:
         units=report(R / "tables/units.csv", category="Tables", subcategory="Units", caption="../report/units.rst"),
@@ -70,11 +71,11 @@ rule tables:
     conda:
         "../envs/analysis.yaml"
     params:
+        **POSITIONS,
         batches=list(BATCHES),
         channels=CHANNELS,
         condition_column=config["review"]["condition_column"],
         dataset=config["dataset"],
-        **POSITIONS,
     script:
         "../scripts/stage.py"
 
@@ -82,8 +83,7 @@ rule tables:
 rule gallery:
     input:
         imported=B.imported,
-        segmentation=B.segmentation,
-        review=B.review,
+        refinement=B.refinement,
         reference=R / "quality/reference.json",
     output:
         gallery=B.gallery,
@@ -124,9 +124,9 @@ rule plots:
     conda:
         "../envs/analysis.yaml"
     params:
-        condition_column=config["review"]["condition_column"],
-        thresholds=config["review"]["thresholds"],
         **POSITIONS,
+        condition_column=config["review"]["condition_column"],
+        thresholds=canonical(config["review"]["thresholds"]),
     script:
         "../scripts/stage.py"
 

@@ -17,11 +17,10 @@ rule review:
     conda:
         "../envs/analysis.yaml"
     resources:
-        mem_mb=field_mem_mb("review_with_refinement" if USES_LLM else "review", 4000),
+        mem_mb=field_mem_mb("review", 4000),
         runtime=240,
     params:
         settings=REVIEW_PARAMS,
-        postprocess=POSTPROCESS_SETTINGS,
         channels=CHANNELS,
     script:
         "../scripts/stage.py"

@@ -70,26 +70,12 @@ def drop_nulls(config: dict[str, Any], keys: tuple[str, ...] = ("samples",)) -> 
             del config[key]
 
 
-def job_environment(python: str | None = None, package_dir: str | Path | None = None, llm_runtime: str | None = None,
-                    cache_dir: str | None = None) -> dict[str, str]:
-    """Environment variables through which jobs get what is not a rerun trigger and not a shell word.
-
-    ``SNAKESCOPE_PYTHON`` (the interpreter that runs the stage CLI) and ``PYTHONPATH`` (the package beside
-    the rules), the LLM server's address and timeouts and the cache folder (the CLI's defaults for
-    ``--runtime`` and ``--cache-dir``). Set in the Snakemake process, they reach local jobs and SLURM jobs.
-    """
-    env: dict[str, str] = {}
-    if python is not None:
-        env["SNAKESCOPE_PYTHON"] = python
-    if package_dir is not None:
-        current = os.environ.get("PYTHONPATH", "")
-        parts = [str(package_dir)] + [p for p in current.split(os.pathsep) if p and p != str(package_dir)]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
-    if llm_runtime is not None:
-        env["SNAKESCOPE_LLM_RUNTIME"] = llm_runtime
-    if cache_dir is not None:
-        env["SNAKESCOPE_CACHE_DIR"] = cache_dir
-    return env
+def job_environment(package_dir: str | Path) -> dict[str, str]:
+    """``PYTHONPATH`` with the package beside the rules first (once): set in the Snakemake process, it reaches local
+    and SLURM jobs, and lets ``--sdm conda`` environments, which do not install snakescope, import it."""
+    current = os.environ.get("PYTHONPATH", "")
+    parts = [str(package_dir)] + [p for p in current.split(os.pathsep) if p and p != str(package_dir)]
+    return {"PYTHONPATH": os.pathsep.join(parts)}
 
 
 class ConfigError(ValueError):
@@ -108,8 +94,7 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     """Check a merged configuration in place, as the workflow does before planning anything: the keys a user must
     set first (config/config.yaml leaves them null), then one readable line per schema problem; then Snakemake's
     ``validate`` fills in the schema's defaults. Raises :class:`ConfigError` naming every problem."""
-    import json
-
+    import yaml
     from snakemake.utils import validate
 
     problems = unset_required(config)
@@ -117,7 +102,7 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
         raise ConfigError("the configuration is missing what only you can say (copy config/config.yaml, see "
                           "config/README.md; the demo is config/demo.yaml):\n  " + "\n  ".join(problems))
     drop_nulls(config)
-    problems = config_errors(config, json.loads(Path(schema_path).read_text(encoding="utf-8")))
+    problems = config_errors(config, yaml.safe_load(Path(schema_path).read_text(encoding="utf-8")))
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     validate(config, schema=str(schema_path))
@@ -132,5 +117,5 @@ def load_config(config_files: list[str | Path], project_dir: str | Path) -> dict
     config: dict[str, Any] = yaml.safe_load((project / "config" / "config.yaml").read_text(encoding="utf-8")) or {}
     for path in config_files:
         config = _merged(config, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
-    check_config(config, project / "workflow" / "schemas" / "config.schema.json")
+    check_config(config, project / "workflow" / "schemas" / "config.schema.yaml")
     return config

@@ -21,7 +21,7 @@ STAGE_MEMORY = {
     "infer": (600, 16),
     "postprocess": (300, 55),
     "review": (300, 8),
-    "review_with_refinement": (300, 55),  # the LLM's critique may re-run post-processing (not on large fields)
+    "refinement": (300, 55),  # the LLM's critique may re-run post-processing (not on large fields)
     "gallery": (300, 12),
 }
 HEADROOM = 1.25

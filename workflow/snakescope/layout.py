@@ -19,41 +19,31 @@ def schema_path(name: str) -> Path:
     return SCHEMAS_DIR / f"{name}.schema.json"
 
 
+# Where each stage keeps one batch, under <results>/<dataset>/ (the README's "Outputs" table).
+BATCH_OUTPUTS = {
+    "imported": "import/{batch}",
+    "quality": "quality/{batch}.json",
+    "inference": "inference/{batch}",
+    "segmentation": "segmentation/{batch}",
+    "review": "review/{batch}",
+    "refinement": "refinement/{batch}",
+    "gallery": "report/gallery/{batch}.json",
+}
+
+
 @dataclass(frozen=True)
 class BatchPaths:
-    """Where each stage keeps one batch under ``results`` (``<results>/<dataset>``). The rules declare their outputs
-    with it (``batch`` is then Snakemake's ``{batch}`` wildcard); the tables and watch mode find the files with it."""
+    """The outputs of one batch under ``results`` (``<results>/<dataset>``), by the names of :data:`BATCH_OUTPUTS`
+    (``paths.imported``, ``paths.quality``, ...). The rules declare their outputs with it (``batch`` is then
+    Snakemake's ``{batch}`` wildcard); the tables and watch mode find the files with it."""
 
     results: Path
     batch: str
 
-    @property
-    def imported(self) -> Path:
-        return self.results / "import" / self.batch
-
-    @property
-    def quality(self) -> Path:
-        return self.results / "quality" / f"{self.batch}.json"
-
-    @property
-    def inference(self) -> Path:
-        return self.results / "inference" / self.batch
-
-    @property
-    def segmentation(self) -> Path:
-        return self.results / "segmentation" / self.batch
-
-    @property
-    def review(self) -> Path:
-        return self.results / "review" / self.batch
-
-    @property
-    def refinement(self) -> Path:
-        return self.results / "refinement" / self.batch
-
-    @property
-    def gallery(self) -> Path:
-        return self.results / "report" / "gallery" / f"{self.batch}.json"
+    def __getattr__(self, name: str) -> Path:
+        if name not in BATCH_OUTPUTS:
+            raise AttributeError(f"no stage output {name!r} (snakescope.layout.BATCH_OUTPUTS)")
+        return Path(self.results) / BATCH_OUTPUTS[name].format(batch=self.batch)
 
 
 def manifest(folder: str | Path) -> Path:

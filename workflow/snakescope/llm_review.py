@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .records import LABELS_SUFFIX, read_json, write_json
+from .records import read_json, write_json
 from .llm.client import ChatClient, public_endpoint
 from .llm.backends import connect
 from .llm.guardrails import check_claims, combine
@@ -104,7 +104,7 @@ def llm_session(settings: LLMSettings, log_path: Path | None = None) -> Iterator
 
 
 def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], settings: LLMSettings, cache_dir: str | Path,
-                     out_dir: Path, postprocess: Any, count_tolerance: float,
+                     out_dir: Path, count_tolerance: float,
                      session: LLMSession | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Review units with the model; ``context[unit_id]`` holds rules review, metrics, summary, paths, expected range.
 
@@ -114,18 +114,14 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     """
     if session is None:
         with llm_session(settings, out_dir / "llm-server.log") as opened:
-            return llm_review_units(units, context, settings, cache_dir, out_dir, postprocess, count_tolerance, opened)
-    import numpy as np
+            return llm_review_units(units, context, settings, cache_dir, out_dir, count_tolerance, opened)
     import tifffile
 
-    from .images import read_unit
     from .blocks import is_large
-    from .rendering import large_view
-    from .channels import model_channels, select_channels
-    from .refinement import refine_segmentation, refinement_direction
-    from .rendering import overlay_png, scale_bar_um
-    from .instances import OBJECT_COLUMNS, calibrated
-    from .images import write_labels
+    from .channels import select_channels
+    from .images import read_unit
+    from .instances import calibrated
+    from .rendering import large_view, scale_bar_um
 
     template = Path(settings.prompt).read_text(encoding="utf-8")
     schema = read_json(ANSWER_SCHEMA_PATH)
@@ -134,7 +130,6 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     inputs = out_dir / INPUTS_FOLDER
     inputs.mkdir(parents=True, exist_ok=True)
     reviews = []
-    refined_rows: list[dict[str, Any]] = []
     client, info, checked, run = session.client, session.info, session.checked, dict(session.run)
     # 1. what each unit sends (read, render, prompt, cache key), in unit order; each request leaves as soon as
     #    its unit is ready, up to max_concurrency in flight; answers are matched to units, not to arrival order
@@ -152,11 +147,8 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                 image, edges, factor = large_view(unit, ctx["channels"], ctx["labels_path"], 512)
                 images = review_images(image, None, pixel[1] * factor if pixel else None, settings.images_per_request, edges)
                 field_shape = tuple(unit["shape"][-2:])
-                image = segmenting = None  # no re-segmentation by critique on a large field (it would hold the whole field)
             else:
-                full = read_unit(unit["image_path"])
-                image = select_channels(full, unit["channel_names"], ctx["channels"])[0]  # shown as imported
-                segmenting = model_channels(full, unit, ctx["channels"])[0]  # what post-processing looks at
+                image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], ctx["channels"])[0]  # as imported
                 labels = tifffile.imread(ctx["labels_path"])
                 images = review_images(image, labels, pixel[1] if pixel else None, settings.images_per_request)
                 field_shape = image.shape
@@ -169,7 +161,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             for name, data in zip(sent, images):
                 (out_dir / name).write_bytes(data)
             (inputs / f"{uid}.prompt.txt").write_text(prompt, encoding="utf-8")
-            prepared[uid] = {"pixel": pixel, "image": image, "segmenting": segmenting, "prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
+            prepared[uid] = {"prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
             if prepared[uid]["cached"] is None:
                 futures[pool.submit(ask_timed, client, prompt, images, schema)] = uid
     except BaseException:
@@ -177,7 +169,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
         raise
     # 2. every answer, or the first error that makes the server unusable (the requests not yet sent are cancelled)
     answers = collect_answers(futures, pool)
-    # 3. checks, refinement and the review record, in unit order
+    # 3. checks and the review record, in unit order (the critique's re-segmentation is the refinement stage's)
     base_provenance = {"backend": info.backend, "endpoint": run["endpoint"], "server_version": info.server_version,
                        "model": settings.model, "model_id": info.model_id, "options": settings.options,
                        "structured_output": run["structured_output"], "selftest_passed_at": checked.get("checked_at"),
@@ -197,7 +189,6 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             reviews.append(rules_only(rules, "unreviewed", None, "not sent to the LLM"))
             continue
         job = prepared[uid]
-        pixel, image, segmenting = job["pixel"], job["image"], job["segmenting"]
         prompt, key, cached = job["prompt"], job["key"], job["cached"]
         provenance = {**base_provenance, "prompt_sha256": sha256(prompt), "cache_key": key, "cache_hit": cached is not None,
                       "sent_images": job["sent"], "sent_prompt": f"{INPUTS_FOLDER}/{uid}.prompt.txt"}
@@ -219,25 +210,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
         write_json(inputs / f"{uid}.answer.json", answer)  # the model's own answer, before any check (fine-tuning export)
         provenance["answer"] = f"{INPUTS_FOLDER}/{uid}.answer.json"
         flags = check_claims(answer, rules, ctx["metrics"], ctx["summary"], count_tolerance)
-        refinement: dict[str, Any] = {"applied": False}
         summary = ctx["summary"]
-        direction = refinement_direction(answer, summary)
-        if direction and image is None:
-            refinement["reason"] = "not run: the field is larger than the stages' block size"
-        elif settings.refine.get("enabled", True) and direction and ctx.get("probability_path"):
-            probability = np.load(ctx["probability_path"]).astype(np.float32)
-            result = refine_segmentation(probability, segmenting, pixel, postprocess, answer["estimated_count"], ctx["expected"],
-                                         settings.refine, direction, uid, measured=image)
-            refinement = {"applied": result["improved"], "direction": "split more" if direction > 0 else "split less",
-                          "target_count": result["target_count"], "attempts": result["attempts"],
-                          "best_settings": result["best_settings"]}
-            if result["improved"]:
-                summary = result["summary"]
-                refinement["summary"] = summary
-                write_labels(out_dir / f"{uid}{LABELS_SUFFIX}", result["labels"], unit)
-                (out_dir / f"{uid}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1] if pixel else None))
-                refined_rows.extend(result["objects"])
-                flags = check_claims(answer, rules, ctx["metrics"], summary, count_tolerance)
         verdict, issues = combine(rules, answer, flags)
         reviews.append({
             "unit_id": uid,
@@ -258,7 +231,6 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             "summary": answer["summary"][:2000],
             "flags": flags,
             "second_opinion": {"verdict": rules["verdict"], "issues": rules["issues"]},
-            "refinement": refinement,
         })
         print(f"[review] {uid}: {verdict} (LLM {answer['verdict']}, rules {rules['verdict']}, "
               f"{len(flags)} flag(s){', cached' if cached else ''})", file=sys.stderr)
@@ -266,12 +238,6 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     if settings.on_unreachable == "fail" and attempted and not any(r["status"] == "reviewed" for r in attempted):
         # the server answers, but nothing it said was usable: with on_unreachable: fail that is no success either
         raise LLMUnavailable(f"the LLM gave no valid answer for any of {len(attempted)} unit(s): {attempted[0]['summary'][:300]}")
-    import csv
-
-    with open(out_dir / "refined_objects.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(refined_rows)
     write_json(out_dir / "llm_run.json", run)
     return reviews, run
 

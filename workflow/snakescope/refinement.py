@@ -1,35 +1,25 @@
-"""Critique that acts, and the one place that decides which segmentation is final.
+"""Stage 5b, refinement: critique that acts, and the one place that decides which segmentation and review are final.
 
 When the LLM's critique names a segmentation problem and its count points the same way, a bounded search over
-post-processing settings runs in the review job (:func:`refine_segmentation`); an improved result is written into
-the review's folder (labels, overlay, ``refined_objects.csv``) and recorded in the review's ``refinement``.
-Every later stage (tables, gallery, report) asks :func:`final_segmentation` which labels, overlay, summary and
-objects are final, instead of deciding it for itself.
+post-processing settings (:func:`refine_segmentation`) re-segments the field; an improved result is written to
+``refinement/<batch>/`` (labels, overlay, ``refined_objects.csv``), the review's count check and verdict are
+checked again against it, and the review records the attempts under ``refinement``. The stage's ``final.json``
+names, for every unit, the final review and the final labels, overlay, objects and summary: the tables and the
+gallery read them from there instead of deciding again. Without an LLM review nothing is re-segmented and the
+final segmentation is post-processing's.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .records import LABELS_SUFFIX
+from .records import LABELS_SUFFIX, read_json, write_json
+from .settings import PostprocessSettings
 
 MIN_GAIN = 0.05  # a refinement must improve the score by this much to replace the original segmentation
-
-
-def final_segmentation(uid: str, review: dict[str, Any] | None, segmentation_dir: Path, review_dir: Path,
-                       summaries: dict[str, Any] | None = None) -> dict[str, Any]:
-    """{'refined', 'labels', 'overlay', 'objects_csv', 'summary'} of a unit: the review's refined outputs when its
-    critique improved the segmentation, else post-processing's. Paths are None where a file does not exist."""
-    refinement = (review or {}).get("refinement") or {}
-    refined = bool(refinement.get("applied"))
-    folder = review_dir if refined else segmentation_dir
-    labels = folder / f"{uid}{LABELS_SUFFIX}"
-    overlay = folder / f"{uid}.overlay.png"
-    return {"refined": refined, "labels": labels if labels.is_file() else None, "overlay": overlay if overlay.is_file() else None,
-            "objects_csv": folder / ("refined_objects.csv" if refined else "objects.csv"),
-            "summary": refinement.get("summary") if refined else (summaries or {}).get(uid)}
 
 
 def refinement_direction(answer: dict[str, Any], summary: dict[str, Any] | None) -> int:
@@ -100,3 +90,115 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
 
 
 
+
+
+def refine_unit(unit: dict[str, Any], review: dict[str, Any], answer: dict[str, Any], summary: dict[str, Any] | None,
+                metrics: dict[str, float] | None, probability_path: str | None, settings: Any, refine: dict[str, Any],
+                expected: dict[str, Any], channels: tuple[str | int, ...], count_tolerance: float, out: Path) -> tuple[dict[str, Any], Any]:
+    """One LLM-reviewed unit: the review with its ``refinement`` record (and, when the critique improved the
+    segmentation, its count check, flags, verdict and issues checked again), and the refined objects or None."""
+    import numpy as np
+
+    from .blocks import is_large
+    from .channels import model_channels, select_channels
+    from .images import read_unit, write_labels
+    from .instances import calibrated
+    from .llm.guardrails import check_claims, combine
+    from .rendering import overlay_png
+
+    record: dict[str, Any] = {"applied": False}
+    direction = refinement_direction(answer, summary)
+    if not direction or not refine.get("enabled", True):
+        return {**review, "refinement": record}, None
+    if is_large(unit.get("shape")):
+        record["reason"] = "not run: the field is larger than the stages' block size"
+        return {**review, "refinement": record}, None
+    if not probability_path:
+        return {**review, "refinement": record}, None
+    full = read_unit(unit["image_path"])
+    image = select_channels(full, unit["channel_names"], channels)[0]  # what is measured: the channel as imported
+    pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
+    result = refine_segmentation(np.load(probability_path).astype(np.float32), model_channels(full, unit, channels)[0], pixel,
+                                 settings, answer["estimated_count"], expected, refine, direction, unit["unit_id"], measured=image)
+    record = {"applied": result["improved"], "direction": "split more" if direction > 0 else "split less",
+              "target_count": result["target_count"], "attempts": result["attempts"], "best_settings": result["best_settings"]}
+    if not result["improved"]:
+        return {**review, "refinement": record}, None
+    summary = record["summary"] = result["summary"]
+    uid = unit["unit_id"]
+    write_labels(out / f"{uid}{LABELS_SUFFIX}", result["labels"], unit)
+    (out / f"{uid}.overlay.png").write_bytes(overlay_png(image, result["labels"], pixel[1] if pixel else None))
+    rules = review["second_opinion"]
+    flags = check_claims(answer, rules, metrics, summary, count_tolerance)
+    verdict, issues = combine(rules, answer, flags)
+    count_check = {**review["count_check"], "segmented": summary.get("object_count"),
+                   "agrees": not any(f["check"] == "object count" for f in flags)}
+    return {**review, "verdict": verdict, "issues": issues, "flags": flags, "count_check": count_check,
+            "refinement": record}, result["objects"]
+
+
+def refine_batch(import_manifest: str | Path, quality_json: str | Path, inference_manifest: str | Path,
+                 segmentation_dir: str | Path, review_dir: str | Path, out_dir: str | Path, settings: Any,
+                 channels: tuple[str | int, ...], refine: dict[str, Any], count_tolerance: float,
+                 knowledge_base: dict[str, Any], cell_line_column: str = "cell_line") -> dict[str, Any]:
+    """Refine every LLM-reviewed unit of a batch whose critique asks for it; write ``final.json`` (the final review and
+    segmentation of every unit) and ``refined_objects.csv``."""
+    import csv
+
+    from .channels import model_channel_name
+    from .instances import OBJECT_COLUMNS
+    from .knowledge import expected_diameter
+
+    imported, quality = read_json(import_manifest), read_json(quality_json)
+    predictions = read_json(inference_manifest)["predictions"]
+    segmentation, review_dir, out = Path(segmentation_dir), Path(review_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = read_json(segmentation / "summary.json")["summaries"]
+    doc = read_json(review_dir / "reviews.json")
+    reviews, units, refined_rows = [], {}, []
+    by_unit = {u["unit_id"]: u for u in imported["units"]}
+    for review in doc["reviews"]:
+        uid = review["unit_id"]
+        unit = by_unit[uid]
+        prov = review["reviewer"].get("provenance") or {}
+        if review.get("status") == "reviewed" and review["reviewer"].get("uses_llm") and prov.get("answer"):
+            _, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, cell_line_column)
+            metrics = quality["metrics"].get(uid, {}).get(model_channel_name(unit, channels))
+            review, objects = refine_unit(unit, review, read_json(review_dir / prov["answer"]), summaries.get(uid), metrics,
+                                          predictions.get(uid, {}).get("path"), settings, refine, expected, channels,
+                                          count_tolerance, out)
+            refined_rows += objects or []
+            print(f"[refinement {imported['batch']}] {uid}: {'applied' if review['refinement']['applied'] else 'not applied'}",
+                  file=sys.stderr)
+        reviews.append(review)
+    for unit in imported["units"]:
+        uid = unit["unit_id"]
+        refinement = next((r.get("refinement") for r in reviews if r["unit_id"] == uid), None) or {}
+        folder = out if refinement.get("applied") else segmentation
+        labels, overlay = folder / f"{uid}{LABELS_SUFFIX}", folder / f"{uid}.overlay.png"
+        units[uid] = {"refined": bool(refinement.get("applied")), "labels": str(labels) if labels.is_file() else None,
+                      "overlay": str(overlay) if overlay.is_file() else None,
+                      "objects_csv": str(folder / ("refined_objects.csv" if refinement.get("applied") else "objects.csv")),
+                      "summary": refinement["summary"] if refinement.get("applied") else summaries.get(uid)}
+    with open(out / "refined_objects.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=OBJECT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(refined_rows)
+    final = {**doc, "reviews": reviews, "segmentation": units}
+    write_json(out / "final.json", final)
+    return final
+
+
+def run_refinement(*, imported: str, quality: str, inference: str, segmentation: str, review: str, knowledge_base: str,
+                   refinement: str, settings: PostprocessSettings, channels: tuple[str | int, ...], refine: dict[str, Any],
+                   count_tolerance: float, cell_line_column: str) -> None:
+    """Rule ``refinement``: the critique's bounded re-segmentation of a batch, and its final reviews and labels ->
+    ``refinement/<batch>/final.json``."""
+    from .knowledge import load_knowledge_base
+    from .layout import manifest
+    from .progress import batch_progress
+
+    doc = refine_batch(manifest(imported), quality, manifest(inference), segmentation, review, refinement, settings, channels,
+                       refine, count_tolerance, load_knowledge_base(knowledge_base), cell_line_column)
+    applied = sum(1 for r in doc["reviews"] if (r.get("refinement") or {}).get("applied"))
+    batch_progress("refinement", doc["batch"], f"{len(doc['segmentation'])} unit(s) done, {applied} re-segmented by the critique")

@@ -14,7 +14,8 @@ import numpy as np
 from . import __version__
 from .llm.settings import BACKENDS as LLM_BACKENDS  # review.backend values where a vision model reviews
 from .channels import model_channel_name
-from .settings import RELATIVE_CHECKS, PostprocessSettings, ReviewThresholds
+from .knowledge import expected_diameter, load_knowledge_base
+from .settings import RELATIVE_CHECKS, ReviewThresholds
 from .records import LABELS_SUFFIX, read_json, write_json
 from .layout import schema_path
 
@@ -42,16 +43,6 @@ def validate_review(review: dict[str, Any], schema: dict[str, Any]) -> None:
     error = jsonschema.exceptions.best_match(_VALIDATORS[key].iter_errors(review))
     if error is not None:
         raise error
-
-
-def expected_diameter(metadata: dict[str, str], knowledge_base: dict[str, Any], column: str) -> tuple[str, dict[str, Any]]:
-    """The knowledge-base range for a unit's cell line (case-insensitive), else the default range."""
-    ranges = knowledge_base.get("nucleus_diameter_um", {})
-    wanted = (metadata.get(column) or "").strip().lower()
-    for name, entry in ranges.items():
-        if name.lower() == wanted and name != "default":
-            return name, entry
-    return "default", ranges.get("default", {"min": 0.0, "max": float("inf"), "source": "none configured"})
 
 
 def _issue(kind: str, severity: str, evidence: str) -> dict[str, str]:
@@ -203,11 +194,22 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
     }
 
 
+def review_one(unit: dict[str, Any], metrics: dict[str, float] | None, summary: dict[str, Any] | None, diameters: list[float],
+               knowledge_base: dict[str, Any], thresholds: ReviewThresholds, cell_line_column: str, failure: str | None,
+               reference: dict[str, Any] | None, labels_path: Path, channels: tuple[str | int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One unit's rule-based review, and what the vision model's review of it needs (its context for
+    :func:`.llm_review.llm_review_units`): the review stage and watch mode both review a field through here."""
+    review = review_unit(unit, metrics, summary, diameters, knowledge_base, thresholds, cell_line_column, failure, reference)
+    line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, cell_line_column)
+    labels = labels_path if labels_path.is_file() and not failure else None
+    return review, {"rules": review, "metrics": metrics, "summary": summary, "expected": expected, "line": line,
+                    "channels": channels, "labels_path": labels}
+
+
 def review_batch(import_manifest: str | Path, quality_json: str | Path, inference_manifest: str | Path,
                  postprocess_dir: str | Path, knowledge_base_path: str | Path, settings: dict[str, Any],
                  channels: tuple[str | int, ...], out_dir: str | Path, schema_path: str | Path = SCHEMA_PATH,
-                 cache_dir: str | Path = ".snakescope-cache", postprocess: PostprocessSettings | None = None,
-                 reference_path: str | Path | None = None) -> dict[str, Any]:
+                 cache_dir: str | Path = ".snakescope-cache", reference_path: str | Path | None = None) -> dict[str, Any]:
     """Review every imported unit of a batch (failed ones included, as failed); validate each review.
 
     The rule-based review always runs. With an LLM backend (``ollama``, ``openai``) the vision model reviews too, its claims
@@ -216,13 +218,11 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     """
     import csv
 
-    import yaml
-
     imported = read_json(import_manifest)
     quality = read_json(quality_json)
     inference = read_json(inference_manifest)
     post = read_json(Path(postprocess_dir) / "summary.json")
-    knowledge_base = yaml.safe_load(Path(knowledge_base_path).read_text(encoding="utf-8"))
+    knowledge_base = load_knowledge_base(knowledge_base_path)
     thresholds = ReviewThresholds.from_config(settings.get("thresholds", {}))
     schema = load_schema(schema_path)
     out = Path(out_dir)
@@ -241,24 +241,19 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
         channel = model_channel_name(unit, channels)
         metrics = quality["metrics"].get(uid, {}).get(channel)
         summary = post["summaries"].get(uid)
-        review = review_unit(unit, metrics, summary, diameters.get(uid, []), knowledge_base, thresholds, column, failed.get(uid),
-                             unit_reference(references, unit.get("metadata", {}).get(references.get("plate_column", "")), channel))
+        reference = unit_reference(references, unit.get("metadata", {}).get(references.get("plate_column", "")), channel)
+        review, context[uid] = review_one(unit, metrics, summary, diameters.get(uid, []), knowledge_base, thresholds, column,
+                                          failed.get(uid), reference, Path(postprocess_dir) / f"{uid}{LABELS_SUFFIX}", channels)
         rules_reviews.append(review)
-        line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, column)
-        labels = Path(postprocess_dir) / f"{uid}{LABELS_SUFFIX}"
-        context[uid] = {"rules": review, "metrics": metrics, "summary": summary, "expected": expected, "line": line,
-                        "channels": channels, "labels_path": labels if labels.is_file() and uid not in failed else None,
-                        "probability_path": inference["predictions"].get(uid, {}).get("path")}
     doc: dict[str, Any] = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False}
     reviews = rules_reviews
     if settings.get("backend", "deterministic") in LLM_BACKENDS:
-        from .llm.batch import fallback_reviews, llm_review_units
+        from .llm_review import fallback_reviews, llm_review_units
         from .llm.settings import LLMSettings, LLMUnavailable
 
         llm = LLMSettings.from_config(settings.get("llm", {}), settings["backend"])
         try:
-            reviews, doc["llm"] = llm_review_units(imported["units"], context, llm, cache_dir, out,
-                                                   postprocess or PostprocessSettings(), thresholds.count_tolerance)
+            reviews, doc["llm"] = llm_review_units(imported["units"], context, llm, cache_dir, out, thresholds.count_tolerance)
             doc.update(backend=llm.backend, uses_llm=True)
         except LLMUnavailable as exc:
             if llm.on_unreachable == "fail":
@@ -283,8 +278,7 @@ def unit_reference(doc: dict[str, Any], plate: str | None, channel: str) -> dict
 
 
 def run_review(*, imported: str, quality: str, reference: str, inference: str, segmentation: str, knowledge_base: str,
-               schema: str, review: str, settings: dict[str, Any], postprocess: PostprocessSettings,
-               channels: tuple[str | int, ...], llm_runtime: dict[str, Any], cache_dir: str, prompt: str | None = None) -> None:
+               schema: str, review: str, settings: dict[str, Any], channels: tuple[str | int, ...], llm_runtime: dict[str, Any], cache_dir: str, prompt: str | None = None) -> None:
     """Rule ``review``: every unit of a batch reviewed by the rules, and by the vision model when configured ->
     ``review/<batch>/``. ``llm_runtime``: the ``review.llm`` keys that do not change answers (server, timeouts)."""
     from .layout import manifest
@@ -294,7 +288,7 @@ def run_review(*, imported: str, quality: str, reference: str, inference: str, s
     llm = {**settings.get("llm", {}), **llm_runtime, **({"prompt": prompt} if prompt else {})}
     try:
         doc = review_batch(manifest(imported), quality, manifest(inference), segmentation, knowledge_base, {**settings, "llm": llm},
-                           channels, review, schema, cache_dir, postprocess, reference)
+                           channels, review, schema, cache_dir, reference)
     except LLMUnavailable as exc:
         raise SystemExit(f"snakescope: {exc} (review.llm.on_unreachable: fail)") from None
     stage_progress("review", doc, len(doc["reviews"]))

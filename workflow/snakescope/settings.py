@@ -13,10 +13,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def settings_from_section(cls: type[T], section: dict[str, Any]) -> T:
-    """A settings dataclass from its config section; keys it does not hold (used by other stages) are ignored."""
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in known})
+class Section:
+    """A settings class read from its config section; keys it does not hold (another stage's) are ignored."""
+
+    @classmethod
+    def from_config(cls: type[T], section: dict[str, Any]) -> T:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in section.items() if k in known})
+
 
 
 @dataclass(frozen=True)
@@ -51,15 +55,16 @@ class ModelSettings:
     normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
     tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.tiling)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))  # a list from YAML or a param: hashable, compared as given
+
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> "ModelSettings":
-        values = dict(section)
-        values["channels"] = tuple(values.get("channels", (0,)))
-        return cls(**values)
+        return cls(**section)
 
 
 @dataclass(frozen=True)
-class PostprocessSettings:
+class PostprocessSettings(Section):
     """Config section ``postprocess``.
 
     Scales are relative to the typical nucleus of each field (estimated from the probability map, or
@@ -84,13 +89,10 @@ class PostprocessSettings:
     block_px: int = 2048  # fields with a side longer than this are processed in blocks of this size (bounded memory)
     block_overlap_px: int = 256  # context around each block: object clusters up to about this size come out whole
 
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "PostprocessSettings":
-        return settings_from_section(cls, section)
 
 
 @dataclass(frozen=True)
-class ReviewThresholds:
+class ReviewThresholds(Section):
     """Config section ``review.thresholds``: when a metric becomes an issue (see config/README.md).
 
     The quality limits were calibrated on real fields (BBBC039 and DSB2018 nuclei, untouched and with
@@ -110,26 +112,20 @@ class ReviewThresholds:
     low_solidity_fraction: float = 0.2
     count_tolerance: float = 0.2
 
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "ReviewThresholds":
-        return settings_from_section(cls, section)
 
 
 @dataclass(frozen=True)
-class GallerySettings:
+class GallerySettings(Section):
     """Config section ``report`` (the image part): sizes in pixels of the longest side, WebP quality."""
 
     thumbnail_px: int = 160
     detail_px: int = 384
     image_quality: int = 75
 
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "GallerySettings":
-        return settings_from_section(cls, section)
 
 
 @dataclass(frozen=True)
-class ReportSettings:
+class ReportSettings(Section):
     """Config section ``report`` (the page part)."""
 
     page_size: int = 50
@@ -137,13 +133,10 @@ class ReportSettings:
     plate_column: str = "plate"
     well_column: str = "well"
 
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> "ReportSettings":
-        return settings_from_section(cls, section)
 
 
 @dataclass(frozen=True)
-class WatchSettings:
+class WatchSettings(Section):
     """Config section ``watch``."""
 
     stable_s: float = 1.0

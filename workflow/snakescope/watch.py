@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .closes import open_closes
-from .settings import settings_from_section
 from .settings import WatchSettings
 from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
 from .records import LABELS_SUFFIX, Failure, read_json, write_json
-from .layout import PROJECT_DIR, SNAKEFILE
+from .layout import PROJECT_DIR, SNAKEFILE, BatchPaths, manifest
+from .stages import STAGES
 
 
 RECORD_FORMAT = "snakescope-watch-action"
@@ -50,7 +50,6 @@ RECORD_VERSION = 1
 REIMAGING = ("reacquire", "refocus", "increase_exposure", "reduce_exposure")
 EXPOSURE_CHANGE = {"increase_exposure": 2.0, "reduce_exposure": 0.5}
 POLLER_THREAD = "watch-poller"
-STAGE_RULES = ("check_model", "import_batch", "quality_metrics", "infer", "postprocess")  # what watch mode computes
 
 
 def _quiet_poller(record: Any) -> bool:
@@ -231,7 +230,7 @@ class Watcher:
         self.config_files = list(config_files or [])
         self.base = Path(base_dir)
         self.results = Path(config["results"]) / config["dataset"]
-        self.settings = settings_from_section(WatchSettings, config.get("watch", {}))
+        self.settings = WatchSettings.from_config(config.get("watch", {}))
         self.actions_path = Path(self.settings.actions_file or self.results / "watch" / "actions.jsonl")
         self.units_dir = self.results / "watch" / "units"
         model = {k: v for k, v in config["model"].items()}
@@ -285,7 +284,7 @@ class Watcher:
         kept warm between fields). Returns (settings, session or None, a line saying who reviews)."""
         from contextlib import ExitStack
 
-        from .llm.batch import llm_session
+        from .llm_review import llm_session
         from .llm.settings import LLMSettings, LLMUnavailable
         from .review import LLM_BACKENDS
 
@@ -311,12 +310,12 @@ class Watcher:
 
     def _llm_reviews(self, units: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The LLM's reviews of one file's units (the rules' as second opinion), or None to keep the rules' reviews."""
-        from .llm.batch import llm_review_units
+        from .llm_review import llm_review_units
         from .llm.settings import LLMUnavailable
 
         try:
             reviews, _ = llm_review_units(units, context, self.llm_settings, self.config["cache_dir"], self.results / "watch" / "llm",
-                                          self.postprocess_settings, self.thresholds.count_tolerance, self.llm_session)
+                                          self.thresholds.count_tolerance, self.llm_session)
             return reviews
         except LLMUnavailable as exc:
             if self.llm_settings.on_unreachable == "fail":
@@ -396,7 +395,8 @@ class Watcher:
         from .inference import predict_one
 
         started = time.time()
-        folders = {stage: self.results / stage / batch for stage in ("import", "inference", "segmentation")}
+        paths = BatchPaths(self.results, batch)  # where the workflow keeps the batch: watch mode writes there too
+        folders = {"import": paths.imported, "inference": paths.inference, "segmentation": paths.segmentation}
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         units, import_failures = import_one(source, self.import_settings, folders["import"], f"[watch {batch}]")
@@ -417,11 +417,10 @@ class Watcher:
 
     def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
         """The second half: post-processing, the rule-based review against the fields seen so far, the records."""
-        from .review import expected_diameter, review_unit
-        from .quality import run_reference
         from .channels import model_channel_name
-        from .quality import quality_one
-        from .tables import unit_action_entry, unreadable_entry
+        from .quality import quality_one, run_reference
+        from .review import review_one
+        from .report.tables import unit_action_entry, unreadable_entry
 
         batch, started, front_done = state["batch"], state.pop("started"), state.pop("front_done")
         finishing = time.time()
@@ -437,7 +436,7 @@ class Watcher:
         for unit in state["units"]:
             uid, summary, diameters = unit["unit_id"], None, []
             pending = self.post_pool.submit(segment_and_hold, unit, state["predictions"][uid]["path"], self.postprocess_settings,
-                                            self.channels, self.results / "segmentation" / batch, hold) \
+                                            self.channels, BatchPaths(self.results, batch).segmentation, hold) \
                 if uid in state["predictions"] else None
             metrics, failure = qualities[uid].result()
             if failure:
@@ -459,13 +458,9 @@ class Watcher:
             if channel_metrics:
                 state["model_metrics"].append(channel_metrics)
             reference = run_reference(self.model_metrics + state["model_metrics"])  # the fields seen so far
-            review = review_unit(unit, channel_metrics, summary, diameters, self.knowledge_base, self.thresholds,
-                                 self.cell_line_column, failures.get(uid), reference or None)
-            line, expected = expected_diameter(unit.get("metadata", {}), self.knowledge_base, self.cell_line_column)
-            labels = self.results / "segmentation" / batch / f"{uid}{LABELS_SUFFIX}"
-            context[uid] = {"rules": review, "metrics": channel_metrics, "summary": summary, "expected": expected, "line": line,
-                            "channels": self.channels, "labels_path": labels if labels.is_file() and uid not in failures else None,
-                            "probability_path": state["predictions"].get(uid, {}).get("path")}
+            _, context[uid] = review_one(unit, channel_metrics, summary, diameters, self.knowledge_base, self.thresholds,
+                                         self.cell_line_column, failures.get(uid), reference or None,
+                                         BatchPaths(self.results, batch).segmentation / f"{uid}{LABELS_SUFFIX}", self.channels)
         reviewing = time.time()
         reviews = [context[u["unit_id"]]["rules"] for u in state["units"]]
         if self.llm_session is not None and state["units"]:
@@ -558,22 +553,23 @@ class Watcher:
                 print(f"[watch] batch {batch}: its files moved between batches; snakemake will redo it", file=sys.stderr)
                 continue
             units = [u for state in states for u in state["units"]]
+            paths = BatchPaths(self.results, batch)
             import_doc = {"batch": batch, "units": units, "failures": [f for s in states for f in s["import_failures"]],
                           "settings": self.import_settings.__dict__}
             # in stage order, each directory output's .snakemake_timestamp (its mtime for Snakemake) after its manifest
-            write_json(self.results / "import" / batch / "manifest.json", import_doc)
-            (self.results / "import" / batch / ".snakemake_timestamp").touch()
-            write_json(self.results / "quality" / f"{batch}.json",
+            write_json(manifest(paths.imported), import_doc)
+            (paths.imported / ".snakemake_timestamp").touch()
+            write_json(paths.quality,
                        {"batch": batch, "metrics": {k: v for s in states for k, v in s["metrics"].items()},
                         "failures": [f for s in states for f in s["quality_failures"]]})
-            write_json(self.results / "inference" / batch / "manifest.json", inference_manifest(
+            write_json(manifest(paths.inference), inference_manifest(
                 batch, self.check, self.model_settings, self.predictor, None, self.load_seconds,
                 {k: v for s in states for k, v in s["predictions"].items()}, [f for s in states for f in s["inference_failures"]]))
-            (self.results / "inference" / batch / ".snakemake_timestamp").touch()
-            write_postprocess_outputs(self.results / "segmentation" / batch, batch, self.postprocess_settings,
+            (paths.inference / ".snakemake_timestamp").touch()
+            write_postprocess_outputs(paths.segmentation, batch, self.postprocess_settings,
                                       {k: v for s in states for k, v in s["summaries"].items()},
                                       [f for s in states for f in s["postprocess_failures"]], [o for s in states for o in s["objects"]])
-            (self.results / "segmentation" / batch / ".snakemake_timestamp").touch()
+            (paths.segmentation / ".snakemake_timestamp").touch()
             self.written[batch] = ids
             written.append(batch)
             print(f"[watch] batch {batch} complete ({len(ids)} file(s)): its outputs are ready for snakemake", file=sys.stderr)
@@ -681,11 +677,11 @@ class Watcher:
 
         if not self.written:
             return True
-        targets = [str(self.results / "segmentation" / b) for b in sorted(self.written)]
-        targets += [str(self.results / "quality" / f"{b}.json") for b in sorted(self.written)]
+        targets = [str(BatchPaths(self.results, b).segmentation) for b in sorted(self.written)]
+        targets += [str(BatchPaths(self.results, b).quality) for b in sorted(self.written)]
         snakefile = SNAKEFILE
         command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--configfile", *self.config_files, "--touch",
-                   "--forcerun", *STAGE_RULES, "--cores", "1", "--quiet", "all", "--", *targets]
+                   "--forcerun", *(stage.rule for stage in STAGES.values() if stage.watch), "--cores", "1", "--quiet", "all", "--", *targets]
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.base)
         if result.returncode != 0:
             print(f"[watch] snakemake did not record the batches' provenance (they will be reused on modification times "
@@ -790,7 +786,7 @@ def first_segmentation(image: Any, settings: Any = None, folder: Path | None = N
     else:
         overlay_png(image, labels, 1.0)
     if gallery:
-        from .gallery import unit_gallery_images
+        from .report.gallery import unit_gallery_images
         from .settings import GallerySettings
 
         unit_gallery_images(image, labels, 1.0, GallerySettings(), (0.0, float(image.max()) or 1.0))

@@ -61,30 +61,27 @@ def display_limits(reference: dict[str, Any] | None, channel: str) -> tuple[floa
     return (display["low"], display["high"]) if display and display["high"] > display["low"] else None
 
 
-def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, review_dir: str | Path,
-                  channels: tuple[str | int, ...], settings: GallerySettings, out_json: str | Path,
-                  reference: str | Path | None = None) -> dict[str, Any]:
-    """Thumbnails and detail views of every imported unit of a batch (units without labels get no outlines), in the
-    run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
+def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any], channels: tuple[str | int, ...],
+                  settings: GallerySettings, out_json: str | Path, reference: str | Path | None = None) -> dict[str, Any]:
+    """Thumbnails and detail views of every imported unit of a batch, outlined with its final labels
+    (``final_segmentation``: the refinement stage's ``segmentation`` of ``final.json``; units without labels get no
+    outlines), in the run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
     import tifffile
 
     from ..images import read_unit
     from ..blocks import is_large
     from ..channels import select_channels
-    from ..refinement import final_segmentation
     from ..rendering import scale_bar_um
     from ..channels import model_channel_name
 
     imported = read_json(import_manifest)
     run = read_json(reference) if reference else None
-    segmentation, review = Path(segmentation_dir), Path(review_dir)
-    reviews = {r["unit_id"]: r for r in read_json(review / "reviews.json")["reviews"]} if (review / "reviews.json").is_file() else {}
     images: dict[str, Any] = {}
     failures: list[dict[str, str]] = []
     for unit in imported["units"]:
         uid = unit["unit_id"]
         try:
-            labels_path = final_segmentation(uid, reviews.get(uid), segmentation, review)["labels"]
+            labels_path = (final_segmentation.get(uid) or {}).get("labels")
             pixel = unit["pixel_size_um"].get("x") or None
             limits = display_limits(run, model_channel_name(unit, channels))
             if is_large(unit.get("shape")):  # a reduced view, read a block at a time
@@ -108,9 +105,10 @@ def gallery_batch(import_manifest: str | Path, segmentation_dir: str | Path, rev
     return doc
 
 
-def run_gallery(*, imported: str, segmentation: str, review: str, reference: str, gallery: str, settings: GallerySettings,
+def run_gallery(*, imported: str, refinement: str, reference: str, gallery: str, settings: GallerySettings,
                 channels: tuple[str | int, ...]) -> None:
     """Rule ``gallery``: a batch's thumbnails and detail views, from the final labels -> ``report/gallery/<batch>.json``."""
     from ..layout import manifest
 
-    gallery_batch(manifest(imported), segmentation, review, channels, settings, gallery, reference)
+    final = read_json(Path(refinement) / "final.json")["segmentation"]
+    gallery_batch(manifest(imported), final, channels, settings, gallery, reference)

@@ -199,7 +199,6 @@ def build_tables(batches: list[BatchPaths], channels: tuple[str | int, ...], out
     out.mkdir(parents=True, exist_ok=True)
     from ..corrections import agreement, corrected_review, load_corrections, overruled
     from ..channels import channel_choice_warning
-    from ..refinement import final_segmentation
 
     corrections = load_corrections(corrections_path) if corrections_path else {}
     final_reviews: dict[str, dict[str, Any]] = {}  # as decided: the machine's review, or the person's correction of it
@@ -214,7 +213,7 @@ def build_tables(batches: list[BatchPaths], channels: tuple[str | int, ...], out
         quality = read_json(paths.quality)
         inference = read_json(manifest(paths.inference))
         post = read_json(paths.segmentation / "summary.json")
-        review_doc = read_json(paths.review / "reviews.json")
+        review_doc = read_json(paths.refinement / "final.json")  # the final reviews and segmentation of the batch
         review_backends[review_doc["backend"]] += 1
         if review_doc.get("llm"):
             llm_runs.append({**review_doc["llm"], "batch": batch})
@@ -236,10 +235,10 @@ def build_tables(batches: list[BatchPaths], channels: tuple[str | int, ...], out
             final = corrected_review(review, correction) if correction and review else review
             if review:
                 final_reviews[uid] = final
-            final_seg = final_segmentation(uid, review, paths.segmentation, paths.review, post["summaries"])
-            summary, overlay = final_seg["summary"], final_seg["overlay"]
+            final_seg = review_doc["segmentation"][uid]
+            summary, overlay = final_seg["summary"], final_seg["overlay"] and Path(final_seg["overlay"])
             if final_seg["refined"]:
-                refined_units[uid] = final_seg["objects_csv"]
+                refined_units[uid] = Path(final_seg["objects_csv"])
             units.append({
                 "unit_id": uid, "sample_id": unit["sample_id"], "batch": batch, "scene": unit["scene_name"],
                 "source_path": unit["source_path"], "status": "failed" if uid in failed_units else "ok",
