@@ -54,7 +54,7 @@ def test_dry_run_lists_the_expected_jobs(workdir):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0, result.stderr
     # 14 demo files + 1 corrupt = 15 files, 6 per batch -> 3 batches
-    per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3, "gallery": 3}
+    per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3, "refinement": 3, "gallery": 3}
     assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "quality_reference": 1, "tables": 1, "plots": 1,
                                            "run_summary": 1, "report": 1, "all": 1}
 
@@ -130,8 +130,8 @@ def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, 
     (workdir / "config-changed.yaml").write_text(text)
     result = snakemake(workdir, "-n", configfile=workdir / "config-changed.yaml")
     jobs = planned_jobs(result.stdout)
-    assert jobs == {"postprocess": 3, "review": 3, "gallery": 3, "tables": 1, "plots": 1, "run_summary": 1, "report": 1,
-                    "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
+    assert jobs == {"postprocess": 3, "review": 3, "refinement": 3, "gallery": 3, "tables": 1, "plots": 1, "run_summary": 1,
+                    "report": 1, "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
 
 
 def test_bad_config_key_and_missing_file_give_one_clear_message(workdir, demo_dir, tmp_path):

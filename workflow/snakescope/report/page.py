@@ -421,8 +421,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
                                             "structured_output", "selftest_note", "scope", "audit_fraction", "batches"], "llm-selftest"))
     if timings:
         parts.append("<h3>Compute per stage</h3><p class='muted'>From Snakemake's benchmark files (wall and CPU time summed over "
-                     "jobs; peak resident memory of one job); for jobs run in the stage host, CPU and memory are the host's "
-                     "record of the forked stage.</p>" + _static_table(timings, ["rule", "jobs", "seconds", "cpu_s", "peak_rss_mb"], "timings"))
+                     "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "cpu_s", "peak_rss_mb"], "timings"))
     packages = (info.get("software") or {}).get("packages", {})
     parts.append("<h3>Software versions</h3>" + _kv_table(
         [("python", (info.get("software") or {}).get("python")),
