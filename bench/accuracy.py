@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))  # the metric is this checkout's, whichever --project runs
 
-from snakescope.instances import object_f1  # noqa: E402
+from snakescope.methods.instances import object_f1  # noqa: E402
 
 QUALITY_ISSUES = ("empty_field", "saturated", "low_signal", "out_of_focus")
 DEGRADATIONS = ("blur", "saturated", "low_signal", "empty")

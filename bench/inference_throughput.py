@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 
 from snakescope.demo import write_demo_model  # noqa: E402
-from snakescope.inference import Predictor, load_description  # noqa: E402
-from snakescope.settings import ModelSettings
+from snakescope.stages.inference import Predictor, load_description  # noqa: E402
+from snakescope.core.settings import ModelSettings
 
 
 def images(n: int, size: int) -> list[np.ndarray]:
@@ -73,8 +73,8 @@ def onnx_runner(model_yaml: Path, block: int, halo: int, threads: int):
 
 def stage_runner(model_yaml: Path, threads: int, tile_px: int | None = None):
     """snakescope's inference stage as the infer job runs it: one Predictor, the job's threads."""
-    from snakescope.inference import check_model
-    from snakescope.tiling import TileRule
+    from snakescope.stages.inference import check_model
+    from snakescope.methods.tiling import TileRule
 
     settings = ModelSettings(source=str(model_yaml), tile_px=tile_px, run_test=False)
     rule = None

@@ -24,20 +24,20 @@ sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
 def main() -> None:
     import tifffile
 
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
     from snakescope.demo import clustered_fields, write_demo_model, write_fields
-    from snakescope.inference import check_model, predict_batch
-    from snakescope.settings import ModelSettings
-    from snakescope.inputs import read_sample_sheet
-    from snakescope.quality import quality_batch
-    from snakescope.records import write_json
-    from snakescope.knowledge import load_knowledge_base
-    from snakescope.refinement import refine_batch
-    from snakescope.review import review_batch
-    from snakescope.segmentation import postprocess_batch
-    from snakescope.instances import object_f1
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.inference import check_model, predict_batch
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.inputs import read_sample_sheet
+    from snakescope.stages.quality import quality_batch
+    from snakescope.core.records import write_json
+    from snakescope.core.knowledge import load_knowledge_base
+    from snakescope.stages.refinement import refine_batch
+    from snakescope.stages.review import review_batch
+    from snakescope.stages.segmentation import postprocess_batch
+    from snakescope.methods.instances import object_f1
+    from snakescope.core.settings import PostprocessSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fields", type=int, default=8)

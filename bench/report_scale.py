@@ -57,8 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from snakescope.demo import write_demo_data
-    from snakescope.report.page import write_report
-    from snakescope.settings import ReportSettings
+    from snakescope.stages.report.page import write_report
+    from snakescope.core.settings import ReportSettings
     from synthetic_results import write_synthetic_results
 
     work = Path(tempfile.mkdtemp(prefix="snakescope-report-bench-"))

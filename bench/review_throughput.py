@@ -4,7 +4,7 @@
 
 The server is tests/fake_llm.py (the real wire protocol, answers computed from the image bytes) with
 ``latency`` seconds per answer on each of K slots: the ideal throughput is K / latency answers per second.
-The review stage (snakescope.review.review_batch through the real `ollama` or `openai` client, max_concurrency = K,
+The review stage (snakescope.stages.review.review_batch through the real `ollama` or `openai` client, max_concurrency = K,
 cache empty, refinement off so only the LLM path is timed) reviews demo units; K = 1 reviews a quarter of them.
 The start-up self-test (two probe requests per review job, each with the same latency) is a fixed cost per job, not
 part of the throughput: it is timed separately and printed, and the ratio with it included is printed too.
@@ -25,16 +25,16 @@ sys.path[:0] = [str(ROOT / "workflow"), str(ROOT / "tests")]
 
 def prepared_batch(root: Path, n_units: int) -> Path:
     """Demo units taken through import, quality, inference and post-processing (no Snakemake); returns the root."""
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
     from snakescope.demo import write_demo_data, write_demo_model
-    from snakescope.inference import check_model, predict_batch
-    from snakescope.settings import ModelSettings
-    from snakescope.inputs import Source, read_sample_sheet
-    from snakescope.quality import quality_batch
-    from snakescope.records import write_json
-    from snakescope.segmentation import postprocess_batch
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.inference import check_model, predict_batch
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.inputs import Source, read_sample_sheet
+    from snakescope.stages.quality import quality_batch
+    from snakescope.core.records import write_json
+    from snakescope.stages.segmentation import postprocess_batch
+    from snakescope.core.settings import PostprocessSettings
 
     write_demo_data(root / "demo")
     write_demo_model(root / "demo" / "model")
@@ -54,8 +54,8 @@ def review_rate(root: Path, manifest: Path, slots: int, latency: float, out: Pat
                 selftest: bool = False) -> tuple[float, int, float]:
     """Answers per second of one review_batch against a server with ``slots`` slots; the units reviewed; seconds."""
     from fake_llm import FakeLLMServer
-    from snakescope.records import read_json
-    from snakescope.review import review_batch
+    from snakescope.core.records import read_json
+    from snakescope.stages.review import review_batch
 
     server = FakeLLMServer(latency=latency, slots=slots).start()
     try:
@@ -75,7 +75,7 @@ def review_rate(root: Path, manifest: Path, slots: int, latency: float, out: Pat
 
 
 def subset_manifest(root: Path, n: int) -> Path:
-    from snakescope.records import read_json, write_json
+    from snakescope.core.records import read_json, write_json
 
     doc = read_json(root / "import" / "manifest.json")
     path = root / f"manifest-{n}.json"

@@ -93,20 +93,20 @@ def measured(command: list[str]) -> tuple[float, float]:
 def plain_loop(folder: Path, model: Path) -> float:
     import yaml as _yaml
 
-    from snakescope.acquisition import import_source
-    from snakescope.settings import ImportSettings
-    from snakescope.report.gallery import unit_gallery_images
-    from snakescope.settings import GallerySettings
-    from snakescope.inference import Predictor
-    from snakescope.settings import ModelSettings
-    from snakescope.channels import model_channels
-    from snakescope.inputs import read_sample_sheet
-    from snakescope.quality import unit_metrics
-    from snakescope.rendering import overlay_png
-    from snakescope.review import review_unit
-    from snakescope.settings import ReviewThresholds
-    from snakescope.instances import segment_unit
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.acquisition import import_source
+    from snakescope.core.settings import ImportSettings
+    from snakescope.stages.report.gallery import unit_gallery_images
+    from snakescope.core.settings import GallerySettings
+    from snakescope.stages.inference import Predictor
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.channels import model_channels
+    from snakescope.core.inputs import read_sample_sheet
+    from snakescope.stages.quality import unit_metrics
+    from snakescope.core.rendering import overlay_png
+    from snakescope.stages.review import review_unit
+    from snakescope.core.settings import ReviewThresholds
+    from snakescope.methods.instances import segment_unit
+    from snakescope.core.settings import PostprocessSettings
 
     t0 = time.perf_counter()
     kb = _yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
@@ -117,7 +117,7 @@ def plain_loop(folder: Path, model: Path) -> float:
     for source in read_sample_sheet(folder / "samples.tsv"):
         units, _ = import_source(source, ImportSettings(), out)
         for unit in units:
-            from snakescope.images import read_unit
+            from snakescope.core.images import read_unit
 
             image = read_unit(unit.image_path)
             metrics = unit_metrics(image, unit.channel_names, unit.__dict__)

@@ -39,15 +39,15 @@ def unet_model() -> Path:
 @pytest.fixture(scope="session")
 def demo_batch(tmp_path_factory, demo_dir) -> dict:
     """One batch of demo units taken through import, quality, inference and post-processing (no Snakemake)."""
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
-    from snakescope.inference import check_model, predict_batch
-    from snakescope.settings import ModelSettings
-    from snakescope.inputs import read_sample_sheet
-    from snakescope.quality import quality_batch
-    from snakescope.records import write_json
-    from snakescope.segmentation import postprocess_batch
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
+    from snakescope.stages.inference import check_model, predict_batch
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.inputs import read_sample_sheet
+    from snakescope.stages.quality import quality_batch
+    from snakescope.core.records import write_json
+    from snakescope.stages.segmentation import postprocess_batch
+    from snakescope.core.settings import PostprocessSettings
 
     root = tmp_path_factory.mktemp("batch")
     wanted = {"ctrl_01", "ctrl_04", "treated_04", "blurred_01", "saturated_01", "empty_01", "dim_01"}

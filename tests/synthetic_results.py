@@ -1,7 +1,7 @@
 """A results tree of any size in the shape the workflow writes, for report tests and the report benchmark.
 
-Tables follow the columns of ``snakescope.report.tables``; reviews validate against ``review.schema.json``; gallery
-images are rendered by ``snakescope.report.gallery`` from the demo images (cycled), so their sizes are real.
+Tables follow the columns of ``snakescope.stages.report.tables``; reviews validate against ``review.schema.json``; gallery
+images are rendered by ``snakescope.stages.report.gallery`` from the demo images (cycled), so their sizes are real.
 Seeded: the same arguments give the same files.
 """
 
@@ -27,14 +27,14 @@ def _well(index: int) -> tuple[str, str]:
 def write_synthetic_results(root: Path, n_units: int, demo_images: list[Path], batch_size: int = 50,
                             hostile: str | None = None, llm: bool = False, seed: int = 0) -> dict[str, Any]:
     """Write tables/, report/plots/, report/gallery/, models/, pipeline_info/ under ``root``; return their paths."""
-    from snakescope.images import read_unit
-    from snakescope.report.gallery import unit_gallery_images
-    from snakescope.settings import GallerySettings
-    from snakescope.report.plots import write_plots
-    from snakescope.records import write_json
-    from snakescope.review import load_schema, validate_review
-    from snakescope.instances import OBJECT_COLUMNS
-    from snakescope.report.tables import acquisition_actions, write_csv
+    from snakescope.core.images import read_unit
+    from snakescope.stages.report.gallery import unit_gallery_images
+    from snakescope.core.settings import GallerySettings
+    from snakescope.stages.report.plots import write_plots
+    from snakescope.core.records import write_json
+    from snakescope.stages.review import load_schema, validate_review
+    from snakescope.methods.instances import OBJECT_COLUMNS
+    from snakescope.stages.report.tables import acquisition_actions, write_csv
 
     rng = np.random.default_rng(seed)
     tables = root / "tables"

@@ -7,11 +7,11 @@ import pytest
 import tifffile
 
 from conftest import FORMATS, needs_shared
-from snakescope.acquisition import import_batch, import_source
-from snakescope.settings import ImportSettings
-from snakescope.images import read_unit
-from snakescope.inputs import Source
-from snakescope.records import read_json, sha256_file
+from snakescope.stages.acquisition import import_batch, import_source
+from snakescope.core.settings import ImportSettings
+from snakescope.core.images import read_unit
+from snakescope.core.inputs import Source
+from snakescope.core.records import read_json, sha256_file
 
 
 def write_ome(path: Path, arrays, axes, pixel=0.5, channels=("DAPI",), photometric=None):
@@ -165,7 +165,7 @@ def test_real_metamorph_tiffs_carry_their_calibration(tmp_path):
 
 
 def test_identical_colour_samples_are_refused_and_grey_rgb_is_one_channel(tmp_path):
-    from snakescope.acquisition import check_samples
+    from snakescope.stages.acquisition import check_samples
 
     grey = np.random.default_rng(0).integers(0, 255, (20, 30), dtype=np.uint8)
     copies = np.stack([grey] * 3 * 7)  # 7 channels, R = G = B in each: what bioio-czi 3.0.1 returns for RGB CZI
@@ -243,7 +243,7 @@ def test_a_stain_exported_in_one_colour_imports_as_that_channel(tmp_path):
 
 
 def test_leica_frame_axes():
-    from snakescope.acquisition import frame_axes
+    from snakescope.stages.acquisition import frame_axes
 
     assert frame_axes(("T", "λ", "Z", "Y", "X")) == ("Y", "X")
     assert frame_axes(("Z", "X")) == ("Z", "X")  # an XZ scan: imported with Z as rows
@@ -254,7 +254,7 @@ def test_leica_frame_axes():
 def test_large_tiff_planes_are_copied_a_strip_at_a_time_with_the_same_pixels(tmp_path, monkeypatch, z):
     """A large (here: over 512 px) ZCYX OME-TIFF and a plain TIFF: the units come out tiled, with the pixels, channel
     names, pixel size and selections the whole-plane import gives."""
-    from snakescope import blocks
+    from snakescope.core import blocks
 
     rng = np.random.default_rng(0)
     stack = rng.integers(0, 4000, (3, 2, 1100, 900)).astype(np.uint16)  # Z C Y X
@@ -287,8 +287,8 @@ def test_a_large_czi_mosaic_is_read_a_strip_of_rows_at_a_time(tmp_path, monkeypa
     whole-plane import."""
     from pylibCZIrw import czi as pyczi
 
-    from snakescope import blocks
-    from snakescope.blocks import TIFF_TILE
+    from snakescope.core import blocks
+    from snakescope.core.blocks import TIFF_TILE
 
     rng = np.random.default_rng(1)
     stack = rng.integers(0, 4000, (2, 3, 1100, 900)).astype(np.uint16)  # C Z Y X
@@ -343,7 +343,7 @@ def test_a_large_czi_mosaic_is_read_a_strip_of_rows_at_a_time(tmp_path, monkeypa
 def test_the_real_czi_read_by_strips_equals_its_whole_plane_read(tmp_path, monkeypatch):
     """The vendor CZI (its region sits at x=39856, y=39272 in the file's coordinates, no scenes) through the strip
     reader, with the large side lowered below its size: the same pixels and pixel size as bioio's read."""
-    from snakescope import blocks
+    from snakescope.core import blocks
 
     needs_shared(FORMATS)
     source = Source(sample_id="c", path=str(FORMATS / "s_1_t_1_c_1_z_1.czi"), metadata={})
@@ -363,8 +363,8 @@ def test_ome_xml_is_parsed_with_one_shared_binding_context_and_the_same_result(t
     import ome_types._conversion as conversion
     from xsdata_pydantic_basemodel.bindings import XmlContext
 
-    from snakescope.acquisition import share_ome_binding_context
-    from snakescope.images import write_ome_tiff
+    from snakescope.stages.acquisition import share_ome_binding_context
+    from snakescope.core.images import write_ome_tiff
 
     path = tmp_path / "field.ome.tif"
     write_ome_tiff(path, np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50), ["DAPI", "GFP"], {"x": 0.325, "y": 0.325})

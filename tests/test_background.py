@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from conftest import SHARED, needs_shared
-from snakescope.background import BackgroundSurface, fit_background, flattened
+from snakescope.core.background import BackgroundSurface, fit_background, flattened
 
 NUCLEI = SHARED / "data" / "nuclei"
 
@@ -79,17 +79,17 @@ def test_import_records_the_fit_and_quality_and_segmentation_see_the_field_flatt
     the unit's pixels stay as read and the objects are measured on them."""
     from dataclasses import replace
 
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
-    from snakescope.images import read_unit
-    from snakescope.inference import check_model, predict_batch
-    from snakescope.settings import ModelSettings
-    from snakescope.inputs import Source
-    from snakescope.quality import quality_batch
-    from snakescope.records import write_json
-    from snakescope.segmentation import postprocess_batch
-    from snakescope.instances import object_f1
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
+    from snakescope.core.images import read_unit
+    from snakescope.stages.inference import check_model, predict_batch
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.inputs import Source
+    from snakescope.stages.quality import quality_batch
+    from snakescope.core.records import write_json
+    from snakescope.stages.segmentation import postprocess_batch
+    from snakescope.methods.instances import object_f1
+    from snakescope.core.settings import PostprocessSettings
 
     image, truth = real_field("dsb2018", "77ceeb87")
     h, w = image.shape

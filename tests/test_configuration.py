@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from snakescope.configuration import config_errors, drop_nulls, job_environment, unset_required
+from snakescope.core.configuration import config_errors, drop_nulls, job_environment, unset_required
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 NO_DEFAULT = object()
@@ -103,7 +103,7 @@ def test_every_runtime_dependency_is_in_a_stage_env():
     """pyproject.toml is the one dependency list; the per-stage conda envs together must cover it."""
     import tomllib
 
-    from snakescope.report.provenance import declared_in_envs
+    from snakescope.stages.report.provenance import declared_in_envs
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.match(r"[A-Za-z0-9_.\-]+", d).group(0) for d in deps} - {"snakemake"}
@@ -153,9 +153,9 @@ def test_settings_classes_take_the_schemas_defaults(section, settings):
     import dataclasses
 
     import snakescope.llm.settings
-    import snakescope.settings
+    import snakescope.core.settings
 
-    cls = getattr(snakescope.settings, settings, None) or getattr(snakescope.llm.settings, settings)
+    cls = getattr(snakescope.core.settings, settings, None) or getattr(snakescope.llm.settings, settings)
     node = SCHEMA
     for key in section:
         node = node["properties"][key]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from snakescope.corrections import CorrectionsError, agreement, corrected_review, load_corrections, overruled
+from snakescope.core.corrections import CorrectionsError, agreement, corrected_review, load_corrections, overruled
 
 
 def review(uid, verdict, llm=None, actions=(), issues=()):

@@ -1,4 +1,4 @@
-"""Job memory follows the fields a batch holds (snakescope.costs), in the package and in the jobs Snakemake plans."""
+"""Job memory follows the fields a batch holds (snakescope.core.costs), in the package and in the jobs Snakemake plans."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from snakescope.costs import STAGE_MEMORY, job_mem_mb, largest_field_pixels, pixels_held
+from snakescope.core.costs import STAGE_MEMORY, job_mem_mb, largest_field_pixels, pixels_held
 from workflow_helpers import snakemake, write_config
 
 

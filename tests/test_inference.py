@@ -5,12 +5,12 @@ import pytest
 import tifffile
 
 from conftest import UNET, needs_shared
-from snakescope.acquisition import import_batch
-from snakescope.settings import ImportSettings
-from snakescope.inference import ModelError, Predictor, check_model, predict_batch
-from snakescope.settings import ModelSettings
-from snakescope.inputs import Source
-from snakescope.records import write_json
+from snakescope.stages.acquisition import import_batch
+from snakescope.core.settings import ImportSettings
+from snakescope.stages.inference import ModelError, Predictor, check_model, predict_batch
+from snakescope.core.settings import ModelSettings
+from snakescope.core.inputs import Source
+from snakescope.core.records import write_json
 
 
 def dice(a, b):
@@ -70,7 +70,7 @@ def shared_predictor(weight_format="onnx"):
 
 def test_dataset_normalisation_makes_a_field_independent_of_its_background(unet_tensors):
     """Per-image statistics change when a field sits in more background; statistics pooled over a run do not."""
-    from snakescope.inference import pooled_pixels  # noqa: F401 - the workflow's way to build the pool
+    from snakescope.stages.inference import pooled_pixels  # noqa: F401 - the workflow's way to build the pool
 
     image, _ = unet_tensors
     canvas = np.full((1, 1024, 1024), np.median(image), np.float32)
@@ -86,7 +86,7 @@ def test_dataset_normalisation_makes_a_field_independent_of_its_background(unet_
 
 
 def test_padding_plan_follows_the_axis_rules():
-    from snakescope.inference import padded_length, plan_padding
+    from snakescope.stages.inference import padded_length, plan_padding
 
     assert padded_length(20, 512, 0) == 512 and padded_length(600, 512, 0) == 600  # fixed size: blocking tiles the rest
     assert padded_length(20, 64, 16) == 64 and padded_length(70, 64, 16) == 80 and padded_length(64, 64, 16) == 64
@@ -140,7 +140,7 @@ def test_a_blank_model_channel_beside_a_channel_with_signal_fails_the_unit_namin
     the channel to choose, instead of a field of nuclei reviewed as empty; a field blank in every channel passes
     (it is empty, and the review says so); the right channel passes."""
     from conftest import SHARED
-    from snakescope.channels import check_model_channels
+    from snakescope.core.channels import check_model_channels
 
     folder = SHARED / "data" / "nuclei" / "bbbc039" / "images"
     needs_shared(folder)
@@ -157,7 +157,7 @@ def test_a_blank_model_channel_beside_a_channel_with_signal_fails_the_unit_namin
 def test_a_model_channel_picked_by_index_beside_a_nuclear_stain_is_warned():
     """Cell-painting-like channel names: index 0 is actin and the DNA stain is index 2: one warning naming both and the
     setting; no warning when the chosen channel is the stain, when it was chosen by name, or when no name says."""
-    from snakescope.channels import channel_choice_warning
+    from snakescope.core.channels import channel_choice_warning
 
     warning = channel_choice_warning(["Actin-488", "Tubulin", "w3 DAPI"], (0,))
     assert "'Actin-488' (index 0)" in warning and "'w3 DAPI' (index 2)" in warning and "model.channels: ['w3 DAPI']" in warning
@@ -184,7 +184,7 @@ def test_a_model_that_fails_its_own_test_is_refused_with_the_reason(demo_dir, tm
     record = check_model(ModelSettings(source=str(broken / "bioimageio.yaml")), tmp_path / "cache")
     assert record["test"]["status"] != "passed" and record["test"]["failed_checks"]
     assert not list((tmp_path / "cache").rglob("*.json")), "a failed test must not be cached"
-    from snakescope.inference import run_check
+    from snakescope.stages.inference import run_check
 
     with pytest.raises(SystemExit) as stopped:  # the rule check_model's job stops with the reason
         run_check(settings=ModelSettings(source=str(broken / "bioimageio.yaml")), cache_dir=str(tmp_path / "c2"),
@@ -206,10 +206,11 @@ def test_large_fields_are_predicted_by_blocks_with_the_fields_normalisation(tmp_
     """Real BBBC039 nuclei, 2 x 2 fields (1040 x 1392) predicted whole and in 512-px blocks (96 px of context): the
     blocks are normalised with the whole field's mean and SD, so they agree with the whole field as the model's
     own tiles agree with larger ones; normalised per block, the lower fields' nuclei would not."""
-    from snakescope import blocks, inference
-    from snakescope.images import write_ome_tiff
-    from snakescope.inference import predict_one
-    from snakescope.tiling import agreement, agrees
+    from snakescope.core import blocks
+    from snakescope.stages import inference
+    from snakescope.core.images import write_ome_tiff
+    from snakescope.stages.inference import predict_one
+    from snakescope.methods.tiling import agreement, agrees
 
     from conftest import SHARED
 

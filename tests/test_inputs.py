@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from snakescope.inputs import InputError, batches, read_sample_sheet, safe_id, sources_from_globs
+from snakescope.core.inputs import InputError, batches, read_sample_sheet, safe_id, sources_from_globs
 
 
 def write(path: Path, text: str) -> Path:

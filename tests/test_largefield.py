@@ -8,10 +8,10 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from snakescope.images import write_ome_tiff
-from snakescope.blocks import Histogram, layout, refined_median
-from snakescope.segmentation import postprocess_one
-from snakescope.settings import PostprocessSettings
+from snakescope.core.images import write_ome_tiff
+from snakescope.core.blocks import Histogram, layout, refined_median
+from snakescope.stages.segmentation import postprocess_one
+from snakescope.core.settings import PostprocessSettings
 
 from conftest import SHARED
 
@@ -119,11 +119,11 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
 
     from PIL import Image
 
-    from snakescope import blocks, images
-    from snakescope.report.gallery import gallery_batch
-    from snakescope.settings import GallerySettings
-    from snakescope.quality import channel_metrics, quality_one
-    from snakescope.records import write_json
+    from snakescope.core import blocks, images
+    from snakescope.stages.report.gallery import gallery_batch
+    from snakescope.core.settings import GallerySettings
+    from snakescope.stages.quality import channel_metrics, quality_one
+    from snakescope.core.records import write_json
 
     whole = channel_metrics(tifffile.imread(field["unit"]["image_path"])[1])
     out = field["folder"] / "gallery"
@@ -134,7 +134,7 @@ def test_quality_and_gallery_read_a_large_unit_by_blocks(field, monkeypatch):
     write_json(out / "manifest.json", {"batch": "b0000", "units": [{**field["unit"], "sample_id": "mosaic"}]})
     monkeypatch.setattr(blocks, "LARGE_SIDE", 512)
     monkeypatch.setattr(images, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
-    from snakescope.inference import pooled_pixels
+    from snakescope.stages.inference import pooled_pixels
 
     pooled = pooled_pixels([out / "manifest.json"], ("DAPI",), per_unit=5000)
     assert pooled.shape[0] == 1 and 5000 <= pooled.shape[1] <= 1040 * 1392 // 4

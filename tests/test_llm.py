@@ -17,8 +17,8 @@ from snakescope.llm.guardrails import check_claims, check_numbers, combine
 from snakescope.llm.ollama_api import OllamaClient, ollama_server
 from snakescope.llm.prompt import data_block, render_prompt
 from snakescope.llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable, ModelMissing
-from snakescope.report.summary import write_run_summary
-from snakescope.review import review_batch
+from snakescope.stages.report.summary import write_run_summary
+from snakescope.stages.review import review_batch
 
 PROMPT = str(ROOT / "config" / "prompts" / "review_v1.txt")
 SUMMARY_PROMPT = str(ROOT / "config" / "prompts" / "summary_v1.txt")
@@ -159,7 +159,7 @@ def test_data_block_cannot_be_closed_from_inside():
 
 
 def test_questions_are_answered_per_image_and_aggregated_per_condition(demo_batch, fake_llm, tmp_path):
-    from snakescope.report.tables import condition_aggregates
+    from snakescope.stages.report.tables import condition_aggregates
 
     questions = ["Is the staining nuclear?", "Are there mitotic cells?"]
     reviews = run_review(demo_batch, tmp_path / "r", fake_llm.host, questions=questions)["reviews"]
@@ -242,19 +242,19 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
     block at a time and still answers from it; the critique does not re-segment, and the review says why."""
     import tifffile
 
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
     from snakescope.demo import clustered_fields, write_fields
-    from snakescope.inference import check_model, predict_batch
-    from snakescope.settings import ModelSettings
-    from snakescope.inputs import read_sample_sheet
-    from snakescope.quality import quality_batch
-    from snakescope.records import write_json
-    from snakescope.segmentation import postprocess_batch
-    from snakescope.instances import object_f1
-    from snakescope.knowledge import load_knowledge_base
-    from snakescope.refinement import refine_batch
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.inference import check_model, predict_batch
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.inputs import read_sample_sheet
+    from snakescope.stages.quality import quality_batch
+    from snakescope.core.records import write_json
+    from snakescope.stages.segmentation import postprocess_batch
+    from snakescope.methods.instances import object_f1
+    from snakescope.core.knowledge import load_knowledge_base
+    from snakescope.stages.refinement import refine_batch
+    from snakescope.core.settings import PostprocessSettings
 
     sheet = write_fields(clustered_fields(2, seed=900), tmp_path / "data")
     import_batch("b0000", read_sample_sheet(sheet), ImportSettings(), tmp_path / "import")
@@ -267,7 +267,7 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
                       PostprocessSettings.from_config(start), ("DAPI",), tmp_path / "seg")
     settings = {"backend": "ollama", "llm": {"endpoint": fake_llm.host, "prompt": PROMPT, "refine": {"max_iterations": 3}}}
     if large:
-        from snakescope import blocks, images
+        from snakescope.core import blocks, images
 
         monkeypatch.setattr(blocks, "LARGE_SIDE", 100)
         monkeypatch.setattr(images, "read_unit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read whole")))
@@ -302,7 +302,7 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
 
 
 def test_no_refinement_when_the_critique_names_no_segmentation_problem():
-    from snakescope.refinement import refinement_direction
+    from snakescope.stages.refinement import refinement_direction
 
     answer = {"estimated_count": 20, "issues": [], "critique": {"merged": 0, "split": 0, "missed": 0, "artefacts": 3}}
     assert refinement_direction(answer, {"object_count": 30}) == 0  # count alone: flag, do not act
@@ -416,7 +416,7 @@ def test_the_self_test_refuses_a_model_that_cannot_see_images(demo_batch, tmp_pa
 
 
 def test_scope_flagged_and_audit_sends_the_flagged_units_and_a_seeded_sample_of_the_rest(demo_batch, fake_llm, tmp_path):
-    from snakescope.llm_review import audit_draw
+    from snakescope.methods.llm_review import audit_draw
 
     flagged = run_review(demo_batch, tmp_path / "f", fake_llm.host, scope="flagged")
     sent = {r["body"]["messages"][0]["content"].split('"unit_id": "')[1].split('"')[0] for r in fake_llm.chat_requests()}

@@ -60,7 +60,7 @@ def test_an_unknown_model_is_named(live):
 
 
 def test_review_of_a_demo_image_is_schema_valid_with_provenance(live, demo_batch, tmp_path):
-    from snakescope.review import review_batch
+    from snakescope.stages.review import review_batch
 
     root = demo_batch["root"]
     section = {k: v for k, v in live.items() if k != "backend"}

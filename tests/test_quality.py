@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from snakescope.demo import DemoField, render_field
-from snakescope.quality import channel_metrics, power_log_log_slope, robust_background
+from snakescope.stages.quality import channel_metrics, power_log_log_slope, robust_background
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +51,15 @@ def test_a_few_nan_pixels_do_not_empty_a_real_field(tmp_path, unet_model):
     import tifffile
 
     from conftest import FORMATS, needs_shared
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
-    from snakescope.inference import check_model, predict_batch
-    from snakescope.settings import ModelSettings
-    from snakescope.inputs import Source
-    from snakescope.quality import quality_batch
-    from snakescope.records import read_json, write_json
-    from snakescope.segmentation import postprocess_batch
-    from snakescope.settings import PostprocessSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
+    from snakescope.stages.inference import check_model, predict_batch
+    from snakescope.core.settings import ModelSettings
+    from snakescope.core.inputs import Source
+    from snakescope.stages.quality import quality_batch
+    from snakescope.core.records import read_json, write_json
+    from snakescope.stages.segmentation import postprocess_batch
+    from snakescope.core.settings import PostprocessSettings
 
     images = FORMATS.parent / "nuclei" / "bbbc039" / "images"
     needs_shared(images)
@@ -106,7 +106,7 @@ def test_blockwise_metrics_equal_the_whole_image_definitions(shape):
     from scipy import ndimage as ndi
     from skimage.measure import blur_effect
 
-    from snakescope.quality import blur_score, channel_metrics, power_log_log_slope
+    from snakescope.stages.quality import blur_score, channel_metrics, power_log_log_slope
 
     rng = np.random.default_rng(1)
     image = ndi.gaussian_filter(rng.poisson(50, shape).astype(float), 2) + rng.normal(0, 1, shape)
@@ -114,7 +114,7 @@ def test_blockwise_metrics_equal_the_whole_image_definitions(shape):
     assert power_log_log_slope(image) == pytest.approx(_reference_slope(image), rel=1e-9)
     size = int(min(11, min(shape) // 2))
     assert blur_score(image) == pytest.approx(blur_effect(image, h_size=size), rel=1e-9)
-    from snakescope.quality import pixel_noise, robust_background
+    from snakescope.stages.quality import pixel_noise, robust_background
 
     smooth = ndi.gaussian_filter(image, 1.0)
     background, smooth_noise = robust_background(smooth)
@@ -134,9 +134,9 @@ def test_large_planes_measured_by_strips_agree_with_the_whole_plane(tmp_path, mo
     histograms are exact, the rest within the histograms' precision; the slope from tiles close to the whole's."""
     import tifffile
 
-    from snakescope import quality
-    from snakescope.images import write_ome_tiff
-    from snakescope.blocks import PlaneReader
+    from snakescope.stages import quality
+    from snakescope.core.images import write_ome_tiff
+    from snakescope.core.blocks import PlaneReader
 
     from conftest import SHARED
 
@@ -168,9 +168,9 @@ def test_snr_does_not_depend_on_how_the_same_pixels_are_stored(tmp_path, monkeyp
     whole and measured by strips (it was 27 for the original and 290,000 for the floats, 250 for x16)."""
     import tifffile
 
-    from snakescope import quality
-    from snakescope.images import write_ome_tiff
-    from snakescope.blocks import PlaneReader
+    from snakescope.stages import quality
+    from snakescope.core.images import write_ome_tiff
+    from snakescope.core.blocks import PlaneReader
 
     from conftest import SHARED, needs_shared
 

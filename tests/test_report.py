@@ -19,7 +19,7 @@ HOSTILE = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=
 
 
 def test_well_names_parse_and_others_are_refused():
-    from snakescope.report.plots import parse_well
+    from snakescope.stages.report.plots import parse_well
 
     assert parse_well("A01") == (0, 1) and parse_well("h12") == (7, 12) and parse_well("P-24") == (15, 24)
     assert parse_well("AF48") == (31, 48)
@@ -27,7 +27,7 @@ def test_well_names_parse_and_others_are_refused():
 
 
 def test_ticks_cover_the_range_with_round_steps():
-    from snakescope.report.plots import nice_ticks
+    from snakescope.stages.report.plots import nice_ticks
 
     ticks = nice_ticks(0.013, 0.87)
     assert ticks[0] <= 0.013 and ticks[-1] >= 0.87 - 1e-9
@@ -36,7 +36,7 @@ def test_ticks_cover_the_range_with_round_steps():
 
 
 def test_plots_mark_flagged_units_and_escape_names():
-    from snakescope.report.plots import Point, plate_map, strip_plot
+    from snakescope.stages.report.plots import Point, plate_map, strip_plot
 
     svg = strip_plot({HOSTILE: [Point(1.0, "a"), Point(5.0, "b<x>", flagged=True)], "DMSO": [Point(2.0, "c")]},
                      "counts", "objects", threshold=3.0, threshold_label="warn 3")
@@ -54,7 +54,7 @@ def test_plots_mark_flagged_units_and_escape_names():
 
 
 def test_acquisition_actions_list_only_microscope_actions_and_match_their_schema():
-    from snakescope.report.tables import acquisition_actions
+    from snakescope.stages.report.tables import acquisition_actions
 
     def review(uid, verdict, *actions):
         return {"unit_id": uid, "verdict": verdict, "reviewer": {"backend": "deterministic", "name": "rules", "version": "1"},
@@ -79,8 +79,8 @@ def test_acquisition_actions_list_only_microscope_actions_and_match_their_schema
 def test_gallery_images_are_small_webp_with_outlines(demo_batch):
     from PIL import Image
 
-    from snakescope.report.gallery import gallery_batch
-    from snakescope.settings import GallerySettings
+    from snakescope.stages.report.gallery import gallery_batch
+    from snakescope.core.settings import GallerySettings
 
     root = demo_batch["root"]
     final = {path.name.split(".")[0]: {"labels": str(path)} for path in (root / "segmentation").glob("*.labels.ome.tif")}
@@ -102,8 +102,8 @@ def test_gallery_images_are_small_webp_with_outlines(demo_batch):
 
 @pytest.fixture(scope="module")
 def hostile_report(tmp_path_factory, demo_dir):
-    from snakescope.report.page import write_report
-    from snakescope.settings import ReportSettings
+    from snakescope.stages.report.page import write_report
+    from snakescope.core.settings import ReportSettings
 
     root = tmp_path_factory.mktemp("hostile")
     paths = write_synthetic_results(root, 6, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")), batch_size=4,
@@ -142,8 +142,8 @@ def test_hostile_strings_show_as_text_in_chromium(hostile_report):
 
 def test_paging_sorting_and_filtering_reach_every_unit(tmp_path, demo_dir):
     need_browser()
-    from snakescope.report.page import write_report
-    from snakescope.settings import ReportSettings
+    from snakescope.stages.report.page import write_report
+    from snakescope.core.settings import ReportSettings
 
     paths = write_synthetic_results(tmp_path, 230, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")))
     out = tmp_path / "report.html"
@@ -175,7 +175,7 @@ def test_paging_sorting_and_filtering_reach_every_unit(tmp_path, demo_dir):
 
 
 def test_compute_time_counts_only_this_runs_batches(tmp_path):
-    from snakescope.report.page import stage_timings
+    from snakescope.stages.report.page import stage_timings
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rule, name, seconds, rss in [("infer", "b0000", 10.5, 900.0), ("infer", "b0001", 4.5, 1200.5),
@@ -188,7 +188,7 @@ def test_compute_time_counts_only_this_runs_batches(tmp_path):
 
 
 def test_plates_take_the_smallest_standard_format_and_sit_side_by_side():
-    from snakescope.report.plots import plate_format, plate_map
+    from snakescope.stages.report.plots import plate_format, plate_map
 
     assert plate_format([(0, 1), (7, 12)]) == (8, 12)
     assert plate_format([(0, 1), (8, 3)]) == (16, 24)  # row I needs a 384-well plate
@@ -201,7 +201,7 @@ def test_plates_take_the_smallest_standard_format_and_sit_side_by_side():
 
 
 def test_refinement_is_described_in_one_line():
-    from snakescope.report.page import refinement_line
+    from snakescope.stages.report.page import refinement_line
 
     line = refinement_line({"applied": True, "direction": "split more", "target_count": 31, "attempts": [{}, {}],
                             "best_settings": {"split_min_distance": 0.3}})
@@ -213,8 +213,8 @@ def test_refinement_is_described_in_one_line():
 
 def test_uncalibrated_runs_plot_diameters_in_pixels_and_say_so(tmp_path):
     """A run without pixel sizes: the diameter plot uses pixels, labelled; the narrative names no µm value."""
-    from snakescope.report.summary import rules_summary
-    from snakescope.report.plots import write_plots
+    from snakescope.stages.report.summary import rules_summary
+    from snakescope.stages.report.plots import write_plots
 
     (tmp_path / "units.csv").write_text("unit_id,meta_treatment,object_count,verdict,issues\nu1,DMSO,2,pass,\n")
     (tmp_path / "objects.csv").write_text("unit_id,label,equivalent_diameter_px,equivalent_diameter_um\nu1,1,20.5,\nu1,2,22.0,\n")
@@ -232,8 +232,8 @@ def test_nan_and_infinite_values_never_break_the_page(tmp_path, demo_dir):
     need_browser()
     import csv
 
-    from snakescope.report.page import write_report
-    from snakescope.settings import ReportSettings
+    from snakescope.stages.report.page import write_report
+    from snakescope.core.settings import ReportSettings
 
     paths = write_synthetic_results(tmp_path, 8, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")))
     units_csv = paths["tables"] / "units.csv"
@@ -265,14 +265,14 @@ def test_nan_and_infinite_values_never_break_the_page(tmp_path, demo_dir):
 def test_json_records_hold_null_for_nan(tmp_path):
     import numpy as np
 
-    from snakescope.records import read_json, write_json
+    from snakescope.core.records import read_json, write_json
 
     write_json(tmp_path / "m.json", {"snr": float("nan"), "v": [np.float32("inf"), 1.5], "a": np.array([np.nan, 2.0])})
     assert read_json(tmp_path / "m.json") == {"snr": None, "v": [None, 1.5], "a": [None, 2.0]}
 
 
 def test_plots_use_log_axes_for_decades_and_say_what_they_leave_out():
-    from snakescope.report.plots import Point, histogram_plot, strip_plot
+    from snakescope.stages.report.plots import Point, histogram_plot, strip_plot
 
     snr = strip_plot({"DMSO": [Point(v, f"u{i}") for i, v in enumerate([8, 12, 15, 20, 746])]}, "SNR", "SNR", 12.0, "warn 12",
                      x_label="treatment")

@@ -7,12 +7,12 @@ import yaml
 
 from conftest import ROOT
 from snakescope.demo import DEMO_FIELDS, render_field
-from snakescope.quality import channel_metrics
-from snakescope.review import load_schema, review_unit, validate_review
-from snakescope.knowledge import expected_diameter
-from snakescope.settings import ReviewThresholds
-from snakescope.instances import segment_unit
-from snakescope.settings import PostprocessSettings
+from snakescope.stages.quality import channel_metrics
+from snakescope.stages.review import load_schema, review_unit, validate_review
+from snakescope.core.knowledge import expected_diameter
+from snakescope.core.settings import ReviewThresholds
+from snakescope.methods.instances import segment_unit
+from snakescope.core.settings import PostprocessSettings
 
 KB = yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())
 
@@ -71,9 +71,9 @@ def test_failed_processing_is_a_fail_verdict():
 
 def test_relative_checks_compare_a_field_with_its_plate_and_say_so(tmp_path):
     """An outlier of its own plate is flagged with both numbers, even where the absolute limit is not reached."""
-    from snakescope.records import write_json
-    from snakescope.review import quality_issues, unit_reference
-    from snakescope.quality import write_run_reference
+    from snakescope.core.records import write_json
+    from snakescope.stages.review import quality_issues, unit_reference
+    from snakescope.stages.quality import write_run_reference
 
     rng = np.random.default_rng(0)
     metrics, units = {}, []
@@ -103,16 +103,16 @@ def test_a_few_real_nuclei_in_a_large_field_are_not_an_empty_field(unet_model):
     from scipy import ndimage as ndi
 
     from conftest import SHARED, needs_shared
-    from snakescope.background import fit_background
-    from snakescope.inference import Predictor
-    from snakescope.settings import ModelSettings
+    from snakescope.core.background import fit_background
+    from snakescope.stages.inference import Predictor
+    from snakescope.core.settings import ModelSettings
 
     folder = SHARED / "data" / "nuclei" / "bbbc039"
     needs_shared(folder)
     path = sorted((folder / "images").glob("*.tif"))[0]
     image, truth = tifffile.imread(path), tifffile.imread(folder / "masks" / path.name)
     rng = np.random.default_rng(3)
-    from snakescope.quality import pixel_noise
+    from snakescope.stages.quality import pixel_noise
 
     level = float(np.median(image[~ndi.binary_dilation(truth > 0, iterations=4)]))  # the field's background and camera noise
     sparse = np.clip(np.round(rng.normal(level, pixel_noise(image), (1024, 2048))), 0, 65535).astype(image.dtype)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from snakescope.demo import DemoField, render_field
-from snakescope.instances import instance_labels, measure_objects, segment_unit, summarize_objects
-from snakescope.settings import PostprocessSettings
+from snakescope.methods.instances import instance_labels, measure_objects, segment_unit, summarize_objects
+from snakescope.core.settings import PostprocessSettings
 
 
 def disk(shape, centre, radius):
@@ -110,7 +110,7 @@ def test_small_objects_removed_and_empty_probability_gives_no_objects():
 
 
 def test_object_f1_counts_matches_at_iou_half():
-    from snakescope.instances import object_f1
+    from snakescope.methods.instances import object_f1
 
     truth = np.zeros((40, 40), int)
     truth[0:10, 0:10], truth[20:30, 20:30] = 1, 2
@@ -155,11 +155,11 @@ def test_large_fields_split_one_component_at_a_time_with_the_whole_field_result(
     touch, cross tile seams and sit at the field's edges."""
     import json
 
-    import snakescope.instances as segmentation
+    import snakescope.methods.instances as segmentation
 
     root = demo_batch["root"]
     predictions = json.loads((root / "inference" / "manifest.json").read_text())["predictions"]
-    from snakescope.images import read_unit
+    from snakescope.core.images import read_unit
 
     units = {u["unit_id"]: u for u in json.loads((root / "import" / "manifest.json").read_text())["units"]}
     ids = sorted(predictions)
@@ -182,7 +182,7 @@ def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_blo
     from skimage.measure import regionprops
 
     from conftest import SHARED, needs_shared
-    from snakescope import instances as segmentation
+    from snakescope.methods import instances as segmentation
 
     if rows_per_block:
         monkeypatch.setattr(segmentation, "ROWS_PER_BLOCK", rows_per_block)
@@ -214,7 +214,7 @@ def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_blo
 def test_fill_holes_growing_and_distances_equal_scipys():
     from scipy import ndimage as ndi
 
-    from snakescope.instances import distance_to_background, fill_holes, grown_by_2
+    from snakescope.methods.instances import distance_to_background, fill_holes, grown_by_2
 
     rng = np.random.default_rng(0)
     masks = [ndi.gaussian_filter(rng.random((300, 277)), 2) > q for q in (0.45, 0.5, 0.55)]
@@ -237,7 +237,7 @@ def test_label_peaks_equal_scikit_images_on_real_nuclei():
     from skimage.feature import peak_local_max
 
     from conftest import SHARED, needs_shared
-    from snakescope.instances import _marker_map, label_peaks
+    from snakescope.methods.instances import _marker_map, label_peaks
 
     def same(image, labels, min_distance):
         expected = peak_local_max(image, min_distance=min_distance, labels=labels, exclude_border=False)

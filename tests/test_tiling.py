@@ -8,10 +8,10 @@ import tifffile
 import yaml
 
 from conftest import SHARED, UNET, needs_shared
-from snakescope.inference import ModelError, Predictor, check_model, predict_batch
-from snakescope.settings import ModelSettings
-from snakescope.records import write_json
-from snakescope.tiling import TileRule, free_size_onnx
+from snakescope.stages.inference import ModelError, Predictor, check_model, predict_batch
+from snakescope.core.settings import ModelSettings
+from snakescope.core.records import write_json
+from snakescope.methods.tiling import TileRule, free_size_onnx
 
 BBBC039 = SHARED / "data" / "nuclei" / "bbbc039" / "images"
 
@@ -116,9 +116,9 @@ def test_free_size_copy_keeps_the_graph_and_frees_only_spatial_sizes(tmp_path):
 
 
 def test_predict_batch_records_the_tiles_it_used(checked, tmp_path):
-    from snakescope.acquisition import import_batch
-    from snakescope.settings import ImportSettings
-    from snakescope.inputs import Source
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.core.settings import ImportSettings
+    from snakescope.core.inputs import Source
 
     settings, record, _ = checked
     path = sorted(BBBC039.glob("*.tif"))[0]

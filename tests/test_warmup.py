@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from snakescope.images import read_unit
+from snakescope.core.images import read_unit
 from snakescope.watch import first_reads, first_segmentation
 
 

@@ -16,10 +16,10 @@ import tifffile
 import yaml
 
 from conftest import ROOT, SHARED, UNET, needs_shared
-from snakescope.configuration import load_config
+from snakescope.core.configuration import load_config
 from snakescope.microscope_sim import acquire, tiff_bytes, write_slowly
 from snakescope.watch import FileTracker, Watcher, bounded_actions, tiff_complete
-from snakescope.settings import WatchSettings
+from snakescope.core.settings import WatchSettings
 from workflow_helpers import planned_jobs, snakemake
 
 BBBC039 = SHARED / "data" / "nuclei" / "bbbc039" / "images"
@@ -87,7 +87,7 @@ def test_an_ome_tiff_is_complete_at_the_first_look_an_imagej_one_written_plane_b
 
 
 def test_the_kernel_says_when_a_file_is_closed_and_the_tracker_takes_it_at_once(tmp_path):
-    from snakescope.closes import open_closes
+    from snakescope.core.closes import open_closes
 
     closes = open_closes()
     if closes is None:

@@ -16,7 +16,7 @@ import yaml
 
 from browser import need_browser, open_page
 from conftest import ROOT
-from snakescope.records import sha256_file
+from snakescope.core.records import sha256_file
 from workflow_helpers import planned_jobs, report_zip_text, snakemake, write_config
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ from pathlib import Path
 WORKFLOW_DIR = Path(str(workflow.current_basedir)).parent
 PROJECT_DIR = WORKFLOW_DIR.parent
 sys.path.insert(0, str(WORKFLOW_DIR))
-from snakescope.configuration import ConfigError, check_config, job_environment  # noqa: E402
-from snakescope.layout import BatchPaths, manifest  # noqa: E402
-from snakescope.settings import (  # noqa: E402
+from snakescope.core.configuration import ConfigError, check_config, job_environment  # noqa: E402
+from snakescope.core.layout import BatchPaths, manifest  # noqa: E402
+from snakescope.core.settings import (  # noqa: E402
     GallerySettings,
     ImportSettings,
     ModelSettings,
@@ -19,15 +19,15 @@ from snakescope.settings import (  # noqa: E402
     ReportSettings,
 )
 from snakescope.stages import LLM_RUNTIME_KEYS, as_params, canonical  # noqa: E402
-from snakescope.corrections import CorrectionsError, load_corrections  # noqa: E402
-from snakescope.costs import job_mem_mb  # noqa: E402
-from snakescope.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
+from snakescope.core.corrections import CorrectionsError, load_corrections  # noqa: E402
+from snakescope.core.costs import job_mem_mb  # noqa: E402
+from snakescope.core.inputs import InputError, batches, read_sample_sheet, sources_from_globs  # noqa: E402
 from snakescope.llm.settings import BACKENDS as LLM_BACKENDS  # noqa: E402
-from snakescope.report.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
-from snakescope.progress import run_summary_message  # noqa: E402
+from snakescope.stages.report.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
+from snakescope.core.progress import run_summary_message  # noqa: E402
 
 # The keys a user must set first, then one readable line per schema problem, then the schema's defaults
-# (snakescope.configuration.check_config, which `snakescope watch` uses too).
+# (snakescope.core.configuration.check_config, which `snakescope watch` uses too).
 try:
     check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 except ConfigError as err:
@@ -70,7 +70,7 @@ B = BatchPaths(R, "{batch}")  # where each stage keeps a batch: the rules' outpu
 
 
 def field_mem_mb(stage, floor):
-    """A rule's mem_mb, from its batch's largest field (snakescope.costs; evaluated when the job is about to run)."""
+    """A rule's mem_mb, from its batch's largest field (snakescope.core.costs; evaluated when the job is about to run)."""
 
     section = config.get("postprocess", {})
     blocks = {

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
-from .layout import PROJECT_DIR
+from .core.layout import PROJECT_DIR
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
@@ -29,8 +29,8 @@ def cmd_watch(args: argparse.Namespace) -> None:
     """Watch mode (snakescope.watch): one process, the model loaded once, one action record per field."""
     import signal
 
-    from .configuration import ConfigError, load_config
-    from .inference import ModelError
+    from .core.configuration import ConfigError, load_config
+    from .stages.inference import ModelError
     from .llm.settings import LLMUnavailable
     from .watch import Watcher, summary_lines
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .records import write_json
+from .core.records import write_json
 
 PIXEL_SIZE_UM = 0.65
 SHAPE = (256, 256)

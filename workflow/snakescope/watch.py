@@ -36,11 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .closes import open_closes
-from .settings import WatchSettings
-from .inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
-from .records import LABELS_SUFFIX, Failure, read_json, write_json
-from .layout import PROJECT_DIR, SNAKEFILE, BatchPaths, manifest
+from .core.closes import open_closes
+from .core.settings import WatchSettings
+from .core.inputs import InputError, Source, batches, read_sample_sheet, sources_from_globs
+from .core.records import LABELS_SUFFIX, Failure, read_json, write_json
+from .core.layout import PROJECT_DIR, SNAKEFILE, BatchPaths, manifest
 from .stages import STAGES
 
 
@@ -187,7 +187,7 @@ def segment_and_hold(unit: dict[str, Any], probability_path: str, settings: Any,
                      hold: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """In the post-processing worker: a field's summary and objects; with ``hold`` its labels and overlay stay in
     the worker until :func:`write_held` (a large field, post-processed block by block, writes them as it goes)."""
-    from .segmentation import is_blocked, postprocess_one, segment_one
+    from .stages.segmentation import is_blocked, postprocess_one, segment_one
 
     if not hold or is_blocked(unit, settings):
         return postprocess_one(unit, probability_path, settings, channels, out)
@@ -220,11 +220,11 @@ class Watcher:
                  base_dir: str | Path = ".") -> None:
         import yaml
 
-        from .settings import ImportSettings
-        from .inference import ModelError, batch_predictor, check_model
-        from .settings import ModelSettings
-        from .settings import ReviewThresholds
-        from .settings import PostprocessSettings
+        from .core.settings import ImportSettings
+        from .stages.inference import ModelError, batch_predictor, check_model
+        from .core.settings import ModelSettings
+        from .core.settings import ReviewThresholds
+        from .core.settings import PostprocessSettings
 
         self.config = config
         self.config_files = list(config_files or [])
@@ -284,9 +284,9 @@ class Watcher:
         kept warm between fields). Returns (settings, session or None, a line saying who reviews)."""
         from contextlib import ExitStack
 
-        from .llm_review import llm_session
+        from .methods.llm_review import llm_session
         from .llm.settings import LLMSettings, LLMUnavailable
-        from .review import LLM_BACKENDS
+        from .stages.review import LLM_BACKENDS
 
         self._llm_stack = ExitStack()
         review = self.config["review"]
@@ -310,7 +310,7 @@ class Watcher:
 
     def _llm_reviews(self, units: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The LLM's reviews of one file's units (the rules' as second opinion), or None to keep the rules' reviews."""
-        from .llm_review import llm_review_units
+        from .methods.llm_review import llm_review_units
         from .llm.settings import LLMUnavailable
 
         try:
@@ -391,8 +391,8 @@ class Watcher:
     def start(self, source: Source, batch: str) -> dict[str, Any]:
         """The first half of a file's stages, which may run beside the previous file's second half: import, then
         inference on all of the watcher's threads. Touches no shared state."""
-        from .acquisition import import_one
-        from .inference import predict_one
+        from .stages.acquisition import import_one
+        from .stages.inference import predict_one
 
         started = time.time()
         paths = BatchPaths(self.results, batch)  # where the workflow keeps the batch: watch mode writes there too
@@ -417,10 +417,10 @@ class Watcher:
 
     def finish(self, state: dict[str, Any], completed_at: float) -> list[dict[str, Any]]:
         """The second half: post-processing, the rule-based review against the fields seen so far, the records."""
-        from .channels import model_channel_name
-        from .quality import quality_one, run_reference
-        from .review import review_one
-        from .report.tables import unit_action_entry, unreadable_entry
+        from .core.channels import model_channel_name
+        from .stages.quality import quality_one, run_reference
+        from .stages.review import review_one
+        from .stages.report.tables import unit_action_entry, unreadable_entry
 
         batch, started, front_done = state["batch"], state.pop("started"), state.pop("front_done")
         finishing = time.time()
@@ -538,8 +538,8 @@ class Watcher:
     def write_ready_batches(self, sources: list[Source], final: bool = False) -> list[str]:
         """Write the manifests of every batch whose files are all done (full batches; with ``final`` the last one too),
         as the batch workflow's jobs would, so a later snakemake run reuses them."""
-        from .inference import inference_manifest
-        from .segmentation import write_postprocess_outputs
+        from .stages.inference import inference_manifest
+        from .stages.segmentation import write_postprocess_outputs
 
         written = []
         for batch, members in batches(sources, self.config["batch_size"]).items() if sources else []:
@@ -747,11 +747,11 @@ def first_reads(folder: Path, settings: Any = None) -> list[dict[str, Any]]:
     import numpy as np
     import tifffile
 
-    from .acquisition import import_one
-    from .settings import ImportSettings
-    from .images import write_ome_tiff
-    from .inputs import Source
-    from .quality import quality_one
+    from .stages.acquisition import import_one
+    from .core.settings import ImportSettings
+    from .core.images import write_ome_tiff
+    from .core.inputs import Source
+    from .stages.quality import quality_one
 
     field = np.zeros((1, 32, 32), np.uint16)
     field[0, 8:20, 8:20] = 100
@@ -771,10 +771,10 @@ def first_segmentation(image: Any, settings: Any = None, folder: Path | None = N
     ``folder`` the labels and overlay writers, with ``gallery`` the report's gallery images."""
     import numpy as np
 
-    from .rendering import overlay_png
-    from .segmentation import Segmented
-    from .instances import segment_unit
-    from .settings import PostprocessSettings
+    from .core.rendering import overlay_png
+    from .stages.segmentation import Segmented
+    from .methods.instances import segment_unit
+    from .core.settings import PostprocessSettings
 
     probability = (image > image.mean()).astype(np.float32)
     with warnings.catch_warnings():  # e.g. scikit-image's about a single object: true of this image, not news
@@ -786,7 +786,7 @@ def first_segmentation(image: Any, settings: Any = None, folder: Path | None = N
     else:
         overlay_png(image, labels, 1.0)
     if gallery:
-        from .report.gallery import unit_gallery_images
-        from .settings import GallerySettings
+        from .stages.report.gallery import unit_gallery_images
+        from .core.settings import GallerySettings
 
         unit_gallery_images(image, labels, 1.0, GallerySettings(), (0.0, float(image.max()) or 1.0))

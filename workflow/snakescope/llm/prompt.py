@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..records import read_json, write_json
+from ..core.records import read_json, write_json
 
 def sha256(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
@@ -50,7 +50,7 @@ def prompt_version(path: str | Path) -> str:
 def review_images(image: Any, labels: Any, pixel_um: float, per_request: int, edges: Any = None) -> list[bytes]:
     """PNG bytes the model sees: one two-panel image (raw | outlines), or the two panels separately. ``edges``:
     outline pixels instead of labels (a large field's reduced view)."""
-    from ..rendering import overlay_png, png_bytes, rgb_panel
+    from ..core.rendering import overlay_png, png_bytes, rgb_panel
 
     if per_request >= 2:
         return [png_bytes(rgb_panel(image, None, pixel_um, 512)), png_bytes(rgb_panel(image, labels, pixel_um, 512, edges=edges))]

@@ -27,7 +27,7 @@ def probe_png(bright: bool) -> bytes:
     """A 64 x 64 grey PNG with a little texture: near-white or near-black."""
     import numpy as np
 
-    from ..rendering import png_bytes
+    from ..core.rendering import png_bytes
 
     rng = np.random.default_rng(0)
     level = 215 if bright else 30

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .channels import channel_indices, check_model_channels, model_channels
-from .settings import ModelSettings
-from .records import Failure, read_json, write_json
+from ..core.channels import channel_indices, check_model_channels, model_channels
+from ..core.settings import ModelSettings
+from ..core.records import Failure, read_json, write_json
 
 
 class ModelError(RuntimeError):
@@ -90,7 +90,7 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
     """``model.tile_px`` validated against the model's own tiles on its test input (cached per digest and size)."""
     from bioimageio.core.digest_spec import get_test_inputs
 
-    from .tiling import validate_tiles
+    from ..methods.tiling import validate_tiles
 
     cache = Path(cache_dir) / "model-tests" / f"{digest}.tile{settings.tile_px}.json"
     if cache.is_file():
@@ -185,7 +185,7 @@ def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, f
     import onnxruntime
     from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
 
-    from .tiling import free_size_onnx
+    from ..methods.tiling import free_size_onnx
 
     class ThreadedONNXAdapter(ONNXModelAdapter):
         def _init_model_on_device(self, device: Any) -> Any:
@@ -211,7 +211,7 @@ class Predictor:
 
     Images of any size are mirror-padded to what the model's input axes accept (fixed size, or
     ``min + n*step``) plus the output halo on every side, predicted block by block, and cropped back.
-    With a validated ``tile_rule`` (``model.tile_px``, snakescope.tiling) the blocks are as large as the
+    With a validated ``tile_rule`` (``model.tile_px``, snakescope.methods.tiling) the blocks are as large as the
     rule allows, up to the whole padded field.
     """
 
@@ -283,8 +283,8 @@ class Predictor:
 def pooled_pixels(import_manifests: list[str | Path], channels: tuple[str | int, ...], per_unit: int = 20_000,
                   seed: int = 0) -> np.ndarray:
     """A (C, N) sample of pixel values from every unit of a run: the basis of dataset-level normalisation."""
-    from .images import read_unit
-    from .blocks import PlaneReader, is_large
+    from ..core.images import read_unit
+    from ..core.blocks import PlaneReader, is_large
 
     rng = np.random.default_rng(seed)
     parts = []
@@ -328,8 +328,8 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
                 position: str = "") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Predict one imported unit into ``out``: ({path, seconds}, None), or (None, failure record).
     ``label`` starts the progress and failure lines (``[inference b0000]``), ``position`` says where in the batch (``3/50``)."""
-    from .images import read_unit
-    from .blocks import is_large
+    from ..core.images import read_unit
+    from ..core.blocks import is_large
 
     try:
         t0 = time.time()
@@ -359,7 +359,7 @@ BLOCK_CONTEXT_PX = 96
 
 def predict_by_blocks(predictor: "Predictor", unit: dict[str, Any], path: Path) -> None:
     """The probability map of a large unit into ``path`` (``.npy``, float16), block by block."""
-    from .blocks import PlaneReader, layout, write_npy
+    from ..core.blocks import PlaneReader, layout, write_npy
 
     with PlaneReader(unit["image_path"]) as reader:
         channels = channel_indices(unit["channel_names"], predictor.settings.channels, len(unit["channel_names"]))
@@ -381,7 +381,7 @@ def field_statistics(descr: Any, reader: Any, channels: list[int], blocks: list[
     from bioimageio.core.proc_setup import get_requried_measures
     from bioimageio.core.stat_measures import SampleMean, SampleQuantile, SampleStd, SampleVar
 
-    from .blocks import Histogram, value_range
+    from ..core.blocks import Histogram, value_range
 
     measures = {m for m in get_requried_measures(descr).pre if getattr(m, "scope", "") == "sample"}
     if not measures:
@@ -439,7 +439,7 @@ def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSetting
 def batch_predictor(settings: ModelSettings, check: dict[str, Any], pooled: np.ndarray | None = None,
                     threads: int | None = None) -> Predictor:
     """The predictor a batch uses: the larger tiles validated in the model check when ``model.tile_px`` is set."""
-    from .tiling import TileRule
+    from ..methods.tiling import TileRule
 
     rule = TileRule(**check["tiling"]["rule"]) if settings.tile_px and check.get("tiling") else None
     return Predictor(settings, pooled, threads, tile_rule=rule)
@@ -489,7 +489,7 @@ def run_check(*, settings: ModelSettings, model_check: str, cache_dir: str) -> N
 
 def run_dataset_pixels(*, imported: list[str], pixels: str, channels: tuple[str | int, ...]) -> None:
     """Rule ``dataset_pixels`` (``model.normalization: dataset``): a pooled pixel sample of the whole run."""
-    from .layout import manifest
+    from ..core.layout import manifest
 
     sample = pooled_pixels([manifest(folder) for folder in imported], channels)
     with open(pixels, "wb") as handle:
@@ -500,8 +500,8 @@ def run_dataset_pixels(*, imported: list[str], pixels: str, channels: tuple[str 
 def run_inference(*, imported: str, model_check: str, inference: str, settings: ModelSettings, threads: int,
                   pixels: str | None = None) -> None:
     """Rule ``infer``: the model loaded once for the batch, every unit predicted -> ``inference/<batch>/``."""
-    from .layout import manifest
-    from .progress import stage_progress
+    from ..core.layout import manifest
+    from ..core.progress import stage_progress
 
     try:
         doc = predict_batch(manifest(imported), settings, model_check, inference, pixels, threads=threads)

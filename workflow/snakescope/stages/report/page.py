@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..settings import ReportSettings
-from ..records import json_safe, read_csv, read_json
+from ...core.settings import ReportSettings
+from ...core.records import json_safe, read_csv, read_json
 from .tables import USABLE_VERDICTS
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
@@ -157,7 +157,7 @@ def metric_labels(thresholds: dict[str, Any] | None = None) -> dict[str, str]:
     """What the detail view calls each number: its meaning, unit and the threshold it was judged against."""
     from dataclasses import asdict
 
-    from ..settings import ReviewThresholds
+    from ...core.settings import ReviewThresholds
 
     t = asdict(ReviewThresholds.from_config(thresholds or {}))
     return {
@@ -438,7 +438,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
                  pipeline_info: str | Path, dataset: str, out_html: str | Path, settings: ReportSettings,
                  benchmarks: str | Path | None = None, batches: list[str] | None = None) -> dict[str, Any]:
     """Read the tables, plots, gallery images and provenance; write the page atomically. Returns size facts."""
-    from .. import __version__
+    from ... import __version__
 
     tables, info_dir = Path(tables_dir), Path(pipeline_info)
     units = read_csv(tables / "units.csv")

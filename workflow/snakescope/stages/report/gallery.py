@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..settings import GallerySettings
-from ..records import read_json, write_json
-from ..rendering import large_view
+from ...core.settings import GallerySettings
+from ...core.records import read_json, write_json
+from ...core.rendering import large_view
 
 
 def webp_data_uri(rgb: np.ndarray, quality: int) -> str:
@@ -37,7 +37,7 @@ def unit_gallery_images(image: np.ndarray, labels: np.ndarray | None, pixel_size
     (a large field's reduced view)."""
     from skimage.segmentation import find_boundaries
 
-    from ..rendering import rgb_panel, stretch_limits
+    from ...core.rendering import rgb_panel, stretch_limits
 
     own_limits = stretch_limits(image)  # the field's own contrast, and its outlines, computed once for all panels
     if edges is None and labels is not None:
@@ -68,11 +68,11 @@ def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any
     outlines), in the run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
     import tifffile
 
-    from ..images import read_unit
-    from ..blocks import is_large
-    from ..channels import select_channels
-    from ..rendering import scale_bar_um
-    from ..channels import model_channel_name
+    from ...core.images import read_unit
+    from ...core.blocks import is_large
+    from ...core.channels import select_channels
+    from ...core.rendering import scale_bar_um
+    from ...core.channels import model_channel_name
 
     imported = read_json(import_manifest)
     run = read_json(reference) if reference else None
@@ -108,7 +108,7 @@ def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any
 def run_gallery(*, imported: str, refinement: str, reference: str, gallery: str, settings: GallerySettings,
                 channels: tuple[str | int, ...]) -> None:
     """Rule ``gallery``: a batch's thumbnails and detail views, from the final labels -> ``report/gallery/<batch>.json``."""
-    from ..layout import manifest
+    from ...core.layout import manifest
 
     final = read_json(Path(refinement) / "final.json")["segmentation"]
     gallery_batch(manifest(imported), final, channels, settings, gallery, reference)

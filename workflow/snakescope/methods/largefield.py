@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, value_range, write_npy
-from .records import ObjectTable
+from ..core.blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, value_range, write_npy
+from ..core.records import ObjectTable
 from .instances import (
     TISSUE_RATIO,
     TISSUE_SURE_THRESHOLD,
@@ -302,8 +302,8 @@ class _Passes:
 
     def overlay_and_labels(self, labels_path: Path, n: int) -> None:
         """The overlay PNG from a reduced view (outline pixels from every block) and the tiled labels TIFF."""
-        from .images import write_ome_tiff
-        from .rendering import downscale_factor, overlay_png, reduced_view
+        from ..core.images import write_ome_tiff
+        from ..core.rendering import downscale_factor, overlay_png, reduced_view
 
         factor = downscale_factor(self.shape, 512)
         grey, edges = reduced_view(lambda box: self.reader.read(self.channel, box), lambda box: read_npy(self.final, box),
@@ -321,7 +321,7 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
                       labels_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Labels (tiled OME-TIFF at ``labels_path``), overlay and objects of one large unit, block by block; the
     same steps as :func:`segmentation.instance_labels` with every field-wide statistic pooled over the blocks."""
-    from .channels import channel_indices
+    from ..core.channels import channel_indices
 
     uid = unit["unit_id"]
     with PlaneReader(unit["image_path"]) as reader:
@@ -357,8 +357,8 @@ def postprocess_large(unit: dict[str, Any], probability_path: str | Path, settin
             finally:
                 passes.cleanup()
         else:
-            from .images import write_ome_tiff
-            from .blocks import TIFF_TILE
+            from ..core.images import write_ome_tiff
+            from ..core.blocks import TIFF_TILE
 
             empty = (np.zeros((TIFF_TILE, TIFF_TILE), np.uint16) for _ in range(-(-shape[0] // TIFF_TILE) * -(-shape[1] // TIFF_TILE)))
             write_ome_tiff(labels_path, empty, [f"labels of {uid}"], unit.get("pixel_size_um") or {}, shape=(1, *shape), dtype=np.uint16)

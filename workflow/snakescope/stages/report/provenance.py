@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..records import write_json
-from ..layout import ENVS_DIR
+from ...core.records import write_json
+from ...core.layout import ENVS_DIR
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
             "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch",
@@ -44,7 +44,7 @@ def software_versions() -> dict[str, Any]:
 
     With ``--sdm conda`` each stage has its own environment: a package absent here (``null``) is listed
     under ``declared`` with the version its stage's env file asks for."""
-    from .. import __version__
+    from ... import __version__
 
     versions: dict[str, str | None] = {}
     for name in PACKAGES:

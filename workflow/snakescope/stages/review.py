@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .llm.settings import BACKENDS as LLM_BACKENDS  # review.backend values where a vision model reviews
-from .channels import model_channel_name
-from .knowledge import expected_diameter, load_knowledge_base
-from .settings import RELATIVE_CHECKS, ReviewThresholds
-from .records import LABELS_SUFFIX, read_json, write_json
-from .layout import schema_path
+from .. import __version__
+from ..llm.settings import BACKENDS as LLM_BACKENDS  # review.backend values where a vision model reviews
+from ..core.channels import model_channel_name
+from ..core.knowledge import expected_diameter, load_knowledge_base
+from ..core.settings import RELATIVE_CHECKS, ReviewThresholds
+from ..core.records import LABELS_SUFFIX, read_json, write_json
+from ..core.layout import schema_path
 
 SCHEMA_PATH = schema_path("review")
 
@@ -248,8 +248,8 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     doc: dict[str, Any] = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False}
     reviews = rules_reviews
     if settings.get("backend", "deterministic") in LLM_BACKENDS:
-        from .llm_review import fallback_reviews, llm_review_units
-        from .llm.settings import LLMSettings, LLMUnavailable
+        from ..methods.llm_review import fallback_reviews, llm_review_units
+        from ..llm.settings import LLMSettings, LLMUnavailable
 
         llm = LLMSettings.from_config(settings.get("llm", {}), settings["backend"])
         try:
@@ -281,9 +281,9 @@ def run_review(*, imported: str, quality: str, reference: str, inference: str, s
                schema: str, review: str, settings: dict[str, Any], channels: tuple[str | int, ...], llm_runtime: dict[str, Any], cache_dir: str, prompt: str | None = None) -> None:
     """Rule ``review``: every unit of a batch reviewed by the rules, and by the vision model when configured ->
     ``review/<batch>/``. ``llm_runtime``: the ``review.llm`` keys that do not change answers (server, timeouts)."""
-    from .layout import manifest
-    from .llm.settings import LLMUnavailable
-    from .progress import stage_progress
+    from ..core.layout import manifest
+    from ..llm.settings import LLMUnavailable
+    from ..core.progress import stage_progress
 
     llm = {**settings.get("llm", {}), **llm_runtime, **({"prompt": prompt} if prompt else {})}
     try:

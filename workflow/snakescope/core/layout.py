@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 WORKFLOW_DIR = PACKAGE_DIR.parent
 PROJECT_DIR = WORKFLOW_DIR.parent
 SCHEMAS_DIR = WORKFLOW_DIR / "schemas"
@@ -42,7 +42,7 @@ class BatchPaths:
 
     def __getattr__(self, name: str) -> Path:
         if name not in BATCH_OUTPUTS:
-            raise AttributeError(f"no stage output {name!r} (snakescope.layout.BATCH_OUTPUTS)")
+            raise AttributeError(f"no stage output {name!r} (snakescope.core.layout.BATCH_OUTPUTS)")
         return Path(self.results) / BATCH_OUTPUTS[name].format(batch=self.batch)
 
 

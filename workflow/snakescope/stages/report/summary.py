@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..records import write_json
-from ..llm.guardrails import check_numbers
-from ..llm.prompt import ReviewCache, now, prompt_version, render_prompt, sha256
-from ..llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
+from ...core.records import write_json
+from ...llm.guardrails import check_numbers
+from ...llm.prompt import ReviewCache, now, prompt_version, render_prompt, sha256
+from ...llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
 
 
 def rules_summary(data: dict[str, Any]) -> str:
@@ -32,8 +32,8 @@ def rules_summary(data: dict[str, Any]) -> str:
 def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, cache_dir: str | Path,
                       out_path: str | Path) -> dict[str, Any]:
     """The dataset's narrative: written by the LLM (``settings`` given) or the rule template, numbers checked."""
-    from ..llm.client import public_endpoint
-    from ..llm.backends import connect
+    from ...llm.client import public_endpoint
+    from ...llm.backends import connect
 
     record: dict[str, Any] = {"backend": "deterministic", "uses_llm": False, "data": aggregates}
     text = None
@@ -68,8 +68,8 @@ def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, 
 def run_summary(*, aggregates: str, run_summary: str, settings: dict[str, Any], llm_runtime: dict[str, Any], cache_dir: str,
                 prompt: str | None = None) -> None:
     """Rule ``run_summary``: the narrative of the run, by the LLM when one reviews (``review.backend``), numbers checked."""
-    from ..llm.settings import BACKENDS
-    from ..records import read_json
+    from ...llm.settings import BACKENDS
+    from ...core.records import read_json
 
     backend = settings.get("backend", "deterministic")
     llm = None

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .records import read_json, write_json
-from .llm.client import ChatClient, public_endpoint
-from .llm.backends import connect
-from .llm.guardrails import check_claims, combine
-from .llm.prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
-from .llm.selftest import self_test
-from .llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
-from .layout import schema_path
+from ..core.records import read_json, write_json
+from ..llm.client import ChatClient, public_endpoint
+from ..llm.backends import connect
+from ..llm.guardrails import check_claims, combine
+from ..llm.prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
+from ..llm.selftest import self_test
+from ..llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
+from ..core.layout import schema_path
 
 ANSWER_SCHEMA_PATH = schema_path("mllm_answer")
 INPUTS_FOLDER = "llm_inputs"  # what each unit sent: its PNG(s) and prompt (provenance, and the fine-tuning export)
@@ -117,11 +117,11 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             return llm_review_units(units, context, settings, cache_dir, out_dir, count_tolerance, opened)
     import tifffile
 
-    from .blocks import is_large
-    from .channels import select_channels
-    from .images import read_unit
+    from ..core.blocks import is_large
+    from ..core.channels import select_channels
+    from ..core.images import read_unit
     from .instances import calibrated
-    from .rendering import large_view, scale_bar_um
+    from ..core.rendering import large_view, scale_bar_um
 
     template = Path(settings.prompt).read_text(encoding="utf-8")
     schema = read_json(ANSWER_SCHEMA_PATH)

@@ -9,10 +9,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .settings import ImportSettings
-from .inputs import Source, safe_id
-from .images import finite, write_ome_tiff
-from .records import Failure, Unit, manifest, sha256_file, write_json
+from ..core.settings import ImportSettings
+from ..core.inputs import Source, safe_id
+from ..core.images import finite, write_ome_tiff
+from ..core.records import Failure, Unit, manifest, sha256_file, write_json
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
 
@@ -134,7 +134,7 @@ def large_tiff_series(path: Path, scene_index: int, sizes: dict[str, int]) -> An
     """The tifffile series of a TIFF scene whose planes are large (``blocks.is_large``), to be copied a strip at a
     time instead of read whole (bioio's TIFF readers hand over whole planes); None when the scene is small, not a
     TIFF, has RGB samples or axes other than T, C, Z, Y, X, or its shape differs from what bioio reports."""
-    from .blocks import is_large
+    from ..core.blocks import is_large
 
     if path.suffix.lower() not in TIFF_SUFFIXES or "S" in sizes or not is_large((sizes.get("Y", 0), sizes.get("X", 0))):
         return None
@@ -156,7 +156,7 @@ def large_czi_scene(path: Path, scene_index: int, sizes: dict[str, int], dtype: 
     pylibCZIrw's region reads (the CZI's own tile index) instead of whole planes: bioio-czi's default backend
     reads a whole plane even for a window. None when the scene is small, has RGB samples, or its region in the
     file does not have the size bioio reports (then bioio reads it whole, once)."""
-    from .blocks import is_large
+    from ..core.blocks import is_large
 
     if path.suffix.lower() != ".czi" or "S" in sizes or not is_large((sizes.get("Y", 0), sizes.get("X", 0))):
         return None
@@ -223,7 +223,7 @@ class PlaneTiles:
     def tiles(self) -> Iterator[np.ndarray]:
         import contextlib
 
-        from .blocks import TIFF_TILE
+        from ..core.blocks import TIFF_TILE
 
         with contextlib.ExitStack() as stack:
             if "czi" in self.series:
@@ -284,7 +284,7 @@ def _channel_names(raw: list[Any], n_channels_out: int, selection: dict[str, Any
 
 def fitted_backgrounds(array: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Each channel's smooth background (:mod:`.background`), by channel name, for the unit's record."""
-    from .background import fit_background
+    from ..core.background import fit_background
 
     return {name: fit_background(finite(array[i])).as_dict() for i, name in enumerate(names)}
 
@@ -396,7 +396,7 @@ def lif_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None
 
 def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_scenes: int, checksum: str, reader: str,
                   settings: ImportSettings, out_dir: Path) -> list[Unit]:
-    from .calibration import PixelSize, from_reader, metamorph_channel_name, resolve
+    from ..core.calibration import PixelSize, from_reader, metamorph_channel_name, resolve
 
     path = Path(source.path)
     image.set_scene(scene)
@@ -485,7 +485,7 @@ def import_batch(batch: str, sources: list[Source], settings: ImportSettings, ou
 
 def run_import(*, batch: str, sources: list[dict[str, Any]], settings: ImportSettings, imported: str) -> None:
     """Rule ``import_batch``: every scene of the batch's source files -> ``import/<batch>/`` (units and manifest)."""
-    from .progress import stage_progress
+    from ..core.progress import stage_progress
 
     doc = import_batch(batch, [Source(**s) for s in sources], settings, imported)
     stage_progress("import", doc, len(doc["units"]))

@@ -57,7 +57,7 @@ class Unit:
     reader: str
     metadata: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    background: dict[str, Any] = field(default_factory=dict)  # channel name -> fitted surface (snakescope.background)
+    background: dict[str, Any] = field(default_factory=dict)  # channel name -> fitted surface (snakescope.core.background)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

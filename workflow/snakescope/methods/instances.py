@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .settings import PostprocessSettings
+from ..core.settings import PostprocessSettings
 
 
 # Tissue detection: when the objects at the probability threshold are TISSUE_RATIO times wider than the

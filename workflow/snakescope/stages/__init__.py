@@ -31,7 +31,7 @@ LLM_RUNTIME_KEYS = ("endpoint", "api_key_env", "keep_alive", "timeout_s", "serve
 @dataclass(frozen=True)
 class Stage:
     """One rule: ``name`` is the pipeline stage it belongs to (its module, output folder and progress lines),
-    ``function`` the ``module:function`` under :mod:`snakescope` that runs one job of it."""
+    ``function`` the ``module:function`` in this package that runs one job of it."""
 
     rule: str
     name: str
@@ -75,7 +75,7 @@ def stage_of(rule: str) -> Stage:
 
 def stage_function(rule: str) -> Callable[..., None]:
     module, name = stage_of(rule).function.split(":")
-    return getattr(importlib.import_module(f"snakescope.{module}"), name)
+    return getattr(importlib.import_module(f"snakescope.stages.{module}"), name)
 
 
 def runtime_values(config: dict[str, Any]) -> dict[str, Any]:

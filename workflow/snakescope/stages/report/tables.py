@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..layout import BatchPaths, manifest
-from ..records import ACQUISITION_ACTIONS, read_csv, read_json, write_json
-from ..channels import model_channel_name
+from ...core.layout import BatchPaths, manifest
+from ...core.records import ACQUISITION_ACTIONS, read_csv, read_json, write_json
+from ...core.channels import model_channel_name
 
 METRIC_COLUMNS = ["snr", "blur", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
                   "percent_minimal", "foreground_fraction", "background", "background_unevenness", "noise", "mean", "max"]
@@ -56,7 +56,7 @@ def _merge_objects(path: Path, batches: list[BatchPaths], refined_units: dict[st
                    unit_meta: dict[str, dict[str, Any]]) -> None:
     """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv, each
     row carrying its unit's sample id and sample-sheet metadata (well, condition, ...) and every channel's mean."""
-    from ..instances import OBJECT_COLUMNS
+    from ...methods.instances import OBJECT_COLUMNS
 
     def rows():
         for batch in batches:
@@ -197,8 +197,8 @@ def build_tables(batches: list[BatchPaths], channels: tuple[str | int, ...], out
     ``batches``: where each batch's stage outputs are (:class:`.layout.BatchPaths`), in the run's order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ..corrections import agreement, corrected_review, load_corrections, overruled
-    from ..channels import channel_choice_warning
+    from ...core.corrections import agreement, corrected_review, load_corrections, overruled
+    from ...core.channels import channel_choice_warning
 
     corrections = load_corrections(corrections_path) if corrections_path else {}
     final_reviews: dict[str, dict[str, Any]] = {}  # as decided: the machine's review, or the person's correction of it

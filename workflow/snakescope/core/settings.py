@@ -53,7 +53,7 @@ class ModelSettings:
     output_channel: int = 0
     run_test: bool = True
     normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
-    tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.tiling)
+    tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.methods.tiling)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # a list from YAML or a param: hashable, compared as given

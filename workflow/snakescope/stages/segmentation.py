@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .images import write_labels
-from .instances import OBJECT_COLUMNS, calibrated, channel_means, segment_unit
-from .settings import PostprocessSettings
-from .records import LABELS_SUFFIX, Failure, read_json, write_json
+from ..core.images import write_labels
+from ..methods.instances import OBJECT_COLUMNS, calibrated, channel_means, segment_unit
+from ..core.settings import PostprocessSettings
+from ..core.records import LABELS_SUFFIX, Failure, read_json, write_json
 
 def is_blocked(unit: dict[str, Any], settings: PostprocessSettings) -> bool:
     """Whether a unit is post-processed block by block (a side longer than ``block_px``)."""
@@ -26,7 +26,7 @@ def postprocess_one(unit: dict[str, Any], probability_path: str | Path, settings
                     channels: tuple[str | int, ...], out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Labels (TIFF), overlay (PNG), summary and objects of one predicted unit; raises on failure."""
     if is_blocked(unit, settings):
-        from .largefield import postprocess_large
+        from ..methods.largefield import postprocess_large
 
         uid = unit["unit_id"]
         pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
@@ -50,7 +50,7 @@ class Segmented:
 
     def write(self, out: Path) -> None:
         """The labels (TIFF) and the overlay (PNG)."""
-        from .rendering import overlay_png
+        from ..core.rendering import overlay_png
 
         uid = self.unit["unit_id"]
         write_labels(out / f"{uid}{LABELS_SUFFIX}", self.labels, self.unit)
@@ -60,8 +60,8 @@ class Segmented:
 def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
                 channels: tuple[str | int, ...]) -> Segmented:
     """:func:`postprocess_one` of a field that fits in memory, without writing its files."""
-    from .images import read_unit
-    from .channels import model_channels, select_channels
+    from ..core.images import read_unit
+    from ..core.channels import model_channels, select_channels
 
     pixel = calibrated((unit["pixel_size_um"]["y"], unit["pixel_size_um"]["x"]))
     full = read_unit(unit["image_path"])
@@ -129,8 +129,8 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
 def run_segmentation(*, imported: str, inference: str, segmentation: str, settings: PostprocessSettings,
                      channels: tuple[str | int, ...]) -> None:
     """Rule ``postprocess``: labels, overlays and measurements of a batch -> ``segmentation/<batch>/``."""
-    from .layout import manifest
-    from .progress import stage_progress
+    from ..core.layout import manifest
+    from ..core.progress import stage_progress
 
     doc = postprocess_batch(manifest(imported), manifest(inference), settings, channels, segmentation)
     stage_progress("segmentation", doc, len(doc["summaries"]))

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .images import finite
-from .background import flattened, unit_surface
-from .records import Failure, read_json, write_json
-from .settings import RELATIVE_CHECKS
+from ..core.images import finite
+from ..core.background import flattened, unit_surface
+from ..core.records import Failure, read_json, write_json
+from ..core.settings import RELATIVE_CHECKS
 
 
 def robust_background(image: np.ndarray, iterations: int = 5, clip: float = 3.0) -> tuple[float, float]:
@@ -251,7 +251,7 @@ STRIP_HALO = 8  # rows either side: the σ=1 smoothing (4), the blur filters (7)
 def channel_metrics_by_strips(reader: Any, channel: int) -> dict[str, float]:
     """:func:`channel_metrics` of one channel of a large plane read a strip at a time (``reader``: a
     :class:`blocks.PlaneReader`); the same definitions, within the precision said at WHOLE_PLANE_PIXELS."""
-    from .blocks import Histogram
+    from ..core.blocks import Histogram
 
     h, w = reader.shape
     integer = np.issubdtype(reader.dtype, np.integer)
@@ -377,10 +377,10 @@ def unit_metrics(array: np.ndarray, channel_names: list[str], unit: dict[str, An
 
 def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(metrics, None) for one imported unit, or (None, failure record)."""
-    from .images import read_unit
+    from ..core.images import read_unit
 
     try:
-        from .blocks import PlaneReader, is_large
+        from ..core.blocks import PlaneReader, is_large
 
         if is_large(unit.get("shape")):
             with PlaneReader(unit["image_path"]) as reader:
@@ -463,8 +463,8 @@ def run_reference(metrics: list[dict[str, float]]) -> dict[str, Any]:
 
 def run_quality(*, imported: str, quality: str) -> None:
     """Rule ``quality_metrics``: every channel's metrics of a batch's units -> ``quality/<batch>.json``."""
-    from .layout import manifest
-    from .progress import stage_progress
+    from ..core.layout import manifest
+    from ..core.progress import stage_progress
 
     doc = quality_batch(manifest(imported), quality)
     stage_progress("quality", doc, len(doc["metrics"]))
@@ -472,7 +472,7 @@ def run_quality(*, imported: str, quality: str) -> None:
 
 def run_quality_reference(*, quality: list[str], imported: list[str], reference: str, plate_column: str) -> None:
     """Rule ``quality_reference``: the run's median and MAD of the metrics, per channel and plate (relative checks)."""
-    from .layout import manifest
+    from ..core.layout import manifest
 
     doc = write_run_reference(quality, reference, [manifest(folder) for folder in imported], plate_column)
     print(f"quality reference: {doc['fields']} field(s) per channel", file=sys.stderr)

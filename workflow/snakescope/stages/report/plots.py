@@ -407,8 +407,8 @@ def write_plots(tables_dir: str | Path, out_dir: str | Path, condition_column: s
     import csv
     from dataclasses import asdict
 
-    from ..settings import ReviewThresholds
-    from ..records import read_csv
+    from ...core.settings import ReviewThresholds
+    from ...core.records import read_csv
 
     tables = Path(tables_dir)
     units = read_csv(tables / "units.csv")

@@ -16,8 +16,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from .records import LABELS_SUFFIX, read_json, write_json
-from .settings import PostprocessSettings
+from ..core.records import LABELS_SUFFIX, read_json, write_json
+from ..core.settings import PostprocessSettings
 
 MIN_GAIN = 0.05  # a refinement must improve the score by this much to replace the original segmentation
 
@@ -53,7 +53,7 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
     objects plausible, and must beat the original by MIN_GAIN. Returns every attempt and the best. ``intensity``
     is what post-processing segments, ``measured`` what it measures (:func:`segmentation.segment_unit`).
     """
-    from .instances import segment_unit
+    from ..methods.instances import segment_unit
 
     lo_p, hi_p = refine["split_min_distance"]
     lo_a, hi_a = refine["min_object_area_fraction"]
@@ -99,12 +99,12 @@ def refine_unit(unit: dict[str, Any], review: dict[str, Any], answer: dict[str, 
     segmentation, its count check, flags, verdict and issues checked again), and the refined objects or None."""
     import numpy as np
 
-    from .blocks import is_large
-    from .channels import model_channels, select_channels
-    from .images import read_unit, write_labels
-    from .instances import calibrated
-    from .llm.guardrails import check_claims, combine
-    from .rendering import overlay_png
+    from ..core.blocks import is_large
+    from ..core.channels import model_channels, select_channels
+    from ..core.images import read_unit, write_labels
+    from ..methods.instances import calibrated
+    from ..llm.guardrails import check_claims, combine
+    from ..core.rendering import overlay_png
 
     record: dict[str, Any] = {"applied": False}
     direction = refinement_direction(answer, summary)
@@ -145,9 +145,9 @@ def refine_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     segmentation of every unit) and ``refined_objects.csv``."""
     import csv
 
-    from .channels import model_channel_name
-    from .instances import OBJECT_COLUMNS
-    from .knowledge import expected_diameter
+    from ..core.channels import model_channel_name
+    from ..methods.instances import OBJECT_COLUMNS
+    from ..core.knowledge import expected_diameter
 
     imported, quality = read_json(import_manifest), read_json(quality_json)
     predictions = read_json(inference_manifest)["predictions"]
@@ -194,9 +194,9 @@ def run_refinement(*, imported: str, quality: str, inference: str, segmentation:
                    count_tolerance: float, cell_line_column: str) -> None:
     """Rule ``refinement``: the critique's bounded re-segmentation of a batch, and its final reviews and labels ->
     ``refinement/<batch>/final.json``."""
-    from .knowledge import load_knowledge_base
-    from .layout import manifest
-    from .progress import batch_progress
+    from ..core.knowledge import load_knowledge_base
+    from ..core.layout import manifest
+    from ..core.progress import batch_progress
 
     doc = refine_batch(manifest(imported), quality, manifest(inference), segmentation, review, refinement, settings, channels,
                        refine, count_tolerance, load_knowledge_base(knowledge_base), cell_line_column)
