@@ -1,6 +1,8 @@
 """snakescope: microscope acquisitions -> bioimage.io inference -> review -> report.
 
-One module per stage; the Snakemake rules run ``python -m snakescope <stage>`` (the CLI in :mod:`snakescope.cli`).
+The commands people type are in :mod:`.cli` and :mod:`.watch`; the pipeline's stages side by side in :mod:`.stages`
+(each rule of ``workflow/rules/`` runs one of their functions); what stages share sits below them in :mod:`.methods`,
+:mod:`.llm` and :mod:`.core`.
 """
 
 __version__ = "0.1.0"
