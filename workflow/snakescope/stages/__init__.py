@@ -30,13 +30,12 @@ LLM_RUNTIME_KEYS = ("endpoint", "api_key_env", "keep_alive", "timeout_s", "serve
 
 @dataclass(frozen=True)
 class Stage:
-    """One rule: ``name`` is the pipeline stage it belongs to (its module, output folder and progress lines),
-    ``function`` the ``module:function`` in this package that runs one job of it."""
+    """One rule: ``name`` is the pipeline stage it belongs to (its module here, its output folder and its lines in the
+    terminal), ``function`` the ``module:function`` in this package that runs one job of it."""
 
     rule: str
     name: str
     function: str
-    per_batch: bool = True
     watch: bool = False  # watch mode writes this rule's outputs itself; ``snakemake --touch`` adopts them
 
 
@@ -45,19 +44,19 @@ STAGES = {
     for stage in (
         Stage("import_batch", "import", "acquisition:run_import", watch=True),
         Stage("quality_metrics", "quality", "quality:run_quality", watch=True),
-        Stage("quality_reference", "quality", "quality:run_quality_reference", per_batch=False),
-        Stage("check_model", "inference", "inference:run_check", per_batch=False, watch=True),
-        Stage("dataset_pixels", "inference", "inference:run_dataset_pixels", per_batch=False),
+        Stage("quality_reference", "quality", "quality:run_quality_reference"),
+        Stage("check_model", "inference", "inference:run_check", watch=True),
+        Stage("dataset_pixels", "inference", "inference:run_dataset_pixels"),
         Stage("infer", "inference", "inference:run_inference", watch=True),
         Stage("postprocess", "segmentation", "segmentation:run_segmentation", watch=True),
         Stage("review", "review", "review:run_review"),
         Stage("refinement", "refinement", "refinement:run_refinement"),
         Stage("gallery", "report", "report.gallery:run_gallery"),
-        Stage("pipeline_info", "report", "report.provenance:run_pipeline_info", per_batch=False),
-        Stage("tables", "report", "report.tables:run_tables", per_batch=False),
-        Stage("plots", "report", "report.plots:run_plots", per_batch=False),
-        Stage("run_summary", "report", "report.summary:run_summary", per_batch=False),
-        Stage("report", "report", "report.page:run_report", per_batch=False),
+        Stage("pipeline_info", "report", "report.provenance:run_pipeline_info"),
+        Stage("tables", "report", "report.tables:run_tables"),
+        Stage("plots", "report", "report.plots:run_plots"),
+        Stage("run_summary", "report", "report.summary:run_summary"),
+        Stage("report", "report", "report.page:run_report"),
     )
 }
 
