@@ -32,6 +32,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/inference_throughput.py
 	$(BIN)/python bench/review_throughput.py
 	$(BIN)/python bench/workflow_vs_loop.py
+	$(BIN)/python bench/workflow_vs_loop.py --field-px 1024 --images 100
 	$(BIN)/python bench/dryrun_scale.py
 	$(BIN)/python bench/refinement_f1.py
 	$(BIN)/python bench/report_scale.py
