@@ -13,7 +13,8 @@ prompt that lets metadata escape its block is caught.
 
 Misbehaviour for the next chat requests is queued with ``server.script.extend([...])``:
 ``ok``, ``slow:<seconds>``, ``http500``, ``invalid_json``, ``truncated``, ``schema_violation``,
-``drop`` (close the connection without answering), ``unknown_model``, ``wrong_numbers``.
+``drop`` (close the connection without answering), ``unknown_model``, ``wrong_numbers``, ``no_action`` and
+``no_actions`` (the review answers ``suggested_actions`` ``[{"action": "none"}]`` or ``[]``).
 Models in ``blind`` cannot see: they ignore images (as a text-only model does) and say so in ``/api/show``.
 With ``api_key`` set, OpenAI-compatible requests without ``Authorization: Bearer <key>`` get HTTP 401; with
 ``response_format=False`` the server refuses structured output (HTTP 400), like servers that lack it.
@@ -440,6 +441,10 @@ class FakeLLMServer:
                     content = "Sure! Here is my review: " + content
                 elif behaviour == "truncated":
                     content, done_reason = content[: len(content) // 2], "length"
+                elif behaviour in ("no_action", "no_actions"):
+                    answer = json.loads(content)
+                    answer["suggested_actions"] = [{"action": "none", "detail": "all fine"}] if behaviour == "no_action" else []
+                    content = json.dumps(answer)
                 elif behaviour == "schema_violation":
                     answer = json.loads(content)
                     answer.update(verdict="excellent", confidence=7)

@@ -41,7 +41,9 @@ def test_a_corrected_review_follows_the_person(tmp_path):
         {"unit_id": "ok", "verdict": "fail", "issues": ["debris"], "comment": "fibre across the field"},
         {"unit_id": "blur", "verdict": "fail"}]))
     dim = corrected_review(review("dim", "warn", actions=["increase_exposure"], issues=["low_signal"]), corrections["dim"])
-    assert dim["verdict"] == "pass" and dim["issues"] == [] and dim["suggested_actions"] == []
+    assert dim["verdict"] == "pass" and dim["issues"] == []
+    assert dim["suggested_actions"] == [{"action": "none", "decided_by": "human",
+                                         "detail": "human reviewer: actually fine (removed: increase_exposure)"}]
     assert dim["reviewer"]["backend"] == "human correction"
     ok = corrected_review(review("ok", "pass"), corrections["ok"])
     assert [(i["type"], i["severity"]) for i in ok["issues"]] == [("debris", "fail")] and "fibre" in ok["issues"][0]["evidence"]

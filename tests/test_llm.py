@@ -461,3 +461,37 @@ def test_llm_check_command_before_a_run(tmp_path):
     good, blind = results["qwen2.5vl:7b"], results["llama3.1:8b"]
     assert good.returncode == 0 and json.loads(good.stdout)["sees_images"] and "self-test passed" in good.stderr
     assert blind.returncode == 1 and "does not see the images" in blind.stderr and "review.llm.model" in blind.stderr
+
+
+@pytest.mark.parametrize("behaviour", ["no_action", "no_actions"])
+def test_an_llm_answer_cannot_remove_the_actions_the_measurements_require(demo_batch, fake_llm, tmp_path, behaviour):
+    from snakescope.core.corrections import Correction, corrected_review
+    from snakescope.stages.report.tables import review_acquisition_actions
+
+    rules = by_unit(run_review(demo_batch, tmp_path / "rules", "http://127.0.0.1:9", on_unreachable="fallback"))
+    fake_llm.script.extend([behaviour] * 7)
+    reviews = by_unit(run_review(demo_batch, tmp_path / "r", fake_llm.host, max_concurrency=1))
+    required = {uid: [a["action"] for a in r["suggested_actions"] if a["action"] != "none"] for uid, r in rules.items()}
+    assert {uid for uid, actions in required.items() if actions} >= {"saturated_01", "empty_01", "dim_01"}
+    for uid, review in reviews.items():
+        assert review["status"] == "reviewed" and review["reviewer"]["uses_llm"], uid
+        kept = [a for a in review["suggested_actions"] if a["action"] in required[uid]]
+        assert [a["action"] for a in kept] == required[uid], uid
+        assert all(a["decided_by"] == "measurements" for a in kept)
+        acquisition = [a["action"] for a in review_acquisition_actions(review)]
+        assert set(acquisition) >= {a for a in required[uid] if a != "adjust_segmentation"}, uid
+    # only a person removes them, and the record says so
+    passed = corrected_review(reviews["saturated_01"], Correction(unit_id="saturated_01", verdict="pass", author="A. Screener"))
+    assert review_acquisition_actions(passed) == [] and passed["suggested_actions"][0]["decided_by"] == "human"
+    assert passed["reviewer"]["name"] == "A. Screener"
+
+
+def test_merged_actions_keep_one_exposure_action_and_say_who_decided():
+    from snakescope.llm.guardrails import merged_actions
+
+    required = [{"action": "reduce_exposure", "detail": "saturated", "decided_by": "measurements"}]
+    merged = merged_actions(required, [{"action": "increase_exposure", "detail": "dim"}, {"action": "refocus", "detail": "soft"},
+                                       {"action": "none", "detail": "-"}])
+    assert [(a["action"], a["decided_by"]) for a in merged] == [("reduce_exposure", "measurements"), ("refocus", "LLM")]
+    assert merged_actions([{"action": "none", "detail": "ok"}], []) == [{"action": "none", "detail": "no action needed",
+                                                                          "decided_by": "measurements"}]

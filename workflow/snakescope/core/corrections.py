@@ -92,8 +92,14 @@ def corrected_review(review: dict[str, Any], correction: Correction) -> dict[str
                    "evidence": by_type.get(t, {}).get("evidence") or f"human reviewer: {correction.comment or t}"}
                   for t in correction.issues]
     actions = [] if correction.verdict == "pass" else list(review.get("suggested_actions", []))
+    if correction.verdict == "pass":  # the person removed what the machine asked for: the record says so
+        removed = [a["action"] for a in review.get("suggested_actions", []) if a["action"] != "none"]
+        actions = [{"action": "none", "decided_by": "human",
+                    "detail": f"{correction.author or 'human reviewer'}: {correction.comment or 'passed'}"
+                              + (f" (removed: {', '.join(removed)})" if removed else "")}]
     if correction.verdict != "pass" and not any(a["action"] in ACQUISITION_ACTIONS for a in actions):
-        actions.append({"action": "reacquire", "detail": f"human reviewer: {correction.comment or 'see the correction'}"})
+        actions.append({"action": "reacquire", "detail": f"human reviewer: {correction.comment or 'see the correction'}",
+                        "decided_by": "human"})
     return {**review, "verdict": correction.verdict, "issues": issues, "suggested_actions": actions,
             "reviewer": {**review.get("reviewer", {}), "backend": "human correction", "uses_llm": False,
                          "name": correction.author or "human reviewer"}}

@@ -54,6 +54,26 @@ def combine(rules: dict[str, Any], answer: dict[str, Any], flags: list[dict[str,
     return verdict, list(issues.values())
 
 
+# actions that undo each other: a field gets at most one of a pair, and the measurements' choice stands
+OPPOSITE_ACTIONS = {"reduce_exposure": "increase_exposure", "increase_exposure": "reduce_exposure"}
+
+
+def merged_actions(required: list[dict[str, Any]], suggested: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A reviewed unit's actions: every action the measurements require (the model cannot remove one: only a human
+    correction can), then what the model adds that neither repeats nor undoes one of them; ``none`` only when nobody
+    asks for anything. Each action says who decided it (``decided_by``)."""
+    actions = [{"action": a["action"], "detail": a["detail"], "decided_by": a.get("decided_by", "measurements")}
+               for a in required if a["action"] != "none"]
+    taken = {a["action"] for a in actions}
+    for action in suggested:
+        name = action["action"]
+        if name == "none" or name in taken or OPPOSITE_ACTIONS.get(name) in taken:
+            continue
+        taken.add(name)
+        actions.append({"action": name, "detail": action["detail"], "decided_by": "LLM"})
+    return actions or [{"action": "none", "detail": "no action needed", "decided_by": "measurements" if not suggested else "LLM"}]
+
+
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?(?![\w])")
 
 

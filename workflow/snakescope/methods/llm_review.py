@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from ..core.records import read_json, write_json
 from ..llm.client import ChatClient, public_endpoint
 from ..llm.backends import connect
-from ..llm.guardrails import check_claims, combine
+from ..llm.guardrails import check_claims, combine, merged_actions
 from ..llm.prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
 from ..llm.selftest import self_test
 from ..llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
@@ -226,7 +226,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
                             "comment": answer["critique"]["comment"][:500]},
             "critique": answer["critique"],
             "answers": fill_answers(answer, settings.questions),
-            "suggested_actions": answer["suggested_actions"] or rules["suggested_actions"],
+            "suggested_actions": merged_actions(rules["suggested_actions"], answer["suggested_actions"]),
             "confidence": float(answer["confidence"]),
             "summary": answer["summary"][:2000],
             "flags": flags,

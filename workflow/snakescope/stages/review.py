@@ -175,7 +175,7 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
             continue  # a field with a few cells: not for skipping unasked
         if issue["type"] in ACTIONS and ACTIONS[issue["type"]][0] not in [a["action"] for a in actions]:
             action, detail = ACTIONS[issue["type"]]
-            actions.append({"action": action, "detail": detail})
+            actions.append({"action": action, "detail": detail, "decided_by": "measurements"})
     count = summary.get("object_count") if summary else None
     if summary and summary.get("length_unit") == "px":
         line = f"{line} (not checked: the image has no pixel size, sizes are in pixels)"
@@ -188,7 +188,7 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
         "issues": issues,
         "count_check": {"segmented": count, "estimated": None, "agrees": None,
                         "comment": "rule-based review: no independent count estimate (needs the MLLM reviewer)"},
-        "suggested_actions": actions or [{"action": "none", "detail": "no action needed"}],
+        "suggested_actions": actions or [{"action": "none", "detail": "no action needed", "decided_by": "measurements"}],
         "confidence": 1.0 if not issues else 0.8,
         "summary": f"{verdict}: {described}; {count if count is not None else 'no'} objects segmented; expected nucleus diameter for {line}: {expected['min']}-{expected['max']} µm.",
     }

@@ -131,10 +131,12 @@ def review_acquisition_actions(review: dict[str, Any]) -> list[dict[str, str]]:
     for action in review["suggested_actions"]:
         if action["action"] in ACQUISITION_ACTIONS and action["action"] not in seen:
             seen.add(action["action"])
-            actions.append({"action": action["action"], "detail": action["detail"]})
+            actions.append({"action": action["action"], "detail": action["detail"],
+                            "decided_by": action.get("decided_by", "measurements")})
     failed = [i for i in review["issues"] if i["type"] == "processing_failed"]
     if failed and "reacquire" not in seen:
-        actions.append({"action": "reacquire", "detail": f"processing failed ({failed[0]['evidence']}); check the "
+        actions.append({"action": "reacquire", "decided_by": "measurements",
+                        "detail": f"processing failed ({failed[0]['evidence']}); check the "
                                                          "image and re-acquire it if it is damaged"})
     return actions
 
@@ -164,7 +166,8 @@ def unreadable_entry(failure: dict[str, Any], plate_column: str = "plate", well_
         "position": {"plate": metadata.get(plate_column) or None, "well": metadata.get(well_column) or None},
         "metadata": metadata, "verdict": "fail", "reviewer": "snakescope (the file could not be read)",
         "issues": [{"type": "unreadable_input", "severity": "fail", "evidence": failure["reason"]}],
-        "actions": [{"action": "reacquire", "detail": "the file could not be read; re-acquire or re-export it "
+        "actions": [{"action": "reacquire", "decided_by": "measurements",
+                     "detail": "the file could not be read; re-acquire or re-export it "
                                                       f"({failure['reason']})"}],
     }
 

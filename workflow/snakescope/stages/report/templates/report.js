@@ -111,7 +111,7 @@ function showDetail(uid){
     .concat(D.columns.filter(function(c){ return c.indexOf('meta_') === 0; }).map(function(c){ return [c.slice(5), u[c]]; }))));
   body.appendChild(list('Issues', d.issues, function(i){ return i.type + ' (' + i.severity + '): ' + i.evidence; }));
   body.appendChild(list('Flags (reviewer vs numbers)', d.flags, function(f){ return f.check + ': reviewer says ' + f.llm_says + ' / numbers say ' + f.numbers_say; }));
-  body.appendChild(list('Suggested actions', d.actions, function(a){ return a.action + ': ' + a.detail; }));
+  body.appendChild(list('Suggested actions', d.actions, function(a){ return a.action + ': ' + a.detail + (a.decided_by ? ' (' + a.decided_by + ')' : ''); }));
   if (d.critique) body.appendChild(list('Critique of the segmentation', [d.critique], function(c){ return 'merged ' + c.merged + ', split ' + c.split + ', missed ' + c.missed + ', artefacts ' + c.artefacts + '. ' + c.comment; }));
   body.appendChild(list('Answers', d.answers, function(a){ return a.question + ' — ' + a.answer + ': ' + a.evidence; }));
   if (d.refinement) body.appendChild(list('Refinement of the segmentation by the critique', [d.refinement], function(r){ return r; }));
