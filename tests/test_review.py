@@ -139,3 +139,54 @@ def test_a_few_real_nuclei_in_a_large_field_are_not_an_empty_field(unet_model):
     assert verdicts["sparse"][0] == 3 and verdicts["sparse"][1] == [("empty_field", "warn")], verdicts
     assert verdicts["sparse"][2] == "warn" and verdicts["sparse"][3] == ["none"]  # kept, and not skipped unasked
     assert verdicts["empty"][0] == 0 and ("empty_field", "fail") in verdicts["empty"][1] and verdicts["empty"][2] == "fail"
+
+
+def test_a_field_with_no_data_is_not_an_empty_field(tmp_path):
+    """All-NaN, mostly-NaN and constant frames are ``no_data`` with ``reacquire``; a real field with a few NaN pixels
+    is reviewed as before and its NaN pixels are in the unit's warnings (warnings.csv); real black backgrounds are data."""
+    import tifffile
+
+    from conftest import FORMATS, needs_shared
+    from snakescope.core.inputs import Source
+    from snakescope.core.records import read_json
+    from snakescope.core.settings import ImportSettings
+    from snakescope.stages.acquisition import import_batch
+    from snakescope.stages.quality import quality_batch
+
+    images = FORMATS.parent / "nuclei"
+    needs_shared(images / "bbbc039")
+    real = tifffile.imread(sorted((images / "bbbc039" / "images").glob("*.tif"))[0]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    mostly = real.copy()
+    mostly[rng.random(real.shape) < 0.7] = np.nan
+    few = real.copy()
+    few.flat[rng.choice(few.size, few.size // 200, replace=False)] = np.nan
+    stuck = np.full(real.shape, 100, np.float32)
+    stuck.flat[rng.choice(stuck.size, 20, replace=False)] = 4095  # hot pixels on a stuck frame
+    fields = {"all_nan": np.full(real.shape, np.nan, np.float32), "mostly_nan": mostly, "zeros": np.zeros(real.shape, np.float32),
+              "stuck": stuck, "few_nan": few, "clean": real}
+    sources = []
+    for name, image in fields.items():
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", image[None], ome=True,
+                         metadata={"axes": "CYX", "PhysicalSizeX": 0.645, "PhysicalSizeY": 0.645, "Channel": {"Name": ["DNA"]}})
+        sources.append(Source(name, str(tmp_path / f"{name}.ome.tif")))
+    for path in sorted((images / "dsb2018" / "images").glob("*.tif")):  # black backgrounds: up to 86 % of pixels at 0
+        sources.append(Source(path.stem, str(path)))
+    import_batch("b0000", sources, ImportSettings(), tmp_path / "import")
+    units = {u["unit_id"]: u for u in read_json(tmp_path / "import" / "manifest.json")["units"]}
+    quality = quality_batch(tmp_path / "import" / "manifest.json", tmp_path / "quality.json")["metrics"]
+    reviews = {}
+    for uid, unit in units.items():
+        metrics = next(iter(quality[uid].values()))
+        summary = {"object_count": 0 if uid not in ("few_nan", "clean") else 40, "diameter_um_median": 9.0,
+                   "fraction_large": 0.0, "fraction_low_solidity": 0.0, "length_unit": "µm"}
+        reviews[uid] = review_unit(unit, metrics, summary, [9.0] * summary["object_count"], KB, ReviewThresholds())
+        validate_review(reviews[uid], load_schema())
+    for uid in ("all_nan", "mostly_nan", "zeros", "stuck"):
+        assert [(i["type"], i["severity"]) for i in reviews[uid]["issues"]] == [("no_data", "fail")], uid
+        assert [a["action"] for a in reviews[uid]["suggested_actions"]] == ["reacquire"], uid
+    assert "NaN" in reviews["all_nan"]["issues"][0]["evidence"] and "constant" in reviews["zeros"]["issues"][0]["evidence"]
+    assert any("NaN or infinite" in w for w in units["all_nan"]["warnings"])
+    assert any("0.5%" in w for w in units["few_nan"]["warnings"]) and not units["clean"]["warnings"]
+    assert reviews["few_nan"]["verdict"] == reviews["clean"]["verdict"] == "pass"
+    assert not [uid for uid, r in reviews.items() if uid not in fields and any(i["type"] == "no_data" for i in r["issues"])]

@@ -106,6 +106,7 @@ class ReviewThresholds(Section):
     blur_warn: float = 0.65
     blur_fail: float = 0.8
     empty_foreground_fraction: float = 0.002
+    no_data_percent: float = 50.0
     outlier_mad: float = 6.0
     size_out_of_range_fraction: float = 0.3
     large_object_fraction: float = 0.15

@@ -27,7 +27,7 @@ def check_claims(answer: dict[str, Any], rules: dict[str, Any], metrics: dict[st
         "low_signal": lambda m: f"SNR {m.get('snr', float('nan')):.1f}",
         "object_size_out_of_range": lambda m: f"median diameter {(summary or {}).get('diameter_um_median') or 0:.1f} µm",
     }
-    for kind, describe in metric_text.items():
+    for kind, describe in metric_text.items() if "no_data" not in measured else ():  # nothing was measured on it
         says = describe(metrics or {})
         if kind in claimed and kind not in measured:
             flags.append({"check": kind, "llm_says": f"reports {kind}", "numbers_say": f"{says}: within thresholds"})

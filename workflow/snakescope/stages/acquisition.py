@@ -442,6 +442,7 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         else:
             names = _channel_names(raw_names, array.shape[0], selection)
             array, names, note = check_samples(array, names, selection, path)
+            note = "; ".join(n for n in (note, non_finite_note(array)) if n) or None
             write_ome_tiff(image_path, array, names, pixel.as_dict())
             background = fitted_backgrounds(array, names) if settings.background == "flatten" else {}
         units.append(Unit(
@@ -452,6 +453,18 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
             warnings=notes + ([note] if note else []), background=background,
         ))
     return units
+
+
+def non_finite_note(array: np.ndarray) -> str | None:
+    """A warning for a float image with NaN or infinite pixels (the stages fill them with the plane's median; a
+    field that is mostly such pixels becomes a ``no_data`` review), or None."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return None
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if not bad:
+        return None
+    return (f"{bad} of {array.size} pixels ({100 * bad / array.size:.3g}%) are NaN or infinite: the metrics and the model "
+            "see them filled with the plane's median of the finite pixels")
 
 
 def import_one(source: Source, settings: ImportSettings, out: Path, label: str, position: str = "") -> tuple[list[Unit], list[Failure]]:

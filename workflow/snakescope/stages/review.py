@@ -71,6 +71,22 @@ def _relative_text(metric: str, value: float, reference: dict[str, Any] | None) 
     return f"; {abs(z):.1f} MAD {side} the median of {scope} ({reference[metric]['n']} fields)"
 
 
+def no_data(m: dict[str, float], t: ReviewThresholds, objects: int | None = None) -> str | None:
+    """Why a field holds no image data (the evidence of a ``no_data`` issue), or None: mostly NaN/inf pixels, or
+    one value nearly everywhere (98 % of the pixels or more, the 1st and 99th percentiles equal) with no object
+    segmented, as a blank or stuck camera frame gives. Real fields with a black background (up to 86 % of the pixels
+    at zero in DSB2018) and sparse fields with nuclei stay ``empty_field`` or pass."""
+    bad = m.get("percent_non_finite") or 0.0
+    if bad >= t.no_data_percent:
+        return f"{bad:.1f}% of the pixels are NaN or infinite (no_data_percent {t.no_data_percent:g}): no image to measure"
+    if "max" in m and "min" in m and m["max"] <= m["min"]:
+        return f"every pixel has the value {m['max']:g}: a constant frame holds no image"
+    if "p99" in m and "p01" in m and m["p99"] <= m["p01"] and not objects:
+        return (f"at least 98% of the pixels have the value {m['median']:g} (1st and 99th percentiles equal) and no object "
+                "was segmented: a blank or stuck frame")
+    return None
+
+
 def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str, Any] | None = None,
                    objects: int | None = None) -> list[dict[str, str]]:
     """Issues that follow from one channel's quality metrics; each check stands on its own.
@@ -83,6 +99,9 @@ def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str
     field (a cytotoxic well on a 2048² camera: eight BBBC039-sized nuclei are 0.2 % of it) are a result to keep,
     a speck of debris alone is not, and the numbers cannot tell them apart.
     """
+    missing = no_data(m, t, objects)
+    if missing:
+        return [_issue("no_data", "fail", missing)]  # nothing else can be measured on it
     issues = []
     if m["foreground_fraction"] <= t.empty_foreground_fraction:
         evidence = f"foreground fraction {m['foreground_fraction']:.4f} <= {t.empty_foreground_fraction}"
@@ -144,6 +163,7 @@ ACTIONS = {
     "saturated": ("reduce_exposure", "lower exposure time or gain until no pixel reaches the maximum"),
     "low_signal": ("increase_exposure", "increase exposure or excitation, or check the staining"),
     "empty_field": ("skip_field", "no cells in this field; skip it or move to a field with cells"),
+    "no_data": ("reacquire", "the field holds no image data (a blank, stuck or NaN frame): check the camera and light path, then re-acquire"),
     "under_segmentation": ("adjust_segmentation", "lower postprocess.split_min_distance to split touching nuclei"),
     "over_segmentation": ("adjust_segmentation", "raise postprocess.split_min_distance or min_object_area_fraction"),
     "object_size_out_of_range": ("check_sample", "check pixel size metadata, magnification and cell line"),
@@ -165,7 +185,7 @@ def review_unit(unit: dict[str, Any], metrics: dict[str, float] | None, summary:
     line, expected = expected_diameter(unit.get("metadata", {}), knowledge_base, cell_line_column)
     # the objects of an empty, very dim or blurred field say nothing about the sample or the segmentation
     if summary is not None and not any((i["type"] in ("empty_field", "low_signal") and i["severity"] == "fail")
-                                       or i["type"] == "out_of_focus" for i in issues):
+                                       or i["type"] in ("out_of_focus", "no_data") for i in issues):
         issues += segmentation_issues(summary, diameters, expected, thresholds)
     severities = {i["severity"] for i in issues}
     verdict = "fail" if "fail" in severities else "warn" if issues else "pass"
