@@ -14,7 +14,9 @@ prompt that lets metadata escape its block is caught.
 Misbehaviour for the next chat requests is queued with ``server.script.extend([...])``:
 ``ok``, ``slow:<seconds>``, ``http500``, ``invalid_json``, ``truncated``, ``schema_violation``,
 ``drop`` (close the connection without answering), ``unknown_model``, ``wrong_numbers``, ``no_action`` and
-``no_actions`` (the review answers ``suggested_actions`` ``[{"action": "none"}]`` or ``[]``).
+``no_actions`` (the review answers ``suggested_actions`` ``[{"action": "none"}]`` or ``[]``), ``http429:<s>`` (HTTP 429
+with ``Retry-After: <s>``), ``down:<s>`` (this and every chat request for the next <s> seconds get HTTP 500, as a
+server restarting does). Each recorded request has its arrival time (``t``, time.monotonic()).
 Models in ``blind`` cannot see: they ignore images (as a text-only model does) and say so in ``/api/show``.
 With ``api_key`` set, OpenAI-compatible requests without ``Authorization: Bearer <key>`` get HTTP 401; with
 ``response_format=False`` the server refuses structured output (HTTP 400), like servers that lack it.
@@ -256,6 +258,7 @@ class FakeLLMServer:
         self.slots = threading.Semaphore(slots) if slots else None
         self.in_flight = self.max_in_flight = 0
         self.script: list[str] = []
+        self.down_until = 0.0  # chat requests before this time.monotonic() get HTTP 500 (behaviour ``down:<s>``)
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -297,11 +300,13 @@ class FakeLLMServer:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def reply(self, status: int, body: Any) -> None:
+            def reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
                 if getattr(self, "t0", None) is not None and server.latency:
                     time.sleep(max(0.0, server.latency - (time.monotonic() - self.t0)))
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -310,7 +315,8 @@ class FakeLLMServer:
             def body(self) -> dict[str, Any]:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
-                server.requests.append({"path": self.path, "body": payload, "authorization": self.headers.get("Authorization")})
+                server.requests.append({"path": self.path, "body": payload, "authorization": self.headers.get("Authorization"),
+                                        "t": time.monotonic()})
                 return payload
 
             def authorised(self) -> bool:
@@ -370,6 +376,16 @@ class FakeLLMServer:
                     capabilities = ["completion"] if model in server.blind else ["completion", "vision"]
                     self.reply(200, {"modelfile": "", "parameters": "", "template": "", "capabilities": capabilities,
                                      "details": {"family": "fake"}, "model_info": {}})
+                    return
+                if behaviour.startswith("down:"):
+                    server.down_until = time.monotonic() + float(behaviour.split(":", 1)[1])
+                if self.path in CHAT_PATHS and not is_probe(payload) and time.monotonic() < server.down_until:
+                    behaviour = "http500"
+                if behaviour.startswith("http429:"):
+                    message = "rate limit reached, retry later"
+                    body = {"error": {"message": message, "type": "RateLimitError", "param": None, "code": 429}} \
+                        if self.path.startswith("/v1/") else {"error": message}
+                    self.reply(429, body, {"Retry-After": behaviour.split(":", 1)[1]})
                     return
                 if behaviour.startswith("slow:"):
                     time.sleep(float(behaviour.split(":", 1)[1]))

@@ -495,3 +495,33 @@ def test_merged_actions_keep_one_exposure_action_and_say_who_decided():
     assert [(a["action"], a["decided_by"]) for a in merged] == [("reduce_exposure", "measurements"), ("refocus", "LLM")]
     assert merged_actions([{"action": "none", "detail": "ok"}], []) == [{"action": "none", "detail": "no action needed",
                                                                           "decided_by": "measurements"}]
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+def test_retry_after_is_honoured(demo_batch, tmp_path, backend):
+    from fake_llm import FakeLLMServer
+
+    server = FakeLLMServer(models={"qwen2.5vl:7b": "sha256:" + "ab" * 32}).start()
+    try:
+        server.script.extend(["http429:2", "ok"])
+        host = server.host + ("/v1" if backend == "openai" else "")
+        reviews = by_unit(run_review(demo_batch, tmp_path / "r", host, backend=backend, max_concurrency=1))
+        first, second = server.chat_requests()[:2]
+        assert second["t"] - first["t"] >= 2.0, "the retry came before the server's Retry-After"
+        assert all(r["status"] == "reviewed" for r in reviews.values())
+        assert "HTTP 429" in reviews["ctrl_01"]["reviewer"]["provenance"]["failed_attempts"][0]
+        server.script.extend(["http429:60"])  # longer than the timeout allows: one clear reason, no minute of waiting
+        reviews = by_unit(run_review(demo_batch, tmp_path / "s", host, backend=backend, max_concurrency=1, timeout_s=5,
+                                     cache=tmp_path / "empty"))
+        assert reviews["ctrl_01"]["status"] == "unreviewed" and "asks to wait 60.0 s" in reviews["ctrl_01"]["summary"]
+    finally:
+        server.stop()
+
+
+def test_a_server_that_restarts_is_waited_out_with_backoff(demo_batch, fake_llm, tmp_path):
+    """Every chat request in a 1 s window gets HTTP 500 (a restarting server); immediate retries lose the units that
+    were in flight, backoff (0.5-1 s, then 1-2 s) reviews all of them with the default two retries."""
+    fake_llm.script.append("down:1.0")
+    reviews = by_unit(run_review(demo_batch, tmp_path / "r", fake_llm.host, max_concurrency=4))
+    assert all(r["status"] == "reviewed" for r in reviews.values()), {u: r["status"] for u, r in reviews.items()}
+    assert sum(bool(r["reviewer"]["provenance"]["failed_attempts"]) for r in reviews.values()) >= 4

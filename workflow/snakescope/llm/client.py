@@ -8,6 +8,8 @@ the same way for every wire protocol. :func:`.backends.connect` picks the backen
 from __future__ import annotations
 
 import json
+import random
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +23,46 @@ class TransportFailed(Exception):
 
 
 class ServerRefused(Exception):
-    """The server answered with an HTTP error other than 'no such model'."""
+    """The server answered with an HTTP error other than 'no such model'; ``retry_after``: the seconds its
+    ``Retry-After`` header asks for, if it sent one."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+BUSY_STATUSES = (408, 429, 500, 502, 503, 504)  # a server that is busy, restarting or overloaded: worth waiting for
+FIRST_BACKOFF_S = 1.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The ``Retry-After`` header as seconds (a number of seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def backoff_s(attempt: int, error: Exception, rng: random.Random) -> float:
+    """How long to wait before the attempt after ``attempt`` failed with ``error``: what the server asked for
+    (``Retry-After``), else exponential backoff with jitter (between half and all of 1, 2, 4 ... s: requests that
+    failed together do not return together, and a restart of a few seconds is waited out) for a transport error or a
+    busy server, else nothing (an unusable answer or a refused request is asked again at once)."""
+    if isinstance(error, ServerRefused) and error.retry_after is not None:
+        return error.retry_after
+    if isinstance(error, TransportFailed) or (isinstance(error, ServerRefused) and error.status in BUSY_STATUSES):
+        step = FIRST_BACKOFF_S * 2 ** (attempt - 1)
+        return rng.uniform(step / 2, step)
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +102,8 @@ class ChatClient(ABC):
         """One chat request with PNG images; raises ModelMissing, :class:`TransportFailed` or :class:`ServerRefused`."""
 
     def ask(self, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> tuple[Any, int, list[str]]:
-        """Ask once plus ``retries`` times; returns (answer, attempts, errors of failed attempts).
+        """Ask once plus ``retries`` times; returns (answer, attempts, errors of failed attempts). Between attempts
+        it waits as :func:`backoff_s` says, in all at most ``timeout_s``.
 
         With a schema, the answer must parse as JSON and validate against it (whatever the server enforced);
         otherwise it is the reply text. Raises :class:`LLMUnavailable` when no attempt reached the server,
@@ -76,15 +113,24 @@ class ChatClient(ABC):
 
         errors: list[str] = []
         transport_only = True
+        waited, rng = 0.0, random.Random()
         for attempt in range(1, self.settings.retries + 2):
             try:
                 reply = self.send(prompt, images, schema)
-            except TransportFailed as exc:
+            except (TransportFailed, ServerRefused) as exc:
+                transport_only = transport_only and isinstance(exc, TransportFailed)
                 errors.append(f"attempt {attempt}: {exc}")
-                continue
-            except ServerRefused as exc:
-                transport_only = False
-                errors.append(f"attempt {attempt}: {exc}")
+                if attempt > self.settings.retries:
+                    break
+                pause, budget = backoff_s(attempt, exc, rng), self.settings.timeout_s - waited
+                if pause > budget:  # the waits together stay within one request's timeout
+                    if isinstance(exc, ServerRefused) and exc.retry_after is not None:  # the server said: not before then
+                        errors.append(f"not retried: the server asks to wait {pause:.1f} s, beyond review.llm.timeout_s "
+                                      f"({self.settings.timeout_s:g} s) with {waited:.1f} s already waited")
+                        break
+                    pause = max(0.0, budget)
+                time.sleep(pause)
+                waited += pause
                 continue
             transport_only = False
             content = reply.content or ""

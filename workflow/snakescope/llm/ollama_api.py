@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from .client import ChatClient, ModelInfo, Reply, ServerRefused, TransportFailed
+from .client import ChatClient, ModelInfo, Reply, ServerRefused, TransportFailed, retry_after_seconds
 from .settings import LLMSettings, LLMUnavailable, ModelMissing
 
 DEFAULT_HOST = "127.0.0.1:11434"
@@ -145,7 +145,10 @@ class OllamaClient(ChatClient):
         except ollama.ResponseError as exc:
             if exc.status_code == 404:
                 raise ModelMissing(f"model {self.settings.model!r}: {exc.error}; run: ollama pull {self.settings.model}") from exc
-            raise ServerRefused(exc.status_code, str(exc.error)) from exc
+            # the ollama client drops the response; its Retry-After is on the httpx error it was raised from
+            response = getattr(exc.__context__, "response", None)
+            retry_after = retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
+            raise ServerRefused(exc.status_code, str(exc.error), retry_after) from exc
         except (ConnectionError, httpx.TransportError) as exc:
             raise TransportFailed(f"{type(exc).__name__}: {exc}") from exc
         return Reply(response.message.content or "", response.done_reason)

@@ -16,7 +16,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from .client import ChatClient, ModelInfo, Reply, ServerRefused, TransportFailed
+from .client import ChatClient, ModelInfo, Reply, ServerRefused, TransportFailed, retry_after_seconds
 from .settings import LLMSettings, LLMUnavailable, ModelMissing
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -122,7 +122,7 @@ class OpenAIClient(ChatClient):
             raise ModelMissing(f"model {self.settings.model!r} is not served at {self.endpoint}: {_message(exc)} "
                                "(config key review.llm.model)") from exc
         except openai.APIStatusError as exc:
-            raise ServerRefused(exc.status_code, _message(exc)) from exc
+            raise ServerRefused(exc.status_code, _message(exc), retry_after_seconds(exc.response.headers.get("retry-after"))) from exc
         except openai.APIConnectionError as exc:
             raise TransportFailed(f"{type(exc).__name__}: {exc}") from exc
         if not response.choices:
