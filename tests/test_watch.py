@@ -272,6 +272,40 @@ def test_sigterm_stops_the_watcher_cleanly_and_keeps_the_records(tmp_path):
     assert (tmp_path / "results" / "screen" / "segmentation" / "b0000" / "summary.json").is_file()
 
 
+def test_a_second_watcher_is_refused_and_a_killed_watchers_children_die_with_it(tmp_path):
+    """Two watchers on one results folder would both record a file as the same sequence number: the second stops
+    with one message naming the folder and the first's process. After ``kill -9`` of the first, its post-processing
+    worker and multiprocessing's resource tracker end within seconds, and the lock is free again."""
+    import psutil
+
+    needs_shared(UNET)
+    configfile = watch_config(tmp_path, batch_size=2)
+    (tmp_path / "acq").mkdir()
+    (tmp_path / "acq" / "a.tif").write_bytes(sorted(BBBC039.glob("*.tif"))[0].read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+    command = [sys.executable, "-m", "snakescope.cli", "watch", "--config", str(configfile)]
+    first = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL, env=env)
+    try:
+        actions = tmp_path / "results" / "screen" / "watch" / "actions.jsonl"
+        deadline = time.time() + 120
+        while not (actions.is_file() and actions.read_text().strip()) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert first.poll() is None and records(tmp_path), "the first watcher did not record its field"
+        second = subprocess.run([*command, "--idle-exit", "1"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode != 0
+        assert f"another snakescope watch (process {first.pid}) already writes to results/screen/watch" in second.stderr
+        assert len(records(tmp_path)) == 1
+        children = psutil.Process(first.pid).children(recursive=True)
+        assert children, "the watcher runs post-processing in a worker process"
+    finally:
+        first.kill()
+        first.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [(p.pid, p.cmdline()[:3]) for p in alive]
+    third = subprocess.run([*command, "--idle-exit", "1"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=180)
+    assert third.returncode == 0, third.stderr[-2000:]
+
+
 def test_a_growing_sample_sheet_is_followed_row_by_row(tmp_path):
     """Rows whose file is not there yet wait; a last line still being written is not read half-way."""
     needs_shared(UNET)

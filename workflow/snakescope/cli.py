@@ -32,7 +32,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
     from .core.configuration import ConfigError, load_config
     from .stages.inference import ModelError
     from .llm.settings import LLMUnavailable
-    from .watch import Watcher, summary_lines
+    from .watch import Watcher, WatchLocked, summary_lines
 
     project = PROJECT_DIR
     try:
@@ -52,7 +52,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, request_stop)
     try:
         watcher = Watcher(config, knowledge_base, args.config)
-    except (ModelError, LLMUnavailable) as exc:
+    except (ModelError, LLMUnavailable, WatchLocked) as exc:
         sys.exit(f"snakescope: {exc}")
     print(f"[watch] {watcher.llm_note}", file=sys.stderr)
     where = config["samples"] or ", ".join(config["inputs"])

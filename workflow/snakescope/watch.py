@@ -164,6 +164,59 @@ def bounded_actions(entry: dict[str, Any], reimaged: dict[str, int], settings: W
     return actions, suppressed
 
 
+class WatchLocked(RuntimeError):
+    """Another watcher writes to the same results folder (or actions file)."""
+
+
+def lock_results(paths: list[Path]) -> list[int]:
+    """Hold an exclusive lock on each of ``paths`` for the life of this process (the kernel drops it when the process
+    ends, however it ends); raises :class:`WatchLocked` naming the folder and the holder's process id when another
+    watcher holds one. Two watchers on one folder would give two files the same sequence number."""
+    import fcntl
+
+    held: list[int] = []
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            for other in held:
+                os.close(other)
+            raise WatchLocked(f"another snakescope watch (process {holder}) already writes to {path.parent} (lock file "
+                              f"{path.name}); stop it first, or give this one its own results folder (config key results "
+                              "or dataset) and watch.actions_file") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        held.append(fd)
+    return held
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker process: end it when the watcher that started it is gone, even after ``kill -9`` (no orphan
+    keeps computing, nor keeps multiprocessing's resource tracker alive)."""
+    import threading
+
+    try:  # Linux: the kernel sends SIGKILL when the parent dies
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch_parent() -> None:  # elsewhere, and should the parent have died before prctl: look every second
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
+
+
 def _warm_up_postprocess(settings: Any) -> None:
     """Run in the post-processing worker at start: its imports and first calls are paid before the first field, then
     its objects are frozen out of later full collections (:mod:`.warmup`)."""
@@ -232,6 +285,8 @@ class Watcher:
         self.results = Path(config["results"]) / config["dataset"]
         self.settings = WatchSettings.from_config(config.get("watch", {}))
         self.actions_path = Path(self.settings.actions_file or self.results / "watch" / "actions.jsonl")
+        self.locks = lock_results(sorted({self.results / "watch" / "watch.lock",
+                                          self.actions_path.with_name(self.actions_path.name + ".lock")}))
         self.units_dir = self.results / "watch" / "units"
         model = {k: v for k, v in config["model"].items()}
         if model.get("normalization", "per_image") == "dataset":
@@ -263,7 +318,8 @@ class Watcher:
         self.writes: list[Any] = []
         # post-processing in a process of its own: its Python-level loops would otherwise hold the GIL while the next
         # file is imported and predicted (measured: 2.2 s per file overlapped in threads, against 1.6 s alone)
-        self.post_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.post_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
         self.post_pool.submit(_warm_up_postprocess, self.postprocess_settings).result()
         # the libraries' objects out of later collections: one full collection walks them in ~0.3 s (measured after
         # these imports), which would land in the middle of some field's latency
@@ -708,6 +764,9 @@ class Watcher:
                 "batches_ready": sorted(self.written)}
 
     def close(self) -> None:
+        for fd in self.locks:
+            os.close(fd)
+        self.locks = []
         self._llm_stack.close()
         self.writer.shutdown()
         self.post_pool.shutdown()
