@@ -134,7 +134,7 @@ def test_actions_are_bounded_per_well_and_clamped():
 def watch_config(workdir: Path, batch_size: int = 3) -> Path:
     config = {"dataset": "screen", "inputs": ["acq/*.tif"], "results": "results", "batch_size": batch_size,
               "cache_dir": "cache", "model": {"source": str(UNET), "run_test": False},
-              "review": {"knowledge_base": str(KNOWLEDGE_BASE)}, "watch": {"stable_s": 0.6, "poll_s": 0.1}}
+              "review": {"knowledge_base": str(KNOWLEDGE_BASE)}, "watch": {"stable_s": 0.6, "poll_s": 0.1, "retry_s": 3.0}}
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -304,6 +304,86 @@ def test_a_second_watcher_is_refused_and_a_killed_watchers_children_die_with_it(
     assert not alive, [(p.pid, p.cmdline()[:3]) for p in alive]
     third = subprocess.run([*command, "--idle-exit", "1"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=180)
     assert third.returncode == 0, third.stderr[-2000:]
+
+
+def run_watcher(workdir: Path, watcher_class=Watcher, **run) -> tuple[list[dict], dict]:
+    """A watcher in this process on ``workdir`` (config from :func:`watch_config`) until ``run``'s condition; the
+    records and the summary."""
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        config = load_config([str(workdir / "config.yaml")], ROOT)
+        watcher = watcher_class(config, KNOWLEDGE_BASE, [str(workdir / "config.yaml")])
+        try:
+            summary = watcher.run(**run)
+        finally:
+            watcher.close()
+    finally:
+        os.chdir(cwd)
+    return records(workdir), summary
+
+
+def test_a_file_whose_writer_pauses_is_read_again_not_recorded_unreadable(tmp_path, capfd):
+    """A plain TIFF written in two parts with a pause longer than watch.stable_s: the first read fails, the file
+    changes, it is read again: one record, reviewed. A file that never becomes readable is recorded after retry_s; written
+    again later, the next start reads it again."""
+    needs_shared(UNET)
+    watch_config(tmp_path)
+    (tmp_path / "acq").mkdir()
+    data = sorted(BBBC039.glob("*.tif"))[0].read_bytes()
+
+    def write_with_a_pause() -> None:
+        with open(tmp_path / "acq" / "paused.tif", "wb") as handle:
+            handle.write(data[: len(data) // 3])
+            handle.flush()
+            time.sleep(2.0)  # longer than stable_s (0.6 s): the watcher takes the file as complete and cannot read it
+            handle.write(data[len(data) // 3 :])
+        (tmp_path / "acq" / "corrupt.tif").write_bytes(b"II*\x00 never an image")
+
+    writer = threading.Thread(target=write_with_a_pause)
+
+    def start_writing_once_watching() -> bool:
+        if writer.ident is None:
+            writer.start()
+        return False
+
+    found, _ = run_watcher(tmp_path, should_stop=start_writing_once_watching, idle_exit_s=2.5)
+    writer.join()
+    assert {r["sample_id"]: r["status"] for r in found} == {"paused.tif": "reviewed", "corrupt.tif": "failed"}, found
+    assert "paused.tif: could not be read yet" in capfd.readouterr().err
+    corrupt = next(r for r in found if r["sample_id"] == "corrupt.tif")
+    assert corrupt["latency_s"] >= 3.0 and corrupt["actions"][0]["action"] == "reacquire"  # after retry_s, not before
+    time.sleep(0.05)
+    (tmp_path / "acq" / "corrupt.tif").write_bytes(data)  # re-exported after the record: the next start reads it
+    again, _ = run_watcher(tmp_path, idle_exit_s=1.0)
+    assert [(r["sample_id"], r["status"]) for r in again[len(found):]] == [("corrupt.tif", "reviewed")]
+
+
+def test_a_file_removed_while_queued_is_taken_when_it_comes_back(tmp_path):
+    needs_shared(UNET)
+    watch_config(tmp_path)
+    (tmp_path / "acq").mkdir()
+    data = sorted(BBBC039.glob("*.tif"))[0].read_bytes()
+    path = tmp_path / "acq" / "moved.tif"
+    path.write_bytes(data)
+
+    class RemovedBeforeItIsRead(Watcher):
+        removed = False
+
+        def start(self, source, batch):
+            if not self.removed:  # the file goes after it was found complete, before it is read
+                self.removed = True
+                path.unlink()
+                threading.Timer(3.0, path.write_bytes, args=(data,)).start()
+            return super().start(source, batch)
+
+    found, _ = run_watcher(tmp_path, RemovedBeforeItIsRead, should_stop=lambda: bool(records_or_none(tmp_path)),
+                           idle_exit_s=20.0)
+    assert [(r["sample_id"], r["status"]) for r in found] == [("moved.tif", "reviewed")]
+
+
+def records_or_none(workdir: Path) -> list[dict]:
+    return records(workdir) if (workdir / "results" / "screen" / "watch" / "actions.jsonl").is_file() else []
 
 
 def test_a_growing_sample_sheet_is_followed_row_by_row(tmp_path):

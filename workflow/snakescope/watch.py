@@ -100,6 +100,23 @@ def tiff_complete(path: str, ome_only: bool = False) -> bool | None:
     return pages >= expected
 
 
+def file_signature(path: str) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, or None if it is not there."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def changed_since(path: str, timestamp: str) -> bool:
+    """Whether the file was modified after ``timestamp`` (ISO 8601, a record's)."""
+    try:
+        return os.stat(path).st_mtime > datetime.fromisoformat(timestamp).timestamp()
+    except (OSError, ValueError):
+        return False
+
+
 class FileTracker:
     """Decides when a file written by the microscope is complete.
 
@@ -135,6 +152,10 @@ class FileTracker:
         if now - previous[1] >= self.stable_s:
             return now
         return now if tiff_complete(path) else None
+
+    def forget(self, path: str) -> None:
+        """Look at ``path`` as a new file from now on (it was removed; if it comes back it is watched from the start)."""
+        self._seen.pop(path, None)
 
 
 def well_key(entry: dict[str, Any]) -> str:
@@ -327,6 +348,11 @@ class Watcher:
         self.records = self._read_records()
         self.recorded = {r["sample_id"] for r in self.records}
         self.done = {sid for sid in self.recorded if (self.units_dir / f"{sid}.json").is_file()}
+        for record in self.records:  # a file recorded unreadable and written to since: read again
+            if record["status"] == "failed" and record["issues"][0]["type"] == "unreadable_input" and \
+                    changed_since(record["source_path"], record["timestamp"]):
+                self.done.discard(record["sample_id"])
+                self.recorded.discard(record["sample_id"])
         self.reimaged: dict[str, int] = {}
         for record in self.records:
             if any(a["action"] in REIMAGING for a in record["actions"]):
@@ -641,16 +667,38 @@ class Watcher:
         import queue
         import threading
 
-        arrivals: queue.Queue = queue.Queue()
+        arrivals: queue.Queue = queue.Queue()  # (source, completed_at, last_try): files to process, in order
+        # from the loop to the poller: files to look at again, (source, signature at the failed read or None if the file
+        # was gone, deadline, completed_at)
+        again: queue.Queue = queue.Queue()
         halt = threading.Event()
         latest: dict[str, list[Source]] = {"sources": []}
+        retrying: set[str] = set()  # files waiting to be read again (the loop does not idle-exit from under them)
+        deadlines: dict[str, float] = {}  # by when a file that failed to read must have its record
 
         def poll() -> None:
             queued: set[str] = set()
+            waiting: dict[str, tuple[Source, tuple[int, int], float, float]] = {}
             closes, closed = open_closes(), set()  # files the kernel saw closed: looked at at once, not at the next poll
             for folder in self.input_folders() if closes else []:
                 closes.watch(folder)
             while not halt.is_set():
+                while not again.empty():
+                    source, signature, deadline, completed_at = again.get()
+                    if signature is None:  # gone before it was read: taken like a new file if it comes back
+                        queued.discard(source.sample_id)
+                        self.tracker.forget(source.path)
+                    else:
+                        waiting[source.sample_id] = (source, signature, deadline, completed_at)
+                for sample_id, (source, signature, deadline, completed_at) in list(waiting.items()):
+                    now_signature = file_signature(source.path)
+                    if now_signature is not None and now_signature != signature:  # written to since: read again once complete
+                        if (done_at := self.tracker.complete(source.path)) is not None:
+                            del waiting[sample_id]
+                            arrivals.put((source, done_at, False))
+                    elif time.time() >= deadline:  # unchanged until the deadline: read a last time, then recorded
+                        del waiting[sample_id]
+                        arrivals.put((source, completed_at, True))
                 try:
                     latest["sources"] = sources = self.sources()
                     for source in sources:
@@ -662,7 +710,7 @@ class Watcher:
                             closed.discard(path)
                             if completed_at is not None:
                                 queued.add(source.sample_id)
-                                arrivals.put((source, completed_at))
+                                arrivals.put((source, completed_at, False))
                 except Exception as exc:  # noqa: BLE001 - the poller must outlive any odd file or listing error
                     print(f"[watch] listing the acquisition failed, trying again: {type(exc).__name__}: {exc}", file=sys.stderr)
                 if closes:
@@ -677,11 +725,33 @@ class Watcher:
         processed, last_activity = 0, time.time()
         in_flight = None  # (future of start(), completed_at) of the file being imported and predicted
 
+        def read_again(source: Source, state: dict[str, Any], completed_at: float, last_try: bool) -> bool:
+            """Whether a file that could not be read is looked at again instead of recorded: it is gone (taken again
+            if it comes back), or it may still be being written (read again when it changes, until watch.retry_s
+            after the first failure)."""
+            if state["units"] or not state["import_failures"] or last_try:
+                return False
+            signature = file_signature(source.path)
+            if signature is None:
+                print(f"[watch] {source.sample_id}: removed before it was read; taken again if it comes back", file=sys.stderr)
+                again.put((source, None, 0.0, completed_at))
+                return True
+            deadline = deadlines.setdefault(source.sample_id, time.time() + self.settings.retry_s)
+            print(f"[watch] {source.sample_id}: could not be read yet ({state['import_failures'][0]['reason'][:200]}); "
+                  f"read again if it changes in the next {max(0.0, deadline - time.time()):.0f} s (watch.retry_s)", file=sys.stderr)
+            retrying.add(source.sample_id)
+            again.put((source, signature, deadline, completed_at))
+            return True
+
         def finish_in_flight() -> None:
             nonlocal in_flight, processed, last_activity
-            future, completed_at = in_flight
+            future, completed_at, source, last_try = in_flight
             in_flight = None
-            self.finish(future.result(), completed_at)
+            state = future.result()
+            if read_again(source, state, completed_at, last_try):
+                return
+            deadlines.pop(source.sample_id, None)
+            self.finish(state, completed_at)
             processed += 1
             last_activity = time.time()
             self.write_ready_batches(latest["sources"])
@@ -696,29 +766,33 @@ class Watcher:
                         arrival = None
                 upcoming = None
                 if arrival is not None:
-                    source, completed_at = arrival
+                    source, completed_at, last_try = arrival
+                    retrying.discard(source.sample_id)
                     batch = self.batch_of(latest["sources"] or self.sources()).get(source.sample_id)
-                    if batch is None:  # listed when it was complete, gone now (renamed or removed): skip it
+                    if batch is None:  # listed when it was complete, gone now (renamed or removed): taken if it comes back
+                        again.put((source, None, 0.0, completed_at))
                         continue
                     if in_flight is not None and arrivals.empty():
                         # one file waiting: the file in hand is finished first (side by side both would share the
                         # cores and each take longer); files overlap only when they queue up, for throughput
                         finish_in_flight()
-                    upcoming = (self.front.submit(self.start, source, batch), completed_at)
+                    upcoming = (self.front.submit(self.start, source, batch), completed_at, source, last_try)
                 if in_flight is not None:
                     finish_in_flight()
                 in_flight = upcoming
                 if in_flight is None:
                     if should_stop() or limit:
                         break
-                    if idle_exit_s is not None and time.time() - last_activity >= idle_exit_s:
+                    if idle_exit_s is not None and time.time() - last_activity >= idle_exit_s and not retrying:
                         break
         finally:
             halt.set()
             poller.join()
-            if in_flight is not None:  # stopping: the file in hand is finished, not dropped
-                future, completed_at = in_flight
-                self.finish(future.result(), completed_at)
+            if in_flight is not None:  # stopping: the file in hand is finished, not dropped (unless it waits to be read again)
+                future, completed_at, source, _ = in_flight
+                state = future.result()
+                if state["units"] or file_signature(source.path) is not None:  # a file gone meanwhile gets no record
+                    self.finish(state, completed_at)
             self.drain_writes()
         self.write_ready_batches(self.sources(), final=True)
         summary = self.summary()

@@ -141,6 +141,7 @@ class WatchSettings(Section):
     """Config section ``watch``."""
 
     stable_s: float = 1.0
+    retry_s: float = 10.0
     poll_s: float = 0.2
     actions_file: str = ""
     max_reacquisitions_per_well: int = 2
