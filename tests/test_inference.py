@@ -59,6 +59,23 @@ def test_unet_predicts_any_image_size(unet_tensors, weight_format, shape):
         assert dice(probability[window] > 0.5, expected[window] > 0.5) > 0.9
 
 
+@pytest.mark.parametrize("shape", [(40, 40), (80, 80), (150, 150), (150, 196), (196, 120)])
+def test_fields_smaller_than_the_models_default_block_are_predicted(demo_dir, shape):
+    """The demo model accepts 64 + n*16 px; bioimageio.core's blocked prediction uses 224 px blocks: a smaller field
+    (or one side smaller) is predicted in blocks no larger than the padded field, and finds the field's nuclei."""
+    from snakescope.core.images import read_unit
+
+    predictor = Predictor(ModelSettings(source=str(demo_dir / "model" / "bioimageio.yaml")))
+    assert predictor.default_block == {"y": 224, "x": 224}
+    full = read_unit(demo_dir / "images" / "ctrl_01.ome.tif").astype(np.float32)
+    reference = predictor.predict(full)
+    crop = (slice(60, 60 + shape[0]), slice(60, 60 + shape[1]))  # the demo field is 256 px; nuclei in every crop
+    probability = predictor.predict(full[:, crop[0], crop[1]])
+    assert probability.shape == shape and np.isfinite(probability).all()
+    window = (slice(8, shape[0] - 8), slice(8, shape[1] - 8))  # away from the borders, where context differs
+    assert dice(probability[window] > 0.5, reference[crop][window] > 0.5) > 0.8
+
+
 _PREDICTORS: dict = {}
 
 

@@ -382,6 +382,19 @@ def test_a_file_removed_while_queued_is_taken_when_it_comes_back(tmp_path):
     assert [(r["sample_id"], r["status"]) for r in found] == [("moved.tif", "reviewed")]
 
 
+def test_the_watcher_starts_and_reviews_small_fields_with_a_model_of_any_block_size(tmp_path, demo_dir):
+    """The demo model's default block is 224 px; the watcher's warm-up field (64 px) and a 100 px field work."""
+    config = yaml.safe_load(watch_config(tmp_path).read_text())
+    config["model"] = {"source": str(demo_dir / "model" / "bioimageio.yaml"), "run_test": False, "channels": [0]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "acq").mkdir()
+    image = tifffile.imread(demo_dir / "images" / "ctrl_01.ome.tif")
+    tifffile.imwrite(tmp_path / "acq" / "small.tif", image[..., 60:160, 60:160], ome=True,
+                     metadata={"axes": "CYX" if image.ndim == 3 else "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65})
+    found, _ = run_watcher(tmp_path, idle_exit_s=2.0)
+    assert [(r["sample_id"], r["status"]) for r in found] == [("small.tif", "reviewed")]
+
+
 def records_or_none(workdir: Path) -> list[dict]:
     return records(workdir) if (workdir / "results" / "screen" / "watch" / "actions.jsonl").is_file() else []
 

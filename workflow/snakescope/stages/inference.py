@@ -110,6 +110,9 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
     return {**result, "cached": False}
 
 
+DEFAULT_BLOCK_N = 10  # bioimageio.core's create_prediction_pipeline(default_blocksize_parameter=10)
+
+
 def axis_size_rule(axis: Any) -> tuple[int, int]:
     """(minimum, step) of a spatial input axis: a fixed size is (size, 0); ``min + n*step`` is (min, step)."""
     size = getattr(axis, "size", None)
@@ -196,7 +199,6 @@ def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, f
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             data = weights.get_reader().read()
             session = onnxruntime.InferenceSession(free_size_onnx(data) if free_size else data, sess_options=options,
                                                    providers=None if device is None else [device])
@@ -233,6 +235,10 @@ class Predictor:
         self.output_id = self.descr.outputs[0].id
         self.tile_rule = tile_rule
         self.size_rules = {str(a.id): axis_size_rule(a) for a in self.descr.inputs[0].axes if str(a.id) in ("y", "x")}
+        # the block bioimageio.core's blocked prediction uses (min + n*step, n its default_blocksize_parameter); a field
+        # padded to less than it is predicted in one block of its own padded size, which the axis accepts too
+        self.default_block = {axis: minimum + DEFAULT_BLOCK_N * step for axis, (minimum, step) in self.size_rules.items()
+                              if (minimum, step) != (1, 1)}  # an axis of any size: the whole field
         if tile_rule is not None:
             self.size_rules = {axis: (tile_rule.minimum, tile_rule.step) for axis in self.size_rules}
         self.halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in self.descr.outputs[0].axes if str(a.id) in ("y", "x")}
@@ -263,8 +269,10 @@ class Predictor:
         padded = pad_image(image.astype(np.float32), padding)
         tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
         sample = Sample(members={self.input_id: tensor}, stat=dict(self.fixed_stats), id=sample_id)
-        if self.tile_rule is None:
-            result = self.pipeline.predict_sample_with_blocking(sample)
+        if self.tile_rule is None:  # bioimageio.core's default blocks, no larger than the padded image (a small field)
+            block = {"batch": 1, "channel": padded.shape[0],
+                     **{axis: min(padded.shape[i], self.default_block.get(axis, padded.shape[i])) for i, axis in ((1, "y"), (2, "x"))}}
+            result = self.pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block})
         elif all(self.tile_rule.fits(padded.shape[i] + 2 * self.halo.get(axis, 0)) for i, axis in ((1, "y"), (2, "x"))):
             result = self.pipeline.predict_sample_without_blocking(sample)  # the whole field (plus halo) in one tile
         else:  # tiles as large as the rule allows; bioimageio.core overlaps them by the halo
