@@ -281,6 +281,36 @@ def test_large_tiff_planes_are_copied_a_strip_at_a_time_with_the_same_pixels(tmp
         assert "z_plane=2" in streamed["failures"][0]["reason"]
 
 
+def test_an_rgb_czi_imports_its_red_green_and_blue_samples_as_they_are(tmp_path):
+    """A 3-channel Bgr24 CZI written by Zeiss's libCZI (pylibCZIrw), each sample a different real BBBC039 field: each
+    channel's R, G and B come out as written, and equal what an independent reader (aicspylibczi, libCZI's other
+    binding, whose sample axis is B, G, R) returns. bioio-czi 3.0.1 alone gives them in B, G, R order."""
+    import aicspylibczi
+    from pylibCZIrw import czi as pyczi
+
+    images = FORMATS.parent / "nuclei" / "bbbc039" / "images"
+    needs_shared(images)
+    fields = [tifffile.imread(p) for p in sorted(images.glob("*.tif"))[:9]]
+    fields = [(255 * f / f.max()).astype(np.uint8) for f in fields]
+    rgb = {c: fields[3 * c : 3 * c + 3] for c in range(3)}  # channel -> its R, G, B samples
+    path = tmp_path / "colour.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for c in range(3):
+            czi.write(data=np.stack(rgb[c][::-1], -1), plane={"C": c, "T": 0, "Z": 0}, scene=0)  # stored B, G, R
+    (unit,), failures = import_source(Source("colour", str(path)), ImportSettings(default_pixel_size_um=0.5), tmp_path / "a")
+    assert not failures
+    array = read_unit(unit.image_path)
+    assert array.shape == (9, 520, 696) and [n.rsplit(":", 1)[1] for n in unit.channel_names] == ["R", "G", "B"] * 3
+    independent, dims = aicspylibczi.CziFile(str(path)).read_image()
+    axes = [d for d, _ in dims]
+    independent = np.moveaxis(independent, [axes.index("C"), axes.index("A")], [0, 1]).reshape(3, 3, -1, 520, 696)
+    for c in range(3):
+        for i in range(3):
+            np.testing.assert_array_equal(array[3 * c + i], rgb[c][i])
+            np.testing.assert_array_equal(array[3 * c + i], independent[c, 2 - i, 0])
+    assert "pylibCZIrw" in unit.reader
+
+
 def test_a_large_czi_mosaic_is_read_a_strip_of_rows_at_a_time(tmp_path, monkeypatch):
     """A CZI mosaic (tiles at offsets, 2 channels, 3 planes) larger than the (lowered) large side: copied strip by
     strip through pylibCZIrw's region reads, never a whole plane, with the pixels, names and pixel size of the

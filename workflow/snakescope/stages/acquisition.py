@@ -178,6 +178,30 @@ def large_czi_scene(path: Path, scene_index: int, sizes: dict[str, int], dtype: 
             "axes": "TCZYX", "shape": tuple(sizes.get(a, 1) for a in "TCZYX"), "dtype": np.dtype(dtype)}
 
 
+def czi_rgb_scene(path: Path, scene_index: int, sizes: dict[str, int]) -> Any | None:
+    """A CZI scene with RGB samples (Bgr24/Bgr48 pixels), read with pylibCZIrw (Zeiss's libCZI) as TCZYXS in R, G, B
+    order; None for other files and scenes. bioio-czi 3.0.1 returns the samples in the file's B, G, R order, and
+    on some files the same sample three times."""
+    if path.suffix.lower() != ".czi" or sizes.get("S", 1) != 3:
+        return None
+    import xarray as xr
+    from pylibCZIrw import czi as pyczi
+
+    with pyczi.open_czi(str(path)) as czi:
+        scenes = czi.scenes_bounding_rectangle_no_pyramid
+        box = czi.total_bounding_box
+        if scenes:  # bioio numbers the CZI's scenes in order
+            scene = sorted(scenes)[scene_index]
+            rect = scenes[scene]
+        else:
+            scene, rect = None, czi.total_bounding_rectangle_no_pyramid
+        ranges = {a: range(*box.get(a, (0, 1))) for a in "TCZ"}
+        stack = np.stack([np.stack([np.stack([
+            czi.read(roi=(rect.x, rect.y, rect.w, rect.h), plane={"T": t, "C": c, "Z": z}, scene=scene)[..., ::-1]
+            for z in ranges["Z"]]) for c in ranges["C"]]) for t in ranges["T"]])
+    return xr.DataArray(stack, dims=("T", "C", "Z", "Y", "X", "S"))
+
+
 class PlaneTiles:
     """One selected (t, z or max over z) CYX plane of a large scene, yielded as TIFF tiles (channel by channel,
     rows of tiles) from strips of source rows: memory follows a strip, not the plane. The strips come from a
@@ -409,6 +433,10 @@ def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_sc
         notes.append(note)
     else:
         data = image.xarray_dask_data
+        rgb = czi_rgb_scene(path, scene_index, dict(data.sizes))
+        if rgb is not None:
+            data = rgb
+            reader = f"{reader}; RGB samples read with pylibCZIrw {importlib.metadata.version('pylibCZIrw')}"
         stated = from_reader(image, path)
         raw_names = list(image.channel_names or [])
         if path.suffix.lower() in (".tif", ".tiff", ".stk") and len(raw_names) == 1 and raw_names[0].startswith("Channel:"):
