@@ -8,18 +8,20 @@ Runs the real Snakemake on the real Snakefile, with the real U-Net from ../share
   precision, recall and mean absolute relative count error, per set and pooled over both. Only the
   model and its input channel are configured; everything else is the default. The images are read
   where they are (nothing is copied into the project).
-- ``qc``: a quality-control set built from the same real fields: every field untouched, plus one
-  degraded copy of each (cycling blur, clipping, dimming with noise, empty), with degradation
-  strengths drawn at random (seeded) around the ones the thresholds were set on. Prints the
-  confusion table (true condition x the review's quality issue), the share of degraded fields that
-  get the right issue, the share of untouched fields that pass with no quality issue, separately for
-  fields the thresholds were calibrated on (even positions) and held-out fields (odd positions).
+- ``qc``: a quality-control set built from the same real fields: every field untouched, plus degraded copies
+  of each (``--qc-copies``, default all five: blur, clipping, dimming with noise, empty, heavy noise), with
+  degradation strengths drawn at random (seeded) around the ones the thresholds were set on. Prints the
+  confusion table (true condition x the review's quality issue), the share of degraded fields that get the
+  right issue and exactly the right issue (no other quality issue), the share of untouched fields that pass
+  with no quality issue, the fields with a contradictory account (saturated and low signal, or actions to
+  reduce and to increase exposure), separately for fields the thresholds were calibrated on (even positions)
+  and held-out fields (odd positions), and every field not exactly right.
 - ``ramp``: every field of both sets with a background ramp added (linear, seeded random direction, rising by
   40 % of the field's contrast: uneven illumination without flat-field correction): object F1 as above, and
   how many of these otherwise untouched fields pass the review with no quality issue.
 
 ``--project`` points at another checkout (e.g. a worktree of an older commit) to measure "before"
-with the same script. The last line is ``pooled_f1=… bbbc039_f1=… dsb2018_f1=… ramp_f1=… qc_right_issue=… qc_ok_pass=…``.
+with the same script. The last line is ``pooled_f1=… bbbc039_f1=… dsb2018_f1=… ramp_f1=… qc_right_issue=… qc_exact_issue=… qc_ok_pass=… qc_contradictory=…``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ sys.path.insert(0, str(ROOT / "workflow"))  # the metric is this checkout's, whi
 
 from snakescope.methods.instances import object_f1  # noqa: E402
 
-QUALITY_ISSUES = ("empty_field", "saturated", "low_signal", "out_of_focus")
-DEGRADATIONS = ("blur", "saturated", "low_signal", "empty")
-EXPECTED_ISSUE = {"blur": "out_of_focus", "saturated": "saturated", "low_signal": "low_signal", "empty": "empty_field"}
+QUALITY_ISSUES = ("no_data", "empty_field", "saturated", "low_signal", "out_of_focus")
+DEGRADATIONS = ("blur", "saturated", "low_signal", "empty", "noise")
+EXPECTED_ISSUE = {"blur": "out_of_focus", "saturated": "saturated", "low_signal": "low_signal", "empty": "empty_field",
+                  "noise": "low_signal"}
+OPPOSITES = ({"saturated", "low_signal"}, {"reduce_exposure", "increase_exposure"})  # a field cannot be both
 
 
 EXTRA_CONFIG: dict = {}
@@ -145,14 +149,19 @@ def field_scores(work: Path, dataset: str, fields: list[tuple[Path, Path, str]],
 
 def quality_issues(results: Path) -> dict[str, list[str]]:
     """unit id -> the quality issues the review found (from tables/reviews.csv)."""
+    return {uid: [i for i in found if i in QUALITY_ISSUES] for uid, found in review_terms(results).items()}
+
+
+def review_terms(results: Path) -> dict[str, list[str]]:
+    """unit id -> every issue and action of its review (from tables/reviews.csv)."""
     reviews = results / "tables" / "reviews.csv"
-    issues: dict[str, list[str]] = {}
+    terms: dict[str, list[str]] = {}
     if reviews.is_file():
         with reviews.open(newline="") as handle:
             for row in csv.DictReader(handle):
                 found = [part.split(":")[0] for part in (row["issues"] or "").split(";") if part]
-                issues[row["unit_id"]] = [i for i in found if i in QUALITY_ISSUES]
-    return issues
+                terms[row["unit_id"]] = found + [a for a in (row.get("actions") or "").split(";") if a]
+    return terms
 
 
 def degrade(image: np.ndarray, truth: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -174,12 +183,15 @@ def degrade(image: np.ndarray, truth: np.ndarray, kind: str, rng: np.random.Gene
         y = background + (x - background) * rng.uniform(1.0, 2.5) * noise / max(contrast, 1e-9) + rng.normal(0, noise, x.shape)
     elif kind == "empty":  # background and camera noise only
         y = background + rng.normal(0, noise, x.shape)
+    elif kind == "noise":  # the nuclei as they are under heavy camera noise: 2-4 noise SDs of contrast
+        contrast = float(np.median(x[truth > 0])) - background
+        y = x + rng.normal(0, max(contrast, 1.0) / rng.uniform(2.0, 4.0), x.shape)
     else:
         y = x
     return np.clip(np.round(y), 0, top).astype(image.dtype)
 
 
-def qc_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str, object]:
+def qc_scores(shared: Path, work: Path, project: Path, model: Path, copies: int) -> dict[str, object]:
     import tifffile
 
     rng = np.random.default_rng(2026)
@@ -191,11 +203,13 @@ def qc_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str,
         for index, image_path in enumerate(sorted((shared / "data" / "nuclei" / name / "images").glob("*.tif"))):
             image = tifffile.imread(image_path)
             truth = tifffile.imread(shared / "data" / "nuclei" / name / "masks" / image_path.name)
-            kind = DEGRADATIONS[position % len(DEGRADATIONS)]
+            kinds = [DEGRADATIONS[(position + k) % len(DEGRADATIONS)] for k in range(max(1, min(copies, len(DEGRADATIONS))))]
             position += 1
             split = "calibration" if index % 2 == 0 else "held-out"
-            for condition, data in (("ok", image), (kind, degrade(image, truth, kind, rng))):
+            for condition, data in (("ok", image), *((kind, degrade(image, truth, kind, rng)) for kind in kinds)):
                 sample = f"{name}_{image_path.stem[:16]}_{condition}"
+                if sample in truth_of:
+                    continue
                 path = folder / f"{sample}.tif"
                 tifffile.imwrite(path, data)
                 rows.append([sample, str(path), pixel, condition, split])
@@ -207,9 +221,11 @@ def qc_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str,
         writer.writerows(rows)
     seconds = run_workflow(project, work, "qc", sheet, model)
     issues = quality_issues(work / "results" / "qc")
+    terms = review_terms(work / "results" / "qc")
     confusion: Counter = Counter()
     right: Counter = Counter()
     total: Counter = Counter()
+    wrong: list[str] = []
     for sample, (condition, split) in truth_of.items():
         found = issues.get(sample)
         if found is None:
@@ -223,8 +239,13 @@ def qc_scores(shared: Path, work: Path, project: Path, model: Path) -> dict[str,
             total[("ok", split)] += 1
         else:
             right[("degraded", split)] += found is not None and EXPECTED_ISSUE[condition] in found
+            right[("exact", split)] += found == [EXPECTED_ISSUE[condition]]
             total[("degraded", split)] += 1
-    return {"confusion": confusion, "right": right, "total": total, "seconds": seconds}
+        contradictory = any(pair <= set(terms.get(sample, [])) for pair in OPPOSITES)
+        right[("contradictory", split)] += contradictory
+        if contradictory or (condition != "ok" and found != [EXPECTED_ISSUE[condition]]) or (condition == "ok" and found):
+            wrong.append(f"{sample}: {', '.join(terms.get(sample, ['not reviewed']))}")
+    return {"confusion": confusion, "right": right, "total": total, "seconds": seconds, "wrong": wrong}
 
 
 def main() -> None:
@@ -236,6 +257,8 @@ def main() -> None:
     parser.add_argument("--tile-px", type=int, default=None, help="set model.tile_px (opt-in larger inference tiles)")
     parser.add_argument("--default-pixel-size", type=float, default=None,
                         help="set import.default_pixel_size_um (older checkouts refuse files without a pixel size)")
+    parser.add_argument("--qc-copies", type=int, default=len(DEGRADATIONS),
+                        help="degraded copies of each real field in the QC set, each with another degradation (default: all)")
     args = parser.parse_args()
     if args.default_pixel_size:
         EXTRA_CONFIG["import"] = {"default_pixel_size_um": args.default_pixel_size}
@@ -279,7 +302,7 @@ def main() -> None:
               f"passing with no quality issue: {ramp['quality_pass']}/{ramp['fields']}; failed: {ramp['failed']}")
         summary.append(f"ramp_f1={f1:.3f}")
     if "qc" in args.sets:
-        qc = qc_scores(shared, work, project, model)
+        qc = qc_scores(shared, work, project, model, args.qc_copies)
         columns = [*QUALITY_ISSUES, "none", "not reviewed"]
         print(f"\nQC set ({sum(qc['total'].values())} real fields, {qc['seconds']:.0f} s): rows = true condition, "
               "columns = the review's quality issue (most severe)")
@@ -288,10 +311,20 @@ def main() -> None:
             print(f"{condition:12s}" + "".join(f"{qc['confusion'][(condition, c)]:14d}" for c in columns))
         for split in ("calibration", "held-out"):
             print(f"{split:12s} degraded fields with the right issue: {qc['right'][('degraded', split)]}/{qc['total'][('degraded', split)]}"
-                  f"; untouched fields passing with no quality issue: {qc['right'][('ok', split)]}/{qc['total'][('ok', split)]}")
-        right = sum(qc["right"][("degraded", s)] for s in ("calibration", "held-out")) / max(1, sum(qc["total"][("degraded", s)] for s in ("calibration", "held-out")))
-        ok = sum(qc["right"][("ok", s)] for s in ("calibration", "held-out")) / max(1, sum(qc["total"][("ok", s)] for s in ("calibration", "held-out")))
-        summary += [f"qc_right_issue={right:.3f}", f"qc_ok_pass={ok:.3f}"]
+                  f", with exactly the right issue: {qc['right'][('exact', split)]}/{qc['total'][('degraded', split)]}"
+                  f"; untouched fields passing with no quality issue: {qc['right'][('ok', split)]}/{qc['total'][('ok', split)]}"
+                  f"; fields with a contradictory account (saturated and low signal, or both exposure actions): "
+                  f"{qc['right'][('contradictory', split)]}")
+        for line in qc["wrong"]:
+            print(f"  not exactly right: {line}")
+        splits = ("calibration", "held-out")
+        degraded = max(1, sum(qc["total"][("degraded", s)] for s in splits))
+        right = sum(qc["right"][("degraded", s)] for s in splits) / degraded
+        exact = sum(qc["right"][("exact", s)] for s in splits) / degraded
+        ok = sum(qc["right"][("ok", s)] for s in splits) / max(1, sum(qc["total"][("ok", s)] for s in splits))
+        contradictory = sum(qc["right"][("contradictory", s)] for s in splits)
+        summary += [f"qc_right_issue={right:.3f}", f"qc_exact_issue={exact:.3f}", f"qc_ok_pass={ok:.3f}",
+                    f"qc_contradictory={contradictory}"]
     print(" ".join(summary))
 
 

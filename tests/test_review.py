@@ -190,3 +190,35 @@ def test_a_field_with_no_data_is_not_an_empty_field(tmp_path):
     assert any("0.5%" in w for w in units["few_nan"]["warnings"]) and not units["clean"]["warnings"]
     assert reviews["few_nan"]["verdict"] == reviews["clean"]["verdict"] == "pass"
     assert not [uid for uid, r in reviews.items() if uid not in fields and any(i["type"] == "no_data" for i in r["issues"])]
+
+
+def test_a_field_gets_one_consistent_account_and_at_most_one_exposure_action():
+    """Real DSB2018 and BBBC039 fields clipped at the camera maximum (3-15 % of pixels) are saturated, never also
+    low_signal (clipping lowers the measured SNR; more exposure would make it worse) nor empty; a field whose few
+    objects are dim is low_signal, not also empty_field."""
+    import tifffile
+
+    from conftest import FORMATS, needs_shared
+
+    images = FORMATS.parent / "nuclei"
+    needs_shared(images / "dsb2018")
+    paths = sorted((images / "dsb2018" / "images").glob("*.tif")) + sorted((images / "bbbc039" / "images").glob("*.tif"))
+    seen = set()
+    for path in paths:
+        image = tifffile.imread(path).astype(np.float64)
+        top, background = 65535.0 if image.max() > 255 else 255.0, float(np.median(image))
+        for clipped_percent in (3, 15):
+            high = np.percentile(image, 100 - clipped_percent)
+            clipped = np.clip(background + (image - background) * (top - background) / max(high - background, 1e-9), 0, top)
+            review = review_unit({"unit_id": path.stem, "metadata": {}}, channel_metrics(np.round(clipped)), None, [], KB,
+                                 ReviewThresholds())
+            kinds = {i["type"] for i in review["issues"]}
+            seen.add(frozenset(kinds))
+            assert "saturated" in kinds and not kinds & {"low_signal", "empty_field"}, (path.name, clipped_percent, kinds)
+            exposure = [a["action"] for a in review["suggested_actions"] if a["action"].endswith("_exposure")]
+            assert exposure == ["reduce_exposure"], (path.name, exposure)
+    dim = {"foreground_fraction": 0.001, "percent_saturated": 0.0, "snr": 3.0, "blur": 0.2, "max": 300.0, "min": 90.0,
+           "p01": 95.0, "p99": 130.0, "median": 100.0}
+    kinds = [i["type"] for i in review_unit({"unit_id": "dim", "metadata": {}}, dim, {"object_count": 4}, [], KB,
+                                            ReviewThresholds())["issues"]]
+    assert kinds == ["low_signal"]

@@ -103,23 +103,31 @@ def quality_issues(m: dict[str, float], t: ReviewThresholds, reference: dict[str
     if missing:
         return [_issue("no_data", "fail", missing)]  # nothing else can be measured on it
     issues = []
-    if m["foreground_fraction"] <= t.empty_foreground_fraction:
-        evidence = f"foreground fraction {m['foreground_fraction']:.4f} <= {t.empty_foreground_fraction}"
-        if not objects:
-            issues.append(_issue("empty_field", "fail", evidence + ("; no object with nucleus contrast segmented" if objects == 0 else "")))
-            return issues  # signal, focus and saturation are meaningless on an empty field
-        issues.append(_issue("empty_field", "warn", f"{evidence}, but {objects} object(s) with nucleus contrast were segmented: "
-                                                    "a few cells (keep them: e.g. a cytotoxic well) or debris; look before excluding it"))
-    if m["percent_saturated"] >= t.saturated_percent_warn:
-        sev = "fail" if m["percent_saturated"] >= t.saturated_percent_fail else "warn"
-        issues.append(_issue("saturated", sev, f"{m['percent_saturated']:.2f}% of pixels at the maximum value {m['max']:.0f} "
-                                                f"(warn >= {t.saturated_percent_warn}%, fail >= {t.saturated_percent_fail}%)"))
+    clipped = m["percent_saturated"] >= t.saturated_percent_warn
     blur = m.get("blur")
     blur_z = relative_position("blur", blur, reference) if blur is not None and np.isfinite(blur) else None
     blurred = blur is not None and np.isfinite(blur) and (blur >= t.blur_warn or (blur_z is not None and blur_z >= t.outlier_mad))
     snr_z = relative_position("snr", m["snr"], reference)
     # defocus spreads the signal, so a blurred field is dimmer than its run: only the absolute limit counts then
-    if m["snr"] < t.snr_warn or (snr_z is not None and snr_z <= -t.outlier_mad and not blurred):
+    dim = m["snr"] < t.snr_warn or (snr_z is not None and snr_z <= -t.outlier_mad and not blurred)
+    # one account per field: a clipped field is neither empty (its clipped pixels are signal the foreground test can
+    # miss) nor dim (clipping lowers the measured SNR; more exposure would make it worse); a field whose few objects
+    # are dim is dim, not empty
+    if m["foreground_fraction"] <= t.empty_foreground_fraction and not clipped:
+        evidence = f"foreground fraction {m['foreground_fraction']:.4f} <= {t.empty_foreground_fraction}"
+        if not objects:
+            issues.append(_issue("empty_field", "fail", evidence + ("; no object with nucleus contrast segmented" if objects == 0 else "")))
+            return issues  # signal, focus and saturation are meaningless on an empty field
+        if not dim:
+            issues.append(_issue("empty_field", "warn", f"{evidence}, but {objects} object(s) with nucleus contrast were segmented: "
+                                                        "a few cells (keep them: e.g. a cytotoxic well) or debris; look before excluding it"))
+    if clipped:
+        sev = "fail" if m["percent_saturated"] >= t.saturated_percent_fail else "warn"
+        issues.append(_issue("saturated", sev, f"{m['percent_saturated']:.2f}% of pixels at the maximum value {m['max']:.0f} "
+                                                f"(warn >= {t.saturated_percent_warn}%, fail >= {t.saturated_percent_fail}%)"
+                                                + (f"; its signal-to-noise ({m['snr']:.1f}) is not measured reliably on clipped "
+                                                   "pixels" if dim else "")))
+    elif dim:
         sev = "fail" if m["snr"] < t.snr_fail else "warn"
         issues.append(_issue("low_signal", sev, f"signal-to-noise {m['snr']:.1f} (warn < {t.snr_warn:g}, fail < {t.snr_fail:g})"
                                                 + _relative_text("snr", m["snr"], reference)))
