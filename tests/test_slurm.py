@@ -76,6 +76,23 @@ def test_demo_on_slurm_gives_the_same_tables_as_locally(tmp_path, demo_dir):
         assert ours.read_text() == theirs.read_text(), table
 
 
+def test_the_profile_as_shipped_stops_at_once_naming_the_keys_and_submits_nothing(tmp_path, demo_dir):
+    """The profile's SET ME values (partition 'cpu', account 'myproject') are not this cluster's: one message naming
+    the profile keys, exit 1 within seconds, no job submitted (sbatch would refuse them, and Snakemake would wait)."""
+    work = prepare(tmp_path / "shipped", demo_dir)
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+               "--configfile", str(work / "config.yaml"), "--profile", str(ROOT / "profiles" / "slurm")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "partition 'cpu' (profile key default-resources: slurm_partition) is not on this cluster; it has: debug" in output
+    assert "account 'myproject' (profile key default-resources: slurm_account) is not one of" in output
+    assert "submitted with SLURM jobid" not in output and not (work / ".snakemake" / "slurm_logs").exists()
+    wrong_rule = run(work, "--set-resources", "infer:slurm_partition=gpu")  # a per-rule key is named as such
+    assert wrong_rule.returncode != 0
+    assert "partition 'gpu' (profile key set-resources: infer: slurm_partition)" in wrong_rule.stdout + wrong_rule.stderr
+
+
 def test_a_failing_rule_is_retried_then_reported_with_its_slurm_log(tmp_path, demo_dir):
     work = prepare(tmp_path / "fail", demo_dir)
     config = yaml.safe_load((work / "config.yaml").read_text())

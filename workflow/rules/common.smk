@@ -25,6 +25,7 @@ from snakescope.core.inputs import InputError, batches, read_sample_sheet, sourc
 from snakescope.llm.settings import BACKENDS as LLM_BACKENDS  # noqa: E402
 from snakescope.stages.report.plots import PLOT_NAMES, PLOT_SUBCATEGORIES  # noqa: E402
 from snakescope.core.progress import run_summary_message  # noqa: E402
+from snakescope.core.slurm_site import profile_values, site_problems  # noqa: E402
 
 # The keys a user must set first, then one readable line per schema problem, then the schema's defaults
 # (snakescope.core.configuration.check_config, which `snakescope watch` uses too).
@@ -148,3 +149,34 @@ def summary_prompt(wildcards):
 
 wildcard_constraints:
     batch=r"b\d{4}",
+
+
+def _site_resources(resources):
+    """The partition and account of a profile's resources (a mapping, or Snakemake's parsed resources)."""
+    out = {}
+    for name in ("slurm_partition", "slurm_account"):
+        item = resources.get(name) if resources else None
+        value = getattr(item, "raw", item)  # as the profile or command line gave it (not evaluated for a rule)
+        if isinstance(value, str):
+            out[name] = value
+    return out
+
+
+def check_slurm_site():
+    """Before any job is submitted to SLURM: the profile's partitions and accounts exist on this cluster (sinfo,
+    sacctmgr), else one message naming the profile keys, instead of refused jobs and a run that waits."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    settings = workflow.resource_settings
+    partitions, accounts = profile_values(
+        default_resources=_site_resources(settings.default_resources),
+        rule_resources={rule: _site_resources(r) for rule, r in (settings.overwrite_resources or {}).items()},
+    )
+    problems = site_problems(partitions=partitions, accounts=accounts)
+    if problems:
+        raise WorkflowError(
+            "snakescope: the SLURM profile does not fit this cluster; change these keys of the profile "
+            "(profiles/slurm/config.yaml, or --default-resources / --set-resources), nothing was submitted:\n  "
+            + "\n  ".join(problems)
+        )
