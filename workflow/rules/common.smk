@@ -50,9 +50,9 @@ try:
 except InputError as err:
     raise WorkflowError(f"snakescope: {err}")
 
-# onnxruntime with 2 threads took 54 % more CPU than with 1 for 14 % less wall time (200 demo fields in 4 batches,
-# bench/workflow_vs_loop.py): one thread per inference job when there are several batches to share the cores,
-# two for a single batch. `--set-threads infer=N` overrides it.
+# One inference thread per job when there are several batches to share the cores (their jobs run side by side),
+# two for a single batch: a second thread saves little wall time per job (README, cost model).
+# `--set-threads infer=N` overrides it.
 INFER_THREADS = 1 if len(BATCHES) > 1 else 2
 
 if config["review"].get("corrections"):  # a person's corrections: checked now, so a bad file stops before any job

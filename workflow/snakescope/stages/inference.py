@@ -199,6 +199,8 @@ def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, f
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
+                # idle threads sleep instead of spinning: a spinning thread burns a core the other jobs need (bench/README)
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             data = weights.get_reader().read()
             session = onnxruntime.InferenceSession(free_size_onnx(data) if free_size else data, sess_options=options,
                                                    providers=None if device is None else [device])
