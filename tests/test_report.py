@@ -71,7 +71,7 @@ def test_acquisition_actions_list_only_microscope_actions_and_match_their_schema
     doc = acquisition_actions([unit(u) for u in "abcde"], reviews, "screen")
     jsonschema.validate(doc, json.loads((ROOT / "workflow" / "schemas" / "acquisition_actions.schema.json").read_text()))
     assert [u["unit_id"] for u in doc["units"]] == ["d", "a"]  # fail first; pass, segmentation-only and unreviewed left out
-    assert doc["units"][1]["actions"] == [{"action": "refocus", "detail": "do refocus"}]
+    assert doc["units"][1]["actions"] == [{"action": "refocus", "detail": "do refocus", "decided_by": "measurements"}]
     assert doc["units"][0]["position"] == {"plate": "P3", "well": "C07"} and doc["units"][0]["scene_index"] == 2
     assert doc["counts"] == {"skip_field": 1, "refocus": 1}
 
