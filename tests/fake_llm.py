@@ -1,7 +1,7 @@
 """A small HTTP server that speaks two LLM wire protocols and answers from the image bytes it receives.
 
 Ollama's native REST API (``/api/version``, ``/api/tags``, ``/api/show``, ``/api/chat``, ``/api/pull``) and the
-OpenAI-compatible Chat Completions API as vLLM serves it (``/v1/models``, ``/v1/chat/completions`` with images
+OpenAI-compatible Chat Completions API as vLLM serves it (``/v1/models``, ``/v1/chat/completions`` streamed or not, with images
 as data URLs and ``response_format``, ``/version``, bearer API keys). It is the test double for a real vision
 model server, which cannot be installed here.
 It decodes every image of a chat request (PNG or JPEG only, as a real vision model needs), looks at
@@ -46,21 +46,27 @@ INJECTION = re.compile(r"ignore (all )?previous instructions", re.I)
 CHAT_PATHS = ("/api/chat", "/v1/chat/completions")
 
 
-def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a chat request asks for: Ollama ``format``, OpenAI ``response_format`` or vLLM ``guided_json``."""
+def request_schema(body: dict[str, Any], kind: str = "vllm") -> dict[str, Any] | None:
+    """The JSON schema a chat request asks for, as the server ``kind`` reads it: Ollama ``format``, OpenAI
+    ``response_format`` (json_schema; llama-cpp-python: json_object with ``schema``), vLLM ``structured_outputs.json``
+    (>= 0.12) or ``guided_json`` (< 0.12; 0.12 removed it and ignores the field, as this fake's vLLM 0.12.6 does)."""
     if isinstance(body.get("format"), dict):
         return body["format"]
     response_format = body.get("response_format") or {}
     if response_format.get("type") == "json_schema":
         return response_format["json_schema"]["schema"]
-    return body.get("guided_json")
+    if response_format.get("type") == "json_object":
+        return response_format.get("schema")
+    if isinstance(body.get("structured_outputs"), dict):
+        return body["structured_outputs"].get("json")
+    return None if kind == "vllm" else body.get("guided_json")
 
 
 def is_probe(body: dict[str, Any] | None) -> bool:
-    """The self-test's probe: by its schema, or by its question when the schema is not sent."""
-    if "brightness" in ((request_schema(body or {}) or {}).get("properties") or {}):
+    """A self-test probe (image or text): by its schema, or by its question when the schema is not sent."""
+    if {"brightness", "status"} & set((request_schema(body or {}, "any") or {}).get("properties") or {}):
         return True
-    return "whether you can see images" in json.dumps((body or {}).get("messages", ""))
+    return any(q in json.dumps((body or {}).get("messages", "")) for q in ("whether you can see images", "whether you answer in JSON"))
 
 
 def openai_message(body: dict[str, Any]) -> tuple[str, list[str]]:
@@ -247,9 +253,14 @@ class FakeLLMServer:
     """The server; ``start()`` binds 127.0.0.1 on a free port (or ``port``) and serves in a thread."""
 
     def __init__(self, models: dict[str, str] | None = None, port: int = 0, latency: float = 0.0, slots: int | None = None,
-                 blind: set[str] | None = None, api_key: str | None = None, response_format: bool = True) -> None:
+                 blind: set[str] | None = None, api_key: str | None = None, response_format: bool = True,
+                 kind: str = "vllm") -> None:
         """``latency``: seconds each chat answer takes on a slot; ``slots``: how many answers are computed at once
-        (like a GPU server's parallel slots; None: unlimited). ``max_in_flight`` records the most seen at once."""
+        (like a GPU server's parallel slots; None: unlimited). ``max_in_flight`` records the most seen at once.
+        ``kind``: which OpenAI-compatible server ``/v1`` imitates: ``vllm`` (``/version`` 0.12.6, ``structured_outputs``)
+        or ``llama-cpp-python`` (models owned by "me", no ``/version``, HTTP 500 for a ``json_schema`` response format:
+        its request model allows only 'text' or 'json_object')."""
+        self.kind = kind
         self.models = dict(models or {"qwen2.5vl:7b": "sha256:" + "ab" * 32})
         self.blind = set(blind or ())
         self.api_key = api_key
@@ -312,6 +323,27 @@ class FakeLLMServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def stream(self, content: str, model: str, done_reason: str, payload: dict[str, Any]) -> None:
+                """The answer as server-sent events, as vLLM and llama.cpp stream it: content deltas, the finish reason,
+                a usage chunk when ``stream_options.include_usage``, then ``[DONE]``."""
+                if server.latency:
+                    time.sleep(max(0.0, server.latency - (time.monotonic() - self.t0)))
+                base = {"id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": model}
+                pieces = [content[i:i + 40] for i in range(0, len(content), 40)] or [""]
+                events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}]}
+                          for piece in pieces]
+                events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": done_reason}]})
+                if (payload.get("stream_options") or {}).get("include_usage"):
+                    events.append({**base, "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": len(content) // 4,
+                                                                    "total_tokens": 100 + len(content) // 4}})
+                data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def body(self) -> dict[str, Any]:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
@@ -334,7 +366,7 @@ class FakeLLMServer:
                     return
                 if self.path == "/api/version":
                     self.reply(200, {"version": VERSION})
-                elif self.path == "/version":  # vLLM
+                elif self.path == "/version" and server.kind == "vllm":
                     self.reply(200, {"version": VERSION})
                 elif self.path == "/api/tags":
                     self.reply(200, {"models": [{"name": m, "model": m, "modified_at": "2026-11-01T00:00:00Z", "size": 6_000_000_000,
@@ -342,7 +374,7 @@ class FakeLLMServer:
                                                 for m, d in server.models.items()]})
                 elif self.path == "/v1/models":
                     self.reply(200, {"object": "list", "data": [
-                        {"id": m, "object": "model", "created": int(time.time()), "owned_by": "fake", "root": f"/models/{m}",
+                        {"id": m, "object": "model", "created": int(time.time()), "owned_by": "me" if server.kind == "llama-cpp-python" else "vllm", "root": f"/models/{m}",
                          "parent": None, "max_model_len": 32768} for m in server.models]})
                 else:
                     self.reply(404, {"error": f"unknown path {self.path}"})
@@ -425,8 +457,14 @@ class FakeLLMServer:
                     self.reply(200, {"model": model, "response": summary_text(payload.get("prompt", ""), False), "done": True})
                     return
                 openai = self.path == "/v1/chat/completions"
-                if openai and not server.response_format and (payload.get("response_format") or payload.get("guided_json")):
+                if openai and not server.response_format and (payload.get("response_format") or payload.get("guided_json")
+                                                              or payload.get("structured_outputs")):
                     self.error(400, "structured output (response_format) is not supported by this server")
+                    return
+                if openai and server.kind == "llama-cpp-python" and (payload.get("response_format") or {}).get("type") == "json_schema":
+                    self.error(500, "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
+                                    "'text' or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]",
+                               "InternalServerError")
                     return
                 try:
                     if openai:
@@ -440,9 +478,14 @@ class FakeLLMServer:
                     return
                 if model in server.blind:  # a text-only model: the images never reach it
                     images = []
-                schema = request_schema(payload)
-                if is_probe(payload):
+                schema = request_schema(payload, server.kind)
+                wants = set((schema or {}).get("properties") or {})
+                if "status" in wants or (schema is None and "whether you answer in JSON" in prompt):
+                    content = json.dumps({"status": "ready"})
+                elif is_probe(payload):
                     content = json.dumps(probe_answer(images))
+                elif "narrative" in wants or (schema is None and "narrative" in prompt and not images):
+                    content = json.dumps({"narrative": summary_text(prompt, behaviour == "wrong_numbers")})
                 elif images:
                     content = json.dumps(review_answer(images, prompt))
                 elif model in server.blind and (schema or "JSON" in prompt):
@@ -465,6 +508,9 @@ class FakeLLMServer:
                     answer = json.loads(content)
                     answer.update(verdict="excellent", confidence=7)
                     content = json.dumps(answer)
+                if openai and payload.get("stream"):
+                    self.stream(content, model, done_reason, payload)
+                    return
                 if openai:
                     self.reply(200, {"id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": int(time.time()),
                                      "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": content},

@@ -21,7 +21,7 @@ from snakescope.stages.report.summary import write_run_summary
 from snakescope.stages.review import review_batch
 
 PROMPT = str(ROOT / "config" / "prompts" / "review_v1.txt")
-SUMMARY_PROMPT = str(ROOT / "config" / "prompts" / "summary_v1.txt")
+SUMMARY_PROMPT = str(ROOT / "config" / "prompts" / "summary_v2.txt")
 KB = ROOT / "config" / "knowledge_base.yaml"
 
 
@@ -337,8 +337,9 @@ def test_parallel_requests_give_the_sequential_answers_in_unit_order(demo_batch,
 
 def test_openai_compatible_backend_reviews_from_data_urls_with_the_schema_and_a_key_from_the_environment(
         demo_batch, tmp_path, monkeypatch):
-    """vLLM-style server with --api-key: images as PNG data URLs, the schema as response_format, the key read from the
-    variable the config names and found in no output file."""
+    """vLLM-style server (0.12.6) with --api-key: images as PNG data URLs, the schema as ``structured_outputs`` (what
+    vLLM >= 0.12 documents; it removed ``guided_json`` and ignores the field), the key read from the variable the config
+    names and found in no output file."""
     from fake_llm import FakeLLMServer
 
     key = "sk-test-7f3a9c1d2e"
@@ -352,12 +353,14 @@ def test_openai_compatible_backend_reviews_from_data_urls_with_the_schema_and_a_
     finally:
         server.stop()
     assert doc["backend"] == "openai" and doc["llm"]["selftest"]["passed"] and doc["llm"]["selftest"]["sees_images"]
+    assert doc["llm"]["server_kind"] == "vllm" and doc["llm"]["structured_output"] == "structured_outputs"
     assert len(chats) == 7 and all(r["authorization"] == f"Bearer {key}" for r in chats)
     for request in chats:
         content = request["body"]["messages"][0]["content"]
         assert [p["type"] for p in content] == ["text", "image_url"]
         assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
-        assert request["body"]["response_format"]["json_schema"]["schema"]["title"] == "snakescope MLLM review answer"
+        assert request["body"]["structured_outputs"]["json"]["title"] == "snakescope MLLM review answer"
+        assert "response_format" not in request["body"] and "guided_json" not in request["body"]
         assert request["body"]["temperature"] == 0 and request["body"]["seed"] == 0 and "num_ctx" not in request["body"]
     reviews = by_unit(doc)
     truth = demo_batch["truth"]
@@ -391,8 +394,9 @@ def test_a_server_without_structured_output_is_asked_without_it_and_answers_are_
     finally:
         server.stop()
     assert doc["llm"]["selftest"]["structured_output"] == "none (refused by the server)"
-    assert "refused response_format" in doc["llm"]["selftest"]["note"]
-    assert chats and not any("response_format" in r["body"] for r in chats)
+    note = doc["llm"]["selftest"]["note"]  # every documented form was tried, each refusal named
+    assert all(f"{form} (HTTP 400" in note for form in ("structured_outputs", "response_format", "json_object", "guided_json")), note
+    assert chats and not any(f in r["body"] for r in chats for f in ("response_format", "structured_outputs", "guided_json"))
     assert all(r["status"] == "reviewed" for r in doc["reviews"])
 
 
@@ -525,3 +529,49 @@ def test_a_server_that_restarts_is_waited_out_with_backoff(demo_batch, fake_llm,
     reviews = by_unit(run_review(demo_batch, tmp_path / "r", fake_llm.host, max_concurrency=4))
     assert all(r["status"] == "reviewed" for r in reviews.values()), {u: r["status"] for u, r in reviews.items()}
     assert sum(bool(r["reviewer"]["provenance"]["failed_attempts"]) for r in reviews.values()) >= 4
+
+
+def test_llama_cpp_python_refusing_json_schema_with_http_500_gets_json_object_with_the_schema(demo_batch, tmp_path):
+    """llama-cpp-python's server validates response_format as 'text' or 'json_object' and answers a json_schema request
+    with HTTP 500 (its pydantic error); configured for response_format, the self-test falls back to what that server
+    documents (json_object with a schema) at once, not after retries; with auto, it is chosen from the start."""
+    from fake_llm import FakeLLMServer
+
+    server = FakeLLMServer(kind="llama-cpp-python").start()
+    try:
+        doc = run_review(demo_batch, tmp_path / "r", server.openai_base, backend="openai", structured_output="response_format")
+        probes = len(server.probe_requests())
+        auto = run_review(demo_batch, tmp_path / "a", server.openai_base, backend="openai", cache=tmp_path / "other")
+        chats = server.chat_requests()
+    finally:
+        server.stop()
+    test = doc["llm"]["selftest"]
+    assert doc["llm"]["server_kind"] == "llama-cpp-python" and test["structured_output"] == "json_object"
+    assert "response_format (HTTP 500" in test["note"] and "'text' or 'json_object'" in test["note"]
+    assert probes == 4  # two refused (one each, no retry), two answered
+    assert auto["llm"]["selftest"]["structured_output"] == "json_object" and auto["llm"]["selftest"]["note"] is None
+    for request in chats:
+        assert request["body"]["response_format"]["type"] == "json_object"
+        assert request["body"]["response_format"]["schema"]["title"] == "snakescope MLLM review answer"
+    assert all(r["status"] == "reviewed" for r in doc["reviews"] + auto["reviews"])
+
+
+def test_guided_json_configured_for_a_vllm_that_removed_it_is_sent_as_structured_outputs(demo_batch, fake_llm, tmp_path):
+    """vLLM 0.12 removed guided_json and ignores the field: the schema would silently not be enforced."""
+    doc = run_review(demo_batch, tmp_path / "r", fake_llm.openai_base, backend="openai", structured_output="guided_json")
+    assert doc["llm"]["structured_output"] == "structured_outputs"
+    assert all("structured_outputs" in r["body"] and "guided_json" not in r["body"] for r in fake_llm.chat_requests())
+
+
+def test_each_review_records_what_its_request_cost_and_a_prompt_near_the_context_is_warned(demo_batch, fake_llm, tmp_path):
+    """Usage as the server counts it (the fake counts 100 prompt tokens a request), per review and in the run record."""
+    from snakescope.llm.settings import LLMSettings
+    from snakescope.methods.llm_review import context_warning
+
+    doc = run_review(demo_batch, tmp_path / "r", fake_llm.openai_base, backend="openai")
+    usage = [r["reviewer"]["provenance"]["usage"] for r in doc["reviews"] if r["status"] == "reviewed"]
+    assert usage and all(u["prompt_tokens"] == 100 and u["completion_tokens"] > 0 and u["seconds"] >= 0 for u in usage)
+    assert doc["llm"]["context_size"] == 32768 and "warnings" not in doc["llm"]
+    assert context_warning({"prompt_tokens": 95}, 100) and "95 of the model's 100" in context_warning({"prompt_tokens": 95}, 100)
+    assert context_warning({"prompt_tokens": 50}, 100) is None and context_warning(None, 100) is None
+    assert LLMSettings().structured_output == "auto"

@@ -26,7 +26,7 @@ def llm_config(work, demo_dir, host, backend="ollama", **extra):
         shutil.copy(ROOT / "config" / "prompts" / "review_v1.txt", prompt)
     review = {"backend": backend, "knowledge_base": str(ROOT / "config" / "knowledge_base.yaml"),
               "llm": {"endpoint": host, "prompt": str(prompt), "timeout_s": 60, "questions": QUESTIONS,
-                         "summary_prompt": str(ROOT / "config" / "prompts" / "summary_v1.txt"), **extra}}
+                         "summary_prompt": str(ROOT / "config" / "prompts" / "summary_v2.txt"), **extra}}
     return write_config(work, demo_dir, batch_size=8, review=review)
 
 
@@ -71,7 +71,7 @@ def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_a
     with open_page(llm_run / "results" / "demo" / "report" / "report.html") as (page, problems):
         provenance = page.locator("#llm-provenance").inner_text()
         assert "qwen2.5vl:7b" in provenance and "0.12.6-fake" in provenance
-        assert "review_prompt" in provenance and "summary_v1" in provenance  # prompt versions (file stems) of both calls
+        assert "review_prompt" in provenance and "summary_v2" in provenance  # prompt versions (file stems) of both calls
         assert "ab" * 32 in provenance and "unit review" in provenance and "run summary" in provenance
         assert page.locator("#answers-table tbody tr").count() == 4  # 2 conditions x 2 questions
         page.locator("#gallery .card[data-unit='ctrl_01']").click()

@@ -108,7 +108,7 @@ POSITIONS = canonical({k: config["report"][k] for k in ("plate_column", "well_co
 # (snakescope.stages.LLM_RUNTIME_KEYS), so changing them reruns no review.
 USES_LLM = config["review"]["backend"] in LLM_BACKENDS
 _LLM = dict(config["review"].get("llm", {}))
-for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
+for _key, _default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v2.txt")):
     _LLM[_key] = project_file(_LLM.get(_key, _default))
 REVIEW_PARAMS = canonical({**config["review"], "llm": {k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS}})
 REVIEW_PARAMS.pop("condition_column", None)  # used by the tables, not the reviewers
@@ -145,6 +145,22 @@ def review_prompt(wildcards):
 
 def summary_prompt(wildcards):
     return _LLM["summary_prompt"] if USES_LLM else []
+
+
+# What the self-test depends on: the backend, where the server is and what is asked of which model.
+LLM_CHECK_PARAMS = canonical(
+    {
+        "backend": config["review"]["backend"],
+        "llm": {
+            k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS or k in ("endpoint", "api_key_env", "selftest")
+        },
+    }
+)
+
+
+def llm_check_record(wildcards):
+    """The run's LLM self-test record (rule llm_check), when an LLM reviews."""
+    return R / "review/llm_check.json" if USES_LLM else []
 
 
 wildcard_constraints:

@@ -135,6 +135,7 @@ rule run_summary:
     input:
         aggregates=R / "tables/aggregates.json",
         prompt=summary_prompt,
+        llm_check=llm_check_record,
     output:
         run_summary=report(
             R / "tables/run_summary.json",

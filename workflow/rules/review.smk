@@ -8,6 +8,7 @@ rule review:
         knowledge_base=KNOWLEDGE_BASE,
         schema=workflow.source_path("../schemas/review.schema.json"),
         prompt=review_prompt,
+        llm_check=llm_check_record,
     output:
         review=directory(B.review),
     log:
@@ -22,5 +23,24 @@ rule review:
     params:
         settings=REVIEW_PARAMS,
         channels=CHANNELS,
+    script:
+        "../scripts/stage.py"
+
+
+# The LLM's self-test, once per run and endpoint (not once per review job): the review jobs and the run summary read
+# its record; changing the backend, endpoint or model reruns it.
+rule llm_check:
+    output:
+        llm_check=R / "review/llm_check.json",
+    log:
+        R / "logs/review/llm_check.log",
+    benchmark:
+        R / "benchmarks/review/llm_check.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        runtime=60,
+    params:
+        settings=LLM_CHECK_PARAMS,
     script:
         "../scripts/stage.py"

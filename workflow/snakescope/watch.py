@@ -376,7 +376,7 @@ class Watcher:
             return None, None, "reviewer: the rules (review.backend: deterministic)"
         section = dict(review.get("llm") or {})
         project = PROJECT_DIR
-        for key, default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v1.txt")):
+        for key, default in (("prompt", "config/prompts/review_v1.txt"), ("summary_prompt", "config/prompts/summary_v2.txt")):
             path = Path(section.get(key, default))
             section[key] = str(path if path.is_file() or not (project / path).is_file() else project / path)
         settings = LLMSettings.from_config(section, review["backend"])

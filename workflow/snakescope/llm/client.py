@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .settings import AnswerInvalid, LLMSettings, LLMUnavailable
+from .settings import AnswerInvalid, LLMSettings, LLMUnavailable, ModelCannotSee, StructuredOutputRefused
 
 
 class TransportFailed(Exception):
@@ -33,6 +34,12 @@ class ServerRefused(Exception):
         self.retry_after = retry_after
 
 
+# what servers answer when they refuse a way of sending the schema: llama-cpp-python's HTTP 500 "Input should be 'text' or
+# 'json_object'", vLLM's 400 for a removed field, and the 400/422 of servers that validate the request
+FORMAT_REFUSALS = ("response_format", "json_schema", "json_object", "structured_output", "guided_json", "schema")
+# what servers answer when a model cannot take images: llama.cpp "image input is not supported", vLLM "... is not a
+# multimodal model", Ollama "... does not support images"
+IMAGE_REFUSALS = ("image input is not supported", "not a multimodal model", "does not support image", "image_url is not supported")
 BUSY_STATUSES = (408, 429, 500, 502, 503, 504)  # a server that is busy, restarting or overloaded: worth waiting for
 FIRST_BACKOFF_S = 1.0
 
@@ -65,10 +72,21 @@ def backoff_s(attempt: int, error: Exception, rng: random.Random) -> float:
     return 0.0
 
 
+def refuses_format(error: Exception) -> bool:
+    """The server refused how the schema was sent (not the request as a whole, nor the model)."""
+    return (isinstance(error, ServerRefused) and error.status in (400, 422, 500)
+            and any(word in error.message.lower() for word in FORMAT_REFUSALS))
+
+
+def refuses_images(error: Exception) -> bool:
+    return isinstance(error, ServerRefused) and any(word in error.message.lower() for word in IMAGE_REFUSALS)
+
+
 @dataclass(frozen=True)
 class Reply:
     content: str
     finish_reason: str | None
+    usage: dict[str, Any] | None = None  # prompt_tokens, completion_tokens, seconds: as the server counted them, when it does
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,9 @@ class ModelInfo:
     server_version: str
     model: str
     model_id: str  # Ollama: the model digest; OpenAI-compatible: a hash of the server's /models entry
-    capabilities: tuple[str, ...] | None = None  # when the server says (Ollama's /api/show), else None
+    capabilities: tuple[str, ...] | None = None  # when the server says (Ollama /api/show, llama.cpp /v1/models), else None
+    context_size: int | None = None  # tokens per request, when the server says (llama.cpp per slot, vLLM max_model_len, Ollama)
+    server_kind: str = ""  # llama.cpp, vllm, llama-cpp-python, ollama, or "" when the server does not say
 
 
 class ChatClient(ABC):
@@ -91,7 +111,13 @@ class ChatClient(ABC):
     def __init__(self, settings: LLMSettings, endpoint: str) -> None:
         self.settings = settings
         self.endpoint = endpoint
-        self.schema_in_request = True  # False when the server refused structured output (the self-test decides)
+        self.structured = settings.structured_output  # how the schema is sent; the self-test settles it (openai backend)
+        self._local = threading.local()  # the latest answer's usage, per thread (a pool keeps several requests in flight)
+
+    @property
+    def last_usage(self) -> dict[str, Any] | None:
+        """What the latest answer of this thread cost, as the server counted it (tokens) and as timed here (seconds)."""
+        return getattr(self._local, "usage", None)
 
     @abstractmethod
     def describe(self, server_version: str) -> ModelInfo:
@@ -107,7 +133,9 @@ class ChatClient(ABC):
 
         With a schema, the answer must parse as JSON and validate against it (whatever the server enforced);
         otherwise it is the reply text. Raises :class:`LLMUnavailable` when no attempt reached the server,
-        :class:`AnswerInvalid` when every answer was unusable.
+        :class:`ModelCannotSee` when the server says the model takes no images, :class:`StructuredOutputRefused`
+        when it refuses how the schema was sent (neither is asked again), :class:`AnswerInvalid` when every answer
+        was unusable.
         """
         import jsonschema
 
@@ -118,6 +146,11 @@ class ChatClient(ABC):
             try:
                 reply = self.send(prompt, images, schema)
             except (TransportFailed, ServerRefused) as exc:
+                if images and refuses_images(exc):
+                    raise ModelCannotSee(f"model {self.settings.model!r} on the {self.backend} server at {self.endpoint} cannot "
+                                         f"see images: the server says {exc}") from exc
+                if schema is not None and self.structured != "none" and refuses_format(exc):
+                    raise StructuredOutputRefused(f"the server refused structured output sent as {self.structured}: {exc}") from exc
                 transport_only = transport_only and isinstance(exc, TransportFailed)
                 errors.append(f"attempt {attempt}: {exc}")
                 if attempt > self.settings.retries:
@@ -133,6 +166,7 @@ class ChatClient(ABC):
                 waited += pause
                 continue
             transport_only = False
+            self._local.usage = reply.usage
             content = reply.content or ""
             if schema is None:
                 if content.strip():

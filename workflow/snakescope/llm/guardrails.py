@@ -101,3 +101,20 @@ def check_numbers(text: str, data: dict[str, Any]) -> tuple[list[str], list[str]
         ok = any(round(a, decimals) == round(value, decimals) or (decimals == 0 and round(a) == value) for a in allowed)
         (checked if ok else mismatched).append(match.group(0))
     return checked, mismatched
+
+
+CONTROL_TOKENS = ("<|", "|>", "<start_of_turn>", "<end_of_turn>", "<eos>", "<bos>", "</s>", "[INST]")
+
+
+def narrative_problem(text: str) -> str | None:
+    """Why a narrative cannot stand as the run's summary (a small or mis-templated model's output), or None: chat
+    template tokens in it, the prompt's placeholder echoed, or too little prose."""
+    found = [t for t in CONTROL_TOKENS if t in text]
+    if found:
+        return f"it contains chat-template tokens ({', '.join(found)}): the model or the server's chat template is wrong"
+    if "<your sentences>" in text:
+        return "it echoes the prompt's placeholder"
+    letters = sum(c.isalpha() for c in text)
+    if len(text.split()) < 8 or letters < 0.5 * len(text):
+        return f"it is not prose ({len(text.split())} words, {letters} letters in {len(text)} characters)"
+    return None

@@ -119,11 +119,18 @@ class OllamaClient(ChatClient):
         for attempt in range(2):
             for entry in self.client.list().models:
                 if entry.model in wanted:
+                    capabilities, trained = None, None
                     try:
-                        capabilities = tuple(self.client.show(entry.model).capabilities or ()) or None
+                        shown = self.client.show(entry.model)
+                        capabilities = tuple(shown.capabilities or ()) or None
+                        trained = next((v for k, v in (shown.modelinfo or {}).items() if k.endswith(".context_length")), None)
                     except ollama.ResponseError:
-                        capabilities = None
-                    return ModelInfo(self.backend, self.endpoint, server_version, model, str(entry.digest), capabilities)
+                        pass
+                    # the context a request gets is num_ctx when the options set it (Ollama's default is smaller than
+                    # what the model was trained for)
+                    context = self.settings.options.get("num_ctx") or trained
+                    return ModelInfo(self.backend, self.endpoint, server_version, model, str(entry.digest), capabilities,
+                                     int(context) if context else None, "ollama")
             if attempt == 0 and self.settings.pull:
                 print(f"[llm] pulling {model} (review.llm.pull: true)", file=sys.stderr)
                 self.client.pull(model)
@@ -151,4 +158,6 @@ class OllamaClient(ChatClient):
             raise ServerRefused(exc.status_code, str(exc.error), retry_after) from exc
         except (ConnectionError, httpx.TransportError) as exc:
             raise TransportFailed(f"{type(exc).__name__}: {exc}") from exc
-        return Reply(response.message.content or "", response.done_reason)
+        usage = {"prompt_tokens": response.prompt_eval_count, "completion_tokens": response.eval_count,
+                 "seconds": round(response.total_duration / 1e9, 3) if response.total_duration else None}
+        return Reply(response.message.content or "", response.done_reason, usage)

@@ -25,6 +25,10 @@ class AnswerInvalid(RuntimeError):
     """Every attempt gave an invalid, truncated or schema-violating answer."""
 
 
+class StructuredOutputRefused(AnswerInvalid):
+    """The server refused the way the JSON schema was sent (the self-test then tries the next way)."""
+
+
 @dataclass(frozen=True)
 class LLMSettings:
     """``review.llm`` (see config/README.md), with ``backend`` taken from ``review.backend``."""
@@ -32,7 +36,7 @@ class LLMSettings:
     backend: str = "ollama"
     endpoint: str = ""
     api_key_env: str = ""
-    structured_output: str = "response_format"
+    structured_output: str = "auto"
     model: str = "qwen2.5vl:7b"
     options: dict[str, Any] = field(default_factory=lambda: {"temperature": 0, "seed": 0, "num_ctx": 8192})
     keep_alive: str | float = "15m"
@@ -48,7 +52,8 @@ class LLMSettings:
     audit_fraction: float = 0.1
     audit_seed: int = 0
     prompt: str = "config/prompts/review_v1.txt"
-    summary_prompt: str = "config/prompts/summary_v1.txt"
+    summary_prompt: str = "config/prompts/summary_v2.txt"
+    summary_model: str = ""  # a text model for the run's narrative (same server); empty: the review model writes it
     questions: tuple[str, ...] = ()
     refine: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "max_iterations": 3,
                                                              "split_min_distance": [0.15, 1.5], "min_object_area_fraction": [0.05, 0.5]})

@@ -6,17 +6,16 @@ from __future__ import annotations
 import hashlib
 import sys
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..core.records import read_json, write_json
-from ..llm.client import ChatClient, public_endpoint
+from ..llm.client import ChatClient, ModelInfo, public_endpoint
 from ..llm.backends import connect
 from ..llm.guardrails import check_claims, combine, merged_actions
 from ..llm.prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
-from ..llm.selftest import self_test
+from ..llm.selftest import self_test, skipped_record
 from ..llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
 from ..core.layout import schema_path
 
@@ -46,14 +45,27 @@ def llm_selection(rules_reviews: list[dict[str, Any]], settings: LLMSettings) ->
     return out
 
 
-def ask_timed(client: ChatClient, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> tuple[str, str, Any]:
-    """:meth:`ChatClient.ask` in a worker thread: (started_at, answered_at, (answer, attempts, errors) or the AnswerInvalid)."""
+CONTEXT_WARNING_FRACTION = 0.9  # a prompt this close to the model's context leaves the answer little room
+
+
+def ask_timed(client: ChatClient, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> tuple[str, str, Any, Any]:
+    """:meth:`ChatClient.ask` in a worker thread: (started_at, answered_at, (answer, attempts, errors) or the AnswerInvalid,
+    what the answer cost)."""
     started = now()
     try:
         result: Any = client.ask(prompt, images, schema)
     except AnswerInvalid as exc:
         result = exc
-    return started, now(), result
+    return started, now(), result, client.last_usage
+
+
+def context_warning(usage: dict[str, Any] | None, context_size: int | None) -> str | None:
+    """A warning when the prompt (images included, as the server counted its tokens) nears the model's context."""
+    prompt = (usage or {}).get("prompt_tokens")
+    if not prompt or not context_size or prompt < CONTEXT_WARNING_FRACTION * context_size:
+        return None
+    return (f"the prompt took {prompt} of the model's {context_size} context tokens (the server's count, images included): "
+            "answers may be cut short; raise the server's context (Ollama: review.llm.options.num_ctx) or send smaller images")
 
 
 def collect_answers(futures: dict[Any, str], pool: Any) -> dict[str, tuple[str, str, Any]]:
@@ -80,27 +92,93 @@ def rules_only(rules: dict[str, Any], status: str, selection: str | None, why: s
     return record
 
 
-@dataclass
-class LLMSession:
-    """A connected client, the model it serves, the start-up self-test and the run record: made once per review job,
-    or once for a whole watch (the server stays warm between fields)."""
+def run_record(info: Any, settings: LLMSettings, checked: dict[str, Any]) -> dict[str, Any]:
+    return {"backend": info.backend, "endpoint": public_endpoint(info.endpoint), "server_kind": info.server_kind or None,
+            "server_version": info.server_version, "model": info.model, "model_id": info.model_id,
+            "context_size": info.context_size, "selftest": checked, "scope": settings.scope,
+            "audit_fraction": settings.audit_fraction if settings.scope == "flagged_and_audit" else None,
+            "structured_output": checked.get("structured_output", settings.structured_output)}
 
-    client: ChatClient
-    info: Any
-    checked: dict[str, Any]
-    run: dict[str, Any]
+
+def recorded_info(checked: dict[str, Any]) -> ModelInfo:
+    """The model as the run's self-test recorded it: enough for the cache keys, with no server contact."""
+    return ModelInfo(checked["backend"], checked["endpoint"], checked["server_version"], checked["model"], checked["model_id"],
+                     tuple(checked["capabilities"]) if checked.get("capabilities") is not None else None,
+                     checked.get("context_size"), checked.get("server_kind") or "")
+
+
+class LLMSession:
+    """The model a review job (or a whole watch) talks to: the self-test's record, and a client connected on first use.
+
+    Given the run's self-test record (rule ``llm_check``), nothing is sent until an answer is not in the cache: an
+    unchanged rerun contacts no server. Without one, the session connects and self-tests at once (watch mode, and
+    callers outside the workflow)."""
+
+    def __init__(self, settings: LLMSettings, checked: dict[str, Any] | None = None, log_path: Path | None = None) -> None:
+        self.settings, self.log_path = settings, log_path
+        self._stack = ExitStack()
+        self._client: ChatClient | None = None
+        if checked is None:
+            self._connect()
+            self.checked = (self_test(self._client, self.info) if settings.selftest  # type: ignore[arg-type]
+                            else skipped_record(self.info, settings.structured_output))
+        else:
+            self.checked, self.info = checked, recorded_info(checked)
+        self.run = run_record(self.info, settings, self.checked)
+
+    def _connect(self) -> None:
+        self._client, self.info = self._stack.enter_context(connect(self.settings, self.log_path))
+
+    @property
+    def client(self) -> ChatClient:
+        """The connected client, with the structured-output form the self-test settled."""
+        if self._client is None:
+            recorded = self.info
+            self._connect()
+            if self.info.model_id != recorded.model_id:
+                raise LLMUnavailable(f"model {self.settings.model!r} at {self.info.endpoint} changed since the run's self-test "
+                                     f"({recorded.model_id[:19]} then, {self.info.model_id[:19]} now); rerun with "
+                                     "--forcerun llm_check")
+            form = str(self.checked.get("structured_output") or self.settings.structured_output)
+            self._client.structured = "none" if form.startswith("none") else form  # type: ignore[union-attr]
+        return self._client  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 @contextmanager
-def llm_session(settings: LLMSettings, log_path: Path | None = None) -> Iterator[LLMSession]:
-    """Connect to the configured backend (starting ``ollama serve`` if asked) and run the self-test once."""
-    with connect(settings, log_path) as (client, info):
-        checked = self_test(client, info) if settings.selftest else {"passed": None, "note": "skipped (review.llm.selftest: false)"}
-        run = {"backend": info.backend, "endpoint": public_endpoint(info.endpoint), "server_version": info.server_version,
-               "model": info.model, "model_id": info.model_id, "selftest": checked, "scope": settings.scope,
-               "audit_fraction": settings.audit_fraction if settings.scope == "flagged_and_audit" else None,
-               "structured_output": checked.get("structured_output", settings.structured_output)}
-        yield LLMSession(client, info, checked, run)
+def llm_session(settings: LLMSettings, log_path: Path | None = None, checked: dict[str, Any] | None = None) -> Iterator[LLMSession]:
+    """An :class:`LLMSession` for the duration of the block (``ollama serve`` stopped after it, if it was started)."""
+    session = LLMSession(settings, checked, log_path)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def check_run(settings: LLMSettings, summary: LLMSettings | None = None) -> dict[str, Any]:
+    """Rule ``llm_check``'s record: the review model's self-test (``review``) and, when a separate text model writes the
+    narrative, its text self-test (``summary``). A failure is recorded as ``passed: false`` with the reason (the
+    review jobs then fall back to the rules without asking again); ``LLMUnavailable`` is raised only with
+    ``on_unreachable: fail``."""
+    from ..llm.selftest import text_self_test
+
+    record: dict[str, Any] = {"checked_at": now()}
+    for role, these in (("review", settings), ("summary", summary)):
+        if these is None:
+            continue
+        try:
+            with connect(these) as (client, info):
+                if role == "review":
+                    record[role] = self_test(client, info) if these.selftest else skipped_record(info, these.structured_output)
+                else:
+                    record[role] = text_self_test(client, info)
+        except LLMUnavailable as exc:
+            if these.on_unreachable == "fail":
+                raise
+            record[role] = {"passed": False, "model": these.model, "backend": these.backend, "error": str(exc)[:1000]}
+    return record
 
 
 def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], settings: LLMSettings, cache_dir: str | Path,
@@ -130,7 +208,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
     inputs = out_dir / INPUTS_FOLDER
     inputs.mkdir(parents=True, exist_ok=True)
     reviews = []
-    client, info, checked, run = session.client, session.info, session.checked, dict(session.run)
+    info, checked, run = session.info, session.checked, dict(session.run)
     # 1. what each unit sends (read, render, prompt, cache key), in unit order; each request leaves as soon as
     #    its unit is ready, up to max_concurrency in flight; answers are matched to units, not to arrival order
     prepared: dict[str, dict[str, Any]] = {}
@@ -163,7 +241,7 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             (inputs / f"{uid}.prompt.txt").write_text(prompt, encoding="utf-8")
             prepared[uid] = {"prompt": prompt, "key": key, "cached": cache.get(key), "sent": sent}
             if prepared[uid]["cached"] is None:
-                futures[pool.submit(ask_timed, client, prompt, images, schema)] = uid
+                futures[pool.submit(ask_timed, session.client, prompt, images, schema)] = uid
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -196,7 +274,12 @@ def llm_review_units(units: list[dict[str, Any]], context: dict[str, Any], setti
             answer, attempts, errors = cached["answer"], 0, []
             provenance.update(answered_at=cached["answered_at"], attempts=cached["attempts"])
         else:
-            started, answered, result = answers[uid]
+            started, answered, result, usage = answers[uid]
+            provenance["usage"] = usage
+            if warning := context_warning(usage, info.context_size):
+                provenance["context_warning"] = warning
+                run.setdefault("warnings", []).append(f"{uid}: {warning}")
+                print(f"[review] {uid}: WARNING {warning}", file=sys.stderr)
             if isinstance(result, AnswerInvalid):
                 print(f"[review] {uid}: unreviewed by the LLM: {result}", file=sys.stderr)
                 record = rules_only(rules, "unreviewed", selection[uid],

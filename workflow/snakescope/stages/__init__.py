@@ -49,6 +49,7 @@ STAGES = {
         Stage("dataset_pixels", "inference", "inference:run_dataset_pixels"),
         Stage("infer", "inference", "inference:run_inference", watch=True),
         Stage("postprocess", "segmentation", "segmentation:run_segmentation", watch=True),
+        Stage("llm_check", "review", "review:run_llm_check"),
         Stage("review", "review", "review:run_review"),
         Stage("refinement", "refinement", "refinement:run_refinement"),
         Stage("gallery", "report", "report.gallery:run_gallery"),

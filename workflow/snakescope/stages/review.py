@@ -237,12 +237,15 @@ def review_one(unit: dict[str, Any], metrics: dict[str, float] | None, summary: 
 def review_batch(import_manifest: str | Path, quality_json: str | Path, inference_manifest: str | Path,
                  postprocess_dir: str | Path, knowledge_base_path: str | Path, settings: dict[str, Any],
                  channels: tuple[str | int, ...], out_dir: str | Path, schema_path: str | Path = SCHEMA_PATH,
-                 cache_dir: str | Path = ".snakescope-cache", reference_path: str | Path | None = None) -> dict[str, Any]:
+                 cache_dir: str | Path = ".snakescope-cache", reference_path: str | Path | None = None,
+                 llm_check: dict[str, Any] | None = None) -> dict[str, Any]:
     """Review every imported unit of a batch (failed ones included, as failed); validate each review.
 
     The rule-based review always runs. With an LLM backend (``ollama``, ``openai``) the vision model reviews too, its claims
     checked against the rules and the numbers; when no server can be used the rule-based reviews are
-    written, labelled as the fallback (or the job fails, with ``on_unreachable: fail``).
+    written, labelled as the fallback (or the job fails, with ``on_unreachable: fail``). ``llm_check``: the run's
+    self-test record (rule ``llm_check``); with it the server is contacted only for answers not in the cache, and a
+    failed self-test means the fallback at once. Without it the job connects and self-tests itself.
     """
     import csv
 
@@ -276,12 +279,17 @@ def review_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     doc: dict[str, Any] = {"batch": imported["batch"], "backend": "deterministic", "uses_llm": False}
     reviews = rules_reviews
     if settings.get("backend", "deterministic") in LLM_BACKENDS:
-        from ..methods.llm_review import fallback_reviews, llm_review_units
+        from ..methods.llm_review import fallback_reviews, llm_review_units, llm_session
         from ..llm.settings import LLMSettings, LLMUnavailable
 
         llm = LLMSettings.from_config(settings.get("llm", {}), settings["backend"])
+        checked = (llm_check or {}).get("review")
         try:
-            reviews, doc["llm"] = llm_review_units(imported["units"], context, llm, cache_dir, out, thresholds.count_tolerance)
+            if checked is not None and checked.get("passed") is False:
+                raise LLMUnavailable(f"the run's self-test failed: {checked.get('error')}")
+            with llm_session(llm, out / "llm-server.log", checked) as session:
+                reviews, doc["llm"] = llm_review_units(imported["units"], context, llm, cache_dir, out, thresholds.count_tolerance,
+                                                       session)
             doc.update(backend=llm.backend, uses_llm=True)
         except LLMUnavailable as exc:
             if llm.on_unreachable == "fail":
@@ -305,8 +313,41 @@ def unit_reference(doc: dict[str, Any], plate: str | None, channel: str) -> dict
     return doc.get("channels", {}).get(channel)
 
 
+def llm_settings(settings: dict[str, Any], llm_runtime: dict[str, Any], **files: str | None) -> Any:
+    """``review.llm`` as :class:`LLMSettings` from the rule's params (what changes answers) and the config's runtime keys
+    (where the server is); ``files``: prompt paths the rule gives as inputs."""
+    from ..llm.settings import LLMSettings
+
+    given = {k: v for k, v in files.items() if v}
+    return LLMSettings.from_config({**settings.get("llm", {}), **llm_runtime, **given}, settings["backend"])
+
+
+def run_llm_check(*, llm_check: str, settings: dict[str, Any], llm_runtime: dict[str, Any]) -> None:
+    """Rule ``llm_check``: the run's LLM self-test, once per run and endpoint -> ``review/llm_check.json``; the review
+    jobs and the run summary read it instead of probing the server each. A failure is recorded (and the run falls back
+    to the rules), or stops the run with ``on_unreachable: fail``."""
+    from dataclasses import replace
+
+    from ..methods.llm_review import check_run
+    from ..llm.settings import LLMUnavailable
+
+    llm = llm_settings(settings, llm_runtime)
+    summary = replace(llm, model=llm.summary_model) if llm.summary_model else None
+    try:
+        record = check_run(llm, summary)
+    except LLMUnavailable as exc:
+        raise SystemExit(f"snakescope: {exc} (review.llm.on_unreachable: fail)") from None
+    write_json(llm_check, record)
+    for role, checked in record.items():
+        if isinstance(checked, dict):
+            state = {True: "passed", False: f"FAILED: {checked.get('error')}", None: "skipped"}[checked.get("passed")]
+            print(f"[llm_check] {role} model {checked.get('model')!r} ({checked.get('structured_output', '-')}): {state}",
+                  file=sys.stderr)
+
+
 def run_review(*, imported: str, quality: str, reference: str, inference: str, segmentation: str, knowledge_base: str,
-               schema: str, review: str, settings: dict[str, Any], channels: tuple[str | int, ...], llm_runtime: dict[str, Any], cache_dir: str, prompt: str | None = None) -> None:
+               schema: str, review: str, settings: dict[str, Any], channels: tuple[str | int, ...], llm_runtime: dict[str, Any],
+               cache_dir: str, prompt: str | None = None, llm_check: str | None = None) -> None:
     """Rule ``review``: every unit of a batch reviewed by the rules, and by the vision model when configured ->
     ``review/<batch>/``. ``llm_runtime``: the ``review.llm`` keys that do not change answers (server, timeouts)."""
     from ..core.layout import manifest
@@ -316,7 +357,7 @@ def run_review(*, imported: str, quality: str, reference: str, inference: str, s
     llm = {**settings.get("llm", {}), **llm_runtime, **({"prompt": prompt} if prompt else {})}
     try:
         doc = review_batch(manifest(imported), quality, manifest(inference), segmentation, knowledge_base, {**settings, "llm": llm},
-                           channels, review, schema, cache_dir, reference)
+                           channels, review, schema, cache_dir, reference, read_json(llm_check) if llm_check else None)
     except LLMUnavailable as exc:
         raise SystemExit(f"snakescope: {exc} (review.llm.on_unreachable: fail)") from None
     stage_progress("review", doc, len(doc["reviews"]))
