@@ -519,7 +519,8 @@ class FakeLLMServer:
                     return
                 self.reply(200, {"model": model, "created_at": "2026-11-23T00:00:00Z",
                                  "message": {"role": "assistant", "content": content}, "done": True,
-                                 "done_reason": done_reason, "total_duration": 1_000_000, "eval_count": len(content) // 4})
+                                 "done_reason": done_reason, "total_duration": 1_000_000, "prompt_eval_count": 100,
+                                 "eval_count": len(content) // 4})
 
         return Handler
 

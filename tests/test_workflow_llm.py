@@ -63,7 +63,8 @@ def test_the_llm_reviews_every_unit_and_the_report_says_so(llm_run, server):
     assert summary["uses_llm"] and summary["numbers_mismatched"] == [] and summary["text"].startswith("15 image units")
     page = (results / "report" / "report.html").read_text()
     assert "Review backend: LLM reviewer qwen2.5vl:7b via Ollama" in page and "no LLM was used" not in page
-    assert len(server.probe_requests()) == 2 * 2  # the self-test: two probes per review job
+    assert "15 request(s), 1500 prompt tokens (images included)" in page  # the fake counts 100 a request
+    assert len(server.probe_requests()) == 2  # the self-test, once per run (rule llm_check): two probes, not two per job
 
 
 def test_the_llm_report_in_chromium_shows_provenance_answers_and_quoted_markup_as_text(llm_run):
@@ -88,6 +89,18 @@ def test_unchanged_rerun_plans_nothing_and_makes_no_call(llm_run, server, demo_d
     assert len(server.chat_requests()) == calls
 
 
+def test_rerun_reviews_with_every_answer_cached_contact_no_server(llm_run, server):
+    """Reviews and the narrative forced to run again: every answer is in the cache, the self-test's record is the run's,
+    so not one request of any kind (not even a model list) reaches the server."""
+    before = len(server.requests)
+    result = snakemake(llm_run, "--forcerun", "review", "run_summary")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "llm_check" not in planned_jobs(result.stdout + result.stderr)
+    assert server.requests[before:] == []
+    reviews = [json.loads(line) for line in (llm_run / "results" / "demo" / "tables" / "reviews.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "reviewed" and r["reviewer"]["provenance"]["cache_hit"] for r in reviews)
+
+
 def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(llm_run, server, demo_dir):
     downstream = {"review": 2, "refinement": 2, "gallery": 2, "tables": 1, "plots": 1, "run_summary": 1, "report": 1, "all": 1}
     prompt = llm_run / "review_prompt.txt"
@@ -98,12 +111,12 @@ def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows
     config = yaml.safe_load((llm_run / "config.yaml").read_text())
     config["review"]["llm"]["model"] = "gemma3:12b"
     other.write_text(yaml.safe_dump(config))
-    assert planned_jobs(snakemake(llm_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
+    assert planned_jobs(snakemake(llm_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1, "llm_check": 1}
     config["review"]["llm"]["model"] = "qwen2.5vl:7b"
     config["review"]["llm"]["endpoint"] = "127.0.0.1:11434"  # where the server is does not change answers
     config["review"]["llm"]["timeout_s"] = 999
-    other.write_text(yaml.safe_dump(config))
-    assert planned_jobs(snakemake(llm_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1}
+    other.write_text(yaml.safe_dump(config))  # a new endpoint is self-tested again; the reviews then come from the cache
+    assert planned_jobs(snakemake(llm_run, "-n", configfile=other).stdout) == {**downstream, "pipeline_info": 1, "llm_check": 1}
     prompt.write_text(prompt.read_text().replace("careful microscopist", "expert microscopist"))
 
 

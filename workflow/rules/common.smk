@@ -147,13 +147,12 @@ def summary_prompt(wildcards):
     return _LLM["summary_prompt"] if USES_LLM else []
 
 
-# What the self-test depends on: the backend, where the server is and what is asked of which model.
+# What the self-test depends on: the backend, where the server is, which models and how they are asked.
+LLM_CHECK_KEYS = ("endpoint", "api_key_env", "selftest", "model", "summary_model", "structured_output", "options")
 LLM_CHECK_PARAMS = canonical(
     {
         "backend": config["review"]["backend"],
-        "llm": {
-            k: v for k, v in _LLM.items() if k not in LLM_RUNTIME_KEYS or k in ("endpoint", "api_key_env", "selftest")
-        },
+        "llm": {k: v for k, v in _LLM.items() if k in LLM_CHECK_KEYS},
     }
 )
 

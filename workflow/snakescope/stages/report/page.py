@@ -414,11 +414,20 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
         ["purpose", "backend", "endpoint", "model", "model_id", "server_version", "options", "prompt_file", "prompt_version",
          "prompt_template_sha256", "answers", "cache_hits"], "llm-provenance") if llm else "<p>No LLM was used in this run.</p>"))
     if llm_info.get("runs"):
-        parts.append("<h4>Start-up self-test and scope, per review job</h4><p class='muted'>Before any unit is sent, each review "
-                     "job checks that the server answers, the model exists, it tells a near-white from a near-black test image "
-                     "(a model that cannot see images is refused) and it answers schema-valid JSON.</p>" + _static_table(
-                         llm_info["runs"], ["backend", "endpoint", "server_version", "model", "model_id", "selftest",
-                                            "structured_output", "selftest_note", "scope", "audit_fraction", "batches"], "llm-selftest"))
+        parts.append("<h4>Self-test and scope</h4><p class='muted'>Once per run and endpoint, before any unit is sent (rule "
+                     "llm_check): the server answers, the model exists and is not listed as text-only, it tells a near-white "
+                     "from a near-black test image (a model that cannot see images is refused) and it answers schema-valid "
+                     "JSON in the structured-output form the server takes.</p>" + _static_table(
+                         llm_info["runs"], ["backend", "endpoint", "server_kind", "server_version", "model", "model_id",
+                                            "context_size", "selftest", "structured_output", "selftest_note", "scope",
+                                            "audit_fraction", "batches"], "llm-selftest"))
+    if cost := llm_info.get("cost"):
+        parts.append(f"<p id='llm-cost'>Cost of the review requests this run, as the server counted them: {cost['requests']} "
+                     f"request(s), {cost['prompt_tokens']} prompt tokens (images included), {cost['completion_tokens']} "
+                     f"completion tokens, {cost['seconds']} s waiting for answers; {cost['cached']} answer(s) from the cache "
+                     "cost nothing.</p>")
+    for warning in llm_info.get("warnings") or []:
+        parts.append(f"<p class='bad llm-warning'>{e(warning)}</p>")
     if timings:
         parts.append("<h3>Compute per stage</h3><p class='muted'>From Snakemake's benchmark files (wall and CPU time summed over "
                      "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "cpu_s", "peak_rss_mb"], "timings"))

@@ -338,15 +338,21 @@ def llm_aggregates(runs: list[dict[str, Any]], reviews: list[dict[str, Any]]) ->
     distinct: dict[str, dict[str, Any]] = {}
     for run in runs:
         test = run.get("selftest") or {}
-        entry = {k: run.get(k) for k in ("backend", "endpoint", "server_version", "model", "model_id", "scope",
-                                         "audit_fraction", "structured_output")}
+        entry = {k: run.get(k) for k in ("backend", "endpoint", "server_kind", "server_version", "model", "model_id",
+                                         "context_size", "scope", "audit_fraction", "structured_output")}
         entry.update(selftest=("passed" if test.get("passed") else "skipped" if test.get("passed") is None else "failed"),
                      selftest_note=test.get("note"))
         key = json.dumps(entry, sort_keys=True, default=str)
         distinct.setdefault(key, {**entry, "batches": 0})["batches"] += 1
     audited = [r for r in reviews if r.get("llm_selection") == "audit" and r.get("status") == "reviewed"]
     agreed = sum(1 for r in audited if r.get("llm_verdict") == (r.get("second_opinion") or {}).get("verdict"))
-    return {"runs": list(distinct.values()),
+    paid = [u for r in reviews if (u := ((r.get("reviewer") or {}).get("provenance") or {}).get("usage"))]
+    cost = {"requests": len(paid), "prompt_tokens": sum(u.get("prompt_tokens") or 0 for u in paid),
+            "completion_tokens": sum(u.get("completion_tokens") or 0 for u in paid),
+            "seconds": round(sum(u.get("seconds") or 0 for u in paid), 1),
+            "cached": sum(1 for r in reviews if ((r.get("reviewer") or {}).get("provenance") or {}).get("cache_hit"))}
+    return {"runs": list(distinct.values()), "cost": cost,
+            "warnings": [w for run in runs for w in run.get("warnings") or []],
             "reviewed_by_llm": sum(1 for r in reviews if r["reviewer"].get("uses_llm")),
             "selection": dict(Counter(r["llm_selection"] for r in reviews if r.get("llm_selection"))),
             "audit": {"units": len(audited), "agreed": agreed,
