@@ -463,7 +463,7 @@ def test_llm_check_command_before_a_run(tmp_path):
     finally:
         server.stop()
     good, blind = results["qwen2.5vl:7b"], results["llama3.1:8b"]
-    assert good.returncode == 0 and json.loads(good.stdout)["sees_images"] and "self-test passed" in good.stderr
+    assert good.returncode == 0 and json.loads(good.stdout)["review"]["sees_images"] and "self-test passed" in good.stderr
     assert blind.returncode == 1 and "does not see the images" in blind.stderr and "review.llm.model" in blind.stderr
 
 

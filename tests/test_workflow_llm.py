@@ -210,3 +210,35 @@ def test_openai_backend_with_a_review_budget_an_api_key_and_the_finetuning_expor
     assert "via an OpenAI-compatible server" in page and "review.llm.scope: flagged_and_audit" in page
     assert "audit: LLM agrees with the rules" in page and "llm-selftest" in page
     assert "LLM reviewer: Qwen/Qwen2.5-VL-7B-Instruct via openai" in result.stdout and "self-test passed" in result.stdout
+
+
+def test_a_model_that_fails_the_self_test_reviews_nothing_and_writes_no_narrative(tmp_path, demo_dir):
+    """A text-only review model: the run's self-test refuses it (once), the rules review every unit, and the run summary
+    is the rules' template, saying why, not the model's text. A text model named for the narrative writes it."""
+    from fake_llm import FakeLLMServer
+
+    (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\tcell_line\n"
+                                          f"ctrl_01\t{demo_dir}/images/ctrl_01.ome.tif\tDMSO\tHeLa\n")
+    server = FakeLLMServer(models={"qwen2.5vl:7b": "sha256:" + "ab" * 32, "llama3.1:8b": "sha256:" + "ef" * 32},
+                           blind={"llama3.1:8b"}).start()
+    try:
+        llm_config(tmp_path, demo_dir, server.host, model="llama3.1:8b")
+        result = snakemake(tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:]
+        results = tmp_path / "results" / "demo"
+        check = json.loads((results / "review" / "llm_check.json").read_text())
+        assert check["review"]["passed"] is False and "cannot see images" in check["review"]["error"]
+        review = json.loads((results / "tables" / "reviews.jsonl").read_text())
+        assert review["status"] == "fallback" and "the run's self-test failed" in review["summary"]
+        summary = json.loads((results / "tables" / "run_summary.json").read_text())
+        assert summary["uses_llm"] is False and "did not pass the run's self-test" in summary["llm_not_asked"]
+        assert server.requests and not [r for r in server.requests if r["path"] == "/api/chat"]  # nothing asked of it
+        llm_config(tmp_path, demo_dir, server.host, summary_model="llama3.1:8b")
+        result = snakemake(tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:]
+        check = json.loads((results / "review" / "llm_check.json").read_text())
+        assert check["review"]["passed"] and check["summary"]["passed"] and check["summary"]["model"] == "llama3.1:8b"
+        summary = json.loads((results / "tables" / "run_summary.json").read_text())
+        assert summary["uses_llm"] and summary["provenance"]["model"] == "llama3.1:8b" and summary["text"].startswith("1 image units")
+    finally:
+        server.stop()

@@ -87,27 +87,30 @@ def cmd_simulate_acquisition(args: argparse.Namespace) -> None:
 
 
 def cmd_llm_check(args: argparse.Namespace) -> None:
-    """The LLM backend's self-test from a config file, before a run: exit 0 and the record, or 1 and the reason."""
+    """The LLM backend's self-test from a config file, before a run (what rule llm_check records): exit 0 and the
+    record, or 1 and the reason."""
+    from dataclasses import replace
+
     import yaml
 
-    from .llm.backends import connect
-    from .llm.selftest import self_test
+    from .methods.llm_review import check_run
     from .llm.settings import BACKENDS as LLM_BACKENDS
-    from .llm.settings import LLMSettings, LLMUnavailable
+    from .llm.settings import LLMSettings
 
     review = (yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}).get("review") or {}
     backend = args.backend or review.get("backend", "deterministic")
     if backend not in LLM_BACKENDS:
         sys.exit(f"snakescope: review.backend is {backend!r} in {args.config}: no LLM to check (use --backend ollama|openai)")
-    settings = LLMSettings.from_config(review.get("llm") or {}, backend)
-    try:
-        with connect(settings) as (client, info):
-            record = self_test(client, info)
-    except LLMUnavailable as exc:
-        sys.exit(f"snakescope: LLM self-test FAILED: {exc}")
+    settings = replace(LLMSettings.from_config(review.get("llm") or {}, backend), on_unreachable="fallback")
+    record = check_run(settings, replace(settings, model=settings.summary_model) if settings.summary_model else None)
     print(json.dumps(record, indent=1))
-    print(f"LLM self-test passed: {info.model} on {info.backend} {info.server_version} sees images "
-          f"(structured output: {record['structured_output']})", file=sys.stderr)
+    failed = [f"{role} model {r.get('model')!r}: {r.get('error')}" for role, r in record.items()
+              if isinstance(r, dict) and r.get("passed") is False]
+    if failed:
+        sys.exit("snakescope: LLM self-test FAILED: " + "; ".join(failed))
+    checked = record["review"]
+    print(f"LLM self-test passed: {checked['model']} on {checked.get('server_kind') or backend} {checked['server_version']} "
+          f"sees images (structured output: {checked['structured_output']})", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
