@@ -214,8 +214,12 @@ def test_openai_backend_with_a_review_budget_an_api_key_and_the_finetuning_expor
 
 def test_a_model_that_fails_the_self_test_reviews_nothing_and_writes_no_narrative(tmp_path, demo_dir):
     """A text-only review model: the run's self-test refuses it (once), the rules review every unit, and the run summary
-    is the rules' template, saying why, not the model's text. A text model named for the narrative writes it."""
+    is the rules' template, saying why, not the model's text. A text model named for the narrative writes it. The
+    Parquet tables of both runs have one declared schema (issue 30: empty LLM columns were typed double)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from fake_llm import FakeLLMServer
+    from snakescope.stages.report.columns import column_type
 
     (tmp_path / "samples.tsv").write_text("sample_id\tpath\ttreatment\tcell_line\n"
                                           f"ctrl_01\t{demo_dir}/images/ctrl_01.ome.tif\tDMSO\tHeLa\n")
@@ -233,6 +237,7 @@ def test_a_model_that_fails_the_self_test_reviews_nothing_and_writes_no_narrativ
         summary = json.loads((results / "tables" / "run_summary.json").read_text())
         assert summary["uses_llm"] is False and "did not pass the run's self-test" in summary["llm_not_asked"]
         assert server.requests and not [r for r in server.requests if r["path"] == "/api/chat"]  # nothing asked of it
+        rules_tables = {name: pq.read_table(results / "tables" / f"{name}.parquet") for name in ("units", "objects", "reviews")}
         llm_config(tmp_path, demo_dir, server.host, summary_model="llama3.1:8b")
         result = snakemake(tmp_path)
         assert result.returncode == 0, result.stdout[-2000:]
@@ -240,5 +245,12 @@ def test_a_model_that_fails_the_self_test_reviews_nothing_and_writes_no_narrativ
         assert check["review"]["passed"] and check["summary"]["passed"] and check["summary"]["model"] == "llama3.1:8b"
         summary = json.loads((results / "tables" / "run_summary.json").read_text())
         assert summary["uses_llm"] and summary["provenance"]["model"] == "llama3.1:8b" and summary["text"].startswith("1 image units")
+        for name, rules in rules_tables.items():  # the same declared schema whoever reviewed: runs concatenate
+            llm = pq.read_table(results / "tables" / f"{name}.parquet")
+            assert llm.schema == rules.schema, name
+            assert all(column_type(name, c) for c in llm.column_names), [c for c in llm.column_names if not column_type(name, c)]
+            assert pa.concat_tables([rules, llm]).num_rows == 2 * rules.num_rows
+        reviews = rules_tables["reviews"].to_pydict()
+        assert reviews["llm_verdict"] == [None] and rules_tables["reviews"].schema.field("llm_verdict").type == pa.string()
     finally:
         server.stop()

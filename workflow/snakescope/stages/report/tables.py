@@ -12,6 +12,7 @@ from typing import Any
 from ...core.layout import BatchPaths, manifest
 from ...core.records import ACQUISITION_ACTIONS, read_csv, read_json, write_json
 from ...core.channels import model_channel_name
+from .columns import write_parquet
 
 METRIC_COLUMNS = ["snr", "blur", "focus_laplacian", "power_log_log_slope", "focus_normalized_variance", "percent_saturated",
                   "percent_minimal", "foreground_fraction", "background", "background_unevenness", "noise", "mean", "max"]
@@ -36,22 +37,6 @@ def group_by_condition(units: list[dict[str, Any]], condition_column: str) -> di
 
 
 # Identifiers and free text stay text in Parquet even when they look like numbers (sample "001", well "12").
-TEXT_COLUMNS = ("unit_id", "sample_id", "batch", "scene", "source_path", "channels", "overlay", "issues", "verdict", "label_file")
-
-
-def write_parquet(csv_path: Path) -> Path:
-    """The CSV table again as Parquet (typed columns for pandas, polars, R arrow), beside it."""
-    import pandas as pd
-
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), [])
-    text = {c: "string" for c in header if c in TEXT_COLUMNS or c.startswith("meta_")}
-    frame = pd.read_csv(csv_path, dtype=text, keep_default_na=False, na_values=[""])
-    path = csv_path.with_suffix(".parquet")
-    frame.to_parquet(path, index=False)
-    return path
-
-
 def _merge_objects(path: Path, batches: list[BatchPaths], refined_units: dict[str, Path],
                    unit_meta: dict[str, dict[str, Any]]) -> None:
     """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv, each
@@ -328,7 +313,7 @@ def build_tables(batches: list[BatchPaths], channels: tuple[str | int, ...], out
                                   [f for f in failures if f["stage"] == "import"])
     write_json(out / "acquisition_actions.json", actions)
     for name in ("units", "objects", "reviews"):
-        write_parquet(out / f"{name}.csv")
+        write_parquet(out / f"{name}.csv", name)
     return {"units": len(units), "failures": len(failures), "reviews": len(reviews), "reacquire": len(actions["units"])}
 
 
