@@ -172,3 +172,23 @@ def test_settings_classes_take_the_schemas_defaults(section, settings):
         assert default == expected, f"{settings}.{field.name}: {default!r}, schema {'.'.join(section)}: {expected!r}"
         compared += 1
     assert compared >= 1
+
+
+def test_no_profile_overrides_the_memory_a_rule_computes_from_its_field_sizes():
+    """A rule whose mem_mb is estimated from its batch's field sizes (field_mem_mb) must get that estimate on every
+    executor: a profile's set-resources mem_mb for it would replace the estimate (issue 30: infer got 8000 MB
+    whatever the fields)."""
+    import re
+
+    import yaml
+
+    estimated = set()
+    for path in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"^rule ", path.read_text(encoding="utf-8"), flags=re.M)[1:]:
+            if "mem_mb=field_mem_mb(" in block:
+                estimated.add(block.split(":", 1)[0].strip())
+    assert {"infer", "postprocess", "review", "quality_metrics"} <= estimated, estimated
+    for profile in (ROOT / "profiles").glob("*/config.yaml"):
+        overrides = (yaml.safe_load(profile.read_text(encoding="utf-8")) or {}).get("set-resources") or {}
+        clashing = sorted(rule for rule, resources in overrides.items() if rule in estimated and "mem_mb" in (resources or {}))
+        assert not clashing, f"{profile.relative_to(ROOT)} sets mem_mb for {clashing}, replacing the field-size estimate"

@@ -371,7 +371,7 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
                  "<div class='dt' data-table='conditions' id='conditions-table'></div>")
     parts.append("<h3 id='answers'>Answers to the dataset's questions</h3>" + (
         "<div class='dt' data-table='answers' id='answers-table'></div>" if data["answers"]
-        else "<p class='muted'>No questions were asked (config <code>review.ollama.questions</code>, LLM backend only).</p>")
+        else "<p class='muted'>No questions were asked (config <code>review.llm.questions</code>, LLM backend only).</p>")
         + "</section>")
     # -- units and gallery (drawn by the script)
     corrections = info["aggregates"].get("corrections") or {}
