@@ -386,3 +386,20 @@ def test_a_correction_made_in_the_page_changes_verdicts_statistics_and_actions_o
         page.evaluate("window.snakescopeReport.showDetail('dim_01')")
         assert "Corrected by a person" in page.locator("#detail").inner_text()
     assert problems == [], problems
+
+
+def test_the_catalog_test_config_runs_on_its_committed_data_and_draws_the_rule_graph(tmp_path):
+    """`.test/` (the Snakemake workflow catalog's convention): a config on committed tiny data, so a bare clone can
+    `snakemake -d .test --lint`, draw the rule graph and run the workflow, with nothing generated first."""
+    test_dir = ROOT / ".test"
+    graph = snakemake(test_dir, "--rulegraph", configfile=test_dir / "config" / "config.yaml")
+    assert graph.returncode == 0 and "digraph" in graph.stdout and "infer" in graph.stdout, graph.stderr[-2000:]
+    lint = snakemake(test_dir, "--lint", configfile=test_dir / "config" / "config.yaml")
+    assert lint.returncode == 0, lint.stdout[-2000:] + lint.stderr[-2000:]
+    run = snakemake(test_dir, "--config", f"results={tmp_path}", "cache_dir=" + str(tmp_path / "cache"),
+                    configfile=test_dir / "config" / "config.yaml")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    units = (tmp_path / "test" / "tables" / "units.csv").read_text().splitlines()
+    assert len(units) == 1 + 4 and (tmp_path / "test" / "report" / "report.html").is_file()
+    verdicts = {line.split(",")[0]: line for line in units[1:]}
+    assert ",fail," in verdicts["empty_01"] and ",pass," in verdicts["ctrl_01"]
