@@ -192,3 +192,35 @@ def test_no_profile_overrides_the_memory_a_rule_computes_from_its_field_sizes():
         overrides = (yaml.safe_load(profile.read_text(encoding="utf-8")) or {}).get("set-resources") or {}
         clashing = sorted(rule for rule, resources in overrides.items() if rule in estimated and "mem_mb" in (resources or {}))
         assert not clashing, f"{profile.relative_to(ROOT)} sets mem_mb for {clashing}, replacing the field-size estimate"
+
+
+def test_every_rule_environment_pins_what_constraints_txt_pins():
+    """workflow/envs/*.yaml (what `--sdm conda` builds per rule) pin every package, to the versions tested together in
+    constraints.txt (issue 30: scipy, tifffile, pillow, pandas, pyarrow, xarray and httpx were unpinned)."""
+    import re
+
+    import yaml
+
+    conda_names = {"pytorch-cpu": "torch", "pyyaml": "pyyaml", "pylibczirw": "pylibczirw"}
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)\s*(==|<)\s*([^\s#]+)", line)
+        if match:
+            pins[match.group(1).lower()] = (match.group(2), match.group(3).rstrip(".*"))
+    legacy = ROOT / "workflow" / "envs" / "import-aicsimageio.yaml"  # aicsimageio's own, older stack (its file says why)
+    for path in sorted((ROOT / "workflow" / "envs").glob("*.yaml")):
+        if path == legacy:
+            continue
+        entries = []
+        for dep in yaml.safe_load(path.read_text(encoding="utf-8"))["dependencies"]:
+            entries += dep["pip"] if isinstance(dep, dict) else [dep]
+        for entry in entries:
+            match = re.match(r"^([A-Za-z0-9_.\-]+)\s*(?:==|=|<)?\s*([^\s#]*)", str(entry).strip())
+            name, version = conda_names.get(match.group(1), match.group(1)).lower(), match.group(2)
+            if name in ("python", "pip"):
+                continue
+            assert name in pins, f"{path.name}: {name} is not pinned in constraints.txt"
+            assert version, f"{path.name}: {name} has no version (constraints.txt: {''.join(pins[name])})"
+            expected = pins[name][1]
+            assert version.startswith(expected) or expected.startswith(version), \
+                f"{path.name}: {name} {version} but constraints.txt says {''.join(pins[name])}"

@@ -88,7 +88,11 @@ def test_corrupt_file_is_reported_and_the_rest_complete(completed_run):
     reviews = [json.loads(line) for line in (completed_run / "tables" / "reviews.jsonl").read_text().splitlines()]
     assert len(reviews) == 15 and all(r["reviewer"]["uses_llm"] is False for r in reviews)
     info = completed_run / "pipeline_info"
-    assert json.loads((info / "software_versions.json").read_text())["packages"]["bioimageio.core"] == "0.11.0"
+    software = json.loads((info / "software_versions.json").read_text())
+    assert software["packages"]["bioimageio.core"] == "0.11.0"
+    assert all(software["packages"][p] for p in ("pandas", "pyarrow", "edt", "pillow", "tifffile"))  # they write outputs
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert software["workflow_git"]["commit"] == head and head in page  # which workflow ran, in the report too
     assert json.loads((info / "params.json").read_text())["dataset"] == "demo"
 
 

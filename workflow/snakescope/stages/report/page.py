@@ -114,6 +114,12 @@ def llm_provenance(reviews: list[dict[str, Any]], run_summary: dict[str, Any]) -
     return list(seen.values())
 
 
+def _commit(git: dict[str, Any] | None) -> str:
+    if not git:
+        return "not a git checkout"
+    return git["commit"] + (" (with uncommitted changes)" if git.get("uncommitted_changes") else "")
+
+
 def _kv_table(pairs: list[tuple[str, Any]], klass: str = "kv") -> str:
     return f"<table class='{klass}'><tbody>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in pairs) + "</tbody></table>"
 
@@ -433,7 +439,9 @@ def render_html(info: dict[str, Any], data: dict[str, Any], plots: dict[str, str
                      "jobs; peak resident memory of one job).</p>" + _static_table(timings, ["rule", "jobs", "seconds", "cpu_s", "peak_rss_mb"], "timings"))
     packages = (info.get("software") or {}).get("packages", {})
     parts.append("<h3>Software versions</h3>" + _kv_table(
-        [("python", (info.get("software") or {}).get("python")),
+        [("snakescope", (info.get("software") or {}).get("snakescope")),
+         ("workflow commit", _commit((info.get("software") or {}).get("workflow_git"))),
+         ("python", (info.get("software") or {}).get("python")),
          *((name, version or "not installed") for name, version in sorted(packages.items()))]))
     parts.append("<details><summary>Parameters (the run's full config)</summary><pre>"
                  + e(json.dumps(info.get("params"), indent=1, sort_keys=True, default=str)) + "</pre></details></section>")

@@ -13,7 +13,8 @@ from ...core.layout import ENVS_DIR
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
             "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch",
-            "numpy", "xarray", "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic"]
+            "numpy", "xarray", "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic",
+            "pylibCZIrw", "liffile", "edt", "pandas", "pyarrow", "pillow", "httpx"]  # every package that reads or writes data
 
 
 ENVS_DIR = ENVS_DIR
@@ -39,6 +40,23 @@ def declared_in_envs(envs_dir: Path = ENVS_DIR) -> dict[str, str]:
     return declared
 
 
+def workflow_commit(folder: Path = Path(__file__).resolve().parents[3]) -> dict[str, Any] | None:
+    """The git commit of the workflow's own checkout (and whether it had uncommitted changes), or None outside git."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+        tag = subprocess.run(["git", "-C", str(folder), "describe", "--tags", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": commit.stdout.strip(), "describe": tag.stdout.strip() or None, "uncommitted_changes": bool(status.stdout.strip())}
+
+
 def software_versions() -> dict[str, Any]:
     """Versions of Python and of the packages the stages use, as installed where this runs.
 
@@ -53,7 +71,8 @@ def software_versions() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     declared = declared_in_envs() if ENVS_DIR.is_dir() else {}
-    return {"snakescope": __version__, "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+    return {"snakescope": __version__, "workflow_git": workflow_commit(), "python": sys.version.split()[0],
+            "platform": platform.platform(), "packages": versions,
             "declared": {k: v for k, v in declared.items() if k in versions and versions[k] is None}}
 
 
