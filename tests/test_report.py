@@ -288,3 +288,45 @@ def test_plots_use_log_axes_for_decades_and_say_what_they_leave_out():
     assert "1 value(s) ≤ 0" in foreground
     hist = histogram_plot({"DMSO": [10.0] * 300 + [11.0] * 300 + [500.0]}, "d", "µm")
     assert "above" in hist and re.search(r"beyond the axis: \d+ below [\d.]+, [1-9]\d* above", hist)
+
+
+OVERFLOW_JS = """() => {
+  const problems = [];
+  for (const svg of document.querySelectorAll("figure svg")) {
+    const name = svg.closest("figure").id;
+    const frame = svg.getBoundingClientRect();
+    const boxes = [...svg.querySelectorAll("text")].map(t => ({text: t.textContent.slice(0, 90), box: t.getBoundingClientRect()}));
+    for (const {text, box} of boxes) {
+      if (box.left < frame.left - 0.5 || box.top < frame.top - 0.5 || box.right > frame.right + 0.5 || box.bottom > frame.bottom + 0.5)
+        problems.push(`${name}: '${text}' runs outside the plot`);
+    }
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i].box, b = boxes[j].box;
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left), h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 1 && h > 1) problems.push(`${name}: '${boxes[i].text}' overlaps '${boxes[j].text}'`);
+    }
+  }
+  return problems;
+}"""
+
+
+def test_no_plot_text_runs_outside_its_plot_or_over_other_text(tmp_path, demo_dir):
+    """Every text of every plot, measured in Chromium: inside the plot's box and clear of the other texts (issue 30: titles
+    cut at the right edge, the diameter plot's note over its title, the plate map's legend cut)."""
+    need_browser()
+    from snakescope.core.settings import ReportSettings
+    from snakescope.stages.report.page import write_report
+
+    paths = write_synthetic_results(tmp_path, 40, sorted((demo_dir / "images").glob("ctrl_*.ome.tif")))
+    out = tmp_path / "report.html"
+    write_report(paths["tables"], paths["plots"], paths["gallery"], paths["model_check"], paths["pipeline_info"], "screen",
+                 out, ReportSettings())
+    artifacts = ROOT / "tests" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with open_page(out) as (page, problems):
+        figures = page.locator("figure svg")
+        assert figures.count() >= 5
+        found = page.evaluate(OVERFLOW_JS)
+        page.locator("#plots").screenshot(path=str(artifacts / "report-plots.png"))
+    assert found == [], "\n".join(found)
+    assert problems == []

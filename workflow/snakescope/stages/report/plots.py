@@ -64,6 +64,27 @@ def _svg(width: int, height: int, body: list[str], title: str) -> str:
             f"<rect width='{width}' height='{height}' fill='white'/>{''.join(body)}</svg>")
 
 
+BOLD_CHAR_PX, CHAR_PX, LINE_PX = 7.8, 7.0, 16  # generous widths of DejaVu Sans at 12 px: text is wrapped, never cut
+
+
+def _wrap(text: str, width_px: float, char_px: float = BOLD_CHAR_PX) -> list[str]:
+    """``text`` in lines that fit ``width_px``, broken at spaces (a word longer than a line stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width_px / char_px:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _title(title: str, x: float, width_px: float, first_baseline: float = 16) -> tuple[str, float]:
+    """The plot's title wrapped to ``width_px``: (svg text, the baseline of its last line)."""
+    lines = _wrap(title, width_px)
+    spans = "".join(f"<tspan x='{x}' dy='{0 if i == 0 else LINE_PX}'>{escape(line)}</tspan>" for i, line in enumerate(lines))
+    return f"<text x='{x}' y='{first_baseline}' font-weight='bold'>{spans}</text>", first_baseline + LINE_PX * (len(lines) - 1)
+
+
 def _message(title: str, text: str, width: int = 520, height: int = 80) -> str:
     return _svg(width, height, [f"<text x='10' y='20' font-weight='bold'>{escape(title)}</text>",
                                 f"<text x='10' y='48' fill='#666'>{escape(text)}</text>"], title)
@@ -108,8 +129,12 @@ def strip_plot(groups: dict[str, list[Point]], title: str, y_label: str, thresho
     positive = [v for v in extent if v > 0]
     log = len(positive) >= 2 and max(positive) / min(positive) >= LOG_SPAN
     off_axis = sum(1 for v in values if log and v <= 0)
-    left, right, top, bottom = 56, 10, 40 if off_axis else 28, 60 if x_label else 46
-    plot_w, plot_h = width - left - right, height - top - bottom
+    left, right, bottom = 56, 10, 60 if x_label else 46
+    heading, title_end = _title(title, left, width - left - right)
+    top = title_end + (24 if off_axis else 12)
+    plot_h = height - 28 - bottom  # the plot keeps its size; a longer title makes the figure taller
+    height = top + plot_h + bottom
+    plot_w = width - left - right
     if log:
         ticks = log_ticks(min(positive), max(positive))
         y0, y1 = math.log10(ticks[0]), math.log10(ticks[-1])
@@ -125,7 +150,7 @@ def strip_plot(groups: dict[str, list[Point]], title: str, y_label: str, thresho
             return top + plot_h * (1 - (v - y0) / (y1 - y0))
 
     axis = f"{y_label} (log scale)" if log else y_label
-    body = [f"<text x='{left}' y='16' font-weight='bold'>{escape(title)}</text>",
+    body = [heading,
             f"<text transform='translate(12,{top + plot_h / 2}) rotate(-90)' text-anchor='middle'>{escape(axis)}</text>"]
     if x_label:
         body.append(f"<text x='{left + plot_w / 2}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>")
@@ -183,8 +208,12 @@ def histogram_plot(groups: dict[str, list[float]], title: str, x_label: str, bin
     below, above = sum(v < lo for v in values), sum(v > hi for v in values)
     fractions = {name: np.histogram([v for v in vs if lo <= v <= hi], edges)[0] / max(1, len(vs)) for name, vs in groups.items() if vs}
     top_value = max(float(f.max()) for f in fractions.values()) or 1.0
-    left, right, top, bottom = 56, 10, 28, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
+    left, right, bottom = 56, 10, 40
+    heading, title_end = _title(title, left, width - left - right)
+    top = title_end + (28 if below or above else 12)  # the outlier note has a line of its own under the title
+    plot_h = height - 28 - bottom
+    height = top + plot_h + bottom
+    plot_w = width - left - right
 
     def x(v: float) -> float:
         return left + plot_w * (v - lo) / (hi - lo)
@@ -192,7 +221,7 @@ def histogram_plot(groups: dict[str, list[float]], title: str, x_label: str, bin
     def y(v: float) -> float:
         return top + plot_h * (1 - v / top_value)
 
-    body = [f"<text x='{left}' y='16' font-weight='bold'>{escape(title)}</text>",
+    body = [heading,
             f"<text x='{left + plot_w / 2}' y='{height - 6}' text-anchor='middle'>{escape(x_label)}</text>",
             f"<text transform='translate(12,{top + plot_h / 2}) rotate(-90)' text-anchor='middle'>fraction of objects</text>"]
     for tick in nice_ticks(lo, hi):
@@ -200,7 +229,7 @@ def histogram_plot(groups: dict[str, list[float]], title: str, x_label: str, bin
             body.append(f"<line x1='{x(tick):.1f}' x2='{x(tick):.1f}' y1='{top}' y2='{top + plot_h}' stroke='#eee'/>"
                         f"<text x='{x(tick):.1f}' y='{top + plot_h + 14}' text-anchor='middle' fill='#555'>{_fmt(tick)}</text>")
     if below or above:
-        body.append(f"<text x='{left + plot_w / 2}' y='{top - 4}' text-anchor='middle' fill='#555' class='outliers'>"
+        body.append(f"<text x='{left + plot_w / 2}' y='{top - 6}' text-anchor='middle' fill='#555' class='outliers'>"
                     f"beyond the axis: {below} below {_fmt(lo)}, {above} above {_fmt(hi)}</text>")
     for tick in nice_ticks(0, top_value, 4):
         if tick <= top_value:
@@ -302,16 +331,21 @@ def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], titl
                     blocks.append(f"<path d='M{x0 + 3} {y0 + 3}L{x0 + cell - 3} {y0 + cell - 3}M{x0 + cell - 3} {y0 + 3}L{x0 + 3} {y0 + cell - 3}' "
                                   f"stroke='{FLAGGED}' stroke-width='2' class='failed-input'><title>{escape(tip)}</title></path>")
     legend_y = 22 + -(-len(parsed) // per_row) * block_h - gap + 8
-    width = max(per_row * block_w, 320, 7 * len(title) + left)
-    legend = [f"<text x='{left}' y='{legend_y + 12}'>{escape(value_label)} {_fmt(vmin)}</text>"]
+    notes = [(FLAGGED, "red outline: a unit failed review"), (FLAGGED, "red cross: a file not read or processed"),
+             (WARNED, "dashed orange outline: a unit warned (see acquisition actions)")]
+    scale = f"{value_label} {_fmt(vmin)}"
+    width = int(max(per_row * block_w, 320, BOLD_CHAR_PX * len(title) + left + 10,
+                    CHAR_PX * max(len(text) for _, text in notes) + left + 10, left + 290 + CHAR_PX * len(_fmt(vmax))))
+    legend = [f"<text x='{left}' y='{legend_y + 12}'>{escape(scale)}</text>"]
+    start = left + max(150, CHAR_PX * len(scale) + 8)
     for i in range(10):
-        legend.append(f"<rect x='{left + 150 + i * 12}' y='{legend_y + 2}' width='12' height='12' fill='{_sequential(i / 9)}'/>")
-    legend.append(f"<text x='{left + 276}' y='{legend_y + 12}'>{_fmt(vmax)}</text>"
-                  f"<text x='{left}' y='{legend_y + 30}' fill='{FLAGGED}'>red outline: a unit failed review; "
-                  f"red cross: a file not read or processed</text>"
-                  f"<text x='{left}' y='{legend_y + 46}' fill='{WARNED}'>dashed orange outline: a unit warned (see acquisition actions)</text>")
+        legend.append(f"<rect x='{start + i * 12}' y='{legend_y + 2}' width='12' height='12' fill='{_sequential(i / 9)}'/>")
+    legend.append(f"<text x='{start + 126}' y='{legend_y + 12}'>{_fmt(vmax)}</text>")
+    for index, (colour, text) in enumerate(notes):
+        legend.append(f"<text x='{left}' y='{legend_y + 30 + LINE_PX * index}' fill='{colour}'>{escape(text)}</text>")
+    width = int(max(width, start + 130 + CHAR_PX * len(_fmt(vmax))))
     body = [f"<text x='{left}' y='14' font-weight='bold'>{escape(title)}</text>", *blocks, *legend]
-    return _svg(width, legend_y + 56, body, title)
+    return _svg(width, legend_y + 30 + LINE_PX * len(notes), body, title)
 
 
 def _sequential(t: float) -> str:
