@@ -330,3 +330,41 @@ def test_no_plot_text_runs_outside_its_plot_or_over_other_text(tmp_path, demo_di
         page.locator("#plots").screenshot(path=str(artifacts / "report-plots.png"))
     assert found == [], "\n".join(found)
     assert problems == []
+
+
+def test_ome_zarr_of_a_large_field_is_a_chunked_pyramid_and_an_uncalibrated_unit_has_no_unit(tmp_path):
+    """A 3000 x 2200 field: levels down to ~256 px (image and labels alike), 1024 px chunks, streamed from the OME-TIFF;
+    a unit without a pixel size gets no physical unit (never a made-up µm), and a unit outside any well its own store."""
+    import numpy as np
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    from snakescope.core.images import write_labels, write_ome_tiff
+    from snakescope.stages.report.ome_zarr import write_ome_zarr
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 4000, (2, 3000, 2200), dtype=np.uint16)
+    labels = np.zeros((3000, 2200), np.uint16)
+    labels[100:140, 200:260] = 1
+    units = []
+    for uid, size in (("big 1/2", {"y": 0.325, "x": 0.325}), ("nosize", {})):
+        path = tmp_path / f"{uid.replace(' ', '_').replace('/', '_')}.ome.tif"
+        write_ome_tiff(path, image, ["DAPI", "GFP"], size)
+        units.append({"unit_id": uid, "image_path": str(path), "channel_names": ["DAPI", "GFP"], "pixel_size_um": size,
+                      "metadata": {}, "selection": {"z": "max", "t": 0}, "source_dims": {"Z": 7}})
+        write_labels(path.with_name(path.name.replace(".ome.tif", ".labels.ome.tif")), labels, units[-1])
+    stores = write_ome_zarr(units, {u["unit_id"]: u["image_path"].replace(".ome.tif", ".labels.ome.tif") for u in units},
+                            tmp_path / "zarr", plate_column="plate", well_column="well", dataset="d")
+    assert [s.name for s in stores] == ["big_1_2.ome.zarr", "nosize.ome.zarr"]  # names are data, made safe
+    big = zarr.open_group(stores[0], mode="r")
+    Image.from_zarr(big)
+    assert [big[f"s{i}"].shape for i in range(4)] == [(2, 3000, 2200), (2, 1500, 1100), (2, 750, 550), (2, 375, 275)]
+    assert big["s0"].chunks == (1, 1024, 1024) and big["labels/nuclei/s3"].shape == (375, 275)
+    assert np.array_equal(big["s0"][:, :64, :64], image[:, :64, :64]) and big["labels/nuclei/s0"][120, 230] == 1
+    meta = big.attrs.asdict()
+    assert meta["snakescope"]["plane"] == "maximum-intensity projection of 7 Z planes"
+    assert [c["label"] for c in meta["ome"]["omero"]["channels"]] == ["DAPI", "GFP"]
+    axes = meta["ome"]["multiscales"][0]["axes"]
+    assert axes[1]["unit"] == "micrometer" and meta["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][1:] == [0.325, 0.325]
+    bare = zarr.open_group(stores[1], mode="r").attrs.asdict()["ome"]["multiscales"][0]
+    assert all("unit" not in a for a in bare["axes"]) and bare["datasets"][0]["coordinateTransformations"][0]["scale"][1:] == [1.0, 1.0]

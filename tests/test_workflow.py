@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 import yaml
 
@@ -407,3 +408,27 @@ def test_the_catalog_test_config_runs_on_its_committed_data_and_draws_the_rule_g
     assert len(units) == 1 + 4 and (tmp_path / "test" / "report" / "report.html").is_file()
     verdicts = {line.split(",")[0]: line for line in units[1:]}
     assert ",fail," in verdicts["empty_01"] and ",pass," in verdicts["ctrl_01"]
+    check_ome_zarr_plate(tmp_path / "test" / "ome_zarr" / "test.ome.zarr", {"A/1": "ctrl_01", "A/5": "treated_01"})
+
+
+def check_ome_zarr_plate(store, fields):
+    """The run's OME-Zarr as others open it: ome-zarr-models validates the HCS plate and each field with its labels, and
+    napari's own reader (napari-ome-zarr, headless) gives an Image and a Labels layer at the unit's pixel size."""
+    import zarr
+    from napari_ome_zarr import napari_get_reader
+    from ome_zarr_models.v05.hcs import HCS
+    from ome_zarr_models.v05.image import Image
+
+    plate = HCS.from_zarr(zarr.open_group(store, mode="r"))
+    assert {w.path for w in plate.ome_attributes.plate.wells} >= set(fields)
+    for well, unit in fields.items():
+        field = f"{store}/{well}/0"
+        image = Image.from_zarr(zarr.open_group(field, mode="r"))
+        assert image.labels is not None and "nuclei" in image.labels.attributes.ome.labels
+        attrs = zarr.open_group(field, mode="r").attrs.asdict()
+        assert attrs["snakescope"]["unit_id"] == unit and attrs["snakescope"]["plane"] and attrs["ome"]["omero"]["channels"][0]["label"] == "DAPI"
+        layers = {kind: (data, meta) for data, meta, kind in napari_get_reader(field)(field)}
+        assert set(layers) == {"image", "labels"}
+        assert list(layers["image"][1]["scale"]) == [0.65, 0.65] and list(layers["labels"][1]["scale"])[-2:] == [0.65, 0.65]
+        labels = np.asarray(layers["labels"][0][0])
+        assert labels.shape == (256, 256) and labels.max() > 5  # the unit's nuclei, one label each

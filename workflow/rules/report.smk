@@ -176,3 +176,25 @@ rule report:
         settings=REPORT_SETTINGS,
     script:
         "../scripts/stage.py"
+
+
+rule ome_zarr:
+    input:
+        imported=every_batch("imported"),
+        refinement=every_batch("refinement"),
+    output:
+        ome_zarr=directory(R / "ome_zarr"),
+    log:
+        R / "logs/ome_zarr.log",
+    benchmark:
+        R / "benchmarks/ome_zarr/run.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        runtime=120,
+    params:
+        plate_column=config["report"]["plate_column"],
+        well_column=config["report"]["well_column"],
+        dataset=config["dataset"],
+    script:
+        "../scripts/stage.py"

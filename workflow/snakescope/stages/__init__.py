@@ -58,6 +58,7 @@ STAGES = {
         Stage("plots", "report", "report.plots:run_plots"),
         Stage("run_summary", "report", "report.summary:run_summary"),
         Stage("report", "report", "report.page:run_report"),
+        Stage("ome_zarr", "report", "report.ome_zarr:run_ome_zarr"),
     )
 }
 

@@ -261,7 +261,7 @@ def parse_well(text: str) -> tuple[int, int] | None:
     return row - 1, column
 
 
-def _row_name(row: int) -> str:
+def row_name(row: int) -> str:
     return chr(65 + row) if row < 26 else chr(64 + row // 26) + chr(65 + row % 26)
 
 
@@ -309,7 +309,7 @@ def plate_map(wells: dict[tuple[str, str], list[tuple[float | None, str]]], titl
         for r in range(n_rows):
             if n_rows <= 16 or r % 4 == 0:
                 blocks.append(f"<text x='{ox + left - 4}' y='{top + (r + 0.75) * cell:.1f}' text-anchor='end' fill='#555' "
-                              f"font-size='8'>{_row_name(r)}</text>")
+                              f"font-size='8'>{row_name(r)}</text>")
             for c in range(1, n_cols + 1):
                 x0, y0 = ox + left + (c - 1) * cell, top + r * cell
                 if (r, c) not in plate_wells:
