@@ -57,7 +57,7 @@ def test_dry_run_lists_the_expected_jobs(workdir):
     # 14 demo files + 1 corrupt = 15 files, 6 per batch -> 3 batches
     per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3, "refinement": 3, "gallery": 3}
     assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "quality_reference": 1, "tables": 1, "plots": 1,
-                                           "run_summary": 1, "report": 1, "all": 1}
+                                           "run_summary": 1, "report": 1, "ome_zarr": 1, "all": 1}
 
 
 def test_counts_match_truth_and_degraded_images_are_flagged(completed_run, demo_dir):
@@ -99,7 +99,9 @@ def test_corrupt_file_is_reported_and_the_rest_complete(completed_run):
 
 def test_outputs_open_calibrated_typed_and_readable_by_others(completed_run):
     """Labels open in bioio at the image's pixel size; Parquet reads back typed; objects carry the sample sheet and
-    every channel; overlay paths are relative to the results folder; files follow the umask (022 here)."""
+    every channel; overlay paths are relative to the results folder; files follow the umask (022 here). The demo plate
+    is an OME-Zarr HCS store that ome-zarr-models validates and napari's reader opens."""
+    check_ome_zarr_plate(completed_run / "ome_zarr" / "demo.ome.zarr", {"A/1": "ctrl_01", "A/2": "ctrl_02"})
     import os
     import stat
 
@@ -136,7 +138,7 @@ def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, 
     result = snakemake(workdir, "-n", configfile=workdir / "config-changed.yaml")
     jobs = planned_jobs(result.stdout)
     assert jobs == {"postprocess": 3, "review": 3, "refinement": 3, "gallery": 3, "tables": 1, "plots": 1, "run_summary": 1,
-                    "report": 1, "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
+                    "report": 1, "ome_zarr": 1, "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
 
 
 def test_bad_config_key_and_missing_file_give_one_clear_message(workdir, demo_dir, tmp_path):

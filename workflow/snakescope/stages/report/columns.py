@@ -24,10 +24,10 @@ TABLES: dict[str, dict[str, str]] = {
         **dict.fromkeys(("unit_id", "sample_id", "batch", "scene", "source_path", "status", "pixel_size_origin", "channels",
                          "length_unit", "verdict", "issues", "machine_verdict", "human_verdict", "human_comment",
                          "review_backend", "review_status", "llm_selection", "llm_verdict", "overlay", "actions",
-                         "decided_by"), S),
+                         "decided_by", "overruled"), S),
         **dict.fromkeys(_METRICS, F),
         **dict.fromkeys(("height", "width", "object_count", "removed_low_contrast", "llm_estimated_count", "flags"), I),
-        **dict.fromkeys(("overruled", "refined"), B),
+        "refined": B,
     },
     "objects": {
         **dict.fromkeys(("unit_id", "sample_id"), S),
