@@ -93,12 +93,15 @@ def test_rerun_reviews_with_every_answer_cached_contact_no_server(llm_run, serve
     """Reviews and the narrative forced to run again: every answer is in the cache, the self-test's record is the run's,
     so not one request of any kind (not even a model list) reaches the server."""
     before = len(server.requests)
+    narrative = json.loads((llm_run / "results" / "demo" / "tables" / "run_summary.json").read_text())["provenance"]
     result = snakemake(llm_run, "--forcerun", "review", "run_summary")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "llm_check" not in planned_jobs(result.stdout + result.stderr)
     assert server.requests[before:] == []
     reviews = [json.loads(line) for line in (llm_run / "results" / "demo" / "tables" / "reviews.jsonl").read_text().splitlines()]
     assert all(r["status"] == "reviewed" and r["reviewer"]["provenance"]["cache_hit"] for r in reviews)
+    again = json.loads((llm_run / "results" / "demo" / "tables" / "run_summary.json").read_text())["provenance"]
+    assert again["cache_hit"] and again["prompt_sha256"] == narrative["prompt_sha256"]  # no run bookkeeping in its prompt
 
 
 def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(llm_run, server, demo_dir):

@@ -29,6 +29,13 @@ def rules_summary(data: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def narrative_data(aggregates: dict[str, Any]) -> dict[str, Any]:
+    """What the narrative is written from: the run's results, without this run's bookkeeping of LLM requests (their
+    cost and warnings change when answers come from the cache, and would make an unchanged run ask again)."""
+    llm = {k: v for k, v in (aggregates.get("llm") or {}).items() if k not in ("cost", "warnings")}
+    return {**aggregates, "llm": llm} if "llm" in aggregates else aggregates
+
+
 NARRATIVE_SCHEMA = {
     "title": "snakescope run summary",
     "type": "object",
@@ -55,7 +62,7 @@ def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, 
         settings = None
     if settings is not None:
         template = Path(settings.summary_prompt).read_text(encoding="utf-8")
-        prompt = render_prompt(template, aggregates)
+        prompt = render_prompt(template, narrative_data(aggregates))
         try:
             cache = ReviewCache(cache_dir)
             model_id = (checked or {}).get("model_id")
