@@ -195,8 +195,8 @@ def test_no_profile_overrides_the_memory_a_rule_computes_from_its_field_sizes():
 
 
 def test_every_rule_environment_pins_what_constraints_txt_pins():
-    """workflow/envs/*.yaml (what `--sdm conda` builds per rule) pin every package, to the versions tested together in
-    constraints.txt (issue 30: scipy, tifffile, pillow, pandas, pyarrow, xarray and httpx were unpinned)."""
+    """workflow/envs/*.yaml (what `--sdm conda` builds per rule) and envs/snakescope.yaml (what runs Snakemake) pin every
+    package, to the versions tested together in constraints.txt (issue 30: scipy, tifffile, pillow, pandas, pyarrow, xarray and httpx were unpinned)."""
     import re
 
     import yaml
@@ -208,13 +208,15 @@ def test_every_rule_environment_pins_what_constraints_txt_pins():
         if match:
             pins[match.group(1).lower()] = (match.group(2), match.group(3).rstrip(".*"))
     legacy = ROOT / "workflow" / "envs" / "import-aicsimageio.yaml"  # aicsimageio's own, older stack (its file says why)
-    for path in sorted((ROOT / "workflow" / "envs").glob("*.yaml")):
+    for path in sorted([*(ROOT / "workflow" / "envs").glob("*.yaml"), *(ROOT / "envs").glob("*.yaml")]):
         if path == legacy:
             continue
         entries = []
         for dep in yaml.safe_load(path.read_text(encoding="utf-8"))["dependencies"]:
             entries += dep["pip"] if isinstance(dep, dict) else [dep]
         for entry in entries:
+            if str(entry).startswith(("-c ", "-e ")):  # the driver env installs the package itself, with the constraints
+                continue
             match = re.match(r"^([A-Za-z0-9_.\-]+)\s*(?:==|=|<)?\s*([^\s#]*)", str(entry).strip())
             name, version = conda_names.get(match.group(1), match.group(1)).lower(), match.group(2)
             if name in ("python", "pip"):
