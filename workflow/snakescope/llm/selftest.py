@@ -1,6 +1,8 @@
-"""The start-up self-test of an LLM backend: the server answers, the model exists, it can see an image, and it
-returns schema-valid JSON for a tiny probe. Run once per review job before any unit is sent; its record goes
-into provenance. A model that cannot see images is refused: its reviews would be guesses from the text alone."""
+"""The self-test of an LLM backend: the server answers, the model exists, it can see an image, and it returns
+schema-valid JSON for a tiny probe, in the structured-output form the server takes. Run once per run and endpoint
+(rule ``llm_check``; once per watch in watch mode) before any unit is sent; its record goes into provenance. A model
+that cannot see images is refused: its reviews would be guesses from the text alone. A text model for the narrative
+gets the text probe only (:func:`text_self_test`)."""
 
 from __future__ import annotations
 
