@@ -74,8 +74,9 @@ def _negotiate(client: ChatClient, info: ModelInfo, probe: Callable[[], Any]) ->
         except StructuredOutputRefused as exc:
             refused.append(f"{form} ({str(exc).split(': ', 1)[-1][:160]})")
             continue
-        note = f"the server refused: {'; '.join(refused)}" if refused else None
-        return answers, form if form != "none" else "none (refused by the server)" if refused else "none", note
+        if form == "none" and refused:
+            form = "none (refused by the server)"
+        return answers, form, f"the server refused: {'; '.join(refused)}" if refused else None
     raise AssertionError("the form chain ends with none, which no server refuses")
 
 
