@@ -84,6 +84,38 @@ def test_real_czi_and_lif(tmp_path):
     assert units[2].pixel_size_um["z"] == pytest.approx(0.5002, rel=1e-3)
 
 
+def test_leica_xz_xzt_and_xzy_scenes_each_with_their_own_frame_axes(tmp_path):
+    """readlif's public test file: an XZY scene (XZ frames stepped along Y) failed before with "cannot select
+    frame dimension 'Z'"; each scene is now imported with the frame axes the file defines, and its pixels are
+    those of an independent reader (readlif)."""
+    from readlif.reader import LifFile
+
+    lif = Path(__file__).parent / "data" / "leica" / "testdata_2channel_xz.lif"
+    before = sha256_file(lif)
+    units, failures = import_source(Source("leica", str(lif)), ImportSettings(), tmp_path)
+    assert failures == []
+    assert [u.scene_name for u in units] == ["xzt", "xzy", "xz"]
+    xzt, xzy, xz = units
+    assert xzy.source_dims == {"T": 1, "C": 2, "Z": 128, "Y": 23, "X": 128} and xzy.shape == [2, 23, 128]
+    assert xzy.pixel_size_um["x"] == pytest.approx(0.14028, rel=1e-3)
+    assert xzy.pixel_size_um["y"] == pytest.approx(0.22906, rel=1e-3)  # the Y step between XZ frames
+    assert xzy.pixel_size_um["z"] == pytest.approx(0.14028, rel=1e-3)
+    assert any("XZY" in w for w in xzy.warnings) and any("XZ scan" in w for w in xz.warnings)
+    assert xz.shape == [2, 512, 512] and xz.pixel_size_um["z"] is None
+    assert xzt.source_dims["T"] == 20 and xzt.selection["t"] == 0
+
+    reference = LifFile(str(lif))
+    planes = reference.get_image(1)
+    volume = np.stack([[np.asarray(planes.get_plane(c=c, requested_dims={2: y})) for y in range(23)]
+                       for c in range(2)])  # C, Y, Z, X
+    assert np.array_equal(read_unit(xzy.image_path), volume.max(axis=2))  # the Z stack's maximum projection
+    section = reference.get_image(2)
+    assert np.array_equal(read_unit(xz.image_path), np.stack([np.asarray(section.get_plane(c=c)) for c in range(2)]))
+    time_series = reference.get_image(0)
+    assert np.array_equal(read_unit(xzt.image_path)[1], np.asarray(time_series.get_plane(c=1, requested_dims={4: 0})))
+    assert sha256_file(lif) == before
+
+
 def test_broken_file_is_recorded_and_others_continue_inputs_untouched(tmp_path):
     good = write_ome(tmp_path / "good.ome.tif", [np.ones((1, 16, 16), np.uint16)], "CYX")
     broken = tmp_path / "broken.ome.tif"
@@ -248,6 +280,7 @@ def test_leica_frame_axes():
     assert frame_axes(("T", "λ", "Z", "Y", "X")) == ("Y", "X")
     assert frame_axes(("Z", "X")) == ("Z", "X")  # an XZ scan: imported with Z as rows
     assert frame_axes(("T", "X")) is None  # a line scan over time is not an image in space
+    assert frame_axes(("Y", "C", "Z", "X")) == ("Z", "X")  # an XZY scan: XZ frames stepped along Y
 
 
 @pytest.mark.parametrize("z", ["max", "plane", "per_plane"])

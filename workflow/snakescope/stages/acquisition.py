@@ -374,17 +374,18 @@ SPECTRAL_AXES = {"λ": "em", "Λ": "ex"}
 
 
 def frame_axes(dims: tuple[str, ...]) -> tuple[str, str] | None:
-    """The two image axes of a Leica frame: (Y, X) normally, (Z, X) for an XZ scan; None when there is no 2D frame."""
-    if "Y" in dims and "X" in dims:
-        return "Y", "X"
-    if "Z" in dims and "X" in dims:
-        return "Z", "X"
+    """The two axes of a Leica frame as the file defines them: the last two of liffile's dimensions, (Y, X) for
+    an XY scan, (Z, X) for an XZ or XZY scan; None when the frame is not 2D in space (a line scan over time)."""
+    frame = tuple(dims[-2:])
+    if len(frame) == 2 and set(frame) <= {"X", "Y", "Z"}:
+        return frame[0], frame[1]
     return None
 
 
 def lif_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None], list[str], str] | None:
     """Read a Leica scene with liffile when bioio-lif 2.0 cannot: a wavelength sweep (λ/Λ axis, read as
-    channels) or an XZ scan (Z and X frame axes, imported as a 2D image with Z as its vertical axis).
+    channels), an XZ scan (Z and X frame axes, imported as a 2D image with Z as its vertical axis) or an XZY scan
+    (XZ frames stepped along Y: a volume, imported as a Z stack like any other).
 
     Returns (TCZYX data, pixel size, channel names, note), or None when bioio-lif reads the scene.
     Raises with the reason for frames that are not 2D images in space (line scans over time, points).
@@ -405,17 +406,20 @@ def lif_scene(path: Path, scene_index: int) -> tuple[Any, dict[str, float | None
         array = lim.asarray()
         coords = {k: np.asarray(v) for k, v in lim.coords.items()}
     rename = {d: "C" for d in spectral}
-    if frame == ("Z", "X"):
+    xz_section = frame == ("Z", "X") and "Y" not in dims
+    if xz_section:
         rename["Z"] = "Y"
     data = xr.DataArray(array, dims=[rename.get(d, d) for d in dims])
     data = data.expand_dims([d for d in ("T", "C", "Z") if d not in data.dims]).transpose("T", "C", "Z", "Y", "X")
     step = {ax: abs(float(np.diff(coords[ax][:2])[0])) * 1e6 if ax in coords and len(coords[ax]) > 1 else None
             for ax in ("X", "Y", "Z")}
     names = [f"{SPECTRAL_AXES[spectral[0]]} {w * 1e9:.0f} nm" for w in coords[spectral[0]]] if spectral else []
-    if frame == ("Z", "X"):
+    if xz_section:
         note = "XZ scan: image rows are Z (pixel_size y is the Z step)"
         return data, {"x": step["X"], "y": step["Z"], "z": None}, names, note
-    return data, {"x": step["X"], "y": step["Y"], "z": step["Z"]}, names, "wavelength axis as channels"
+    note = "XZY scan: XZ frames stepped along Y, imported as a Z stack" if frame == ("Z", "X") else \
+        "wavelength axis as channels"
+    return data, {"x": step["X"], "y": step["Y"], "z": step["Z"]}, names, note
 
 
 def _import_scene(source: Source, image: Any, scene_index: int, scene: str, n_scenes: int, checksum: str, reader: str,
