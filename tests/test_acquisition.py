@@ -344,6 +344,29 @@ def test_an_rgb_czi_imports_its_red_green_and_blue_samples_as_they_are(tmp_path)
     assert "pylibCZIrw" in unit.reader
 
 
+def test_a_microscope_rgb_czi_from_a_reader_test_suite_imports_its_samples_as_the_file_holds_them(tmp_path):
+    """A polarisation RGB CZI from a Zeiss microscope (aicspylibczi's public test file): 7 channels x R, G, B, each
+    sample equal to what aicspylibczi (libCZI's other binding, sample axis B, G, R) reads, not three copies of one."""
+    import aicspylibczi
+
+    path = Path(__file__).parent / "data" / "zeiss" / "RGB-multichannel.czi"
+    before = sha256_file(path)
+    (unit,), failures = import_source(Source("polarisation", str(path)), ImportSettings(), tmp_path)
+    assert failures == []
+    array = read_unit(unit.image_path)
+    assert array.shape == (21, 81, 147) and unit.dtype == "uint8"
+    assert unit.channel_names[:3] == ["Bright:R", "Bright:G", "Bright:B"] and unit.channel_names[-1] == "Pol_75:B"
+    assert unit.pixel_size_um["x"] == pytest.approx(2.95849, rel=1e-4)
+    independent, dims = aicspylibczi.CziFile(str(path)).read_image()
+    axes = [d for d, _ in dims]
+    independent = np.moveaxis(independent, [axes.index("C"), axes.index("A")], [0, 1]).reshape(7, 3, 81, 147)
+    for c in range(7):
+        for i in range(3):
+            np.testing.assert_array_equal(array[3 * c + i], independent[c, 2 - i])
+    assert not np.array_equal(array[0], array[1]) and not np.array_equal(array[1], array[2])
+    assert sha256_file(path) == before
+
+
 def test_a_large_czi_mosaic_is_read_a_strip_of_rows_at_a_time(tmp_path, monkeypatch):
     """A CZI mosaic (tiles at offsets, 2 channels, 3 planes) larger than the (lowered) large side: copied strip by
     strip through pylibCZIrw's region reads, never a whole plane, with the pixels, names and pixel size of the
