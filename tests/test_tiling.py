@@ -1,4 +1,5 @@
-"""Opt-in larger inference tiles (model.tile_px): validated per model, then used on real fields of any size."""
+"""Inference tiles other than the model's own (model.tile_px: auto by default, or an edge): validated per model, then
+used on real fields of any size."""
 
 from dataclasses import replace
 
@@ -28,19 +29,21 @@ def test_the_real_unet_passes_the_tile_check_and_the_result_is_cached(checked):
     settings, record, cache = checked
     tiling = record["tiling"]
     assert tiling["status"] == "passed" and not tiling["cached"]
-    assert tiling["rule"]["minimum"] == 512 and tiling["rule"]["tile_px"] == 1100 and tiling["rule"]["step"] in (8, 16, 32, 64)
+    assert tiling["rule"]["tile_px"] == 1100 and tiling["rule"]["step"] in (8, 16, 32, 64)
+    # small fields run at their own size when a crop smaller than the model's tile agrees too (it does for the U-Net)
+    assert tiling["small_field"]["own_size"] and tiling["rule"]["minimum"] == tiling["rule"]["step"]
     assert tiling["mean_abs_difference"] <= 0.005 and tiling["foreground_agreement"] >= 0.995
     assert check_model(settings, cache)["tiling"]["cached"]
 
 
-@pytest.mark.parametrize("shape", [(81, 147), (520, 696), (1024, 1024), (1500, 2050)])
+@pytest.mark.parametrize("shape", [(81, 147), (256, 256), (520, 696), (1024, 1024), (1500, 2050)])
 def test_larger_tiles_segment_real_fields_like_the_models_own_tiles(checked, shape):
     """Smaller than one tile, a real BBBC039 field, one large tile, several large tiles with seams."""
     settings, record, _ = checked
     fields = [tifffile.imread(p).astype(np.float32) for p in sorted(BBBC039.glob("*.tif"))[:4]]
     mosaic = np.block([[fields[0], fields[1], fields[0]], [fields[2], fields[3], fields[2]], [fields[1], fields[0], fields[3]]])
     image = mosaic[None, : shape[0], : shape[1]]
-    own = Predictor(replace(settings, tile_px=None))
+    own = Predictor(replace(settings, tile_px="model"))
     larger = Predictor(settings, tile_rule=TileRule(**record["tiling"]["rule"]))
     try:
         reference, probability = own.predict(image), larger.predict(image)
@@ -52,11 +55,46 @@ def test_larger_tiles_segment_real_fields_like_the_models_own_tiles(checked, sha
     assert foreground_dice > 0.98
 
 
-def test_tile_rule_uses_one_tile_when_the_field_fits():
+def test_tile_rule_uses_one_tile_when_the_field_fits_else_equal_tiles():
     rule = TileRule(tile_px=1100, minimum=512, step=16)
     assert rule.largest == 1088
     assert rule.fits(1088) and not rule.fits(1089)
-    assert rule.block(3000) == 1088 and rule.block(900) == 900
+    # 3000 px with a 32-px halo: three tiles of 1000 (rounded to the step) plus halo, not two full ones and a sliver
+    assert rule.block(3000, 32) == 1072 and rule.block(2048, 32) == 1088 and rule.block(3000) == 1008
+    small = TileRule(tile_px=1728, minimum=8, step=8)
+    assert small.block(2048, 32) == 1088 and small.block(4096, 32) == 1432  # 3 tiles of 1368 + halo
+
+
+def test_auto_tiles_are_bounded_by_the_memory_a_tile_holds():
+    from snakescope.methods.tiling import AUTO_TILE_MEMORY_MB, auto_tile_px, tile_request
+
+    edge = auto_tile_px(669, minimum=8, step=8)
+    assert edge % 8 == 0 and 669 * edge**2 <= AUTO_TILE_MEMORY_MB * 1e6 < 669 * (edge + 8) ** 2
+    assert auto_tile_px(10**9, minimum=512, step=16) == 512  # never below the model's own tile
+    assert [tile_request(v) for v in (None, "auto", "model", 1100)] == ["auto", "auto", "model", 1100]
+    with pytest.raises(ValueError, match="model.tile_px"):
+        tile_request("big")
+
+
+def test_auto_is_the_default_and_takes_the_largest_validated_tile_memory_allows(tmp_path):
+    """model.tile_px unset: the model check validates other tile sizes, measures what a tile holds in a fresh
+    process and bounds the tile edge by it; inference then uses those tiles."""
+    from snakescope.core.costs import tile_mb
+    from snakescope.methods.tiling import AUTO_TILE_MEMORY_MB
+
+    needs_shared(UNET)
+    settings = ModelSettings(source=str(UNET), run_test=False)
+    assert settings.tile_px == "auto"
+    tiling = check_model(settings, tmp_path / "cache")["tiling"]
+    assert tiling["status"] == "passed" and tiling["request"] == "auto" and tiling["bytes_measured"]
+    assert 200 < tiling["bytes_per_tile_pixel"] < 5000  # the U-Net holds about 670 bytes per tile pixel
+    edge = tiling["rule"]["tile_px"]
+    assert edge >= 1088 and tiling["bytes_per_tile_pixel"] * edge**2 <= AUTO_TILE_MEMORY_MB * 1e6
+    write_json(tmp_path / "check.json", {"tiling": tiling})
+    per_pixel = tiling["bytes_per_tile_pixel"]  # a field and its halo in one tile, bounded by the largest tile
+    assert tile_mb(tmp_path / "check.json", 1024 * 1024) == pytest.approx(per_pixel * min(edge**2, 2 * 1024**2) / 1e6)
+    assert tile_mb(tmp_path / "check.json", 8192**2) == pytest.approx(per_pixel * edge**2 / 1e6)
+    assert check_model(ModelSettings(source=str(UNET), run_test=False, tile_px="model"), tmp_path / "cache").get("tiling") is None
 
 
 def fixed_size_model(folder, size=64):
@@ -102,6 +140,12 @@ def test_a_model_that_needs_its_own_size_is_refused_naming_the_key(tmp_path):
         check_model(ModelSettings(source=str(source), tile_px=256, run_test=False), tmp_path / "cache")
     assert "step 8" in str(info.value)
     assert not list((tmp_path / "cache").rglob("*tile*.json")), "a failed tile check must not be cached"
+    # the default (auto) keeps the model's own tiles for it, and says why
+    tiling = check_model(ModelSettings(source=str(source), run_test=False), tmp_path / "cache")["tiling"]
+    assert tiling["status"] == "failed" and "its own tiles are used" in tiling["reason"]
+    from snakescope.stages.inference import batch_predictor
+
+    assert batch_predictor(ModelSettings(source=str(source)), {"tiling": tiling}).tile_rule is None
 
 
 def test_free_size_copy_keeps_the_graph_and_frees_only_spatial_sizes(tmp_path):

@@ -80,7 +80,8 @@ def field_mem_mb(stage, floor):
     }
 
     def mem_mb(wildcards, input):
-        return job_mem_mb(manifest(BatchPaths(R, wildcards.batch).imported), stage, floor, **blocks)
+        check = getattr(input, "model_check", None)
+        return job_mem_mb(manifest(BatchPaths(R, wildcards.batch).imported), stage, floor, model_check=check, **blocks)
 
     return mem_mb
 

@@ -50,6 +50,7 @@ RECORD_VERSION = 1
 REIMAGING = ("reacquire", "refocus", "increase_exposure", "reduce_exposure")
 EXPOSURE_CHANGE = {"increase_exposure": 2.0, "reduce_exposure": 0.5}
 POLLER_THREAD = "watch-poller"
+WARM_UP_SIDE = 1024  # the field edge the watcher warms the model at (see _warm_up)
 
 
 def _quiet_poller(record: Any) -> bool:
@@ -414,10 +415,10 @@ class Watcher:
 
         import numpy as np
 
-        
-
-        # at the largest tile the fields will use: the runtime plans its memory per input shape
-        side = max(64, (self.model_settings.tile_px or 64) - 2 * max(self.predictor.halo.values(), default=0))
+        # the runtime plans its memory per input shape: warm the tile a 1024² field uses (a 2048² one uses four of
+        # them with auto tiles); with the model's own tiles any field uses its tile
+        rule = self.predictor.tile_rule
+        side = min(WARM_UP_SIDE, rule.largest - 2 * max(self.predictor.halo.values(), default=0)) if rule else 64
         self.predictor.predict(np.zeros((len(self.channels), side, side), np.float32), "warm-up")
         with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp, contextlib.redirect_stderr(io.StringIO()):
             first_reads(Path(tmp), self.import_settings)

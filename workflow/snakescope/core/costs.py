@@ -48,12 +48,26 @@ def largest_field_pixels(manifest: str | Path) -> int | None:
     return max(sizes, default=None)
 
 
-def job_mem_mb(manifest: str | Path, stage: str, floor: int, **blocks: int) -> int:
+def tile_mb(model_check: str | Path | None, pixels: int) -> float:
+    """What the model runtime holds (MB) for the largest tile a field of ``pixels`` uses with the tiles the model
+    check validated (``model.tile_px``; its measured bytes per tile pixel); 0 with the model's own tiles, which the
+    inference stage's base covers."""
+    path = Path(model_check) if model_check else None
+    tiling = read_json(path).get("tiling") or {} if path and path.is_file() else {}
+    if tiling.get("status") != "passed":
+        return 0.0
+    edge = int(tiling["rule"]["tile_px"])
+    return float(tiling.get("bytes_per_tile_pixel", 0)) * min(edge * edge, 2 * pixels) / 1e6
+
+
+def job_mem_mb(manifest: str | Path, stage: str, floor: int, model_check: str | Path | None = None, **blocks: int) -> int:
     """Memory (MB) for one job of ``stage`` on the batch of ``manifest``: at least ``floor`` (the rule's usual
     value, and what a dry run shows before the batch is imported), more for fields that hold more than that
-    before the stage works by blocks. ``blocks``: post-processing's block settings (:func:`pixels_held`)."""
+    before the stage works by blocks. ``blocks``: post-processing's block settings (:func:`pixels_held`);
+    ``model_check``: inference's tiles (:func:`tile_mb`)."""
     pixels = largest_field_pixels(manifest)
     if pixels is None:
         return floor
     base, per_pixel = STAGE_MEMORY[stage]
-    return max(floor, int(HEADROOM * (base + per_pixel * pixels_held(stage, pixels, **blocks) / 1e6)))
+    tiles = tile_mb(model_check, pixels) if stage == "infer" else 0.0
+    return max(floor, int(HEADROOM * (base + tiles + per_pixel * pixels_held(stage, pixels, **blocks) / 1e6)))

@@ -53,7 +53,9 @@ class ModelSettings:
     output_channel: int = 0
     run_test: bool = True
     normalization: str = "per_image"  # per_image (the model's own) | dataset (statistics pooled over the run)
-    tile_px: int | None = None  # opt-in larger tiles than the model declares, validated per model (snakescope.methods.tiling)
+    # auto: the fastest tiles the model check validates, bounded by memory; model: the model's own; an int: up to this
+    # edge (snakescope.methods.tiling)
+    tile_px: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # a list from YAML or a param: hashable, compared as given

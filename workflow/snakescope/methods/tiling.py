@@ -1,17 +1,23 @@
-"""Opt-in larger inference tiles (config key ``model.tile_px``), validated per model.
+"""Inference tiles larger (and smaller) than the model declares (config key ``model.tile_px``), validated per model.
 
 Many bioimage.io models declare one fixed input size (the shared nuclei U-Net: 512 × 512 with a
-32-pixel halo), so a 1024² field costs nine overlapping tiles, 2.25 times its pixels. A fully
-convolutional network usually accepts any size that is a multiple of its downsampling factor, but
-only the model's architecture decides that, so snakescope never assumes it:
+32-pixel halo), so a 1024² field costs nine overlapping tiles, 2.25 times its pixels, and a 256² field
+one 512² tile, four times its pixels. A fully convolutional network usually accepts any size that is a
+multiple of its downsampling factor, but only the model's architecture decides that, so snakescope
+never assumes it:
 
 1. ONNX weights get a copy whose spatial input and output sizes are free (the rest of the graph is
    untouched); TorchScript weights are used as they are.
 2. The model's own test input, mirrored out to a field that needs several of the model's tiles, is
-   predicted twice: with the model's tiles and with the larger tile. The smallest size step at which
-   the larger tile runs and agrees (mean probability difference and foreground agreement within
-   :data:`TOLERANCE`) is kept; if none agrees, the check fails naming ``model.tile_px``.
-3. The figures are recorded in ``models/model_check.json`` and cached per model digest and tile size.
+   predicted twice: with the model's tiles and with one larger tile; a crop smaller than the model's
+   tile likewise, with its own small tile. The smallest size step at which the larger tile runs and
+   agrees (mean probability difference and foreground agreement within :data:`TOLERANCE`) is kept; the
+   small tile, when it agrees too, lets small fields run at their own size. If nothing agrees, a
+   ``model.tile_px`` the user set fails naming the key; the default (``auto``) keeps the model's tiles.
+3. The memory the runtime holds per tile pixel is measured on the larger tile; ``auto`` takes tiles up
+   to the edge that keeps it within :data:`AUTO_TILE_MEMORY_MB`, each field in one tile when it fits,
+   else in equal tiles that cover it with the least padding.
+4. The figures are recorded in ``models/model_check.json`` and cached per model digest and tile request.
 """
 
 from __future__ import annotations
@@ -29,9 +35,17 @@ STEP_CANDIDATES = (8, 16, 32, 64)
 TOLERANCE = {"mean_abs_difference": 0.005, "foreground_agreement": 0.995}
 
 
+# What the runtime may hold for one tile with ``model.tile_px: auto`` (activations; the field and the model come on
+# top, see core.costs). The shared U-Net holds about 750 bytes per tile pixel, so auto tiles reach 1632 px: a
+# 1024² field runs as one tile, a 2048² one as four equal tiles (bench/README, "Inference tiles").
+AUTO_TILE_MEMORY_MB = 2000
+DEFAULT_BYTES_PER_PIXEL = 1000  # where the runtime's peak memory cannot be read (no /proc)
+TILE_CHECK_VERSION = 2  # part of the cache key: a check recorded by an older rule is run again
+
+
 @dataclass(frozen=True)
 class TileRule:
-    """Sizes the model runs at with larger tiles: ``minimum + n * step`` up to ``tile_px``."""
+    """Sizes the model runs at: ``minimum + n * step`` (halo excluded) and tiles up to ``tile_px`` (halo included)."""
 
     tile_px: int
     minimum: int
@@ -45,12 +59,68 @@ class TileRule:
         """Whether an axis of ``length`` (halo included) runs as one tile."""
         return length <= self.largest
 
-    def block(self, length: int) -> int:
-        """Tile edge (halo included) for an axis of ``length`` (padded to this rule) that does not fit in one tile."""
-        return min(length, self.largest)
+    def block(self, length: int, halo: int = 0) -> int:
+        """Tile edge (halo included) for an axis of ``length`` (halo excluded) that does not fit in one tile: the
+        fewest tiles of at most :attr:`largest`, made equal, so the last one is not mostly padding."""
+        inner_max = self.largest - 2 * halo
+        if inner_max < self.step:
+            return self.largest
+        count = -(-length // inner_max)
+        inner = -(-(-(-length // count)) // self.step) * self.step
+        edge = max(self.minimum, inner + 2 * halo)
+        return min(self.largest, self.minimum + -(-(edge - self.minimum) // self.step) * self.step)
 
     def as_record(self) -> dict[str, int]:
         return asdict(self)
+
+
+def tile_request(value: Any) -> int | str:
+    """``model.tile_px`` as asked: ``"auto"`` (also when unset), ``"model"`` (the model's own tiles) or an edge."""
+    if value is None or value == "auto":
+        return "auto"
+    if value == "model":
+        return "model"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 16:
+        raise ValueError(f"config key model.tile_px: {value!r} is not auto, model or a tile edge of at least 16 px")
+    return value
+
+
+def auto_tile_px(bytes_per_pixel: float, minimum: int, step: int, budget_mb: int = AUTO_TILE_MEMORY_MB) -> int:
+    """The largest tile edge (halo included) whose runtime memory stays within ``budget_mb``."""
+    edge = int((budget_mb * 1e6 / max(bytes_per_pixel, 1.0)) ** 0.5)
+    return max(minimum, minimum + (edge - minimum) // step * step)
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def peak_growth_bytes(run: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``run()`` and how far this process's resident memory rose above where it was (Linux: freed memory handed
+    back and the peak reset through /proc/self/clear_refs first); None where that cannot be read."""
+    try:  # freed memory the allocator still holds would be reused unseen: hand it back first (glibc)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        before = _proc_status_kb("VmRSS")
+    except OSError:
+        before = None
+    result = run()
+    peak = _proc_status_kb("VmHWM")
+    if before is None or peak is None:
+        return result, None
+    return result, max(0, peak - before) * 1024
 
 
 def free_size_onnx(data: bytes) -> bytes:
@@ -91,8 +161,9 @@ def agrees(figures: dict[str, float]) -> bool:
             and figures["foreground_agreement"] >= TOLERANCE["foreground_agreement"])
 
 
-def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..., Any]) -> dict[str, Any]:
-    """Find the step at which ``settings.tile_px`` tiles reproduce the model's own tiles on its test input.
+def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..., Any], tile_px: int) -> dict[str, Any]:
+    """Find the step at which tiles up to ``tile_px`` (and small fields' own tiles) reproduce the model's own tiles
+    on its test input.
 
     ``predictor(settings, tile_rule=None)`` loads the model (inference's ``Predictor``): passed in, so this check
     stays below the inference stage that calls it.
@@ -101,24 +172,37 @@ def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..
     """
     from dataclasses import replace
 
-    own = predictor(replace(settings, tile_px=None))
+    own = predictor(replace(settings, tile_px="model"))
     fixed = own.size_rules.get("y", (1, 1))[0]
-    image = validation_image(test_input, fixed, own.halo.get("y", 0), settings.tile_px)
-    reference = own.predict(image, "tile-check")
-    own.close()
-    tried: list[dict[str, Any]] = []
     halo = own.halo.get("y", 0)
+    whole = validation_image(test_input, fixed, halo, tile_px)
+    tried: list[dict[str, Any]] = []
     for step in (s for s in STEP_CANDIDATES if (2 * halo) % s == 0):  # the field plus its halo stays a valid size
-        rule = TileRule(tile_px=settings.tile_px, minimum=fixed, step=step)
+        # sides just under an odd multiple of the step: padded to it, so a step the architecture cannot take shows
+        image, small = (whole[:, :side, :side] for side in (odd_multiple_below(whole.shape[-1], step) - 3,
+                                                            odd_multiple_below(max(2 * halo + 8, fixed // 2), step) - 3))
+        reference, reference_small = own.predict(image, "tile-check"), own.predict(small, "tile-check-small")
+        rule = TileRule(tile_px=tile_px, minimum=step, step=step)
         try:
             larger = predictor(settings, tile_rule=rule)
             figures = agreement(reference, larger.predict(image, "tile-check"))
+            small_figures = agreement(reference_small, larger.predict(small, "tile-check-small"))
             larger.close()
         except Exception as exc:  # noqa: BLE001 - onnxruntime/torch reject a size the architecture cannot take
             tried.append({"step": step, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"})
             continue
-        tried.append({"step": step, **figures})
+        tried.append({"step": step, **figures, "small_field": small_figures})
         if agrees(figures):
-            return {"status": "passed", "rule": rule.as_record(), "image_shape": list(image.shape[-2:]), **figures,
-                    "tolerance": TOLERANCE, "tried": tried}
-    return {"status": "failed", "image_shape": list(image.shape[-2:]), "tolerance": TOLERANCE, "tried": tried}
+            own.close()
+            minimum = step if agrees(small_figures) else fixed
+            return {"status": "passed", "rule": TileRule(tile_px=tile_px, minimum=minimum, step=step).as_record(),
+                    "image_shape": list(image.shape[-2:]), **figures, "small_field": {"image_shape": list(small.shape[-2:]),
+                    **small_figures, "own_size": minimum == step}, "tolerance": TOLERANCE, "tried": tried}
+    own.close()
+    return {"status": "failed", "image_shape": list(whole.shape[-2:]), "tolerance": TOLERANCE, "tried": tried}
+
+
+def odd_multiple_below(length: int, step: int) -> int:
+    """The largest odd multiple of ``step`` not above ``length`` (at least ``step``)."""
+    count = max(1, length // step)
+    return (count if count % 2 else count - 1 or 1) * step

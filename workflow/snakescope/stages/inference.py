@@ -15,6 +15,7 @@ import numpy as np
 from ..core.channels import channel_indices, check_model_channels, model_channels
 from ..core.settings import ModelSettings
 from ..core.records import Failure, read_json, write_json
+from ..methods.tiling import tile_request
 
 
 class ModelError(RuntimeError):
@@ -67,7 +68,7 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
         "inputs": [str(t.id) for t in descr.inputs],
         "outputs": [str(t.id) for t in descr.outputs],
     }
-    if settings.tile_px:
+    if tile_request(settings.tile_px) != "model":
         record["tiling"] = checked_tiles(settings, descr, digest, cache_dir)
     if cache.is_file():
         cached = read_json(cache)
@@ -87,27 +88,82 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
 
 
 def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: str | Path) -> dict[str, Any]:
-    """``model.tile_px`` validated against the model's own tiles on its test input (cached per digest and size)."""
+    """Tiles other than the model's own (``model.tile_px``: ``auto`` or an edge), validated against the model's own
+    tiles on its test input (cached per digest and request). A tile edge the user set that the model cannot take
+    stops the run naming the key; with ``auto`` the record says why the model's own tiles are kept."""
     from bioimageio.core.digest_spec import get_test_inputs
 
-    from ..methods.tiling import validate_tiles
+    from ..methods.tiling import DEFAULT_BYTES_PER_PIXEL, TILE_CHECK_VERSION, TileRule, auto_tile_px, validate_tiles
 
-    cache = Path(cache_dir) / "model-tests" / f"{digest}.tile{settings.tile_px}.json"
+    request = tile_request(settings.tile_px)
+    cache = Path(cache_dir) / "model-tests" / f"{digest}.tile-{request}.v{TILE_CHECK_VERSION}.json"
     if cache.is_file():
         return {**read_json(cache), "cached": True}
     if not (settings.weight_format == "torchscript" or settings.weight_format == "onnx" and settings.device == "cpu"):
-        raise ModelError(f"config key model.tile_px: larger tiles are supported for ONNX weights on the CPU and TorchScript "
-                         f"weights, not {settings.weight_format} on {settings.device}")
+        reason = (f"tiles other than the model's own are supported for ONNX weights on the CPU and TorchScript weights, "
+                  f"not {settings.weight_format} on {settings.device}")
+        if request == "auto":
+            return {"status": "not supported", "request": request, "reason": reason, "cached": False}
+        raise ModelError(f"config key model.tile_px: {reason}")
     data = get_test_inputs(descr).members[descr.inputs[0].id].data
     test_input = np.asarray(data.transpose(*[d for d in ("batch", "channel", "y", "x") if d in data.dims]).values)[0]
-    result = validate_tiles(settings, test_input.astype(np.float32), Predictor)
+    fixed = {str(a.id): axis_size_rule(a) for a in descr.inputs[0].axes}.get("y", (512, 0))[0]
+    halo = max((int(getattr(a, "halo", 0) or 0) for a in descr.outputs[0].axes), default=0)
+    validation_px = request if isinstance(request, int) else 2 * max(fixed, 64) + 2 * halo
+    result = {"request": request, **validate_tiles(settings, test_input.astype(np.float32), Predictor, validation_px)}
     if result["status"] != "passed":
         tried = "; ".join(f"step {t['step']}: " + (t["error"] if "error" in t else f"mean difference {t['mean_abs_difference']}, "
                                                     f"foreground agreement {t['foreground_agreement']}") for t in result["tried"])
+        if request == "auto":
+            return {**result, "reason": f"{descr.name} does not give the same probabilities with other tiles ({tried}): "
+                                        "its own tiles are used", "cached": False}
         raise ModelError(f"config key model.tile_px={settings.tile_px}: {descr.name} does not give the same probabilities with "
                          f"tiles larger than its own on its test input ({tried}); remove model.tile_px for this model")
+    measured = tile_memory_per_pixel(settings, result["rule"], test_input.shape[0], result["image_shape"], halo)
+    result["bytes_per_tile_pixel"] = measured or DEFAULT_BYTES_PER_PIXEL
+    result["bytes_measured"] = measured is not None
+    if request == "auto":
+        rule = result["rule"]
+        result["rule"] = TileRule(tile_px=auto_tile_px(result["bytes_per_tile_pixel"], rule["minimum"], rule["step"]),
+                                  minimum=rule["minimum"], step=rule["step"]).as_record()
     write_json(cache, result)
     return {**result, "cached": False}
+
+
+def tile_memory_per_pixel(settings: ModelSettings, rule: dict[str, int], channels: int, shape: list[int],
+                          halo: int) -> int | None:
+    """Bytes the runtime holds per tile pixel, measured on one tile of ``shape`` (plus halo) in a fresh process:
+    memory this process freed earlier would be reused unseen. None when the measurement cannot be made."""
+    import json
+    import os
+    import subprocess
+    from dataclasses import asdict
+
+    payload = json.dumps({"settings": asdict(settings), "rule": rule, "channels": channels, "shape": shape, "halo": halo})
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)}
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from snakescope.stages.inference import probe_tile_memory; "
+                               "probe_tile_memory(sys.stdin.read())"], input=payload, capture_output=True, text=True,
+                              timeout=600, env=env)
+        return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+
+
+def probe_tile_memory(payload: str) -> None:
+    """The fresh process of :func:`tile_memory_per_pixel`: prints the bytes per tile pixel, or nothing."""
+    import json
+
+    from ..methods.tiling import TileRule, peak_growth_bytes
+
+    args = json.loads(payload)
+    predictor = Predictor(ModelSettings(**args["settings"]), tile_rule=TileRule(**args["rule"]))
+    image = np.zeros((args["channels"], *args["shape"]), np.float32)
+    # twice: onnxruntime plans the memory of a shape on its first run and holds about twice as much from the second
+    _, grown = peak_growth_bytes(lambda: [predictor.predict(image, "memory") for _ in range(2)])
+    if grown:
+        print(round(grown / ((args["shape"][0] + 2 * args["halo"]) * (args["shape"][1] + 2 * args["halo"]))))
 
 
 DEFAULT_BLOCK_N = 10  # bioimageio.core's create_prediction_pipeline(default_blocksize_parameter=10)
@@ -278,8 +334,8 @@ class Predictor:
         elif all(self.tile_rule.fits(padded.shape[i] + 2 * self.halo.get(axis, 0)) for i, axis in ((1, "y"), (2, "x"))):
             result = self.pipeline.predict_sample_without_blocking(sample)  # the whole field (plus halo) in one tile
         else:  # tiles as large as the rule allows; bioimageio.core overlaps them by the halo
-            block = {"batch": 1, "channel": padded.shape[0], "y": self.tile_rule.block(padded.shape[1]),
-                     "x": self.tile_rule.block(padded.shape[2])}
+            block = {"batch": 1, "channel": padded.shape[0], "y": self.tile_rule.block(padded.shape[1], self.halo.get("y", 0)),
+                     "x": self.tile_rule.block(padded.shape[2], self.halo.get("x", 0))}
             result = self.pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block})
         out = result.members[self.output_id].data
         out = out.transpose(*[d for d in ("batch", "channel", "z", "y", "x") if d in out.dims])
@@ -449,10 +505,11 @@ def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSetting
 
 def batch_predictor(settings: ModelSettings, check: dict[str, Any], pooled: np.ndarray | None = None,
                     threads: int | None = None) -> Predictor:
-    """The predictor a batch uses: the larger tiles validated in the model check when ``model.tile_px`` is set."""
+    """The predictor a batch uses: the tiles validated in the model check (``model.tile_px``), else the model's own."""
     from ..methods.tiling import TileRule
 
-    rule = TileRule(**check["tiling"]["rule"]) if settings.tile_px and check.get("tiling") else None
+    tiling = check.get("tiling") or {}
+    rule = TileRule(**tiling["rule"]) if tile_request(settings.tile_px) != "model" and tiling.get("status") == "passed" else None
     return Predictor(settings, pooled, threads, tile_rule=rule)
 
 
