@@ -50,10 +50,24 @@ try:
 except InputError as err:
     raise WorkflowError(f"snakescope: {err}")
 
-# One inference thread per job when there are several batches to share the cores (their jobs run side by side),
-# two for a single batch: a second thread saves little wall time per job (README, cost model).
-# `--set-threads infer=N` overrides it.
-INFER_THREADS = 1 if len(BATCHES) > 1 else 2
+
+
+def given_cores():
+    """The cores this run may use (`--cores`), or 1 where Snakemake has none to give (a dry run, a lint)."""
+    try:
+        cores = workflow.global_resources["_cores"]
+    except (KeyError, AttributeError):
+        return 1
+    cores = getattr(cores, "value", cores)
+    return cores if isinstance(cores, int) and 0 < cores < 10**6 else 1
+
+
+# Cores per batch job: the run's cores shared among the batches' jobs that run side by side, at most a batch's
+# fields, at least 1. Import, quality metrics, post-processing and the gallery process that many fields at once
+# (snakescope.core.fields); inference gives them to the model runtime. On clusters the profile sets them per rule
+# (`set-threads`; SLURM's cpus_per_task follows). `--set-threads <rule>=N` overrides it.
+JOB_THREADS = max(1, min(config["batch_size"], os.cpu_count() or 1, given_cores() // max(1, len(BATCHES))))
+INFER_THREADS = JOB_THREADS
 
 if config["review"].get("corrections"):  # a person's corrections: checked now, so a bad file stops before any job
     try:
@@ -79,9 +93,11 @@ def field_mem_mb(stage, floor):
         "postprocess_overlap_px": section.get("block_overlap_px", 256),
     }
 
-    def mem_mb(wildcards, input):
+    def mem_mb(wildcards, input, threads):
         check = getattr(input, "model_check", None)
-        return job_mem_mb(manifest(BatchPaths(R, wildcards.batch).imported), stage, floor, model_check=check, **blocks)
+        workers = 1 if stage in ("infer", "review", "refinement") else threads  # fields processed side by side
+        return job_mem_mb(manifest(BatchPaths(R, wildcards.batch).imported), stage, floor, model_check=check,
+                          workers=workers, **blocks)
 
     return mem_mb
 

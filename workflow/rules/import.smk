@@ -9,6 +9,7 @@ rule import_batch:
         R / "benchmarks/import_batch/{batch}.tsv"
     conda:
         "../envs/import-aicsimageio.yaml" if config["reader"] == "aicsimageio" else "../envs/import.yaml"
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
         runtime=60,

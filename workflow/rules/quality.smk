@@ -9,6 +9,7 @@ rule quality_metrics:
         R / "benchmarks/quality_metrics/{batch}.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: JOB_THREADS
     resources:
         mem_mb=field_mem_mb("quality", 2000),
         runtime=30,

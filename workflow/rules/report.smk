@@ -93,6 +93,7 @@ rule gallery:
         R / "benchmarks/gallery/{batch}.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: JOB_THREADS
     resources:
         mem_mb=field_mem_mb("gallery", 2000),
         runtime=30,

@@ -10,6 +10,7 @@ rule postprocess:
         R / "benchmarks/postprocess/{batch}.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: JOB_THREADS
     resources:
         mem_mb=field_mem_mb("postprocess", 4000),
         runtime=60,

@@ -60,14 +60,17 @@ def tile_mb(model_check: str | Path | None, pixels: int) -> float:
     return float(tiling.get("bytes_per_tile_pixel", 0)) * min(edge * edge, 2 * pixels) / 1e6
 
 
-def job_mem_mb(manifest: str | Path, stage: str, floor: int, model_check: str | Path | None = None, **blocks: int) -> int:
+def job_mem_mb(manifest: str | Path, stage: str, floor: int, model_check: str | Path | None = None, workers: int = 1,
+               **blocks: int) -> int:
     """Memory (MB) for one job of ``stage`` on the batch of ``manifest``: at least ``floor`` (the rule's usual
     value, and what a dry run shows before the batch is imported), more for fields that hold more than that
     before the stage works by blocks. ``blocks``: post-processing's block settings (:func:`pixels_held`);
-    ``model_check``: inference's tiles (:func:`tile_mb`)."""
+    ``model_check``: inference's tiles (:func:`tile_mb`); ``workers``: fields processed side by side, each holding
+    its own (``core.fields``)."""
     pixels = largest_field_pixels(manifest)
     if pixels is None:
         return floor
     base, per_pixel = STAGE_MEMORY[stage]
     tiles = tile_mb(model_check, pixels) if stage == "infer" else 0.0
-    return max(floor, int(HEADROOM * (base + tiles + per_pixel * pixels_held(stage, pixels, **blocks) / 1e6)))
+    held = per_pixel * pixels_held(stage, pixels, **blocks) / 1e6
+    return max(floor, int(HEADROOM * (base + tiles + max(1, workers) * held)))

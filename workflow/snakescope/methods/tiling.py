@@ -178,15 +178,20 @@ def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..
     whole = validation_image(test_input, fixed, halo, tile_px)
     tried: list[dict[str, Any]] = []
     for step in (s for s in STEP_CANDIDATES if (2 * halo) % s == 0):  # the field plus its halo stays a valid size
-        # sides just under an odd multiple of the step: padded to it, so a step the architecture cannot take shows
-        image, small = (whole[:, :side, :side] for side in (odd_multiple_below(whole.shape[-1], step) - 3,
-                                                            odd_multiple_below(max(2 * halo + 8, fixed // 2), step) - 3))
-        reference, reference_small = own.predict(image, "tile-check"), own.predict(small, "tile-check-small")
+        # sides just under an odd multiple of the step (padded to it, so a step the architecture cannot take shows):
+        # a field larger than the model's tile, and one smaller when the step allows it
+        side = odd_multiple_below(whole.shape[-1], step)
+        side = side if side > fixed else (odd_multiple_below(fixed, step) + 2 * step)
+        image = mirrored(whole, side - 3)
+        small_side = odd_multiple_below(max(2 * halo + 8, fixed // 2), step)
+        small = mirrored(whole, small_side - 3) if small_side < fixed else None
+        reference = own.predict(image, "tile-check")
+        reference_small = own.predict(small, "tile-check-small") if small is not None else None
         rule = TileRule(tile_px=tile_px, minimum=step, step=step)
         try:
             larger = predictor(settings, tile_rule=rule)
             figures = agreement(reference, larger.predict(image, "tile-check"))
-            small_figures = agreement(reference_small, larger.predict(small, "tile-check-small"))
+            small_figures = agreement(reference_small, larger.predict(small, "tile-check-small")) if small is not None else None
             larger.close()
         except Exception as exc:  # noqa: BLE001 - onnxruntime/torch reject a size the architecture cannot take
             tried.append({"step": step, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"})
@@ -194,12 +199,22 @@ def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..
         tried.append({"step": step, **figures, "small_field": small_figures})
         if agrees(figures):
             own.close()
-            minimum = step if agrees(small_figures) else fixed
+            minimum = step if small_figures and agrees(small_figures) else fixed
             return {"status": "passed", "rule": TileRule(tile_px=tile_px, minimum=minimum, step=step).as_record(),
-                    "image_shape": list(image.shape[-2:]), **figures, "small_field": {"image_shape": list(small.shape[-2:]),
-                    **small_figures, "own_size": minimum == step}, "tolerance": TOLERANCE, "tried": tried}
+                    "image_shape": list(image.shape[-2:]), **figures,
+                    "small_field": {"image_shape": list(small.shape[-2:]) if small is not None else None,
+                                    **(small_figures or {}), "own_size": minimum == step},
+                    "tolerance": TOLERANCE, "tried": tried}
     own.close()
     return {"status": "failed", "image_shape": list(whole.shape[-2:]), "tolerance": TOLERANCE, "tried": tried}
+
+
+def mirrored(image: np.ndarray, side: int) -> np.ndarray:
+    """A CYX image mirrored out (or cropped) to ``side`` x ``side``."""
+    pad = max(0, side - min(image.shape[-2:]))
+    if pad:
+        image = np.pad(image, ((0, 0), (0, pad), (0, pad)), mode="reflect" if min(image.shape[-2:]) > 1 else "edge")
+    return image[:, :side, :side]
 
 
 def odd_multiple_below(length: int, step: int) -> int:

@@ -513,14 +513,20 @@ def import_one(source: Source, settings: ImportSettings, out: Path, label: str, 
         return [], [failure]
 
 
-def import_batch(batch: str, sources: list[Source], settings: ImportSettings, out_dir: str | Path) -> dict[str, Any]:
-    """Import a batch of sources; an unreadable file becomes a recorded failure, the rest continue."""
+def import_batch(batch: str, sources: list[Source], settings: ImportSettings, out_dir: str | Path,
+                 workers: int = 1) -> dict[str, Any]:
+    """Import a batch of sources, ``workers`` files at a time; an unreadable file becomes a recorded failure, the
+    rest continue."""
+    from ..core.fields import map_fields
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     units: list[Unit] = []
     failures: list[Failure] = []
-    for i, source in enumerate(sources, start=1):
-        new, failed = import_one(source, settings, out, f"[import {batch}]", f"{i}/{len(sources)}")
+    numbered = list(enumerate(sources, start=1))
+    done = map_fields(lambda item: import_one(item[1], settings, out, f"[import {batch}]", f"{item[0]}/{len(sources)}"),
+                      numbered, workers=workers, label=f"import {batch}")
+    for new, failed in done:
         units.extend(new)
         failures.extend(failed)
     doc = manifest(batch, units, failures, settings=settings.__dict__)
@@ -528,9 +534,10 @@ def import_batch(batch: str, sources: list[Source], settings: ImportSettings, ou
     return doc
 
 
-def run_import(*, batch: str, sources: list[dict[str, Any]], settings: ImportSettings, imported: str) -> None:
+def run_import(*, batch: str, sources: list[dict[str, Any]], settings: ImportSettings, imported: str,
+               threads: int = 1) -> None:
     """Rule ``import_batch``: every scene of the batch's source files -> ``import/<batch>/`` (units and manifest)."""
     from ..core.progress import stage_progress
 
-    doc = import_batch(batch, [Source(**s) for s in sources], settings, imported)
+    doc = import_batch(batch, [Source(**s) for s in sources], settings, imported, workers=threads)
     stage_progress("import", doc, len(doc["units"]))

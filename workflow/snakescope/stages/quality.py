@@ -392,13 +392,17 @@ def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None
         return None, failure.__dict__
 
 
-def quality_batch(import_manifest: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """Metrics for every unit of an imported batch; a unit that fails is recorded, the rest continue."""
+def quality_batch(import_manifest: str | Path, out_path: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Metrics for every unit of an imported batch, ``workers`` fields at a time; a unit that fails is recorded,
+    the rest continue."""
+    from ..core.fields import map_fields
+
     doc = read_json(import_manifest)
     results: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
-    for unit in doc["units"]:
-        metrics, failure = quality_one(unit, doc["batch"])
+    measured = map_fields(lambda unit: quality_one(unit, doc["batch"]), doc["units"], workers=workers,
+                          label=f"quality {doc['batch']}")
+    for unit, (metrics, failure) in zip(doc["units"], measured):
         if failure:
             failures.append(failure)
         else:
@@ -461,12 +465,12 @@ def run_reference(metrics: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def run_quality(*, imported: str, quality: str) -> None:
+def run_quality(*, imported: str, quality: str, threads: int = 1) -> None:
     """Rule ``quality_metrics``: every channel's metrics of a batch's units -> ``quality/<batch>.json``."""
     from ..core.layout import manifest
     from ..core.progress import stage_progress
 
-    doc = quality_batch(manifest(imported), quality)
+    doc = quality_batch(manifest(imported), quality, workers=threads)
     stage_progress("quality", doc, len(doc["metrics"]))
 
 

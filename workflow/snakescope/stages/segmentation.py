@@ -101,8 +101,12 @@ def write_postprocess_outputs(out: Path, batch: str, settings: PostprocessSettin
 
 
 def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Path, settings: PostprocessSettings,
-                      channels: tuple[str | int, ...], out_dir: str | Path) -> dict[str, Any]:
-    """Segment and measure every predicted unit of a batch; writes labels, overlays, objects.csv, summary."""
+                      channels: tuple[str | int, ...], out_dir: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Segment and measure every predicted unit of a batch, ``workers`` fields at a time (a large field, which
+    works block by block, in this process); writes labels, overlays, objects.csv, summary."""
+    from ..core.blocks import is_large
+    from ..core.fields import map_fields
+
     imported = read_json(import_manifest)
     predicted = read_json(inference_manifest)
     out = Path(out_dir)
@@ -110,27 +114,38 @@ def postprocess_batch(import_manifest: str | Path, inference_manifest: str | Pat
     summaries: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     all_objects = Rows()  # each unit's rows as they came (a large field's as an ObjectTable)
-    for unit in imported["units"]:
+    units = [u for u in imported["units"] if u["unit_id"] in predicted["predictions"]]  # else its inference failed
+
+    def one(unit: dict[str, Any]) -> tuple[Any, Any, dict[str, Any] | None]:
         uid = unit["unit_id"]
-        if uid not in predicted["predictions"]:
-            continue  # its inference failure is already recorded
         try:
-            summaries[uid], objects = postprocess_one(unit, predicted["predictions"][uid]["path"], settings, channels, out)
-            all_objects.parts.append(objects)
+            summary, objects = postprocess_one(unit, predicted["predictions"][uid]["path"], settings, channels, out)
+            return summary, objects, None
         except Exception as exc:  # noqa: BLE001
             failure = Failure.from_exception("postprocess", unit["source_path"], exc, unit_id=uid)
-            failures.append(failure.__dict__)
             print(f"[postprocess {imported['batch']}] FAILED {uid}: {failure.reason}", file=sys.stderr)
+            return None, None, failure.__dict__
+
+    small = [u for u in units if not is_large(u.get("shape"))]
+    done = dict(zip([u["unit_id"] for u in small], map_fields(one, small, workers=workers,
+                                                              label=f"postprocess {imported['batch']}")))
+    for unit in units:  # in the batch's order, whatever the workers
+        summary, objects, failure = done[unit["unit_id"]] if unit["unit_id"] in done else one(unit)
+        if failure:
+            failures.append(failure)
+        else:
+            summaries[unit["unit_id"]] = summary
+            all_objects.parts.append(objects)
     doc = write_postprocess_outputs(out, imported["batch"], settings, summaries, failures, all_objects)
     print(f"[postprocess {imported['batch']}] {len(summaries)} unit(s), {len(all_objects)} object(s)", file=sys.stderr)
     return doc
 
 
 def run_segmentation(*, imported: str, inference: str, segmentation: str, settings: PostprocessSettings,
-                     channels: tuple[str | int, ...]) -> None:
+                     channels: tuple[str | int, ...], threads: int = 1) -> None:
     """Rule ``postprocess``: labels, overlays and measurements of a batch -> ``segmentation/<batch>/``."""
     from ..core.layout import manifest
     from ..core.progress import stage_progress
 
-    doc = postprocess_batch(manifest(imported), manifest(inference), settings, channels, segmentation)
+    doc = postprocess_batch(manifest(imported), manifest(inference), settings, channels, segmentation, workers=threads)
     stage_progress("segmentation", doc, len(doc["summaries"]))

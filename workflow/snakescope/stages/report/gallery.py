@@ -62,23 +62,25 @@ def display_limits(reference: dict[str, Any] | None, channel: str) -> tuple[floa
 
 
 def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any], channels: tuple[str | int, ...],
-                  settings: GallerySettings, out_json: str | Path, reference: str | Path | None = None) -> dict[str, Any]:
+                  settings: GallerySettings, out_json: str | Path, reference: str | Path | None = None,
+                  workers: int = 1) -> dict[str, Any]:
     """Thumbnails and detail views of every imported unit of a batch, outlined with its final labels
     (``final_segmentation``: the refinement stage's ``segmentation`` of ``final.json``; units without labels get no
-    outlines), in the run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own."""
+    outlines), in the run's shared contrast per channel (``reference``: quality/reference.json) and in each field's own;
+    ``workers`` fields at a time."""
     import tifffile
 
     from ...core.images import read_unit
     from ...core.blocks import is_large
     from ...core.channels import select_channels
+    from ...core.fields import map_fields
     from ...core.rendering import scale_bar_um
     from ...core.channels import model_channel_name
 
     imported = read_json(import_manifest)
     run = read_json(reference) if reference else None
-    images: dict[str, Any] = {}
-    failures: list[dict[str, str]] = []
-    for unit in imported["units"]:
+
+    def one(unit: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
         uid = unit["unit_id"]
         try:
             labels_path = (final_segmentation.get(uid) or {}).get("labels")
@@ -92,12 +94,21 @@ def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any
                 image = select_channels(read_unit(unit["image_path"]), unit["channel_names"], channels)[0]
                 shape = image.shape
                 panels = unit_gallery_images(image, tifffile.imread(labels_path) if labels_path else None, pixel, settings, limits)
-            images[uid] = {**panels, "outlines": labels_path is not None, "contrast": "shared" if limits else "own",
-                           "scale_bar_um": scale_bar_um(shape, pixel, settings.detail_px) if pixel else None}
+            return {**panels, "outlines": labels_path is not None, "contrast": "shared" if limits else "own",
+                    "scale_bar_um": scale_bar_um(shape, pixel, settings.detail_px) if pixel else None}, None
         except Exception as exc:  # noqa: BLE001 - one unit's rendering must not lose the others
-            failures.append({"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],
-                             "unit_id": uid, "reason": f"{type(exc).__name__}: {exc}"})
             print(f"[gallery {imported['batch']}] FAILED {uid}: {exc}", file=sys.stderr)
+            return None, {"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],
+                          "unit_id": uid, "reason": f"{type(exc).__name__}: {exc}"}
+
+    images: dict[str, Any] = {}
+    failures: list[dict[str, str]] = []
+    rendered = map_fields(one, imported["units"], workers=workers, label=f"gallery {imported['batch']}")
+    for unit, (panels, failure) in zip(imported["units"], rendered):
+        if failure:
+            failures.append(failure)
+        else:
+            images[unit["unit_id"]] = panels
     doc = {"batch": imported["batch"], "images": images, "failures": failures}
     write_json(out_json, doc)
     size = sum(len(v["thumbnail"]) + len(v["detail"]) for v in images.values())
@@ -106,9 +117,9 @@ def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any
 
 
 def run_gallery(*, imported: str, refinement: str, reference: str, gallery: str, settings: GallerySettings,
-                channels: tuple[str | int, ...]) -> None:
+                channels: tuple[str | int, ...], threads: int = 1) -> None:
     """Rule ``gallery``: a batch's thumbnails and detail views, from the final labels -> ``report/gallery/<batch>.json``."""
     from ...core.layout import manifest
 
     final = read_json(Path(refinement) / "final.json")["segmentation"]
-    gallery_batch(manifest(imported), final, channels, settings, gallery, reference)
+    gallery_batch(manifest(imported), final, channels, settings, gallery, reference, workers=threads)

@@ -1,0 +1,62 @@
+"""The fields of a batch processed side by side on the cores a job is given (the rule's ``threads``).
+
+Import, quality metrics, post-processing and the gallery work on one field at a time with single-threaded
+numpy/scipy/scikit-image code, so a job given two cores would use one. :func:`map_fields` runs a stage's
+per-field function in that many forked worker processes: each field is independent, the function and the
+fields reach the workers through the fork (no pickling of closures), and only each field's result comes
+back. One worker, or a system without ``fork``, runs the fields in this process, as before. Results come
+back in the fields' order, so every output is the same whatever the number of workers.
+
+A worker that dies (killed for memory, say) stops the job with one message naming the fields it left,
+rather than leaving it waiting. The jobs ask for memory per worker (``core.costs.job_mem_mb``). These stages
+make almost no BLAS calls, so the BLAS threads Snakemake allows a job (``OPENBLAS_NUM_THREADS`` = threads)
+are not lowered per worker; the model runtime's threads are inference's and it does not fork.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Sequence, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+_TASK: tuple[Callable[[Any], Any], Sequence[Any]] | None = None  # what forked workers run, set before they fork
+
+
+def _run(index: int) -> Any:
+    function, items = _TASK  # type: ignore[misc]
+    return function(items[index])
+
+
+def workers_for(threads: int | None, fields: int) -> int:
+    """How many workers a job of ``threads`` cores uses for ``fields`` fields (at least 1)."""
+    return max(1, min(int(threads or 1), fields))
+
+
+def map_fields(function: Callable[[Item], Result], items: Sequence[Item], *, workers: int,
+               label: str = "fields") -> list[Result]:
+    """``function(item)`` for every item, in order, in ``workers`` forked processes (here when 1).
+
+    ``function`` must handle a field's own failure (the stages record it and go on); what it returns must pickle.
+    """
+    global _TASK
+    items = list(items)
+    workers = workers_for(workers, len(items))
+    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [function(item) for item in items]
+    _TASK = (function, items)
+    results: list[Any] = []
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for result in pool.map(_run, range(len(items))):
+                results.append(result)
+    except BrokenProcessPool:
+        left = len(items) - len(results)
+        raise RuntimeError(f"{label}: a worker process died (out of memory?) with {left} of {len(items)} field(s) "
+                           f"not done; run with fewer threads (--set-threads) or more memory") from None
+    finally:
+        _TASK = None
+    return results
