@@ -36,11 +36,11 @@ TOLERANCE = {"mean_abs_difference": 0.005, "foreground_agreement": 0.995}
 
 
 # What the runtime may hold for one tile with ``model.tile_px: auto`` (activations; the field and the model come on
-# top, see core.costs). The shared U-Net holds about 750 bytes per tile pixel, so auto tiles reach 1632 px: a
-# 1024² field runs as one tile, a 2048² one as four equal tiles (bench/README, "Inference tiles").
-AUTO_TILE_MEMORY_MB = 2000
+# top, see core.costs): within the inference rule's usual 6 GB. The shared U-Net holds about 670 bytes per tile
+# pixel, so auto tiles reach 2280 px: a 2048² field runs as one tile, a 4096² one as four (bench/README).
+AUTO_TILE_MEMORY_MB = 3500
 DEFAULT_BYTES_PER_PIXEL = 1000  # where the runtime's peak memory cannot be read (no /proc)
-TILE_CHECK_VERSION = 2  # part of the cache key: a check recorded by an older rule is run again
+TILE_CHECK_VERSION = 3  # part of the cache key: a check recorded by an older rule is run again
 
 
 @dataclass(frozen=True)
