@@ -1,6 +1,6 @@
 """Right answers on real microscopy: the workflow with its default config on the real nuclei sets.
 
-    python bench/accuracy.py [--shared ../shared] [--project .] [--sets bbbc039 dsb2018 qc ramp] [--tile-px 1100]
+    python bench/accuracy.py [--shared ../shared] [--project .] [--sets bbbc039 dsb2018 qc ramp] [--tile-px auto|model|N]
 
 Runs the real Snakemake on the real Snakefile, with the real U-Net from ../shared/models, once per set:
 
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=ROOT, help="checkout whose Snakefile runs (default: this one)")
     parser.add_argument("--sets", nargs="+", default=["bbbc039", "dsb2018", "qc", "ramp"])
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
-    parser.add_argument("--tile-px", type=int, default=None, help="set model.tile_px (opt-in larger inference tiles)")
+    parser.add_argument("--tile-px", default=None, help="set model.tile_px (auto, model or an edge; default: the config's)")
     parser.add_argument("--default-pixel-size", type=float, default=None,
                         help="set import.default_pixel_size_um (older checkouts refuse files without a pixel size)")
     parser.add_argument("--qc-copies", type=int, default=len(DEGRADATIONS),
@@ -267,7 +267,8 @@ def main() -> None:
     if not model.is_file():
         sys.exit(f"no model at {model}: pass --shared")
     if args.tile_px:
-        EXTRA_CONFIG["model"] = {"source": str(model), "channels": [0], "tile_px": args.tile_px}
+        tile_px = int(args.tile_px) if str(args.tile_px).isdigit() else args.tile_px
+        EXTRA_CONFIG["model"] = {"source": str(model), "channels": [0], "tile_px": tile_px}
     work = args.work or Path(tempfile.mkdtemp(prefix="snakescope-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"project {project} (commit {_commit(project)}); working folder {work}")

@@ -40,7 +40,7 @@ TOLERANCE = {"mean_abs_difference": 0.005, "foreground_agreement": 0.995}
 # pixel, so auto tiles reach 2280 px: a 2048² field runs as one tile, a 4096² one as four (bench/README).
 AUTO_TILE_MEMORY_MB = 3500
 DEFAULT_BYTES_PER_PIXEL = 1000  # where the runtime's peak memory cannot be read (no /proc)
-TILE_CHECK_VERSION = 3  # part of the cache key: a check recorded by an older rule is run again
+TILE_CHECK_VERSION = 4  # part of the cache key: a check recorded by an older rule is run again
 
 
 @dataclass(frozen=True)

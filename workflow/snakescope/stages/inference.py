@@ -297,6 +297,7 @@ class Predictor:
         # padded to less than it is predicted in one block of its own padded size, which the axis accepts too
         self.default_block = {axis: minimum + DEFAULT_BLOCK_N * step for axis, (minimum, step) in self.size_rules.items()
                               if (minimum, step) != (1, 1)}  # an axis of any size: the whole field
+        self.own_size_rules = dict(self.size_rules)
         if tile_rule is not None:
             self.size_rules = {axis: (tile_rule.minimum, tile_rule.step) for axis in self.size_rules}
         self.halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in self.descr.outputs[0].axes if str(a.id) in ("y", "x")}
@@ -329,8 +330,12 @@ class Predictor:
         tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
         pipeline, stats = self.pipeline, dict(self.fixed_stats)
         missing = [m for m in self.image_measures or () if m not in stats]
-        if missing:  # the model's per-image measures in numpy, given to bioimageio.core as fixed (see image_measures)
-            stats.update(image_statistics(padded, missing))
+        if missing:  # the model's per-image measures in numpy, given to bioimageio.core as fixed (see image_measures),
+            # over the image as the model's own tiles see it (mirrored out by the halo, up to the model's size), so
+            # other tiles normalise a field exactly as the model's own do
+            own = padded if self.tile_rule is None else pad_image(image.astype(np.float32),
+                                                                  plan_padding(image.shape[-2:], self.own_size_rules, self.halo))
+            stats.update(image_statistics(own, missing))
             pipeline = self.with_statistics(stats).pipeline
         sample = Sample(members={self.input_id: tensor}, stat=stats, id=sample_id)
         if self.tile_rule is None:  # bioimageio.core's default blocks, no larger than the padded image (a small field)
