@@ -51,7 +51,6 @@ except InputError as err:
     raise WorkflowError(f"snakescope: {err}")
 
 
-
 def given_cores():
     """The cores this run may use (`--cores`), or 1 where Snakemake has none to give (a dry run, a lint)."""
     try:
@@ -96,8 +95,14 @@ def field_mem_mb(stage, floor):
     def mem_mb(wildcards, input, threads):
         check = getattr(input, "model_check", None)
         workers = 1 if stage in ("infer", "review", "refinement") else threads  # fields processed side by side
-        return job_mem_mb(manifest(BatchPaths(R, wildcards.batch).imported), stage, floor, model_check=check,
-                          workers=workers, **blocks)
+        return job_mem_mb(
+            manifest(BatchPaths(R, wildcards.batch).imported),
+            stage,
+            floor,
+            model_check=check,
+            workers=workers,
+            **blocks,
+        )
 
     return mem_mb
 
