@@ -11,11 +11,16 @@ A worker that dies (killed for memory, say) stops the job with one message namin
 rather than leaving it waiting. The jobs ask for memory per worker (``core.costs.job_mem_mb``). These stages
 make almost no BLAS calls, so the BLAS threads Snakemake allows a job (``OPENBLAS_NUM_THREADS`` = threads)
 are not lowered per worker; the model runtime's threads are inference's and it does not fork.
+
+A forked worker has only the thread that forked it: a thread pool the parent made before (dask's, which
+the image readers use) is an object with no threads in the worker, and work given to it waits forever.
+Each worker therefore sets dask to compute in its own thread, which is what one worker per core wants.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence, TypeVar
@@ -29,6 +34,14 @@ _TASK: tuple[Callable[[Any], Any], Sequence[Any]] | None = None  # what forked w
 def _run(index: int) -> Any:
     function, items = _TASK  # type: ignore[misc]
     return function(items[index])
+
+
+def _start_worker() -> None:
+    """In a fresh worker: dask computes in this thread (the parent's thread pool did not survive the fork)."""
+    if "dask" in sys.modules:
+        import dask
+
+        dask.config.set(scheduler="synchronous")
 
 
 def workers_for(threads: int | None, fields: int) -> int:
@@ -49,14 +62,26 @@ def map_fields(function: Callable[[Item], Result], items: Sequence[Item], *, wor
         return [function(item) for item in items]
     _TASK = (function, items)
     results: list[Any] = []
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_worker)
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for result in pool.map(_run, range(len(items))):
-                results.append(result)
+        for result in pool.map(_run, range(len(items))):
+            results.append(result)
     except BrokenProcessPool:
         left = len(items) - len(results)
         raise RuntimeError(f"{label}: a worker process died (out of memory?) with {left} of {len(items)} field(s) "
                            f"not done; run with fewer threads (--set-threads) or more memory") from None
+    except BaseException:
+        # interrupted (Ctrl-C, a signal's exception): the workers stop with the job, none is left behind
+        pool.shutdown(wait=False, cancel_futures=True)
+        stray = set(multiprocessing.active_children()) - before
+        for child in stray:
+            child.kill()
+        for child in stray:
+            child.join(5)
+        raise
     finally:
+        pool.shutdown(wait=True)
         _TASK = None
     return results

@@ -1,0 +1,93 @@
+"""core.fields.map_fields: the fields of a batch side by side in forked workers, as the stages' jobs run them."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from snakescope.core.fields import map_fields, workers_for
+
+
+def _square_and_pid(value: int) -> tuple[int, int]:
+    return value * value, os.getpid()
+
+
+def test_results_come_back_in_order_from_other_processes():
+    results = map_fields(_square_and_pid, list(range(12)), workers=2)
+    assert [value for value, _ in results] == [i * i for i in range(12)]
+    assert {pid for _, pid in results} - {os.getpid()}, "no field ran in a worker"
+
+
+def test_one_worker_runs_here():
+    results = map_fields(_square_and_pid, [1, 2, 3], workers=1)
+    assert [value for value, _ in results] == [1, 4, 9]
+    assert {pid for _, pid in results} == {os.getpid()}
+
+
+def test_workers_never_exceed_fields_or_fall_below_one():
+    assert workers_for(8, 3) == 3
+    assert workers_for(None, 5) == 1
+    assert workers_for(0, 5) == 1
+
+
+def _die_on_three(value: int) -> int:
+    if value == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    return value
+
+
+def test_a_dead_worker_stops_the_job_with_a_message():
+    with pytest.raises(RuntimeError, match=r"a worker process died .* of 6 field\(s\) not done"):
+        map_fields(_die_on_three, list(range(6)), workers=2, label="postprocess")
+
+
+def _dask_sum(value: int) -> float:
+    import dask.array as da
+
+    return float(da.full((64, 64), value, chunks=16).sum().compute())
+
+
+def _timed_out(signum, frame):
+    raise TimeoutError("map_fields hung")
+
+
+def test_dask_after_the_parent_used_its_thread_pool():
+    """The readers compute dask arrays; the parent's dask thread pool has no threads in a forked worker."""
+    import dask.array as da
+
+    assert float(da.ones((64, 64), chunks=16).sum().compute(scheduler="threads")) == 4096.0
+    previous = signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(30)
+    try:
+        results = map_fields(_dask_sum, [1, 2, 3], workers=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert results == [4096.0 * v for v in (1, 2, 3)]
+    assert np.isclose(sum(results), 4096.0 * 6)
+
+
+def _sleep(value: int) -> int:
+    import time
+
+    time.sleep(600)
+    return value
+
+
+def test_an_interrupted_job_leaves_no_worker_behind():
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    previous = signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(2)
+    try:
+        with pytest.raises(TimeoutError):
+            map_fields(_sleep, [1, 2, 3], workers=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    left = [child.pid for child in multiprocessing.active_children() if child not in before]
+    assert left == [], f"workers still running: {left}"
