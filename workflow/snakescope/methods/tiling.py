@@ -161,9 +161,10 @@ def agrees(figures: dict[str, float]) -> bool:
             and figures["foreground_agreement"] >= TOLERANCE["foreground_agreement"])
 
 
-def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..., Any], tile_px: int) -> dict[str, Any]:
+def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..., Any],
+                   tile_px: int | None) -> dict[str, Any]:
     """Find the step at which tiles up to ``tile_px`` (and small fields' own tiles) reproduce the model's own tiles
-    on its test input.
+    on its test input. ``tile_px`` None (automatic tiles): sizes up to twice the model's tile are validated.
 
     ``predictor(settings, tile_rule=None)`` loads the model (inference's ``Predictor``): passed in, so this check
     stays below the inference stage that calls it.
@@ -175,6 +176,7 @@ def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..
     own = predictor(replace(settings, tile_px="model"))
     fixed = own.size_rules.get("y", (1, 1))[0]
     halo = own.halo.get("y", 0)
+    tile_px = tile_px or 2 * max(fixed, 64) + 2 * halo
     whole = validation_image(test_input, fixed, halo, tile_px)
     tried: list[dict[str, Any]] = []
     for step in (s for s in STEP_CANDIDATES if (2 * halo) % s == 0):  # the field plus its halo stays a valid size
@@ -204,9 +206,9 @@ def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..
                     "image_shape": list(image.shape[-2:]), **figures,
                     "small_field": {"image_shape": list(small.shape[-2:]) if small is not None else None,
                                     **(small_figures or {}), "own_size": minimum == step},
-                    "tolerance": TOLERANCE, "tried": tried}
+                    "halo": halo, "tolerance": TOLERANCE, "tried": tried}
     own.close()
-    return {"status": "failed", "image_shape": list(whole.shape[-2:]), "tolerance": TOLERANCE, "tried": tried}
+    return {"status": "failed", "image_shape": list(whole.shape[-2:]), "halo": halo, "tolerance": TOLERANCE, "tried": tried}
 
 
 def mirrored(image: np.ndarray, side: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -107,10 +107,8 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
         raise ModelError(f"config key model.tile_px: {reason}")
     data = get_test_inputs(descr).members[descr.inputs[0].id].data
     test_input = np.asarray(data.transpose(*[d for d in ("batch", "channel", "y", "x") if d in data.dims]).values)[0]
-    fixed = {str(a.id): axis_size_rule(a) for a in descr.inputs[0].axes}.get("y", (512, 0))[0]
-    halo = max((int(getattr(a, "halo", 0) or 0) for a in descr.outputs[0].axes), default=0)
-    validation_px = request if isinstance(request, int) else 2 * max(fixed, 64) + 2 * halo
-    result = {"request": request, **validate_tiles(settings, test_input.astype(np.float32), Predictor, validation_px)}
+    result = {"request": request, **validate_tiles(settings, test_input.astype(np.float32), Predictor,
+                                                   request if isinstance(request, int) else None)}
     if result["status"] != "passed":
         tried = "; ".join(f"step {t['step']}: " + (t["error"] if "error" in t else f"mean difference {t['mean_abs_difference']}, "
                                                     f"foreground agreement {t['foreground_agreement']}") for t in result["tried"])
@@ -119,7 +117,8 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
                                         "its own tiles are used", "cached": False}
         raise ModelError(f"config key model.tile_px={settings.tile_px}: {descr.name} does not give the same probabilities with "
                          f"tiles larger than its own on its test input ({tried}); remove model.tile_px for this model")
-    measured = tile_memory_per_pixel(settings, result["rule"], test_input.shape[0], result["image_shape"], halo)
+    measured = tile_memory_per_pixel(settings, result["rule"], test_input.shape[0], result["image_shape"],
+                                     result["halo"])
     result["bytes_per_tile_pixel"] = measured or DEFAULT_BYTES_PER_PIXEL
     result["bytes_measured"] = measured is not None
     if request == "auto":
@@ -326,15 +325,16 @@ class Predictor:
             raise ValueError(f"expected a CYX image, got shape {image.shape}")
         # with larger tiles, bioimageio.core's own halo padding is the only border context (no second margin)
         padding = plan_padding(image.shape[-2:], self.size_rules, self.halo if self.tile_rule is None else {})
-        padded = pad_image(image.astype(np.float32), padding)
+        image = image.astype(np.float32, copy=False)
+        padded = pad_image(image, padding)
         tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
         pipeline, stats = self.pipeline, dict(self.fixed_stats)
         missing = [m for m in self.image_measures or () if m not in stats]
         if missing:  # the model's per-image measures in numpy, given to bioimageio.core as fixed (see image_measures),
             # over the image as the model's own tiles see it (mirrored out by the halo, up to the model's size), so
             # other tiles normalise a field exactly as the model's own do
-            own = padded if self.tile_rule is None else pad_image(image.astype(np.float32),
-                                                                  plan_padding(image.shape[-2:], self.own_size_rules, self.halo))
+            own = padded if self.tile_rule is None else pad_image(image, plan_padding(image.shape[-2:], self.own_size_rules,
+                                                                                       self.halo))
             stats.update(image_statistics(own, missing))
             pipeline = self.with_statistics(stats).pipeline
         sample = Sample(members={self.input_id: tensor}, stat=stats, id=sample_id)
@@ -375,16 +375,29 @@ def image_measures(descr: Any) -> list[Any] | None:
 
 def image_statistics(padded: np.ndarray, measures: list[Any]) -> dict[Any, Any]:
     """:func:`image_measures`' values for one padded CYX image, per channel, as bioimageio.core's tensors."""
-    from bioimageio.core import Tensor
-    from bioimageio.core.stat_measures import SampleMean, SampleVar
-
     mean = padded.mean(axis=(1, 2), dtype=np.float64)
     variance = np.array([np.mean(np.square(c - np.float32(m), dtype=np.float64)) for c, m in zip(padded, mean)])
+    return measure_tensors(measures, mean=mean, variance=variance)
+
+
+def measure_tensors(measures: Iterable[Any], *, mean: np.ndarray, variance: np.ndarray,
+                    quantile: Callable[[float], np.ndarray] | None = None) -> dict[Any, Any]:
+    """Per-channel sample measures (mean, variance, SD, quantile at q) as the tensors bioimageio.core takes as fixed."""
+    from bioimageio.core import Tensor
+    from bioimageio.core.stat_measures import SampleMean, SampleStd, SampleVar
 
     def value(m: Any) -> np.ndarray:
-        return mean if isinstance(m, SampleMean) else variance if isinstance(m, SampleVar) else np.sqrt(variance)
+        if isinstance(m, SampleMean):
+            return mean
+        if isinstance(m, SampleVar):
+            return variance
+        if isinstance(m, SampleStd):
+            return np.sqrt(variance)
+        if quantile is None:
+            raise ValueError(f"no value for the measure {m!r}")
+        return quantile(m.q)
 
-    return {m: Tensor(value(m).astype(np.float32)[None], dims=("batch", "channel")) for m in measures}
+    return {m: Tensor(np.asarray(value(m)).astype(np.float32)[None], dims=("batch", "channel")) for m in measures}
 
 
 def pooled_pixels(import_manifests: list[str | Path], channels: tuple[str | int, ...], per_unit: int = 20_000,
@@ -484,7 +497,6 @@ def field_statistics(descr: Any, reader: Any, channels: list[int], blocks: list[
     """The model's per-sample normalisation measures over a whole large field, from its blocks' own pixels: mean,
     variance and SD exactly (two passes), quantiles from per-channel histograms (exact for integer images).
     Measures over other axes than y and x are not pooled: they raise (the field cannot be predicted by blocks)."""
-    from bioimageio.core import Tensor
     from bioimageio.core.proc_setup import get_requried_measures
     from bioimageio.core.stat_measures import SampleMean, SampleQuantile, SampleStd, SampleVar
 
@@ -515,16 +527,8 @@ def field_statistics(descr: Any, reader: Any, channels: list[int], blocks: list[
             for histogram, c in zip(histograms, channels):
                 histogram.add(reader.read(c, block.core))
 
-    def value(m: Any) -> np.ndarray:
-        if isinstance(m, SampleMean):
-            return mean
-        if isinstance(m, SampleVar):
-            return variance
-        if isinstance(m, SampleStd):
-            return np.sqrt(variance)
-        return np.array([h.percentile(100 * m.q, np.float32) for h in histograms])
-
-    return {m: Tensor(value(m).astype(np.float32)[None], dims=("batch", "channel")) for m in measures}
+    return measure_tensors(measures, mean=mean, variance=variance,
+                           quantile=lambda q: np.array([h.percentile(100 * q, np.float32) for h in histograms]))
 
 
 def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSettings, predictor: Predictor | None,
