@@ -1,8 +1,8 @@
 """Each per-batch stage's wall time on a batch of 1024² fields with the job given 1 core and 2 cores.
 
-    python bench/stage_cores.py [--fields 8] [--size 1024] [--rounds 2]
+    python bench/stage_cores.py [--fields 50] [--size 1024] [--rounds 2]
 
-The batch: --fields OME-TIFFs of real BBBC039 nuclei tiled to --size² (bench/large_image.py's mosaic, each
+The batch: --fields (default: a batch at the workflow's default ``batch_size``) OME-TIFFs of real BBBC039 nuclei tiled to --size² (bench/large_image.py's mosaic, each
 with its own seed), 0.645 µm pixels. Each stage's function runs as its rule's job calls it (the job's
 ``threads`` as its ``workers``/``threads``), in this process, on the outputs of the stages before it:
 import, quality metrics, inference (the real U-Net at its defaults, model check done once beforehand),
@@ -75,7 +75,7 @@ def stages(work: Path, sources: list[Path]) -> dict[str, Callable[[int, Path], o
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fields", type=int, default=8)
+    parser.add_argument("--fields", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
