@@ -246,8 +246,6 @@ def _warm_up_postprocess(settings: Any) -> None:
 
     import numpy as np
 
-    
-
     with tempfile.TemporaryDirectory(prefix="snakescope-warm-up-") as tmp:
         image = np.zeros((64, 64), np.uint16)
         image[20:40, 20:40] = 100
