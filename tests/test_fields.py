@@ -91,3 +91,13 @@ def test_an_interrupted_job_leaves_no_worker_behind():
         signal.signal(signal.SIGALRM, previous)
     left = [child.pid for child in multiprocessing.active_children() if child not in before]
     assert left == [], f"workers still running: {left}"
+
+
+def test_outcomes_split_into_results_by_unit_and_failures_in_order():
+    from snakescope.core.fields import by_unit
+
+    units = [{"unit_id": "a"}, {"unit_id": "b"}, {"unit_id": "c"}]
+    outcomes = [({"n": 1}, None), (None, {"unit_id": "b", "reason": "broken"}), ({"n": 3}, None)]
+    results, failures = by_unit(units, outcomes)
+    assert results == {"a": {"n": 1}, "c": {"n": 3}}
+    assert failures == [{"unit_id": "b", "reason": "broken"}]

@@ -85,3 +85,15 @@ def map_fields(function: Callable[[Item], Result], items: Sequence[Item], *, wor
         pool.shutdown(wait=True)
         _TASK = None
     return results
+
+
+def by_unit(units: Sequence[dict[str, Any]], outcomes: Sequence[tuple[Any, Any]]) -> tuple[dict[str, Any], list[Any]]:
+    """Each unit's ``(result, failure)`` split into the results by ``unit_id`` and the failures, in the units' order."""
+    results: dict[str, Any] = {}
+    failures: list[Any] = []
+    for unit, (result, failure) in zip(units, outcomes):
+        if failure:
+            failures.append(failure)
+        else:
+            results[unit["unit_id"]] = result
+    return results, failures

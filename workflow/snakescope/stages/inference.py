@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..core.fields import by_unit
 from ..core.channels import channel_indices, check_model_channels, model_channels
 from ..core.settings import ModelSettings
 from ..core.records import Failure, read_json, write_json
@@ -564,19 +565,13 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     doc = read_json(import_manifest)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    predictions: dict[str, Any] = {}
-    failures: list[dict[str, Any]] = []
     started = time.time()
     pooled = np.load(dataset_pixels) if dataset_pixels else None
     predictor = batch_predictor(settings, check, pooled, threads) if doc["units"] else None
     load_seconds = time.time() - started
-    for i, unit in enumerate(doc["units"], start=1):
-        record, failure = predict_one(predictor, unit, out, f"[inference {doc['batch']}]",  # type: ignore[arg-type]
-                                       f"{i}/{len(doc['units'])}")
-        if failure:
-            failures.append(failure)
-        else:
-            predictions[unit["unit_id"]] = record
+    predictions, failures = by_unit(doc["units"], [
+        predict_one(predictor, unit, out, f"[inference {doc['batch']}]", f"{i}/{len(doc['units'])}")  # type: ignore[arg-type]
+        for i, unit in enumerate(doc["units"], start=1)])
     if predictor is not None:
         predictor.close()
     result = inference_manifest(doc["batch"], check, settings, predictor, dataset_pixels, load_seconds, predictions, failures)

@@ -395,18 +395,11 @@ def quality_one(unit: dict[str, Any], label: str) -> tuple[dict[str, Any] | None
 def quality_batch(import_manifest: str | Path, out_path: str | Path, workers: int = 1) -> dict[str, Any]:
     """Metrics for every unit of an imported batch, ``workers`` fields at a time; a unit that fails is recorded,
     the rest continue."""
-    from ..core.fields import map_fields
+    from ..core.fields import by_unit, map_fields
 
     doc = read_json(import_manifest)
-    results: dict[str, Any] = {}
-    failures: list[dict[str, Any]] = []
-    measured = map_fields(lambda unit: quality_one(unit, doc["batch"]), doc["units"], workers=workers,
-                          label=f"quality {doc['batch']}")
-    for unit, (metrics, failure) in zip(doc["units"], measured):
-        if failure:
-            failures.append(failure)
-        else:
-            results[unit["unit_id"]] = metrics
+    results, failures = by_unit(doc["units"], map_fields(lambda unit: quality_one(unit, doc["batch"]), doc["units"],
+                                                         workers=workers, label=f"quality {doc['batch']}"))
     out = {"batch": doc["batch"], "metrics": results, "failures": failures}
     write_json(out_path, out)
     return out

@@ -73,7 +73,7 @@ def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any
     from ...core.images import read_unit
     from ...core.blocks import is_large
     from ...core.channels import select_channels
-    from ...core.fields import map_fields
+    from ...core.fields import by_unit, map_fields
     from ...core.rendering import scale_bar_um
     from ...core.channels import model_channel_name
 
@@ -101,14 +101,8 @@ def gallery_batch(import_manifest: str | Path, final_segmentation: dict[str, Any
             return None, {"stage": "gallery", "source_path": unit["source_path"], "sample_id": unit["sample_id"],
                           "unit_id": uid, "reason": f"{type(exc).__name__}: {exc}"}
 
-    images: dict[str, Any] = {}
-    failures: list[dict[str, str]] = []
-    rendered = map_fields(one, imported["units"], workers=workers, label=f"gallery {imported['batch']}")
-    for unit, (panels, failure) in zip(imported["units"], rendered):
-        if failure:
-            failures.append(failure)
-        else:
-            images[unit["unit_id"]] = panels
+    images, failures = by_unit(imported["units"], map_fields(one, imported["units"], workers=workers,
+                                                             label=f"gallery {imported['batch']}"))
     doc = {"batch": imported["batch"], "images": images, "failures": failures}
     write_json(out_json, doc)
     size = sum(len(v["thumbnail"]) + len(v["detail"]) for v in images.values())
