@@ -20,10 +20,12 @@ demo: $(BIN)/.installed demo/samples.tsv
 test: lint
 	$(BIN)/python -m pytest -ra
 
-# The Snakemake workflow catalog's checks (`snakemake -d .test --lint` on the committed test data, snakefmt) and the package's layering (import-linter's
+# The Snakemake workflow catalog's checks (`snakemake --lint` at the root, as its generator runs it, and on the
+# committed test data with `-d .test`; snakefmt) and the package's layering (import-linter's
 # contracts in pyproject.toml: no cycles, no import upwards, no stage importing another).
 lint: $(BIN)/.installed
 	$(BIN)/snakemake -d .test --lint
+	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/lint-imports
 

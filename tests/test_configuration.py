@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -226,3 +227,16 @@ def test_every_rule_environment_pins_what_constraints_txt_pins():
             expected = pins[name][1]
             assert version.startswith(expected) or expected.startswith(version), \
                 f"{path.name}: {name} {version} but constraints.txt says {''.join(pins[name])}"
+
+
+def test_linting_a_bare_clone_reads_the_rules_with_the_test_configuration():
+    import yaml
+
+    from snakescope.core.configuration import fill_for_lint
+
+    template = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert fill_for_lint(template, ROOT / ".test") == ["dataset", "model.source", "samples"]
+    assert unset_required(template) == []
+    assert Path(template["samples"]).is_file() and Path(template["model"]["source"]).is_file()
+    mine = {"dataset": "screen", "model": {"source": "zoo-id"}, "inputs": ["raw/*.tif"]}
+    assert fill_for_lint(mine, ROOT / ".test") == [] and mine["dataset"] == "screen" and "samples" not in mine
