@@ -57,7 +57,7 @@ def test_dry_run_lists_the_expected_jobs(workdir):
     # 14 demo files + 1 corrupt = 15 files, 6 per batch -> 3 batches
     per_batch = {"import_batch": 3, "quality_metrics": 3, "infer": 3, "postprocess": 3, "review": 3, "refinement": 3, "gallery": 3}
     assert planned_jobs(result.stdout) == {**per_batch, "check_model": 1, "pipeline_info": 1, "quality_reference": 1, "tables": 1, "plots": 1,
-                                           "run_summary": 1, "report": 1, "ome_zarr": 1, "all": 1}
+                                           "run_summary": 1, "report": 1, "ome_zarr": 1, "ro_crate": 1, "all": 1}
 
 
 def test_counts_match_truth_and_degraded_images_are_flagged(completed_run, demo_dir):
@@ -138,7 +138,7 @@ def test_changing_a_postprocess_parameter_reruns_only_downstream(completed_run, 
     result = snakemake(workdir, "-n", configfile=workdir / "config-changed.yaml")
     jobs = planned_jobs(result.stdout)
     assert jobs == {"postprocess": 3, "review": 3, "refinement": 3, "gallery": 3, "tables": 1, "plots": 1, "run_summary": 1,
-                    "report": 1, "ome_zarr": 1, "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
+                    "report": 1, "ome_zarr": 1, "ro_crate": 1, "pipeline_info": 1, "all": 1}, result.stdout[-2000:]
 
 
 def test_bad_config_key_and_missing_file_give_one_clear_message(workdir, demo_dir, tmp_path):
@@ -160,7 +160,7 @@ def test_report_settings_rerun_only_the_report_steps_they_touch(completed_run, w
 
     (workdir / "changed").mkdir(exist_ok=True)
     shutil.copy(workdir / "samples.tsv", workdir / "changed" / "samples.tsv")
-    run_level = {"pipeline_info": 1, "all": 1}
+    run_level = {"pipeline_info": 1, "ro_crate": 1, "all": 1}  # the crate lists the report and tables
     assert plan(page_size=25) == {"report": 1, **run_level}
     assert plan(thumbnail_px=96) == {"gallery": 3, "report": 1, **run_level}
     assert plan(well_column="position") == {"tables": 1, "plots": 1, "run_summary": 1, "report": 1, **run_level}
@@ -374,7 +374,7 @@ def test_a_correction_made_in_the_page_changes_verdicts_statistics_and_actions_o
     corrected = workdir / "config-corrected.yaml"
     corrected.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=corrected).stdout)
-    assert jobs == {"tables": 1, "plots": 1, "run_summary": 1, "report": 1, "pipeline_info": 1, "all": 1}, jobs
+    assert jobs == {"tables": 1, "plots": 1, "run_summary": 1, "report": 1, "ro_crate": 1, "pipeline_info": 1, "all": 1}, jobs
     result = snakemake(workdir, configfile=corrected)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -415,6 +415,31 @@ def test_the_catalog_test_config_runs_on_its_committed_data_and_draws_the_rule_g
     verdicts = {line.split(",")[0]: line for line in units[1:]}
     assert ",fail," in verdicts["empty_01"] and ",pass," in verdicts["ctrl_01"]
     check_ome_zarr_plate(tmp_path / "test" / "ome_zarr" / "test.ome.zarr", {"A/1": "ctrl_01", "A/5": "treated_01"})
+    check_ro_crate(tmp_path / "test", sources=4)
+
+
+def check_ro_crate(results, sources):
+    """The run's Workflow Run RO-Crate as the rocrate package reads it back: the workflow ran (CreateAction) on every
+    source file, named by URI with its SHA-256, and the model; its results are files of the crate, there on disk."""
+    from urllib.parse import unquote, urlparse
+
+    from rocrate.rocrate import ROCrate
+
+    crate = ROCrate(results)
+    workflow = crate.mainEntity
+    assert "ComputationalWorkflow" in workflow.type and workflow["programmingLanguage"]["name"] == "Snakemake"
+    conforms = {c["@id"] if isinstance(c, dict) else c.id for c in crate.root_dataset["conformsTo"]}
+    assert {"https://w3id.org/ro/wfrun/workflow/0.5", "https://w3id.org/ro/wfrun/process/0.5"} <= conforms
+    (action,) = crate.get_by_type("CreateAction")
+    assert action["instrument"] is workflow or action["instrument"].id == workflow.id
+    read = [e for e in action["object"] if e.id.startswith("file:") and e.get("sha256") and "alternateName" in e.properties()]
+    assert len(read) == sources
+    for entity in read:
+        assert sha256_file(unquote(urlparse(entity.id).path)) == entity["sha256"]
+    assert any("bioimage.io model" in (e.get("description") or "") for e in action["object"])
+    written = {e.id for e in action["result"]}
+    assert {"report/report.html", "tables/units.csv", "tables/acquisition_actions.json", "ome_zarr/"} <= written
+    assert all((results / path).exists() for path in written)
 
 
 def check_ome_zarr_plate(store, fields):

@@ -106,7 +106,7 @@ def test_rerun_reviews_with_every_answer_cached_contact_no_server(llm_run, serve
 
 def test_editing_the_prompt_or_model_reruns_exactly_the_reviews_and_what_follows(llm_run, server, demo_dir):
     downstream = {"review": 2, "refinement": 2, "gallery": 2, "tables": 1, "plots": 1, "run_summary": 1, "report": 1,
-                  "ome_zarr": 1, "all": 1}
+                  "ome_zarr": 1, "ro_crate": 1, "all": 1}
     prompt = llm_run / "review_prompt.txt"
     time.sleep(1)
     prompt.write_text(prompt.read_text().replace("expert microscopist", "careful microscopist"))

@@ -199,3 +199,25 @@ rule ome_zarr:
         dataset=config["dataset"],
     script:
         "../scripts/stage.py"
+
+
+rule ro_crate:
+    input:
+        imported=every_batch("imported"),
+        report=R / "report/report.html",
+        tables=rules.tables.output,
+        run_summary=R / "tables/run_summary.json",
+        params=R / "pipeline_info/params.json",
+        versions=R / "pipeline_info/software_versions.json",
+        model_check=R / "models/model_check.json",
+        ome_zarr=[R / "ome_zarr"] if config["report"]["ome_zarr"] else [],
+    output:
+        ro_crate=R / "ro-crate-metadata.json",
+    log:
+        R / "logs/ro_crate.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        dataset=config["dataset"],
+    script:
+        "../scripts/stage.py"

@@ -59,6 +59,7 @@ STAGES = {
         Stage("run_summary", "report", "report.summary:run_summary"),
         Stage("report", "report", "report.page:run_report"),
         Stage("ome_zarr", "report", "report.ome_zarr:run_ome_zarr"),
+        Stage("ro_crate", "report", "report.ro_crate:run_ro_crate"),
     )
 }
 
