@@ -70,27 +70,42 @@ def test_dask_after_the_parent_used_its_thread_pool():
     assert np.isclose(sum(results), 4096.0 * 6)
 
 
-def _sleep(value: int) -> int:
+def _sleep(item: tuple[str, int]) -> int:
     import time
 
+    folder, value = item
+    with open(os.path.join(folder, f"{os.getpid()}.pid"), "w"):
+        pass
     time.sleep(600)
     return value
 
 
-def test_an_interrupted_job_leaves_no_worker_behind():
-    import multiprocessing
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a dead child not yet reaped holds nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
-    before = set(multiprocessing.active_children())
+
+def test_an_interrupted_job_leaves_no_worker_behind(tmp_path):
+    import time
+
     previous = signal.signal(signal.SIGALRM, _timed_out)
-    signal.alarm(2)
+    signal.alarm(3)
     try:
         with pytest.raises(TimeoutError):
-            map_fields(_sleep, [1, 2, 3], workers=2)
+            map_fields(_sleep, [(str(tmp_path), v) for v in (1, 2, 3)], workers=2)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    left = [child.pid for child in multiprocessing.active_children() if child not in before]
-    assert left == [], f"workers still running: {left}"
+    workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(workers) == 2, "the workers did not start"
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _running(pid)], "workers still running after the job was interrupted"
 
 
 def test_outcomes_split_into_results_by_unit_and_failures_in_order():
