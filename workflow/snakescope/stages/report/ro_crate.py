@@ -10,7 +10,6 @@ stay where they are and are named by their ``file://`` URI; nothing is copied.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.layout import manifest
-from ...core.records import read_json
+from ...core.records import read_json, write_json
 
 PROFILES = {  # and Workflow RO-Crate 1.1, which the rocrate package declares itself
     "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
@@ -115,9 +114,7 @@ def write_crate(*, root: str | Path, dataset: str, imported: list[str], results:
     })
     crate.root_dataset["mentions"] = [action]
     metadata = crate.metadata.generate()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+    write_json(out, metadata)
     return metadata
 
 
