@@ -221,8 +221,12 @@ def pad_image(image: np.ndarray, padding: Padding) -> np.ndarray:
     ``np.pad`` reflects repeatedly, so images far smaller than the model's tile work too; a 1-pixel
     axis (nothing to reflect) is repeated.
     """
-    mode = "reflect" if min(image.shape[-2:]) > 1 else "edge"
-    return np.pad(image, ((0, 0), padding.y, padding.x), mode=mode)
+    return np.pad(image, ((0, 0), padding.y, padding.x), mode=mirror_mode(image.shape))
+
+
+def mirror_mode(shape: tuple[int, ...]) -> str:
+    """:func:`pad_image`'s ``np.pad`` mode for an image of ``shape``."""
+    return "reflect" if min(shape[-2:]) > 1 else "edge"
 
 
 def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, free_size: bool = False) -> Any:
@@ -277,7 +281,7 @@ class Predictor:
     """
 
     def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None, threads: int | None = None,
-                 tile_rule: Any = None) -> None:
+                 tile_rule: Any = None, numpy_processing: bool = True) -> None:
         from bioimageio.core import create_prediction_pipeline
 
         self.settings = settings
@@ -302,6 +306,42 @@ class Predictor:
             self.size_rules = {axis: (tile_rule.minimum, tile_rule.step) for axis in self.size_rules}
         self.halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in self.descr.outputs[0].axes if str(a.id) in ("y", "x")}
         self.image_measures = image_measures(self.descr)
+        self.twins = self._elementwise_twins() if numpy_processing else None
+
+    def _elementwise_twins(self) -> tuple[Any, Any] | None:
+        """The model's pre- and post-processing in numpy (:mod:`..methods.elementwise`), when every operator has a
+        twin there that gives bioimageio.core's result exactly on a probe field and its statistics; else None, and
+        bioimageio.core applies them."""
+        from ..methods.elementwise import agrees, twin
+
+        def sizes(axes: Any, edge: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+            dims = tuple(str(a.id) for a in axes)
+            return dims, tuple(edge if d in ("y", "x") else len(getattr(a, "channel_names", ())) or 1
+                               for d, a in zip(dims, axes))
+
+        try:
+            rng = np.random.default_rng(0)
+            in_dims, in_shape = sizes(self.descr.inputs[0].axes, 48)
+            if in_dims != ("batch", "channel", "y", "x"):  # what predict() builds its tensor with
+                return None
+            probe = (rng.random(in_shape) * 1000).astype(np.float32)
+            stats = {**self.fixed_stats, **image_statistics(probe[0], self.image_measures or [])}
+            if getattr(self.pipeline.pad_mode.get(self.input_id), "mode", None) not in ("symmetric", "reflect", "edge"):
+                return None  # padding with a constant before the preprocessing is not padding after it
+            pipeline = self.with_statistics(stats).pipeline  # the operators predict() runs, measures given
+            pre = [*pipeline._samplewise_preprocessing, *pipeline._blockwise_preprocessing]
+            post = [*pipeline._blockwise_postprocessing, *pipeline._samplewise_postprocessing]
+            before, after = twin(pre, member=str(self.input_id)), twin(post, member=str(self.output_id))
+            if before is None or after is None:
+                return None
+            out_dims, out_shape = sizes(self.descr.outputs[0].axes, 48)
+            logits = (rng.standard_normal(out_shape) * 8).astype(np.float32)
+            if agrees(before, pre, member=str(self.input_id), probe=probe, dims=in_dims, stat=stats) and \
+                    agrees(after, post, member=str(self.output_id), probe=logits, dims=out_dims, stat=stats):
+                return before, after
+        except Exception:  # noqa: BLE001 - an operator this check cannot probe: bioimageio.core applies them
+            return None
+        return None
 
     def with_statistics(self, stats: dict[Any, Any]) -> "Predictor":
         """This predictor (the same loaded weights) normalising every image with ``stats`` instead of its own
@@ -328,28 +368,40 @@ class Predictor:
         padding = plan_padding(image.shape[-2:], self.size_rules, self.halo if self.tile_rule is None else {})
         image = image.astype(np.float32, copy=False)
         padded = pad_image(image, padding)
-        tensor = Tensor(padded[None], dims=("batch", "channel", "y", "x"))
+        dims = ("batch", "channel", "y", "x")
         pipeline, stats = self.pipeline, dict(self.fixed_stats)
         missing = [m for m in self.image_measures or () if m not in stats]
         if missing:  # the model's per-image measures in numpy, given to bioimageio.core as fixed (see image_measures),
             # over the image as the model's own tiles see it (mirrored out by the halo, up to the model's size), so
             # other tiles normalise a field exactly as the model's own do
-            own = padded if self.tile_rule is None else pad_image(image, plan_padding(image.shape[-2:], self.own_size_rules,
-                                                                                       self.halo))
-            stats.update(image_statistics(own, missing))
-            pipeline = self.with_statistics(stats).pipeline
+            own = padding if self.tile_rule is None else plan_padding(image.shape[-2:], self.own_size_rules, self.halo)
+            stats.update(image_statistics(image, missing, own))
+            if self.twins is None:
+                pipeline = self.with_statistics(stats).pipeline
+        skip = {}
+        if self.twins is not None:  # the element-wise processing in numpy: the pipeline only pads, runs and crops
+            padded, skip = self.twins[0](padded[None], dims, stats)[0], {"skip_preprocessing": True, "skip_postprocessing": True}
+        tensor = Tensor(padded[None], dims=dims)
         sample = Sample(members={self.input_id: tensor}, stat=stats, id=sample_id)
         if self.tile_rule is None:  # bioimageio.core's default blocks, no larger than the padded image (a small field)
             block = {"batch": 1, "channel": padded.shape[0],
                      **{axis: min(padded.shape[i], self.default_block.get(axis, padded.shape[i])) for i, axis in ((1, "y"), (2, "x"))}}
-            result = pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block})
+            result = pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block}, **skip)
         elif all(self.tile_rule.fits(padded.shape[i] + 2 * self.halo.get(axis, 0)) for i, axis in ((1, "y"), (2, "x"))):
-            result = pipeline.predict_sample_without_blocking(sample)  # the whole field (plus halo) in one tile
+            if skip:  # the halo mirrored in numpy too (the pipeline's own mode, copying pixels: see _elementwise_twins)
+                halo = self.pipeline._default_input_halo.get(self.input_id, {})
+                widths = [(halo[a].left, halo[a].right) if a in halo else (0, 0) for a in dims]
+                mode = self.pipeline.pad_mode[self.input_id].mode
+                sample.members[self.input_id] = Tensor(np.pad(padded[None], widths, mode=mode), dims=dims)
+                skip["skip_input_padding"] = True
+            result = pipeline.predict_sample_without_blocking(sample, **skip)  # the whole field (plus halo) in one tile
         else:  # tiles as large as the rule allows; bioimageio.core overlaps them by the halo
             block = {"batch": 1, "channel": padded.shape[0], "y": self.tile_rule.block(padded.shape[1], self.halo.get("y", 0)),
                      "x": self.tile_rule.block(padded.shape[2], self.halo.get("x", 0))}
-            result = pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block})
+            result = pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block}, **skip)
         out = result.members[self.output_id].data
+        if self.twins is not None:
+            out = out.copy(data=self.twins[1](np.asarray(out.values), tuple(map(str, out.dims)), stats))
         out = out.transpose(*[d for d in ("batch", "channel", "z", "y", "x") if d in out.dims])
         values = np.asarray(out.values)
         values = values.reshape(-1, *values.shape[-2:]) if values.ndim > 3 else values[0]
@@ -374,10 +426,18 @@ def image_measures(descr: Any) -> list[Any] | None:
     return measures
 
 
-def image_statistics(padded: np.ndarray, measures: list[Any]) -> dict[Any, Any]:
-    """:func:`image_measures`' values for one padded CYX image, per channel, as bioimageio.core's tensors."""
-    mean = padded.mean(axis=(1, 2), dtype=np.float64)
-    variance = np.array([np.mean(np.square(c - np.float32(m), dtype=np.float64)) for c, m in zip(padded, mean)])
+def image_statistics(image: np.ndarray, measures: list[Any], padding: Padding | None = None) -> dict[Any, Any]:
+    """:func:`image_measures`' values for one CYX image as :func:`pad_image` pads it with ``padding``, per channel, as
+    bioimageio.core's tensors. The padded image is not made: mirroring repeats pixels, so each pixel is weighted by
+    how often its row and its column occur in the padded one (the same sums; a fraction of the memory and time)."""
+    h, w = image.shape[-2:]
+    padding = padding or Padding(y=(0, 0), x=(0, 0))
+    mode = mirror_mode(image.shape)
+    rows = np.bincount(np.pad(np.arange(h), padding.y, mode=mode), minlength=h).astype(np.float64)
+    cols = np.bincount(np.pad(np.arange(w), padding.x, mode=mode), minlength=w).astype(np.float64)
+    count = rows.sum() * cols.sum()
+    mean = np.array([rows @ c.astype(np.float64) @ cols for c in image]) / count
+    variance = np.array([rows @ np.square(c - np.float32(m), dtype=np.float64) @ cols for c, m in zip(image, mean)]) / count
     return measure_tensors(measures, mean=mean, variance=variance)
 
 
