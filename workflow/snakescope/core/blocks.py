@@ -94,6 +94,17 @@ class Histogram:
         self.width = 1.0 if integer else max(float(hi) - self.lo, 1e-12) / bins
         self.counts = np.zeros(max(n, 1), np.int64)
 
+    @classmethod
+    def of_integers(cls, values: np.ndarray) -> "Histogram":
+        """The histogram of integer ``values`` of at most 16 bits, one bin per grey level of their dtype, counted
+        without a float copy."""
+        limits = np.iinfo(values.dtype)
+        histogram = cls(float(limits.min), float(limits.max), True)
+        flat = values.ravel()
+        index = flat if limits.min == 0 else flat.astype(np.int32) - limits.min
+        histogram.counts = np.bincount(index, minlength=histogram.counts.size).astype(np.int64)
+        return histogram
+
     def add(self, values: np.ndarray) -> None:
         index = np.asarray(values, np.float64) - self.lo
         index = np.floor(index / self.width).astype(np.int64) if not self.integer else index.astype(np.int64)
@@ -135,9 +146,10 @@ class Histogram:
 
     def median_abs_deviation(self, centre: float) -> float:
         """np.median(np.abs(values - centre))."""
-        distance = np.abs(self.values() - centre)
+        filled = self.counts > 0  # empty bins change no order statistic
+        distance = np.abs(self.values()[filled] - centre)
         order = np.argsort(distance, kind="stable")
-        counts, distance = self.counts[order], distance[order]
+        counts, distance = self.counts[filled][order], distance[order]
         n = self.total
         low = self.order_statistic((n - 1) // 2, distance, counts)
         high = self.order_statistic(n // 2, distance, counts)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..core.blocks import Histogram
 from ..core.settings import PostprocessSettings
 
 
@@ -510,6 +511,12 @@ def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None
     """Background level and noise SD from pixels outside ``foreground`` (robust: median and 1.4826 MAD)."""
     owned = foreground is not None and (~foreground).sum() >= 64
     values = intensity[~foreground] if owned else intensity.ravel()  # boolean indexing copies: ours to reorder
+    if values.size and np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2:
+        # grey levels counted, not sorted: the same order statistics, exactly (core.blocks.Histogram)
+        histogram = Histogram.of_integers(values)
+        level = histogram.median()
+        noise = 1.4826 * histogram.median_abs_deviation(level)
+        return level, max(noise if noise > 0 else float(values.astype(np.float64).std()), 1e-6)
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         values, owned = values[np.isfinite(values)], True
     if values.dtype != np.float64:
@@ -635,11 +642,11 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
                     occupied: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty).
 
-    What ``skimage.measure.regionprops`` gives, made for all objects at once where it can (area, centroid,
-    second moments -> axes and eccentricity, perimeter, mean intensity: sums per label over blocks of rows, so
-    the extra memory follows the block, not the field); the convex hull (solidity) per object, in its bounding
-    box. Equal to regionprops' values (tested)."""
-    from skimage.morphology import convex_hull_image
+    What ``skimage.measure.regionprops`` gives, made for all objects at once (area, centroid, second moments ->
+    axes and eccentricity, perimeter, mean intensity: sums per label over blocks of rows, so the extra memory
+    follows the block, not the field; the convex hull's area for solidity from :mod:`.hull`). Equal to
+    regionprops' values (tested)."""
+    from .hull import convex_areas
 
     pixel = calibrated(pixel_size_um)
     py, px = pixel or (np.nan, np.nan)
@@ -660,13 +667,14 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
     half_sum, root = (mu_rr + mu_cc) / 2, np.sqrt(((mu_rr - mu_cc) / 2) ** 2 + mu_rc**2)
     major, minor = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)  # inertia eigenvalues
     perimeter = perimeters(labels, n)
+    hulls = convex_areas(labels, n)
     rows = []
     for label, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
         area_px = float(area[label])
         perimeter_px = float(perimeter[label])
-        hull = float(np.count_nonzero(convex_hull_image(labels[box] == label)))
+        hull = float(hulls[label])
         minr, minc, maxr, maxc = box[0].start + oy, box[1].start + ox, box[0].stop + oy, box[1].stop + ox
         centroid = (float(cy[label]) + oy, float(cx[label]) + ox)
         axes = (4 * float(np.sqrt(major[label])), 4 * float(np.sqrt(minor[label])))
