@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--fields", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--stages", nargs="+", default=None, help="only these stages (default: all)")
     args = parser.parse_args()
     if not (UNET.is_file() and NUCLEI.is_dir()):
         raise SystemExit(f"needs the real U-Net and nuclei in ../shared ({UNET}, {NUCLEI})")
@@ -95,6 +96,8 @@ def main() -> None:
     print(f"{args.fields} fields of {args.size}² (real BBBC039 nuclei), {args.rounds} rounds, in {work}")
     ratios = {}
     for name, run in runs.items():
+        if args.stages and name not in args.stages:
+            continue
         times: dict[int, list[float]] = {1: [], 2: []}
         for r in range(args.rounds):
             for cores in ((1, 2) if r % 2 == 0 else (2, 1)):

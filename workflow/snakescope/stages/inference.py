@@ -436,8 +436,12 @@ def image_statistics(image: np.ndarray, measures: list[Any], padding: Padding | 
     rows = np.bincount(np.pad(np.arange(h), padding.y, mode=mode), minlength=h).astype(np.float64)
     cols = np.bincount(np.pad(np.arange(w), padding.x, mode=mode), minlength=w).astype(np.float64)
     count = rows.sum() * cols.sum()
-    mean = np.array([rows @ c.astype(np.float64) @ cols for c in image]) / count
-    variance = np.array([rows @ np.square(c - np.float32(m), dtype=np.float64) @ cols for c, m in zip(image, mean)]) / count
+
+    def weighted(values: np.ndarray) -> float:  # reductions, not matrix products: BLAS threads would spin beside the
+        return float(((values * cols).sum(axis=1) * rows).sum())  # model runtime's (measured: 0.14 s a 1024² field)
+
+    mean = np.array([weighted(c.astype(np.float64)) for c in image]) / count
+    variance = np.array([weighted(np.square(c - np.float32(m), dtype=np.float64)) for c, m in zip(image, mean)]) / count
     return measure_tensors(measures, mean=mean, variance=variance)
 
 
