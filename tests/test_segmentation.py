@@ -328,3 +328,31 @@ def test_background_of_integer_pixels_is_counted_to_numpys_median_and_mad():
                         assert background_noise(pixels, foreground) == (level, noise)
                         checked += 1
     assert checked >= 30
+
+
+def test_small_components_are_removed_as_labelling_what_is_left_numbers_the_rest():
+    """split_objects' components: those of at least min_px pixels, numbered as ndi.label numbers the mask after
+    scikit-image's remove_small_objects (real ground-truth nuclei, with pixels knocked out to make small pieces)."""
+    import dataclasses
+
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage.morphology import remove_small_objects
+
+    from conftest import SHARED, needs_shared
+    from snakescope.methods.instances import foreground, split_objects
+
+    folder = SHARED / "data" / "nuclei"
+    needs_shared(folder)
+    settings = dataclasses.replace(PostprocessSettings(), split_touching=False)
+    rng = np.random.default_rng(5)
+    checked = 0
+    for name in ("bbbc039", "dsb2018"):
+        for path in sorted((folder / name / "masks").glob("*.tif"))[:4]:
+            probability = ((tifffile.imread(path) > 0) & (rng.random(tifffile.imread(path).shape) > 0.2)).astype(np.float32)
+            labels, components, min_px, info = split_objects(probability, None, (0.5, 0.5), settings)
+            assert min_px > 1
+            theirs, n = ndi.label(remove_small_objects(foreground(probability, settings), max_size=min_px - 1))
+            assert np.array_equal(components, theirs) and info["removed_small"] > 0
+            checked += 1
+    assert checked == 8

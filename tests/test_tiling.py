@@ -171,3 +171,4 @@ def test_predict_batch_records_the_tiles_it_used(checked, tmp_path):
     result = predict_batch(tmp_path / "import" / "manifest.json", settings, tmp_path / "check.json", tmp_path / "inference")
     assert not result["failures"] and doc["units"]
     assert result["tiles"] == record["tiling"]["rule"]
+    assert result["processing"].startswith("numpy")  # the U-Net's operators all have checked numpy twins

@@ -1,7 +1,7 @@
 """A model's pixel-by-pixel pre- and post-processing, as bioimageio.core declares it, applied to numpy arrays.
 
 bioimageio.core applies each operator of a model's ``preprocessing`` and ``postprocessing`` to xarray tensors; on
-a 256² field those wrappers cost about a seventh of the whole prediction (bench/README, "Inference tiles"). Most
+small fields those wrappers are a noticeable part of the whole prediction (bench/README, "Inference tiles"). Most
 models declare only operators whose value at a pixel depends on that pixel and on given statistics (dtype, a
 linear scale, zero mean and unit variance with the image's or fixed measures, a sigmoid). For such a list,
 :func:`twin` returns the same arithmetic on the numpy array, operator by operator, on the same numpy ufuncs and

@@ -2,8 +2,8 @@
 counts it, for all objects of a label image at once, without drawing a hull.
 
 scikit-image takes the hull of the four edge midpoints of every pixel of one object and tests each pixel centre of the
-object's box against it; called per object on a 1024² field of nuclei that was a sixth of the post-processing
-(bench/README, "Acquisition latency"). The same count, made from sums over all objects:
+object's box against it, one object at a time: on a field of nuclei a large share of the post-processing (bench/README,
+"Acquisition latency"). The same count, made for all objects together:
 
 1. Each object's row ends: the first and last pixel of each of its rows (from the runs of equal labels along rows).
    Their edge midpoints span the object's hull, as all its pixels' midpoints do.

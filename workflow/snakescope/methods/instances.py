@@ -222,8 +222,6 @@ def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_s
     """The first half of :func:`instance_labels`: (objects split at the model's edge, their connected components,
     the smallest object kept in pixels, info). ``pinned``: the field's scale, given (a block of a large field)
     instead of estimated from this array."""
-    from skimage.morphology import remove_small_objects
-
     pixel = calibrated(pixel_size_um)
     probability = np.nan_to_num(np.asarray(probability, np.float32), nan=0.0)
     mask = foreground(probability, settings)
@@ -246,11 +244,16 @@ def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_s
     info["typical_diameter_px"] = round(2 * radius, 2)
     min_px = min_object_px(radius, pixel, settings)
     components, before = ndi.label(mask)
-    mask = remove_small_objects(mask, max_size=min_px - 1) if min_px > 1 else mask
-    if not mask.any():
+    n_components = before
+    if min_px > 1:  # components of fewer pixels removed; the rest numbered 1..n in their order, as labelling what is
+        kept = np.bincount(components.ravel(), minlength=before + 1) >= min_px  # left would number them (tested)
+        kept[0] = False
+        components = (np.cumsum(kept) * kept).astype(components.dtype)[components]
+        mask = components > 0
+        n_components = int(kept.sum())
+    if n_components == 0:
         info["removed_small"] = before
         return empty, empty, min_px, info
-    components, n_components = ndi.label(mask)
     info["removed_small"] = before - n_components
     if not settings.split_touching:
         return components.copy(), components, min_px, info
