@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.blocks import Histogram
+from ..core.orderstats import SortedValues
 from ..core.settings import PostprocessSettings
 
 
@@ -512,8 +513,8 @@ def trim_level(values: np.ndarray, labels: np.ndarray) -> float:
 
 def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None) -> tuple[float, float]:
     """Background level and noise SD from pixels outside ``foreground`` (robust: median and 1.4826 MAD)."""
-    owned = foreground is not None and (~foreground).sum() >= 64
-    values = intensity[~foreground] if owned else intensity.ravel()  # boolean indexing copies: ours to reorder
+    outside = foreground is not None and (~foreground).sum() >= 64
+    values = intensity[~foreground] if outside else intensity.ravel()
     if values.size and np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2:
         # grey levels counted, not sorted: the same order statistics, exactly (core.blocks.Histogram)
         histogram = Histogram.of_integers(values)
@@ -521,15 +522,14 @@ def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None
         noise = 1.4826 * histogram.median_abs_deviation(level)
         return level, max(noise if noise > 0 else float(values.astype(np.float64).std()), 1e-6)
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        values, owned = values[np.isfinite(values)], True
-    if values.dtype != np.float64:
-        values, owned = values.astype(np.float64), True
+        values = values[np.isfinite(values)]
     if values.size == 0:
         return 0.0, 1.0
-    level = float(np.median(values, overwrite_input=owned))  # the order of the values does not matter below
-    noise = 1.4826 * float(np.median(np.abs(values - level), overwrite_input=True))
+    ordered = SortedValues(values)  # one sort for the median and the MAD around it (np.median's values, exactly)
+    level = ordered.median()
+    noise = 1.4826 * ordered.median_abs_deviation(level)
     if noise <= 0:  # integer images with a flat background: fall back to the SD
-        noise = float(values.std())
+        noise = float(values.astype(np.float64, copy=False).std())
     return level, max(noise, 1e-6)
 
 

@@ -16,24 +16,23 @@ from ..core.settings import RELATIVE_CHECKS
 
 
 def robust_background(image: np.ndarray, iterations: int = 5, clip: float = 3.0) -> tuple[float, float]:
-    """Background level and noise (sigma) by iterative sigma clipping of the bright tail."""
-    values = np.asarray(image, np.float64).ravel()  # no copy for a float64 image; the medians below work on copies
+    """Background level and noise (sigma) by iterative sigma clipping of the bright tail: median and 1.4826 MAD of
+    the pixels at most ``clip`` sigmas above the level, repeated. The pixels kept are always the darkest ones, so
+    every step reads its medians from one sort (:class:`..core.orderstats.SortedValues`) instead of partitioning
+    the pixels again."""
+    from ..core.orderstats import SortedValues
 
-    def mad(data: np.ndarray, centre: float) -> float:
-        deviation = data - centre
-        np.abs(deviation, out=deviation)
-        return float(1.4826 * np.median(deviation, overwrite_input=True))
-
-    level = float(np.median(values))
-    sigma = mad(values, level)
+    values = SortedValues(image)
+    level = values.median()
+    sigma = 1.4826 * values.median_abs_deviation(level)
     previous = values.size
     for _ in range(iterations):
-        kept = values[values <= level + clip * max(sigma, 1e-12)]
-        if kept.size < 16 or kept.size == previous:  # the same pixels as before: level and sigma would not change
+        kept = values.count_at_most(level + clip * max(sigma, 1e-12))
+        if kept < 16 or kept == previous:  # the same pixels as before: level and sigma would not change
             break
-        previous = kept.size
-        level = float(np.median(kept, overwrite_input=True))  # kept is a copy: sorting it in place is fine
-        sigma = mad(kept, level)
+        previous = kept
+        level = values.median(kept)
+        sigma = 1.4826 * values.median_abs_deviation(level, kept)
     return level, max(sigma, float(np.finfo(np.float32).eps))
 
 
