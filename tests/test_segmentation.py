@@ -356,3 +356,28 @@ def test_small_components_are_removed_as_labelling_what_is_left_numbers_the_rest
             assert np.array_equal(components, theirs) and info["removed_small"] > 0
             checked += 1
     assert checked == 8
+
+
+def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei():
+    """Watch mode's post-processing hands the outline smoothing and the intensity sums to a second thread; what
+    comes out is what one thread makes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from conftest import SHARED, needs_shared
+
+    folder = SHARED / "data" / "nuclei"
+    needs_shared(folder)
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        for name in ("bbbc039", "dsb2018"):
+            mask_path = sorted((folder / name / "masks").glob("*.tif"))[2]
+            probability = ndi.gaussian_filter((tifffile.imread(mask_path) > 0).astype(np.float32), 2.0)
+            image = tifffile.imread(folder / name / "images" / mask_path.name)
+            image = image[..., 0] if image.ndim == 3 else image
+            alone = segment_unit(probability, image, (0.5, 0.5), PostprocessSettings(), name)
+            helped = segment_unit(probability, image, (0.5, 0.5), PostprocessSettings(), name, helper=helper)
+            assert len(alone[1]) > 10
+            np.testing.assert_array_equal(helped[0], alone[0])
+            assert helped[1] == alone[1] and helped[2] == alone[2]

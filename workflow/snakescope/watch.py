@@ -254,6 +254,15 @@ def _warm_up_postprocess(settings: Any) -> None:
 
 
 _HELD: dict[str, tuple[Any, Path]] = {}  # in the post-processing worker: fields segmented, files not yet written
+_HELPER: list[ThreadPoolExecutor] = []  # in the post-processing worker: its second thread (segment_unit's helper)
+
+
+def _helper() -> ThreadPoolExecutor:
+    """The post-processing worker's second thread: it takes the steps of a field that do not wait for each other
+    (the smoothing for the outlines, the intensity sums), on the core the quality metrics leave free once done."""
+    if not _HELPER:
+        _HELPER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess-helper"))
+    return _HELPER[0]
 
 
 def segment_and_hold(unit: dict[str, Any], probability_path: str, settings: Any, channels: tuple[str | int, ...], out: Path,
@@ -264,7 +273,7 @@ def segment_and_hold(unit: dict[str, Any], probability_path: str, settings: Any,
 
     if not hold or is_blocked(unit, settings):
         return postprocess_one(unit, probability_path, settings, channels, out)
-    segmented = segment_one(unit, probability_path, settings, channels)
+    segmented = segment_one(unit, probability_path, settings, channels, helper=_helper())
     _HELD[unit["unit_id"]] = (segmented, out)
     return segmented.summary, segmented.objects
 

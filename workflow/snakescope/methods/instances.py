@@ -3,6 +3,7 @@ the segmentation stage, the critique-driven refinement and watch mode share."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +165,7 @@ def min_object_px(radius: float, pixel: tuple[float, float] | None, settings: Po
 
 
 def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
-                    settings: PostprocessSettings) -> tuple[np.ndarray, dict[str, Any]]:
+                    settings: PostprocessSettings, *, helper: Executor | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Instance labels from a foreground probability map, and how they were made.
 
     Threshold, fill holes, estimate the typical nucleus radius r; remove objects smaller than
@@ -176,9 +177,15 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     signal-to-noise ((mean - background) / noise x sqrt(area)) is below ``min_object_snr``: noise the model
     took for nuclei (a model that normalises each image finds "nuclei" in an empty field), and objects far
     dimmer than the field's bright ones (``min_relative_contrast``: faint cytoplasm beside nuclei).
+
+    ``helper``: a thread that smooths the intensity for the outlines while the objects are split (the same labels,
+    sooner when a core is free).
     """
+    trims = intensity is not None and settings.boundary_fraction > 0
+    smoothing = helper.submit(smoothed, intensity) if helper is not None and trims else None
     labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings)
-    return finish_objects(labels, intensity, settings, min_px, info), info
+    return finish_objects(labels, intensity, settings, min_px, info,
+                          smoothed_intensity=smoothing.result() if smoothing is not None else None), info
 
 
 def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray | None, pixel: tuple[float, float] | None,
@@ -271,14 +278,14 @@ def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_s
 
 
 def finish_objects(labels: np.ndarray, intensity: np.ndarray | None, settings: PostprocessSettings, min_px: int,
-                   info: dict[str, Any]) -> np.ndarray:
+                   info: dict[str, Any], smoothed_intensity: np.ndarray | None = None) -> np.ndarray:
     """The second half of :func:`instance_labels`: outlines from intensity, small and dim objects removed,
-    border objects (if set), labels numbered 1..n."""
+    border objects (if set), labels numbered 1..n. ``smoothed_intensity``: :func:`smoothed` of it, if made already."""
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import clear_border, relabel_sequential
 
     if intensity is not None and settings.boundary_fraction > 0 and labels.max() > 0:
-        labels = trim_to_intensity(labels, intensity, settings.boundary_fraction)
+        labels = trim_to_intensity(labels, intensity, settings.boundary_fraction, values=smoothed_intensity)
     labels = remove_small_objects(labels, max_size=min_px - 1) if min_px > 1 else labels
     if intensity is not None and (settings.min_object_snr > 0 or settings.min_relative_contrast > 0) and labels.max() > 0:
         labels, info["removed_low_contrast"] = _drop_low_contrast(labels, intensity, settings.min_object_snr,
@@ -473,14 +480,16 @@ def split_margin(radius: float, settings: PostprocessSettings) -> int:
     return int(4.0 * settings.split_smoothing * radius + 0.5) + int(np.ceil(radius)) + 2
 
 
-def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float, level: float | None = None) -> np.ndarray:
+def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float, level: float | None = None,
+                      values: np.ndarray | None = None) -> np.ndarray:
     """Each object's outline where its (σ=1 px smoothed) intensity falls to ``fraction`` of its contrast.
 
     A model's probability edge sits outside the nucleus (it is smooth and its training masks were
     generous); the object's own intensity profile places the edge, as a half-maximum would. Contrast is
     the object's 90th percentile above the background around all objects; holes left inside are filled.
+    ``values``: :func:`smoothed` of the intensity, if made already.
     """
-    values = smoothed(intensity)
+    values = smoothed(intensity) if values is None else values
     if level is None:  # given: the whole field's, for a block of a large field
         level = trim_level(values, labels)
     ids = np.arange(1, int(labels.max()) + 1)
@@ -642,13 +651,14 @@ def _label_sums(labels: np.ndarray, n: int, intensity: np.ndarray,
 
 def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
                     unit_id: str = "", offset: tuple[int, int] = (0, 0), field_shape: tuple[int, int] | None = None,
-                    occupied: np.ndarray | None = None) -> list[dict[str, Any]]:
+                    occupied: np.ndarray | None = None, *, helper: Executor | None = None) -> list[dict[str, Any]]:
     """Per-object measurements in pixels, and in µm / µm² when the unit is calibrated (else left empty).
 
     What ``skimage.measure.regionprops`` gives, made for all objects at once (area, centroid, second moments ->
     axes and eccentricity, perimeter, mean intensity: sums per label over blocks of rows, so the extra memory
     follows the block, not the field; the convex hull's area for solidity from :mod:`.hull`). Equal to
-    regionprops' values (tested)."""
+    regionprops' values (tested). ``helper``: a thread that makes the intensity and moment sums while this one
+    makes the outlines' perimeters and hulls."""
     from .hull import convex_areas
 
     pixel = calibrated(pixel_size_um)
@@ -659,18 +669,24 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray, pixel_size_um: tu
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return []
-    contrast = object_contrast(labels, intensity, occupied)
-    first = _label_sums(labels, n, intensity)
+
+    def sums() -> tuple[dict[int, float], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        first = _label_sums(labels, n, intensity)
+        safe = np.maximum(first["area"], 1)
+        return object_contrast(labels, intensity, occupied), first, _label_sums(labels, n, intensity,
+                                                                                (first["r"] / safe, first["c"] / safe))
+
+    pending = helper.submit(sums) if helper is not None else None
+    perimeter = perimeters(labels, n)
+    hulls = convex_areas(labels, n)
+    contrast, first, second = pending.result() if pending is not None else sums()
     area = first["area"]
     safe = np.maximum(area, 1)
     cy, cx = first["r"] / safe, first["c"] / safe
     mean_intensity = first["intensity"] / safe
-    second = _label_sums(labels, n, intensity, (cy, cx))
     mu_rr, mu_cc, mu_rc = (second[k] / safe for k in ("rr", "cc", "rc"))
     half_sum, root = (mu_rr + mu_cc) / 2, np.sqrt(((mu_rr - mu_cc) / 2) ** 2 + mu_rc**2)
     major, minor = np.clip(half_sum + root, 0, None), np.clip(half_sum - root, 0, None)  # inertia eigenvalues
-    perimeter = perimeters(labels, n)
-    hulls = convex_areas(labels, n)
     rows = []
     for label, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
@@ -744,11 +760,14 @@ def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pix
 
 
 def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
-                 settings: PostprocessSettings, unit_id: str = "", measured: np.ndarray | None = None):
+                 settings: PostprocessSettings, unit_id: str = "", measured: np.ndarray | None = None, *,
+                 helper: Executor | None = None):
     """Labels, object rows and summary of one unit: segmented on ``intensity`` (the model channel, its background
-    flattened), measured on ``measured`` (the channel as imported; ``intensity`` when not given)."""
-    labels, info = instance_labels(probability, intensity, pixel_size_um, settings)
-    objects = measure_objects(labels, intensity if measured is None else measured, pixel_size_um, unit_id)
+    flattened), measured on ``measured`` (the channel as imported; ``intensity`` when not given). ``helper``: a
+    thread for the steps that do not wait for each other, where one field's latency counts (watch mode); the same
+    results."""
+    labels, info = instance_labels(probability, intensity, pixel_size_um, settings, helper=helper)
+    objects = measure_objects(labels, intensity if measured is None else measured, pixel_size_um, unit_id, helper=helper)
     return labels, objects, summarize_objects(objects, labels.shape, pixel_size_um, info)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,9 @@ class Segmented:
 
 
 def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
-                channels: tuple[str | int, ...]) -> Segmented:
-    """:func:`postprocess_one` of a field that fits in memory, without writing its files."""
+                channels: tuple[str | int, ...], *, helper: Executor | None = None) -> Segmented:
+    """:func:`postprocess_one` of a field that fits in memory, without writing its files (``helper``: see
+    :func:`..methods.instances.segment_unit`)."""
     from ..core.images import read_unit
     from ..core.channels import model_channels, select_channels
 
@@ -68,7 +70,7 @@ def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: Po
     image = select_channels(full, unit["channel_names"], channels)
     probability = np.load(probability_path).astype(np.float32)
     labels, objects, summary = segment_unit(probability, model_channels(full, unit, channels)[0], pixel, settings,
-                                            unit["unit_id"], measured=image[0])
+                                            unit["unit_id"], measured=image[0], helper=helper)
     channel_means(objects, labels, full, unit["channel_names"])
     return Segmented(unit, labels, image[0], pixel, summary, objects)
 
