@@ -270,15 +270,21 @@ def test_label_peaks_equal_scikit_images_on_real_nuclei():
     same(image[:50, :50].astype(np.float64), np.zeros((50, 50), np.int32), 3)  # no objects
 
 
-def test_convex_hull_areas_equal_scikit_images_for_every_object_at_once():
+@pytest.mark.parametrize("rows_per_block", [None, 7])
+def test_convex_hull_areas_equal_scikit_images_for_every_object_at_once(monkeypatch, rows_per_block):
     """Real ground-truth nuclei (both sets), and random label fields: objects in pieces, labels missing, single
-    pixels, single rows and columns, objects on every edge."""
+    pixels, single rows and columns, objects on every edge; also with the rows read a few at a time (objects cut
+    by block edges)."""
     import tifffile
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
     from conftest import SHARED, needs_shared
+    from snakescope.methods import hull
     from snakescope.methods.hull import convex_areas
+
+    if rows_per_block:
+        monkeypatch.setattr(hull, "ROWS_PER_BLOCK", rows_per_block)
 
     def theirs(labels):
         out = np.zeros(int(labels.max()) + 1, np.int64)

@@ -156,6 +156,17 @@ class Histogram:
         return (low + high) / 2
 
 
+    def robust_noise(self, level: float) -> float:
+        """The noise SD of a background at ``level``: 1.4826 x the median absolute deviation from it, or where that
+        is 0 (a flat background of integers) the values' SD; at least 1e-6."""
+        noise = 1.4826 * self.median_abs_deviation(level)
+        if noise <= 0:
+            values = self.values()
+            mean = float(np.sum(values * self.counts) / self.total)
+            noise = float(np.sqrt(np.sum(self.counts * (values - mean) ** 2) / self.total))
+        return max(noise, 1e-6)
+
+
 def value_range(reader: "PlaneReader", channel: int, blocks: list[Block]) -> tuple[float, float]:
     """Bounds for a :class:`Histogram` of a plane read block by block: the dtype's limits for integers of up to
     16 bits (no pass over the pixels), else the range of the finite values and 0 (where NaN pixels count as 0)."""

@@ -21,17 +21,25 @@ from __future__ import annotations
 import numpy as np
 
 
+ROWS_PER_BLOCK = 512  # rows compared at a time: the full-size temporaries are a block's, not the field's
+
+
 def row_ends(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(label, row, first column, last column) of every row of every object (labels > 0), sorted by label and row."""
-    height, width = labels.shape
-    inside = labels > 0
-    starts = inside.copy()
-    starts[:, 1:] &= labels[:, 1:] != labels[:, :-1]
-    ends = inside  # (inside is not needed after this)
-    ends[:, :-1] &= labels[:, :-1] != labels[:, 1:]
-    rows, first = np.nonzero(starts)  # runs of one label along a row: starts and ends pair up in order
-    last = np.nonzero(ends)[1]
-    label = labels[rows, first].astype(np.int64)
+    height = labels.shape[0]
+    parts = []
+    for top in range(0, height, ROWS_PER_BLOCK):  # rows are independent: a block of them at a time
+        block = labels[top:top + ROWS_PER_BLOCK]
+        inside = block > 0
+        starts = inside.copy()
+        starts[:, 1:] &= block[:, 1:] != block[:, :-1]
+        ends = inside  # (inside is not needed after this)
+        ends[:, :-1] &= block[:, :-1] != block[:, 1:]
+        rows, first = np.nonzero(starts)  # runs of one label along a row: starts and ends pair up in order
+        parts.append((block[rows, first].astype(np.int64), rows + top, first, np.nonzero(ends)[1]))
+    label, rows, first, last = (np.concatenate(column) for column in zip(*parts))
+    if label.size == 0:
+        return label, rows, first, last
     key = label * height + rows
     order = np.argsort(key, kind="stable")
     key, first, last = key[order], first[order], last[order]
@@ -79,9 +87,9 @@ def convex_areas(labels: np.ndarray, n: int) -> np.ndarray:
     """Pixels in the convex hull of each object 1..n of a 2-D label image (index 0 unused; 0 for absent labels), as
     ``np.count_nonzero(convex_hull_image(labels[box] == label))`` gives them."""
     areas = np.zeros(n + 1, np.int64)
-    if not (labels > 0).any():
-        return areas
     label, row, first, last = row_ends(labels)
+    if label.size == 0:
+        return areas
     # edge midpoints in doubled coordinates: top, bottom and outer side of each row's first and last pixel
     y = np.concatenate([2 * row - 1, 2 * row + 1, 2 * row])
     right = majorant(np.tile(label, 3), y, np.concatenate([2 * last, 2 * last, 2 * last + 1]))

@@ -528,8 +528,7 @@ def background_noise(intensity: np.ndarray, foreground: np.ndarray | None = None
         # grey levels counted, not sorted: the same order statistics, exactly (core.blocks.Histogram)
         histogram = Histogram.of_integers(values)
         level = histogram.median()
-        noise = 1.4826 * histogram.median_abs_deviation(level)
-        return level, max(noise if noise > 0 else float(values.astype(np.float64).std()), 1e-6)
+        return level, histogram.robust_noise(level)
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         values = values[np.isfinite(values)]
     if values.size == 0:

@@ -223,12 +223,7 @@ class _Passes:
         level = refined_median(sample, self.blocks, histogram)
         if smooth:
             return level, 1.0
-        noise = 1.4826 * histogram.median_abs_deviation(level)
-        if noise <= 0:  # a flat background: the SD instead, as background_noise does
-            values = histogram.values()
-            mean = float(np.sum(values * histogram.counts) / histogram.total)
-            noise = float(np.sqrt(np.sum(histogram.counts * (values - mean) ** 2) / histogram.total))
-        return level, max(noise, 1e-6)
+        return level, histogram.robust_noise(level)
 
     def outline_pass(self, count: int, level: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Each object outlined from its intensity (:func:`segmentation.trim_to_intensity` at the field's ``level``)

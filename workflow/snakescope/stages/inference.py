@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -271,6 +271,15 @@ def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, f
     return ThreadedONNXAdapter(model_description=descr, devices=["CPUExecutionProvider"])
 
 
+class Twins(NamedTuple):
+    """A model's element-wise processing in numpy (see :meth:`Predictor._elementwise_twins`) and its input halo."""
+
+    pre: Callable[..., np.ndarray]
+    post: Callable[..., np.ndarray]
+    halo: tuple[tuple[int, int], ...]  # per input dimension (batch, channel, y, x): widths before and after
+    pad_mode: str
+
+
 class Predictor:
     """A bioimage.io prediction pipeline created once and reused for every image of a batch.
 
@@ -308,10 +317,11 @@ class Predictor:
         self.image_measures = image_measures(self.descr)
         self.twins = self._elementwise_twins() if numpy_processing else None
 
-    def _elementwise_twins(self) -> tuple[Any, Any] | None:
+    def _elementwise_twins(self) -> "Twins | None":
         """The model's pre- and post-processing in numpy (:mod:`..methods.elementwise`), when every operator has a
         twin there that gives bioimageio.core's result exactly on a probe field and its statistics; else None, and
-        bioimageio.core applies them."""
+        bioimageio.core applies them. With them, the one-tile path mirrors the input halo in numpy as well: its
+        widths and mode are read here, once (an attribute bioimageio.core renamed falls back, not fails)."""
         from ..methods.elementwise import agrees, twin
 
         def sizes(axes: Any, edge: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -326,8 +336,11 @@ class Predictor:
                 return None
             probe = (rng.random(in_shape) * 1000).astype(np.float32)
             stats = {**self.fixed_stats, **image_statistics(probe[0], self.image_measures or [])}
-            if getattr(self.pipeline.pad_mode.get(self.input_id), "mode", None) not in ("symmetric", "reflect", "edge"):
+            mode = getattr(self.pipeline.pad_mode.get(self.input_id), "mode", None)
+            if mode not in ("symmetric", "reflect", "edge"):
                 return None  # padding with a constant before the preprocessing is not padding after it
+            halo = self.pipeline._default_input_halo.get(self.input_id, {})
+            widths = tuple((halo[a].left, halo[a].right) if a in halo else (0, 0) for a in in_dims)
             pipeline = self.with_statistics(stats).pipeline  # the operators predict() runs, measures given
             pre = [*pipeline._samplewise_preprocessing, *pipeline._blockwise_preprocessing]
             post = [*pipeline._blockwise_postprocessing, *pipeline._samplewise_postprocessing]
@@ -338,7 +351,7 @@ class Predictor:
             logits = (rng.standard_normal(out_shape) * 8).astype(np.float32)
             if agrees(before, pre, member=str(self.input_id), probe=probe, dims=in_dims, stat=stats) and \
                     agrees(after, post, member=str(self.output_id), probe=logits, dims=out_dims, stat=stats):
-                return before, after
+                return Twins(before, after, widths, mode)
         except Exception:  # noqa: BLE001 - an operator this check cannot probe: bioimageio.core applies them
             return None
         return None
@@ -380,7 +393,7 @@ class Predictor:
                 pipeline = self.with_statistics(stats).pipeline
         skip = {}
         if self.twins is not None:  # the element-wise processing in numpy: the pipeline only pads, runs and crops
-            padded, skip = self.twins[0](padded[None], dims, stats)[0], {"skip_preprocessing": True, "skip_postprocessing": True}
+            padded, skip = self.twins.pre(padded[None], dims, stats)[0], {"skip_preprocessing": True, "skip_postprocessing": True}
         tensor = Tensor(padded[None], dims=dims)
         sample = Sample(members={self.input_id: tensor}, stat=stats, id=sample_id)
         if self.tile_rule is None:  # bioimageio.core's default blocks, no larger than the padded image (a small field)
@@ -388,11 +401,8 @@ class Predictor:
                      **{axis: min(padded.shape[i], self.default_block.get(axis, padded.shape[i])) for i, axis in ((1, "y"), (2, "x"))}}
             result = pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block}, **skip)
         elif all(self.tile_rule.fits(padded.shape[i] + 2 * self.halo.get(axis, 0)) for i, axis in ((1, "y"), (2, "x"))):
-            if skip:  # the halo mirrored in numpy too (the pipeline's own mode, copying pixels: see _elementwise_twins)
-                halo = self.pipeline._default_input_halo.get(self.input_id, {})
-                widths = [(halo[a].left, halo[a].right) if a in halo else (0, 0) for a in dims]
-                mode = self.pipeline.pad_mode[self.input_id].mode
-                sample.members[self.input_id] = Tensor(np.pad(padded[None], widths, mode=mode), dims=dims)
+            if self.twins is not None:  # the halo mirrored in numpy too (the pipeline's own mode: see _elementwise_twins)
+                sample.members[self.input_id] = Tensor(np.pad(padded[None], self.twins.halo, mode=self.twins.pad_mode), dims=dims)
                 skip["skip_input_padding"] = True
             result = pipeline.predict_sample_without_blocking(sample, **skip)  # the whole field (plus halo) in one tile
         else:  # tiles as large as the rule allows; bioimageio.core overlaps them by the halo
@@ -401,7 +411,7 @@ class Predictor:
             result = pipeline.predict_sample_with_fixed_blocking(sample, {self.input_id: block}, **skip)
         out = result.members[self.output_id].data
         if self.twins is not None:
-            out = out.copy(data=self.twins[1](np.asarray(out.values), tuple(map(str, out.dims)), stats))
+            out = out.copy(data=self.twins.post(np.asarray(out.values), tuple(map(str, out.dims)), stats))
         out = out.transpose(*[d for d in ("batch", "channel", "z", "y", "x") if d in out.dims])
         values = np.asarray(out.values)
         values = values.reshape(-1, *values.shape[-2:]) if values.ndim > 3 else values[0]
