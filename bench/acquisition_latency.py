@@ -1,6 +1,6 @@
 """Watch mode on a simulated acquisition: latency from a file being complete to its action record.
 
-    python bench/acquisition_latency.py [--fields 50] [--size 1024] [--interval 2] [--tile-px auto|model|N]
+    python bench/acquisition_latency.py [--fields 50] [--size 1024] [--interval 2] [--tile-px auto|model|N] [--cpu N]
 
 The watcher (``snakescope watch``, its own process, the real U-Net in ../shared and the rule-based reviewer)
 is started and, once its model is loaded, fields cut from the real BBBC039 nuclei are written into its folder
@@ -9,12 +9,17 @@ simulated microscope closed the file to the moment the field's record was in the
 noticing the file); the per-field processing time alone is printed beside it as the floor. The loop keeps up
 when its p95 latency stays under the interval (no queue builds). Last line: ``p95_latency_s=<value>`` (target <= 1.0
 with the defaults; ``--tile-px model`` gives the old default, the model's own tiles).
+
+``--cpu N`` first runs a field's stages one after another in this process on N of the same fields (import,
+inference on the watcher's threads, quality metrics, post-processing) and prints the CPU seconds each takes per
+field: their sum over the cores is the least time a field can take however the stages overlap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +39,50 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def cpu_per_field(encoded: list[bytes], count: int, model: dict, threads: int) -> None:
+    """Median CPU seconds per field of each stage, run in turn in this process (the first field warms up)."""
+    import statistics
+    from dataclasses import asdict
+
+    from snakescope.core.inputs import Source
+    from snakescope.core.settings import ImportSettings, ModelSettings, PostprocessSettings
+    from snakescope.stages.acquisition import import_one
+    from snakescope.stages.inference import batch_predictor, check_model, predict_one
+    from snakescope.stages.quality import quality_one
+    from snakescope.stages.segmentation import segment_one
+
+    work = Path(tempfile.mkdtemp(prefix="snakescope-cpu-bench-"))
+    settings = ModelSettings.from_config({**model, "run_test": False})
+    predictor = batch_predictor(settings, check_model(settings, work / "cache"), threads=threads)
+    cpu: dict[str, list[float]] = {"import": [], "inference": [], "quality": [], "postprocess": []}
+    for folder in ("import", "inference"):
+        (work / folder).mkdir()
+    for index, data in enumerate(encoded[:count + 1]):
+        path = work / f"field_{index:03d}.tif"
+        path.write_bytes(data)
+        started = time.process_time()
+        units, _ = import_one(Source(path.stem, str(path)), ImportSettings(), work / "import", "[cpu]")
+        unit = asdict(units[0])
+        times = {"import": time.process_time() - started}
+        started = time.process_time()
+        prediction, _ = predict_one(predictor, unit, work / "inference", "[cpu]")
+        times["inference"] = time.process_time() - started
+        started = time.process_time()
+        quality_one(unit, "cpu")
+        times["quality"] = time.process_time() - started
+        started = time.process_time()
+        segment_one(unit, prediction["path"], PostprocessSettings(), (0,))
+        times["postprocess"] = time.process_time() - started
+        if index:
+            for stage, seconds in times.items():
+                cpu[stage].append(seconds)
+    medians = {stage: statistics.median(values) for stage, values in cpu.items()}
+    total = sum(medians.values())
+    cores = len(os.sched_getaffinity(0))
+    print("CPU seconds per field: " + ", ".join(f"{stage} {value:.2f}" for stage, value in medians.items())
+          + f"; sum {total:.2f} s, over {cores} cores at least {total / cores:.2f} s per field")
+
+
 def main() -> None:
     import tifffile
 
@@ -44,6 +93,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--tile-px", default="auto", help="model.tile_px: auto (the default), model, or an edge")
+    parser.add_argument("--cpu", type=int, default=0, help="first, the CPU seconds per field of each stage over N fields")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="snakescope-watch-bench-"))
     model = {"source": str(SHARED / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"), "run_test": False}
@@ -53,10 +103,12 @@ def main() -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     images = [tifffile.imread(p) for p in sorted((SHARED / "data" / "nuclei" / "bbbc039" / "images").glob("*.tif"))]
     encoded = [tiff_bytes(f, 0.645) for f in fields_from(images, args.size, args.fields, seed=1)]
+    if args.cpu:
+        cpu_per_field(encoded, args.cpu, model, len(os.sched_getaffinity(0)))
     log = open(folder / "watch.log", "w")
     started = time.time()
     watcher = subprocess.Popen([sys.executable, "-m", "snakescope.cli", "watch", "--config", "config.yaml", "--idle-exit", "15"],
-                               cwd=folder, stderr=log, stdout=log, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "workflow")})
+                               cwd=folder, stderr=log, stdout=log, env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
     while "model loaded" not in (folder / "watch.log").read_text():
         if watcher.poll() is not None:
             sys.exit((folder / "watch.log").read_text()[-3000:])
