@@ -1,5 +1,6 @@
-"""Order statistics read from values sorted once: medians and median absolute deviations of the values up to any
-cut, each equal to ``np.median``'s on the values themselves, to the last bit.
+"""Order statistics equal to numpy's on the values themselves, to the last bit, for less work: medians and median
+absolute deviations of the values up to any cut, read from values sorted once (:class:`SortedValues`); a percentile
+of every labelled object from one grouping of its pixels (:func:`label_percentiles`).
 
 Robust statistics that clip and repeat (a median, the MAD around it, the values below a cut, their median...)
 otherwise partition the whole array again for every step; a sort costs about one partition."""
@@ -55,3 +56,31 @@ class SortedValues:
         below = np.abs(prefix[:split][::-1] - centre)
         above = np.abs(prefix[split:] - centre)
         return (_kth_of_two(below, above, (n - 1) // 2) + _kth_of_two(below, above, n // 2)) / 2
+
+
+def label_percentiles(values: np.ndarray, labels: np.ndarray, *, n: int, q: float, default: float) -> np.ndarray:
+    """``np.percentile(values[labels == i], q)`` for the labels i = 1..n (``default`` where a label has no pixel),
+    as ``ndi.labeled_comprehension`` with ``np.percentile`` gives them: the labelled pixels grouped by label once,
+    then the two order statistics around the position selected in each group and interpolated as numpy's
+    linear method does (its ``_lerp``), without a call of ``np.percentile`` per object."""
+    flat = labels.ravel()
+    inside = np.flatnonzero(flat)
+    own = flat[inside]
+    grouped = np.asarray(values).ravel()[inside[np.argsort(own, kind="stable")]]
+    counts = np.bincount(own, minlength=n + 1)[1:n + 1]
+    out = np.full(n, float(default))
+    start = 0
+    for index, count in enumerate(counts.tolist()):
+        if count:
+            part = grouped[start:start + count]
+            position = (count - 1) * (q / 100)
+            below = int(position)
+            if below + 1 < count:
+                part = np.partition(part, (below, below + 1))
+                low, high, fraction = part[below], part[below + 1], position - below
+                step = high - low
+                out[index] = high - step * (1 - fraction) if fraction >= 0.5 else low + step * fraction
+            else:  # the position is the last value (numpy takes the largest)
+                out[index] = part.max()
+        start += count
+    return out

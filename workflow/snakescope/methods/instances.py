@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.blocks import Histogram
-from ..core.orderstats import SortedValues
+from ..core.orderstats import SortedValues, label_percentiles
 from ..core.settings import PostprocessSettings
 
 
@@ -492,10 +492,10 @@ def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float
     values = smoothed(intensity) if values is None else values
     if level is None:  # given: the whole field's, for a block of a large field
         level = trim_level(values, labels)
-    ids = np.arange(1, int(labels.max()) + 1)
-    top = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, 90), float, level))
-    cutoff = np.full(ids.size + 1, np.inf)
-    cutoff[ids] = level + fraction * (top - level)
+    n = int(labels.max())
+    top = label_percentiles(values, labels, n=n, q=90, default=level)
+    cutoff = np.full(n + 1, np.inf)
+    cutoff[1:] = level + fraction * (top - level)
     kept = np.empty(labels.shape, bool)  # values >= their object's cutoff (the background's is inf), by row blocks:
     for start in range(0, labels.shape[0], ROWS_PER_BLOCK):  # no full-size float array of cutoffs beside the values
         rows = slice(start, start + ROWS_PER_BLOCK)

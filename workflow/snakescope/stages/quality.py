@@ -128,10 +128,11 @@ def pixel_noise(image: np.ndarray) -> float:
     diffs = diffs.ravel()
     noise, step = 0.0, smallest_step(diffs)
     if diffs.size:
-        centre = np.median(diffs)
-        diffs -= centre  # in place: the differences are ours
-        np.abs(diffs, out=diffs)
-        noise = float(1.4826 * np.median(diffs, overwrite_input=True) / np.sqrt(2))
+        from ..core.orderstats import SortedValues
+
+        ordered = SortedValues(diffs)  # one sort for the median and the MAD around it
+        del diffs
+        noise = float(1.4826 * ordered.median_abs_deviation(ordered.median()) / np.sqrt(2))
     return max(noise, noise_floor(step, np.issubdtype(image.dtype, np.integer)))
 
 
