@@ -155,7 +155,6 @@ class Histogram:
         high = self.order_statistic(n // 2, distance, counts)
         return (low + high) / 2
 
-
     def robust_noise(self, level: float) -> float:
         """The noise SD of a background at ``level``: 1.4826 x the median absolute deviation from it, or where that
         is 0 (a flat background of integers) the values' SD; at least 1e-6."""

@@ -181,8 +181,9 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     ``helper``: a thread that smooths the intensity for the outlines while the objects are split (the same labels,
     sooner when a core is free).
     """
-    trims = intensity is not None and settings.boundary_fraction > 0
-    smoothing = helper.submit(smoothed, intensity) if helper is not None and trims else None
+    smoothing = None
+    if helper is not None and outlines_from_intensity(intensity, settings):
+        smoothing = helper.submit(smoothed, intensity)
     labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings)
     return finish_objects(labels, intensity, settings, min_px, info,
                           smoothed_intensity=smoothing.result() if smoothing is not None else None), info
@@ -277,6 +278,11 @@ def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_s
     return labels, components, min_px, info
 
 
+def outlines_from_intensity(intensity: np.ndarray | None, settings: PostprocessSettings) -> bool:
+    """Whether objects are outlined on their intensity (:func:`trim_to_intensity`)."""
+    return intensity is not None and settings.boundary_fraction > 0
+
+
 def finish_objects(labels: np.ndarray, intensity: np.ndarray | None, settings: PostprocessSettings, min_px: int,
                    info: dict[str, Any], smoothed_intensity: np.ndarray | None = None) -> np.ndarray:
     """The second half of :func:`instance_labels`: outlines from intensity, small and dim objects removed,
@@ -284,7 +290,7 @@ def finish_objects(labels: np.ndarray, intensity: np.ndarray | None, settings: P
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import clear_border, relabel_sequential
 
-    if intensity is not None and settings.boundary_fraction > 0 and labels.max() > 0:
+    if outlines_from_intensity(intensity, settings) and labels.max() > 0:
         labels = trim_to_intensity(labels, intensity, settings.boundary_fraction, values=smoothed_intensity)
     labels = remove_small_objects(labels, max_size=min_px - 1) if min_px > 1 else labels
     if intensity is not None and (settings.min_object_snr > 0 or settings.min_relative_contrast > 0) and labels.max() > 0:
