@@ -364,26 +364,89 @@ def test_small_components_are_removed_as_labelling_what_is_left_numbers_the_rest
     assert checked == 8
 
 
-def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei():
-    """Watch mode's post-processing hands the outline smoothing and the intensity sums to a second thread; what
-    comes out is what one thread makes."""
+def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei(monkeypatch):
+    """Watch mode's post-processing hands the outline smoothing, the flood of the lower half of the objects and the
+    intensity sums to a second thread; what comes out is what one thread makes (both sets, two split settings)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import tifffile
     from scipy import ndimage as ndi
 
     from conftest import SHARED, needs_shared
+    from snakescope.methods import instances
 
     folder = SHARED / "data" / "nuclei"
     needs_shared(folder)
+    one_flood = instances._flood
+    whole_floods = []
+    monkeypatch.setattr(instances, "_flood", lambda *a, **k: whole_floods.append(1) or one_flood(*a, **k))
+    checked = 0
     with ThreadPoolExecutor(max_workers=1) as helper:
         for name in ("bbbc039", "dsb2018"):
-            mask_path = sorted((folder / name / "masks").glob("*.tif"))[2]
-            probability = ndi.gaussian_filter((tifffile.imread(mask_path) > 0).astype(np.float32), 2.0)
+            for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:3]:
+                probability = ndi.gaussian_filter((tifffile.imread(mask_path) > 0).astype(np.float32), 2.0)
+                image = tifffile.imread(folder / name / "images" / mask_path.name)
+                image = image[..., 0] if image.ndim == 3 else image
+                for settings in (PostprocessSettings(), PostprocessSettings(split_min_distance=0.2, split_smoothing=0.5)):
+                    alone = segment_unit(probability, image, (0.5, 0.5), settings, name)
+                    floods = len(whole_floods)
+                    helped = segment_unit(probability, image, (0.5, 0.5), settings, name, helper=helper)
+                    assert len(whole_floods) == floods  # the halves, not the fallback to one flood
+                    np.testing.assert_array_equal(helped[0], alone[0])
+                    assert helped[1] == alone[1] and helped[2] == alone[2]
+                    checked += len(alone[1]) > 10
+    assert checked == 12
+
+
+def test_halves_fall_back_to_one_flood_when_two_markers_of_an_object_tie():
+    """Two peaks of one object at exactly the same value: their order in the flood would rest on the queue's
+    layout, so the helper's halves are not used and the labels are one flood's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snakescope.methods.instances import _flood, _flood_in_halves
+
+    yy, xx = np.indices((40, 60))
+
+    def cone(y, x, top):
+        return top - np.hypot(yy - y, xx - x) / 100
+
+    components = np.zeros((40, 60), np.int32)
+    components[5:15, 5:55], components[25:35, 10:30] = 1, 2
+
+    def marker_map(second_peak):  # object 1 with two peaks, object 2 with one
+        values = np.where(components == 1, np.maximum(cone(10, 15, 1.0), cone(10, 45, second_peak)), cone(30, 20, 0.9))
+        return np.where(components > 0, values, 0)
+
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        assert _flood_in_halves(marker_map(1.0), components, 3, helper) is None
+        halves = _flood_in_halves(marker_map(0.95), components, 3, helper)
+    assert halves is not None and halves.max() == 3
+    np.testing.assert_array_equal(halves, _flood(marker_map(0.95), components, components > 0, 3, 0)[0])
+
+
+def test_numbering_and_object_contrast_equal_scikit_image_and_scipy_on_real_nuclei():
+    """Objects numbered 1..n by a lookup table as relabel_sequential numbers them (gaps, one object, none), and each
+    object's contrast from ndi.mean's own sums without its search for the labels present."""
+    import tifffile
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    from conftest import SHARED, needs_shared
+    from snakescope.methods.instances import background_noise, grown_by_2, numbered, object_contrast
+
+    folder = SHARED / "data" / "nuclei"
+    needs_shared(folder)
+    for name in ("bbbc039", "dsb2018"):
+        for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:3]:
+            truth = tifffile.imread(mask_path).astype(np.int32)
             image = tifffile.imread(folder / name / "images" / mask_path.name)
             image = image[..., 0] if image.ndim == 3 else image
-            alone = segment_unit(probability, image, (0.5, 0.5), PostprocessSettings(), name)
-            helped = segment_unit(probability, image, (0.5, 0.5), PostprocessSettings(), name, helper=helper)
-            assert len(alone[1]) > 10
-            np.testing.assert_array_equal(helped[0], alone[0])
-            assert helped[1] == alone[1] and helped[2] == alone[2]
+            gaps = np.where(truth % 3 == 0, 0, truth * 5)
+            for labels in (truth, gaps, (truth == truth.max()).astype(np.int32), np.zeros_like(truth)):
+                expected = relabel_sequential(labels)[0]
+                assert numbered(labels).dtype == expected.dtype and np.array_equal(numbered(labels), expected)
+            for pixels in (image, image.astype(np.float64) / 7):
+                level, noise = background_noise(pixels, grown_by_2(gaps > 0))
+                ids = np.unique(gaps[gaps > 0])
+                theirs = {int(i): (float(m) - level) / noise for i, m in zip(ids, ndi.mean(pixels, gaps, ids))}
+                assert object_contrast(gaps, pixels) == theirs and len(theirs) > 10

@@ -44,6 +44,7 @@ from .instances import (
     inscribed_radii,
     measure_objects,
     min_object_px,
+    numbered,
     smoothed,
     split_margin,
     split_objects,
@@ -180,8 +181,6 @@ class _Passes:
     def split_pass(self) -> tuple[int, int]:
         """Objects split at the model's edge, each cluster written by the block that owns it: (objects, clusters
         left out because they are larger than the overlap)."""
-        from skimage.segmentation import relabel_sequential
-
         count, left_out = 0, 0
         for block in self.blocks:
             labels, components, _, _ = split_objects(_probability(self.probability_path, block.outer),
@@ -189,7 +188,7 @@ class _Passes:
                                                      pinned=self.scale)
             complete, starts = complete_and_owned(components, block, self.shape, self.margin)
             left_out += int(np.sum(starts & ~complete))  # complete in no block: larger than the overlap
-            mine = relabel_sequential(np.where((complete & starts)[components] & (labels > 0), labels, 0))[0]
+            mine = numbered(np.where((complete & starts)[components] & (labels > 0), labels, 0))
             found = int(mine.max())
             if found:
                 mine[mine > 0] += count
