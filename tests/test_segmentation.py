@@ -365,8 +365,9 @@ def test_small_components_are_removed_as_labelling_what_is_left_numbers_the_rest
 
 
 def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei(monkeypatch):
-    """Watch mode's post-processing hands the outline smoothing, the flood of the lower half of the objects and the
-    intensity sums to a second thread; what comes out is what one thread makes (both sets, two split settings)."""
+    """Watch mode's post-processing hands the outline smoothing, the tissue check, the flood of the lower half of the
+    objects, the outlines' background level, the channel means and the intensity sums to a second thread; what
+    comes out is what one thread makes (both sets, two split settings)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import tifffile
@@ -388,13 +389,14 @@ def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei(m
                 image = tifffile.imread(folder / name / "images" / mask_path.name)
                 image = image[..., 0] if image.ndim == 3 else image
                 for settings in (PostprocessSettings(), PostprocessSettings(split_min_distance=0.2, split_smoothing=0.5)):
-                    alone = segment_unit(probability, image, (0.5, 0.5), settings, name)
+                    channels = (np.stack([image, image[::-1]]), ["DNA", "flipped"])
+                    alone = segment_unit(probability, image, (0.5, 0.5), settings, name, channels=channels)
                     floods = len(whole_floods)
-                    helped = segment_unit(probability, image, (0.5, 0.5), settings, name, helper=helper)
+                    helped = segment_unit(probability, image, (0.5, 0.5), settings, name, channels=channels, helper=helper)
                     assert len(whole_floods) == floods  # the halves, not the fallback to one flood
                     np.testing.assert_array_equal(helped[0], alone[0])
                     assert helped[1] == alone[1] and helped[2] == alone[2]
-                    checked += len(alone[1]) > 10
+                    checked += len(alone[1]) > 10 and alone[1][0]["mean_intensity_flipped"] is not None
     assert checked == 12
 
 

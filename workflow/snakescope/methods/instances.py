@@ -3,7 +3,7 @@ the segmentation stage, the critique-driven refinement and watch mode share."""
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,29 +178,35 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     took for nuclei (a model that normalises each image finds "nuclei" in an empty field), and objects far
     dimmer than the field's bright ones (``min_relative_contrast``: faint cytoplasm beside nuclei).
 
-    ``helper``: a thread that smooths the intensity for the outlines while the objects are split, and floods the
-    lower half of the field's objects while this one floods the upper half (the same labels, sooner when a core is
-    free).
+    ``helper``: a thread that smooths the intensity for the outlines and measures what the model is sure of (the
+    tissue check) while this one finds the field's scale, floods the lower half of the objects while this one floods
+    the upper half, and finds the background level outlines are placed against while this one takes each object's
+    90th percentile (the same labels, sooner when a core is free).
     """
-    smoothing = None
-    if helper is not None and outlines_from_intensity(intensity, settings):
-        smoothing = helper.submit(smoothed, intensity)
-    labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings, helper=helper)
+    sure = smoothing = None
+    if helper is not None:  # in the order they are needed
+        if not (settings.nucleus_diameter_um and calibrated(pixel_size_um)):
+            sure = helper.submit(sure_radius, probability, settings)
+        if outlines_from_intensity(intensity, settings):
+            smoothing = helper.submit(smoothed, intensity)
+    labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings, sure=sure, helper=helper)
     return finish_objects(labels, intensity, settings, min_px, info,
-                          smoothed_intensity=smoothing.result() if smoothing is not None else None), info
+                          smoothed_intensity=smoothing.result() if smoothing is not None else None, helper=helper), info
 
 
 def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray | None, pixel: tuple[float, float] | None,
-                settings: PostprocessSettings, edt: np.ndarray | None) -> tuple[FieldScale, np.ndarray, np.ndarray | None]:
+                settings: PostprocessSettings, edt: np.ndarray | None,
+                sure: Future | None = None) -> tuple[FieldScale, np.ndarray, np.ndarray | None]:
     """The field's radius and tissue decision from its own mask: (scale without intensity range, mask, edt); in
-    tissue the mask is the nuclei's (and its distance transform is remade)."""
+    tissue the mask is the nuclei's (and its distance transform is remade). ``sure``: :func:`sure_radius`, being
+    made by another thread."""
     info: dict[str, Any] = {}
     if settings.nucleus_diameter_um and pixel:
         info["scale_source"] = "config postprocess.nucleus_diameter_um"
         return FieldScale(settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1])), info=info), mask, edt
     radius = typical_radius_px(mask, edt, probability)
     info["scale_source"] = "estimated from this field"
-    sure = typical_radius_px(probability >= TISSUE_SURE_THRESHOLD) if settings.probability_threshold < TISSUE_SURE_THRESHOLD else None
+    sure = sure.result() if sure is not None else sure_radius(probability, settings)
     if not (radius and sure and radius > TISSUE_RATIO * sure):
         return FieldScale(radius, info=info), mask, edt
     # the model took a whole tissue (an embryo, a cell sheet on bright cytoplasm) for one nucleus: the nuclei are
@@ -210,6 +216,14 @@ def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray
         radius = typical_radius_px(mask) or sure
     info.update(tissue=True, scale_source=tissue_source(how))
     return FieldScale(radius, tissue=True, info=info), mask, whole_field_edt(mask)
+
+
+def sure_radius(probability: np.ndarray, settings: PostprocessSettings) -> float | None:
+    """The typical radius of what the model is sure of (probability >= TISSUE_SURE_THRESHOLD), which tells tissue
+    from separate nuclei; None when the threshold itself is that high."""
+    if settings.probability_threshold >= TISSUE_SURE_THRESHOLD:
+        return None
+    return typical_radius_px(np.asarray(probability, np.float32) >= TISSUE_SURE_THRESHOLD)  # NaN is not sure
 
 
 def tissue_mask(mask: np.ndarray, probability: np.ndarray, intensity: np.ndarray | None, sure: float,
@@ -228,11 +242,12 @@ def tissue_source(how: str) -> str:
 
 
 def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
-                  settings: PostprocessSettings, pinned: FieldScale | None = None, *,
+                  settings: PostprocessSettings, pinned: FieldScale | None = None, *, sure: Future | None = None,
                   helper: Executor | None = None) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
     """The first half of :func:`instance_labels`: (objects split at the model's edge, their connected components,
     the smallest object kept in pixels, info). ``pinned``: the field's scale, given (a block of a large field)
-    instead of estimated from this array; ``helper``: see :func:`instance_labels`."""
+    instead of estimated from this array; ``sure``: :func:`sure_radius`, being made by the ``helper`` (see
+    :func:`instance_labels`)."""
     pixel = calibrated(pixel_size_um)
     probability = np.nan_to_num(np.asarray(probability, np.float32), nan=0.0)
     mask = foreground(probability, settings)
@@ -240,7 +255,7 @@ def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_s
     if pinned is None:
         if not (settings.nucleus_diameter_um and pixel):
             edt = whole_field_edt(mask)
-        scale, mask, edt = field_scale(probability, mask, intensity, pixel, settings, edt)
+        scale, mask, edt = field_scale(probability, mask, intensity, pixel, settings, edt, sure)
     else:
         scale = pinned
         if scale.tissue and scale.radius:
@@ -286,14 +301,16 @@ def outlines_from_intensity(intensity: np.ndarray | None, settings: PostprocessS
 
 
 def finish_objects(labels: np.ndarray, intensity: np.ndarray | None, settings: PostprocessSettings, min_px: int,
-                   info: dict[str, Any], smoothed_intensity: np.ndarray | None = None) -> np.ndarray:
+                   info: dict[str, Any], smoothed_intensity: np.ndarray | None = None, *,
+                   helper: Executor | None = None) -> np.ndarray:
     """The second half of :func:`instance_labels`: outlines from intensity, small and dim objects removed,
-    border objects (if set), labels numbered 1..n. ``smoothed_intensity``: :func:`smoothed` of it, if made already."""
+    border objects (if set), labels numbered 1..n. ``smoothed_intensity``: :func:`smoothed` of it, if made already;
+    ``helper``: see :func:`trim_to_intensity`."""
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import clear_border
 
     if outlines_from_intensity(intensity, settings) and labels.max() > 0:
-        labels = trim_to_intensity(labels, intensity, settings.boundary_fraction, values=smoothed_intensity)
+        labels = trim_to_intensity(labels, intensity, settings.boundary_fraction, values=smoothed_intensity, helper=helper)
     labels = remove_small_objects(labels, max_size=min_px - 1) if min_px > 1 else labels
     if intensity is not None and (settings.min_object_snr > 0 or settings.min_relative_contrast > 0) and labels.max() > 0:
         labels, info["removed_low_contrast"] = _drop_low_contrast(labels, intensity, settings.min_object_snr,
@@ -582,19 +599,27 @@ def split_margin(radius: float, settings: PostprocessSettings) -> int:
 
 
 def trim_to_intensity(labels: np.ndarray, intensity: np.ndarray, fraction: float, level: float | None = None,
-                      values: np.ndarray | None = None) -> np.ndarray:
+                      values: np.ndarray | None = None, *, helper: Executor | None = None) -> np.ndarray:
     """Each object's outline where its (σ=1 px smoothed) intensity falls to ``fraction`` of its contrast.
 
     A model's probability edge sits outside the nucleus (it is smooth and its training masks were
     generous); the object's own intensity profile places the edge, as a half-maximum would. Contrast is
     the object's 90th percentile above the background around all objects; holes left inside are filled.
-    ``values``: :func:`smoothed` of the intensity, if made already.
+    ``values``: :func:`smoothed` of the intensity, if made already; ``helper``: a thread that finds the background
+    level while this one takes the objects' percentiles.
     """
     values = smoothed(intensity) if values is None else values
+    pending = None
     if level is None:  # given: the whole field's, for a block of a large field
-        level = trim_level(values, labels)
+        if helper is not None:
+            pending = helper.submit(trim_level, values, labels)
+        else:
+            level = trim_level(values, labels)
     n = int(labels.max())
-    top = label_percentiles(values, labels, n=n, q=90, default=level)
+    top = label_percentiles(values, labels, n=n, q=90, default=np.nan if pending is not None else level)
+    if pending is not None:  # the smoothed values are finite: NaN marks the labels without a pixel
+        level = pending.result()
+        top[np.isnan(top)] = level
     cutoff = np.full(n + 1, np.inf)
     cutoff[1:] = level + fraction * (top - level)
     kept = np.empty(labels.shape, bool)  # values >= their object's cutoff (the background's is inf), by row blocks:
@@ -864,24 +889,28 @@ def summarize_objects(objects: list[dict[str, Any]], shape: tuple[int, int], pix
 
 def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: tuple[float, float] | None,
                  settings: PostprocessSettings, unit_id: str = "", measured: np.ndarray | None = None, *,
-                 helper: Executor | None = None):
+                 channels: tuple[np.ndarray, list[str]] | None = None, helper: Executor | None = None):
     """Labels, object rows and summary of one unit: segmented on ``intensity`` (the model channel, its background
-    flattened), measured on ``measured`` (the channel as imported; ``intensity`` when not given). ``helper``: a
-    thread for the steps that do not wait for each other, where one field's latency counts (watch mode); the same
-    results."""
+    flattened), measured on ``measured`` (the channel as imported; ``intensity`` when not given). ``channels``:
+    (every channel of the unit, their names), whose means per object are added (:func:`channel_means`).
+    ``helper``: a thread for the steps that do not wait for each other, where one field's latency counts (watch
+    mode); the same results."""
     labels, info = instance_labels(probability, intensity, pixel_size_um, settings, helper=helper)
+    means = helper.submit(channel_means, labels, *channels) if helper is not None and channels is not None else None
     objects = measure_objects(labels, intensity if measured is None else measured, pixel_size_um, unit_id, helper=helper)
+    if channels is not None:
+        for column, values in (means.result() if means is not None else channel_means(labels, *channels)).items():
+            for obj in objects:
+                obj[column] = values[obj["label"] - 1]
     return labels, objects, summarize_objects(objects, labels.shape, pixel_size_um, info)
 
 
-def channel_means(objects: list[dict[str, Any]], labels: np.ndarray, image: np.ndarray, channel_names: list[str]) -> None:
-    """Add every channel's mean intensity per object (``mean_intensity_<channel>``), not only the model's channel."""
-    if not objects:
-        return
-    index = [int(o["label"]) for o in objects]
-    for c, name in enumerate(channel_names):
-        for obj, value in zip(objects, ndi.mean(image[c].astype(np.float64), labels, index)):
-            obj[channel_column(c, name)] = round(float(value), 3)
+def channel_means(labels: np.ndarray, image: np.ndarray, channel_names: list[str]) -> dict[str, list[float]]:
+    """Every channel's mean intensity per object 1..n (column ``mean_intensity_<channel>``, rounded to 0.001), not
+    only the model's channel."""
+    index = np.arange(1, int(labels.max()) + 1)
+    return {channel_column(c, name): [round(float(v), 3) for v in ndi.mean(image[c].astype(np.float64), labels, index)]
+            for c, name in enumerate(channel_names)} if index.size else {}
 
 
 def channel_column(index: int, name: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.images import write_labels
-from ..methods.instances import OBJECT_COLUMNS, calibrated, channel_means, segment_unit
+from ..methods.instances import OBJECT_COLUMNS, calibrated, segment_unit
 from ..core.settings import PostprocessSettings
 from ..core.records import LABELS_SUFFIX, Failure, read_json, write_json
 
@@ -70,8 +70,8 @@ def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: Po
     image = select_channels(full, unit["channel_names"], channels)
     probability = np.load(probability_path).astype(np.float32)
     labels, objects, summary = segment_unit(probability, model_channels(full, unit, channels)[0], pixel, settings,
-                                            unit["unit_id"], measured=image[0], helper=helper)
-    channel_means(objects, labels, full, unit["channel_names"])
+                                            unit["unit_id"], measured=image[0], channels=(full, unit["channel_names"]),
+                                            helper=helper)
     return Segmented(unit, labels, image[0], pixel, summary, objects)
 
 
