@@ -365,7 +365,7 @@ def test_small_components_are_removed_as_labelling_what_is_left_numbers_the_rest
 
 
 def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei(monkeypatch):
-    """Watch mode's post-processing hands the outline smoothing, the tissue check, the flood of the lower half of the
+    """Watch mode's post-processing hands the outline smoothing, the flood of the lower half of the
     objects, the outlines' background level, the channel means and the intensity sums to a second thread; what
     comes out is what one thread makes (both sets, two split settings)."""
     from concurrent.futures import ThreadPoolExecutor

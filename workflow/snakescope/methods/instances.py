@@ -3,7 +3,7 @@ the segmentation stage, the critique-driven refinement and watch mode share."""
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,35 +178,29 @@ def instance_labels(probability: np.ndarray, intensity: np.ndarray | None, pixel
     took for nuclei (a model that normalises each image finds "nuclei" in an empty field), and objects far
     dimmer than the field's bright ones (``min_relative_contrast``: faint cytoplasm beside nuclei).
 
-    ``helper``: a thread that smooths the intensity for the outlines and measures what the model is sure of (the
-    tissue check) while this one finds the field's scale, floods the lower half of the objects while this one floods
-    the upper half, and finds the background level outlines are placed against while this one takes each object's
-    90th percentile (the same labels, sooner when a core is free).
+    ``helper``: a thread that smooths the intensity for the outlines while the objects are split, floods the lower
+    half of the objects while this one floods the upper half, and finds the background level outlines are placed
+    against while this one takes each object's 90th percentile (the same labels, sooner when a core is free).
     """
-    sure = smoothing = None
-    if helper is not None:  # in the order they are needed
-        if not (settings.nucleus_diameter_um and calibrated(pixel_size_um)):
-            sure = helper.submit(sure_radius, probability, settings)
-        if outlines_from_intensity(intensity, settings):
-            smoothing = helper.submit(smoothed, intensity)
-    labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings, sure=sure, helper=helper)
+    smoothing = None
+    if helper is not None and outlines_from_intensity(intensity, settings):
+        smoothing = helper.submit(smoothed, intensity)
+    labels, _, min_px, info = split_objects(probability, intensity, pixel_size_um, settings, helper=helper)
     return finish_objects(labels, intensity, settings, min_px, info,
                           smoothed_intensity=smoothing.result() if smoothing is not None else None, helper=helper), info
 
 
 def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray | None, pixel: tuple[float, float] | None,
-                settings: PostprocessSettings, edt: np.ndarray | None,
-                sure: Future | None = None) -> tuple[FieldScale, np.ndarray, np.ndarray | None]:
+                settings: PostprocessSettings, edt: np.ndarray | None) -> tuple[FieldScale, np.ndarray, np.ndarray | None]:
     """The field's radius and tissue decision from its own mask: (scale without intensity range, mask, edt); in
-    tissue the mask is the nuclei's (and its distance transform is remade). ``sure``: :func:`sure_radius`, being
-    made by another thread."""
+    tissue the mask is the nuclei's (and its distance transform is remade)."""
     info: dict[str, Any] = {}
     if settings.nucleus_diameter_um and pixel:
         info["scale_source"] = "config postprocess.nucleus_diameter_um"
         return FieldScale(settings.nucleus_diameter_um / 2 / float(np.sqrt(pixel[0] * pixel[1])), info=info), mask, edt
     radius = typical_radius_px(mask, edt, probability)
     info["scale_source"] = "estimated from this field"
-    sure = sure.result() if sure is not None else sure_radius(probability, settings)
+    sure = typical_radius_px(probability >= TISSUE_SURE_THRESHOLD) if settings.probability_threshold < TISSUE_SURE_THRESHOLD else None
     if not (radius and sure and radius > TISSUE_RATIO * sure):
         return FieldScale(radius, info=info), mask, edt
     # the model took a whole tissue (an embryo, a cell sheet on bright cytoplasm) for one nucleus: the nuclei are
@@ -216,14 +210,6 @@ def field_scale(probability: np.ndarray, mask: np.ndarray, intensity: np.ndarray
         radius = typical_radius_px(mask) or sure
     info.update(tissue=True, scale_source=tissue_source(how))
     return FieldScale(radius, tissue=True, info=info), mask, whole_field_edt(mask)
-
-
-def sure_radius(probability: np.ndarray, settings: PostprocessSettings) -> float | None:
-    """The typical radius of what the model is sure of (probability >= TISSUE_SURE_THRESHOLD), which tells tissue
-    from separate nuclei; None when the threshold itself is that high."""
-    if settings.probability_threshold >= TISSUE_SURE_THRESHOLD:
-        return None
-    return typical_radius_px(np.asarray(probability, np.float32) >= TISSUE_SURE_THRESHOLD)  # NaN is not sure
 
 
 def tissue_mask(mask: np.ndarray, probability: np.ndarray, intensity: np.ndarray | None, sure: float,
@@ -242,12 +228,11 @@ def tissue_source(how: str) -> str:
 
 
 def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_size_um: tuple[float, float] | None,
-                  settings: PostprocessSettings, pinned: FieldScale | None = None, *, sure: Future | None = None,
+                  settings: PostprocessSettings, pinned: FieldScale | None = None, *,
                   helper: Executor | None = None) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
     """The first half of :func:`instance_labels`: (objects split at the model's edge, their connected components,
     the smallest object kept in pixels, info). ``pinned``: the field's scale, given (a block of a large field)
-    instead of estimated from this array; ``sure``: :func:`sure_radius`, being made by the ``helper`` (see
-    :func:`instance_labels`)."""
+    instead of estimated from this array; ``helper``: see :func:`instance_labels`."""
     pixel = calibrated(pixel_size_um)
     probability = np.nan_to_num(np.asarray(probability, np.float32), nan=0.0)
     mask = foreground(probability, settings)
@@ -255,7 +240,7 @@ def split_objects(probability: np.ndarray, intensity: np.ndarray | None, pixel_s
     if pinned is None:
         if not (settings.nucleus_diameter_um and pixel):
             edt = whole_field_edt(mask)
-        scale, mask, edt = field_scale(probability, mask, intensity, pixel, settings, edt, sure)
+        scale, mask, edt = field_scale(probability, mask, intensity, pixel, settings, edt)
     else:
         scale = pinned
         if scale.tissue and scale.radius:
