@@ -259,7 +259,8 @@ _HELPER: list[ThreadPoolExecutor] = []  # in the post-processing worker: its sec
 
 def _helper() -> ThreadPoolExecutor:
     """The post-processing worker's second thread: it takes the steps of a field that do not wait for each other
-    (the smoothing for the outlines, the intensity sums), on the core the quality metrics leave free once done."""
+    (the smoothing for the outlines, the lower half's flood, the outlines' background level, the intensity sums and
+    channel means), on the core the quality metrics leave free once done."""
     if not _HELPER:
         _HELPER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess-helper"))
     return _HELPER[0]
