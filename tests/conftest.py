@@ -20,6 +20,22 @@ def needs_shared(path: Path) -> None:
         pytest.skip(f"{path} is absent: the real data and model live in ../shared beside the project")
 
 
+def real_nuclei(count: int) -> list[tuple[str, "np.ndarray", "np.ndarray"]]:
+    """(set name, ground-truth labels as int32, the image's first channel) of the first ``count`` fields of each real
+    nuclei set, BBBC039 and DSB2018 (the test is skipped without ../shared)."""
+    import numpy as np
+    import tifffile
+
+    folder = SHARED / "data" / "nuclei"
+    needs_shared(folder)
+    fields = []
+    for name in ("bbbc039", "dsb2018"):
+        for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:count]:
+            image = tifffile.imread(folder / name / "images" / mask_path.name)
+            fields.append((name, tifffile.imread(mask_path).astype(np.int32), image[..., 0] if image.ndim == 3 else image))
+    return fields
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     from snakescope.demo import write_demo_data, write_demo_model

@@ -81,24 +81,17 @@ def test_background_noise_of_float_pixels_equals_numpys_median_and_mad():
 
 
 def test_label_percentiles_equal_a_percentile_per_object_on_real_nuclei():
-    import tifffile
-
-    from conftest import SHARED, needs_shared
+    from conftest import real_nuclei
     from snakescope.core.orderstats import label_percentiles
     from snakescope.methods.instances import smoothed
 
-    folder = SHARED / "data" / "nuclei"
-    needs_shared(folder)
-    for name in ("bbbc039", "dsb2018"):
-        for path in sorted((folder / name / "masks").glob("*.tif"))[:2]:
-            labels = tifffile.imread(path).astype(np.int32)
-            image = tifffile.imread(folder / name / "images" / path.name)
-            values = smoothed(image[..., 0] if image.ndim == 3 else image)
-            n = int(labels.max()) + 3  # labels with no pixel take the default
-            ids = np.arange(1, n + 1)
-            for q in (90, 50, 0, 100, 37.5):
-                theirs = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, q), float, -7.0))
-                assert np.array_equal(label_percentiles(values, labels, n=n, q=q, default=-7.0), theirs), (path.name, q)
+    for name, labels, image in real_nuclei(2):
+        values = smoothed(image)
+        n = int(labels.max()) + 3  # labels with no pixel take the default
+        ids = np.arange(1, n + 1)
+        for q in (90, 50, 0, 100, 37.5):
+            theirs = np.asarray(ndi.labeled_comprehension(values, labels, ids, lambda v: np.percentile(v, q), float, -7.0))
+            assert np.array_equal(label_percentiles(values, labels, n=n, q=q, default=-7.0), theirs), (name, q)
     tiny = np.array([[1, 0, 2, 2], [3, 3, 3, 0]])
     expected = [np.percentile([0.0], 90), np.percentile([2.0, 3.0], 90), np.percentile([4.0, 5.0, 6.0], 90), 0.5]
     assert np.array_equal(label_percentiles(np.arange(8.0), tiny, n=4, q=90, default=0.5), expected)

@@ -232,11 +232,10 @@ def test_label_peaks_equal_scikit_images_on_real_nuclei():
     """The markers' peak search gives peak_local_max's coordinates in its order: on the marker map of real
     nuclei fields (both sets), in one large object with thousands of candidates (the k-d tree path), and on flat
     objects and single pixels (its special cases)."""
-    import tifffile
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
 
-    from conftest import SHARED, needs_shared
+    from conftest import real_nuclei
     from snakescope.methods.instances import _marker_map, label_peaks
 
     def same(image, labels, min_distance):
@@ -244,18 +243,13 @@ def test_label_peaks_equal_scikit_images_on_real_nuclei():
         got = label_peaks(image, labels, min_distance)
         assert got.shape == expected.shape and np.array_equal(got, expected), (min_distance, len(expected))
 
-    folder = SHARED / "data" / "nuclei"
-    needs_shared(folder)
-    for name in ("bbbc039", "dsb2018"):
-        for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:3]:
-            truth = tifffile.imread(mask_path)
-            image = tifffile.imread(folder / name / "images" / mask_path.name).astype(np.float32)
-            image = image if image.ndim == 2 else image[..., 0]
-            mask = truth > 0
-            components, _ = ndi.label(mask)
-            norm = np.clip((image - image.min()) / np.ptp(image), 0, 1)
-            for min_distance in (1, 2, 4, 7):
-                same(_marker_map(mask, norm, 8.0, PostprocessSettings()), components, min_distance)
+    for _, truth, image in real_nuclei(3):
+        image = image.astype(np.float32)
+        mask = truth > 0
+        components, _ = ndi.label(mask)
+        norm = np.clip((image - image.min()) / np.ptp(image), 0, 1)
+        for min_distance in (1, 2, 4, 7):
+            same(_marker_map(mask, norm, 8.0, PostprocessSettings()), components, min_distance)
     rng = np.random.default_rng(0)
     image = ndi.gaussian_filter(rng.random((600, 600)), 2).astype(np.float32)
     labels = np.ones((600, 600), np.int32)
@@ -370,33 +364,27 @@ def test_a_helper_thread_gives_the_same_labels_and_measurements_on_real_nuclei(m
     comes out is what one thread makes (both sets, two split settings)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import tifffile
     from scipy import ndimage as ndi
 
-    from conftest import SHARED, needs_shared
+    from conftest import real_nuclei
     from snakescope.methods import instances
 
-    folder = SHARED / "data" / "nuclei"
-    needs_shared(folder)
     one_flood = instances._flood
     whole_floods = []
     monkeypatch.setattr(instances, "_flood", lambda *a, **k: whole_floods.append(1) or one_flood(*a, **k))
     checked = 0
     with ThreadPoolExecutor(max_workers=1) as helper:
-        for name in ("bbbc039", "dsb2018"):
-            for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:3]:
-                probability = ndi.gaussian_filter((tifffile.imread(mask_path) > 0).astype(np.float32), 2.0)
-                image = tifffile.imread(folder / name / "images" / mask_path.name)
-                image = image[..., 0] if image.ndim == 3 else image
-                for settings in (PostprocessSettings(), PostprocessSettings(split_min_distance=0.2, split_smoothing=0.5)):
-                    channels = (np.stack([image, image[::-1]]), ["DNA", "flipped"])
-                    alone = segment_unit(probability, image, (0.5, 0.5), settings, name, channels=channels)
-                    floods = len(whole_floods)
-                    helped = segment_unit(probability, image, (0.5, 0.5), settings, name, channels=channels, helper=helper)
-                    assert len(whole_floods) == floods  # the halves, not the fallback to one flood
-                    np.testing.assert_array_equal(helped[0], alone[0])
-                    assert helped[1] == alone[1] and helped[2] == alone[2]
-                    checked += len(alone[1]) > 10 and alone[1][0]["mean_intensity_flipped"] is not None
+        for name, truth, image in real_nuclei(3):
+            probability = ndi.gaussian_filter((truth > 0).astype(np.float32), 2.0)
+            for settings in (PostprocessSettings(), PostprocessSettings(split_min_distance=0.2, split_smoothing=0.5)):
+                channels = (np.stack([image, image[::-1]]), ["DNA", "flipped"])
+                alone = segment_unit(probability, image, (0.5, 0.5), settings, name, channels=channels)
+                floods = len(whole_floods)
+                helped = segment_unit(probability, image, (0.5, 0.5), settings, name, channels=channels, helper=helper)
+                assert len(whole_floods) == floods  # the halves, not the fallback to one flood
+                np.testing.assert_array_equal(helped[0], alone[0])
+                assert helped[1] == alone[1] and helped[2] == alone[2]
+                checked += len(alone[1]) > 10 and alone[1][0]["mean_intensity_flipped"] is not None
     assert checked == 12
 
 
@@ -429,26 +417,19 @@ def test_halves_fall_back_to_one_flood_when_two_markers_of_an_object_tie():
 def test_numbering_and_object_contrast_equal_scikit_image_and_scipy_on_real_nuclei():
     """Objects numbered 1..n by a lookup table as relabel_sequential numbers them (gaps, one object, none), and each
     object's contrast from ndi.mean's own sums without its search for the labels present."""
-    import tifffile
     from scipy import ndimage as ndi
     from skimage.segmentation import relabel_sequential
 
-    from conftest import SHARED, needs_shared
+    from conftest import real_nuclei
     from snakescope.methods.instances import background_noise, grown_by_2, numbered, object_contrast
 
-    folder = SHARED / "data" / "nuclei"
-    needs_shared(folder)
-    for name in ("bbbc039", "dsb2018"):
-        for mask_path in sorted((folder / name / "masks").glob("*.tif"))[:3]:
-            truth = tifffile.imread(mask_path).astype(np.int32)
-            image = tifffile.imread(folder / name / "images" / mask_path.name)
-            image = image[..., 0] if image.ndim == 3 else image
-            gaps = np.where(truth % 3 == 0, 0, truth * 5)
-            for labels in (truth, gaps, (truth == truth.max()).astype(np.int32), np.zeros_like(truth)):
-                expected = relabel_sequential(labels)[0]
-                assert numbered(labels).dtype == expected.dtype and np.array_equal(numbered(labels), expected)
-            for pixels in (image, image.astype(np.float64) / 7):
-                level, noise = background_noise(pixels, grown_by_2(gaps > 0))
-                ids = np.unique(gaps[gaps > 0])
-                theirs = {int(i): (float(m) - level) / noise for i, m in zip(ids, ndi.mean(pixels, gaps, ids))}
-                assert object_contrast(gaps, pixels) == theirs and len(theirs) > 10
+    for _, truth, image in real_nuclei(3):
+        gaps = np.where(truth % 3 == 0, 0, truth * 5)
+        for labels in (truth, gaps, (truth == truth.max()).astype(np.int32), np.zeros_like(truth)):
+            expected = relabel_sequential(labels)[0]
+            assert numbered(labels).dtype == expected.dtype and np.array_equal(numbered(labels), expected)
+        for pixels in (image, image.astype(np.float64) / 7):
+            level, noise = background_noise(pixels, grown_by_2(gaps > 0))
+            ids = np.unique(gaps[gaps > 0])
+            theirs = {int(i): (float(m) - level) / noise for i, m in zip(ids, ndi.mean(pixels, gaps, ids))}
+            assert object_contrast(gaps, pixels) == theirs and len(theirs) > 10

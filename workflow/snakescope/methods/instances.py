@@ -684,12 +684,17 @@ def object_contrast(labels: np.ndarray, intensity: np.ndarray, occupied: np.ndar
     values = intensity if np.issubdtype(intensity.dtype, np.integer) else np.nan_to_num(intensity.astype(np.float64), nan=0.0, copy=False)
     grown = grown_by_2(labels > 0 if occupied is None else occupied)
     level, noise = background_noise(values, grown)
-    # ndi.mean's own sums (bincount over the labels, divided in float64), without its search for the labels present
+    ids, means = label_means(values, labels)
+    return {int(i): (float(m) - level) / noise for i, m in zip(ids, means)}
+
+
+def label_means(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the labels present, the mean of ``values`` on each): ``ndi.mean``'s own sums (a bincount over the labels,
+    divided in float64), without its search for the labels present."""
     flat = labels.ravel()
     counts = np.bincount(flat)
     ids = np.flatnonzero(counts[1:]) + 1
-    means = np.bincount(flat, weights=values.ravel())[ids] / counts[ids].astype(np.float64)
-    return {int(i): (float(m) - level) / noise for i, m in zip(ids, means)}
+    return ids, np.bincount(flat, weights=values.ravel())[ids] / counts[ids].astype(np.float64)
 
 
 # skimage.measure.perimeter's weights (4-connected border), indexed by 1 + 2 x (border 4-neighbours) + 10 x (border
@@ -891,11 +896,12 @@ def segment_unit(probability: np.ndarray, intensity: np.ndarray, pixel_size_um: 
 
 
 def channel_means(labels: np.ndarray, image: np.ndarray, channel_names: list[str]) -> dict[str, list[float]]:
-    """Every channel's mean intensity per object 1..n (column ``mean_intensity_<channel>``, rounded to 0.001), not
-    only the model's channel."""
-    index = np.arange(1, int(labels.max()) + 1)
-    return {channel_column(c, name): [round(float(v), 3) for v in ndi.mean(image[c].astype(np.float64), labels, index)]
-            for c, name in enumerate(channel_names)} if index.size else {}
+    """Every channel's mean intensity per object 1..n, all present (column ``mean_intensity_<channel>``, rounded to
+    0.001), not only the model's channel."""
+    if not labels.any():
+        return {}
+    return {channel_column(c, name): [round(float(v), 3) for v in label_means(image[c].astype(np.float64), labels)[1]]
+            for c, name in enumerate(channel_names)}
 
 
 def channel_column(index: int, name: str) -> str:
