@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))  # the metric is this checkout's, whichever --project runs
 
-from snakescope.methods.instances import object_f1  # noqa: E402
+from snakescope.methods.measurements import object_f1  # noqa: E402
 
 QUALITY_ISSUES = ("no_data", "empty_field", "saturated", "low_signal", "out_of_focus")
 DEGRADATIONS = ("blur", "saturated", "low_signal", "empty", "noise")

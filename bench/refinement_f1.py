@@ -36,7 +36,7 @@ def main() -> None:
     from snakescope.stages.refinement import refine_batch
     from snakescope.stages.review import review_batch
     from snakescope.stages.segmentation import postprocess_batch
-    from snakescope.methods.instances import object_f1
+    from snakescope.methods.measurements import object_f1
     from snakescope.core.settings import PostprocessSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

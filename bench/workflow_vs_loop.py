@@ -105,7 +105,7 @@ def plain_loop(folder: Path, model: Path) -> float:
     from snakescope.core.rendering import overlay_png
     from snakescope.stages.review import review_unit
     from snakescope.core.settings import ReviewThresholds
-    from snakescope.methods.instances import segment_unit
+    from snakescope.methods.measurements import segment_unit
     from snakescope.core.settings import PostprocessSettings
 
     t0 = time.perf_counter()

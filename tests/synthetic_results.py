@@ -33,7 +33,7 @@ def write_synthetic_results(root: Path, n_units: int, demo_images: list[Path], b
     from snakescope.stages.report.plots import write_plots
     from snakescope.core.records import write_json
     from snakescope.stages.review import load_schema, validate_review
-    from snakescope.methods.instances import OBJECT_COLUMNS
+    from snakescope.methods.measurements import OBJECT_COLUMNS
     from snakescope.stages.report.tables import acquisition_actions, write_csv
 
     rng = np.random.default_rng(seed)

@@ -88,7 +88,7 @@ def test_import_records_the_fit_and_quality_and_segmentation_see_the_field_flatt
     from snakescope.stages.quality import quality_batch
     from snakescope.core.records import write_json
     from snakescope.stages.segmentation import postprocess_batch
-    from snakescope.methods.instances import object_f1
+    from snakescope.methods.measurements import object_f1
     from snakescope.core.settings import PostprocessSettings
 
     image, truth = real_field("dsb2018", "77ceeb87")

@@ -251,7 +251,7 @@ def test_critique_drives_a_bounded_refinement_that_improves_f1(fake_llm, demo_di
     from snakescope.stages.quality import quality_batch
     from snakescope.core.records import write_json
     from snakescope.stages.segmentation import postprocess_batch
-    from snakescope.methods.instances import object_f1
+    from snakescope.methods.measurements import object_f1
     from snakescope.core.knowledge import load_knowledge_base
     from snakescope.stages.refinement import refine_batch
     from snakescope.core.settings import PostprocessSettings

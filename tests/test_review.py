@@ -11,7 +11,7 @@ from snakescope.stages.quality import channel_metrics
 from snakescope.stages.review import load_schema, review_unit, validate_review
 from snakescope.core.knowledge import expected_diameter
 from snakescope.core.settings import ReviewThresholds
-from snakescope.methods.instances import segment_unit
+from snakescope.methods.measurements import segment_unit
 from snakescope.core.settings import PostprocessSettings
 
 KB = yaml.safe_load((ROOT / "config" / "knowledge_base.yaml").read_text())

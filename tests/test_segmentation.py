@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from snakescope.demo import DemoField, render_field
-from snakescope.methods.instances import instance_labels, measure_objects, segment_unit, summarize_objects
+from snakescope.methods.instances import instance_labels
+from snakescope.methods.measurements import measure_objects, segment_unit, summarize_objects
 from snakescope.core.settings import PostprocessSettings
 
 
@@ -110,7 +111,7 @@ def test_small_objects_removed_and_empty_probability_gives_no_objects():
 
 
 def test_object_f1_counts_matches_at_iou_half():
-    from snakescope.methods.instances import object_f1
+    from snakescope.methods.measurements import object_f1
 
     truth = np.zeros((40, 40), int)
     truth[0:10, 0:10], truth[20:30, 20:30] = 1, 2
@@ -182,10 +183,10 @@ def test_measurements_equal_regionprops_on_real_nuclei(monkeypatch, rows_per_blo
     from skimage.measure import regionprops
 
     from conftest import SHARED, needs_shared
-    from snakescope.methods import instances as segmentation
+    from snakescope.methods import measurements
 
     if rows_per_block:
-        monkeypatch.setattr(segmentation, "ROWS_PER_BLOCK", rows_per_block)
+        monkeypatch.setattr(measurements, "ROWS_PER_BLOCK", rows_per_block)
 
     folder = SHARED / "data" / "nuclei"
     needs_shared(folder)

@@ -915,7 +915,7 @@ def first_segmentation(image: Any, settings: Any = None, folder: Path | None = N
 
     from .core.rendering import overlay_png
     from .stages.segmentation import Segmented
-    from .methods.instances import segment_unit
+    from .methods.measurements import segment_unit
     from .core.settings import PostprocessSettings
 
     probability = (image > image.mean()).astype(np.float32)

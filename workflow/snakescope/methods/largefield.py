@@ -32,28 +32,26 @@ from scipy import ndimage as ndi
 
 from ..core.blocks import Histogram, PlaneReader, complete_and_owned, layout, npy_shape, npy_tiles, read_npy, refined_median, value_range, write_npy
 from ..core.records import ObjectTable
+from ..core.settings import PostprocessSettings
 from .instances import (
     TISSUE_RATIO,
     TISSUE_SURE_THRESHOLD,
     FieldScale,
-    PostprocessSettings,
-    channel_column,
     confident_objects,
     foreground,
     grown_by_2,
     inscribed_radii,
-    measure_objects,
     min_object_px,
     numbered,
     smoothed,
     split_margin,
     split_objects,
-    summarize_objects,
     tissue_mask,
     tissue_source,
     trim_to_intensity,
     typical_radius,
 )
+from .measurements import channel_column, measure_objects, summarize_objects
 
 
 def _probability(path: str | Path, box: tuple[slice, slice]) -> np.ndarray:

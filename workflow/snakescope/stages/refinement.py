@@ -53,7 +53,7 @@ def refine_segmentation(probability: Any, intensity: Any, pixel: tuple[float, fl
     objects plausible, and must beat the original by MIN_GAIN. Returns every attempt and the best. ``intensity``
     is what post-processing segments, ``measured`` what it measures (:func:`segmentation.segment_unit`).
     """
-    from ..methods.instances import segment_unit
+    from ..methods.measurements import segment_unit
 
     lo_p, hi_p = refine["split_min_distance"]
     lo_a, hi_a = refine["min_object_area_fraction"]
@@ -146,7 +146,7 @@ def refine_batch(import_manifest: str | Path, quality_json: str | Path, inferenc
     import csv
 
     from ..core.channels import model_channel_name
-    from ..methods.instances import OBJECT_COLUMNS
+    from ..methods.measurements import OBJECT_COLUMNS
     from ..core.knowledge import expected_diameter
 
     imported, quality = read_json(import_manifest), read_json(quality_json)

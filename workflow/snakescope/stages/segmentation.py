@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..core.images import write_labels
-from ..methods.instances import OBJECT_COLUMNS, calibrated, segment_unit
+from ..methods.instances import calibrated
+from ..methods.measurements import OBJECT_COLUMNS, segment_unit
 from ..core.settings import PostprocessSettings
 from ..core.records import LABELS_SUFFIX, Failure, read_json, write_json
 
@@ -61,7 +62,7 @@ class Segmented:
 def segment_one(unit: dict[str, Any], probability_path: str | Path, settings: PostprocessSettings,
                 channels: tuple[str | int, ...], *, helper: Executor | None = None) -> Segmented:
     """:func:`postprocess_one` of a field that fits in memory, without writing its files (``helper``: see
-    :func:`..methods.instances.segment_unit`)."""
+    :func:`..methods.measurements.segment_unit`)."""
     from ..core.images import read_unit
     from ..core.channels import model_channels, select_channels
 

@@ -41,7 +41,7 @@ def _merge_objects(path: Path, batches: list[BatchPaths], refined_units: dict[st
                    unit_meta: dict[str, dict[str, Any]]) -> None:
     """objects.csv of every batch, with the rows of refined units taken from the review's refined_objects.csv, each
     row carrying its unit's sample id and sample-sheet metadata (well, condition, ...) and every channel's mean."""
-    from ...methods.instances import OBJECT_COLUMNS
+    from ...methods.measurements import OBJECT_COLUMNS
 
     def rows():
         for batch in batches:
