@@ -29,6 +29,7 @@ lint: $(BIN)/.installed
 	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/lint-imports
 
+# Every bench that needs nothing but this checkout (watch_phase.py compares with another one: --base DIR).
 bench: $(BIN)/.installed
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/inference_throughput.py
@@ -38,6 +39,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/dryrun_scale.py
 	$(BIN)/python bench/refinement_f1.py
 	$(BIN)/python bench/report_scale.py
+	$(BIN)/python bench/stage_cores.py
+	$(BIN)/python bench/acquisition_latency.py
+	$(BIN)/python bench/large_image.py
 
 clean-demo:
 	rm -rf demo results/demo

@@ -9,6 +9,7 @@ import math
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ import numpy as np
 
 # Label images: OME-TIFF with the unit's pixel size, so napari, Fiji and bioio open them calibrated.
 LABELS_SUFFIX = ".labels.ome.tif"
+
+
+def utc_now() -> str:
+    """This moment in UTC, ISO 8601 to the second: how every record and report stamps its time."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +67,6 @@ def fill_answers(answer: dict[str, Any], questions: tuple[str, ...]) -> list[dic
         out.append({"question": question, "answer": match["answer"] if match else "unsure",
                     "evidence": (match["evidence"] if match else "not answered by the model")[:500]})
     return out
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 

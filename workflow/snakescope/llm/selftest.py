@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable
 
 from .client import ChatClient, ModelInfo, public_endpoint
-from .prompt import now
+from ..core.records import utc_now
 from .settings import AnswerInvalid, LLMUnavailable, ModelCannotSee, StructuredOutputRefused
 
 PROBE_SCHEMA = {
@@ -86,7 +86,7 @@ def _where(info: ModelInfo) -> str:
 
 
 def _record(info: ModelInfo, started: float, structured: str, note: str | None, sees_images: bool) -> dict[str, Any]:
-    return {"passed": True, "checked_at": now(), "seconds": round(time.monotonic() - started, 2), "backend": info.backend,
+    return {"passed": True, "checked_at": utc_now(), "seconds": round(time.monotonic() - started, 2), "backend": info.backend,
             "endpoint": public_endpoint(info.endpoint), "server_kind": info.server_kind or None, "server_version": info.server_version,
             "model": info.model, "model_id": info.model_id,
             "capabilities": list(info.capabilities) if info.capabilities is not None else None, "context_size": info.context_size,

@@ -14,7 +14,8 @@ from ..core.records import read_json, write_json
 from ..llm.client import ChatClient, ModelInfo, public_endpoint
 from ..llm.backends import connect
 from ..llm.guardrails import check_claims, combine, merged_actions
-from ..llm.prompt import ReviewCache, fill_answers, now, prompt_version, render_prompt, review_images, sha256, unit_data
+from ..core.records import utc_now
+from ..llm.prompt import ReviewCache, fill_answers, prompt_version, render_prompt, review_images, sha256, unit_data
 from ..llm.selftest import self_test, skipped_record
 from ..llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
 from ..core.layout import schema_path
@@ -51,12 +52,12 @@ CONTEXT_WARNING_FRACTION = 0.9  # a prompt this close to the model's context lea
 def ask_timed(client: ChatClient, prompt: str, images: list[bytes], schema: dict[str, Any] | None) -> tuple[str, str, Any, Any]:
     """:meth:`ChatClient.ask` in a worker thread: (started_at, answered_at, (answer, attempts, errors) or the AnswerInvalid,
     what the answer cost)."""
-    started = now()
+    started = utc_now()
     try:
         result: Any = client.ask(prompt, images, schema)
     except AnswerInvalid as exc:
         result = exc
-    return started, now(), result, client.last_usage
+    return started, utc_now(), result, client.last_usage
 
 
 def context_warning(usage: dict[str, Any] | None, context_size: int | None) -> str | None:
@@ -164,7 +165,7 @@ def check_run(settings: LLMSettings, summary: LLMSettings | None = None) -> dict
     ``on_unreachable: fail``."""
     from ..llm.selftest import text_self_test
 
-    record: dict[str, Any] = {"checked_at": now()}
+    record: dict[str, Any] = {"checked_at": utc_now()}
     for role, these in (("review", settings), ("summary", summary)):
         if these is None:
             continue

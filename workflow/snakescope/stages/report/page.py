@@ -14,12 +14,11 @@ import math
 import os
 import shutil
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ...core.settings import ReportSettings
-from ...core.records import json_safe, read_csv, read_json
+from ...core.records import json_safe, read_csv, read_json, utc_now
 from .tables import USABLE_VERDICTS
 
 UNIT_COLUMNS = ["unit_id", "verdict", "issues", "flags", "object_count", "llm_estimated_count", "diameter_um_median",
@@ -476,7 +475,7 @@ def write_report(tables_dir: str | Path, plots_dir: str | Path, gallery_files: l
     plots = {name: plots[name] for name in PLOT_NAMES if name in plots} | {k: v for k, v in plots.items() if k not in PLOT_NAMES}
     info = {
         "dataset": dataset, "version": __version__,
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": utc_now(),
         "model": read_json(model_check), "software": read_json(info_dir / "software_versions.json"),
         "params": read_json(info_dir / "params.json"), "run_summary": run_summary, "reviews": reviews,
         "aggregates": read_json(tables / "aggregates.json"), "answers": read_csv(tables / "answers.csv"),

@@ -17,7 +17,6 @@ PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "
             "pylibCZIrw", "liffile", "edt", "pandas", "pyarrow", "pillow", "httpx", "ome-zarr", "zarr", "rocrate"]  # every package that reads or writes data
 
 
-ENVS_DIR = ENVS_DIR
 CONDA_NAMES = {"pytorch-cpu": "torch", "pytorch-gpu": "torch", "pytorch": "torch", "pyyaml": "PyYAML"}
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import sys
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ...core.layout import manifest
-from ...core.records import read_json, write_json
+from ...core.records import read_json, utc_now, write_json
 
 PROFILES = {  # and Workflow RO-Crate 1.1, which the rocrate package declares itself
     "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
@@ -108,7 +107,7 @@ def write_crate(*, root: str | Path, dataset: str, imported: list[str], results:
                     "name": Path(path).name, **({"encodingFormat": FORMATS[Path(path).suffix]} if Path(path).suffix in FORMATS else {})}))
     action = crate.add_action(workflow, object=inputs, result=outputs, properties={
         "name": f"snakescope run of {dataset}",
-        "endTime": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "endTime": utc_now(),
         "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
         **({"error": "; ".join(f"{Path(f['path']).name}: {f['reason']}" for f in failed)} if failed else {}),
     })

@@ -9,7 +9,8 @@ from typing import Any
 
 from ...core.records import write_json
 from ...llm.guardrails import check_numbers, narrative_problem
-from ...llm.prompt import ReviewCache, now, prompt_version, render_prompt, sha256
+from ...core.records import utc_now
+from ...llm.prompt import ReviewCache, prompt_version, render_prompt, sha256
 from ...llm.settings import AnswerInvalid, LLMSettings, LLMUnavailable
 
 
@@ -86,7 +87,7 @@ def write_run_summary(aggregates: dict[str, Any], settings: LLMSettings | None, 
                             record["llm_usage"] = usage
                             raise AnswerInvalid(f"the narrative of model {settings.model!r} was not used: {problem}: "
                                                 f"{text[:160]!r}")
-                        cache.put(key, {"answer": text, "answered_at": now(), "attempts": 1})
+                        cache.put(key, {"answer": text, "answered_at": utc_now(), "attempts": 1})
             record.update(backend=settings.backend, uses_llm=True, provenance={
                 "backend": settings.backend, "endpoint": public_endpoint(info.endpoint) if info else checked.get("endpoint"),
                 "server_version": info.server_version if info else checked.get("server_version"),
