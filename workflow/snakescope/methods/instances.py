@@ -553,7 +553,10 @@ def _split_by_component(mask: np.ndarray, components: np.ndarray, intensity: np.
     """The same split, one connected component at a time in its bounding box plus a margin, so the extra memory
     follows the largest object cluster, not the field. The margin holds everything a box pixel's value depends
     on (the smoothing's reach, 4 sigma, plus the capped distance's, r), so markers and labels equal the
-    whole-field ones (tested); markers are numbered in the same order."""
+    whole-field ones (tested); markers are numbered in the same order. One exception, as in
+    :func:`_flood_in_halves`: two markers of one object at exactly the same value leave the watershed's queue in an
+    order that rests on its layout, so their shared boundary may differ from a whole-field flood's by a few
+    pixels; it is the same every run (this path has no whole-field flood to fall back to: its memory is the point)."""
     margin = split_margin(radius, settings)
     min_distance = max(1, int(round(settings.split_min_distance * radius)))
     labels = np.zeros(mask.shape, np.int32)
