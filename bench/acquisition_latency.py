@@ -1,6 +1,6 @@
 """Watch mode on a simulated acquisition: latency from a file being complete to its action record.
 
-    python bench/acquisition_latency.py [--fields 50] [--size 1024] [--interval 2] [--tile-px auto|model|N] [--cpu N]
+    python bench/acquisition_latency.py [--fields 50] [--size 1024] [--interval 2] [--tile-px auto|model|N] [--engine auto|onnxruntime|openvino] [--cpu N]
 
 The watcher (``snakescope watch``, its own process, the real U-Net in ../shared and the rule-based reviewer)
 is started and, once its model is loaded, fields cut from the real BBBC039 nuclei are written into its folder
@@ -8,7 +8,8 @@ one every --interval seconds, each in 4 chunks over 0.2 s. For every field the l
 simulated microscope closed the file to the moment the field's record was in the actions file (so it includes
 noticing the file); the per-field processing time alone is printed beside it as the floor. The loop keeps up
 when its p95 latency stays under the interval (no queue builds). Last line: ``p95_latency_s=<value>`` (target <= 1.0
-with the defaults; ``--tile-px model`` gives the old default, the model's own tiles).
+with the defaults; ``--tile-px model`` gives the old default, the model's own tiles; ``--engine onnxruntime``
+keeps onnxruntime where the model check would validate OpenVINO).
 
 ``--cpu N`` first runs a field's stages one after another in this process on N of the same fields (import,
 inference on the watcher's threads, quality metrics, post-processing) and prints the CPU seconds each takes per
@@ -93,11 +94,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--tile-px", default="auto", help="model.tile_px: auto (the default), model, or an edge")
+    parser.add_argument("--engine", default="auto", help="model.engine: auto (the default), onnxruntime or openvino")
     parser.add_argument("--cpu", type=int, default=0, help="first, the CPU seconds per field of each stage over N fields")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="snakescope-watch-bench-"))
     model = {"source": str(SHARED / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"), "run_test": False}
     model["tile_px"] = int(args.tile_px) if str(args.tile_px).isdigit() else args.tile_px
+    model["engine"] = args.engine
     config = {"dataset": "watch", "inputs": ["acq/*.tif"], "results": "results", "batch_size": 25, "cache_dir": "cache",
               "model": model}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -125,7 +128,7 @@ def main() -> None:
     verdicts = {v: sum(1 for r in records.values() if r["verdict"] == v) for v in ("pass", "warn", "fail")}
     print(f"watcher start-up (imports, model load, warm-up): {ready:.1f} s; log: {folder / 'watch.log'}")
     print(f"fields: {len(written)} of {args.size}x{args.size} px, one every {args.interval} s; records: {len(records)} {verdicts}"
-          f"; model.tile_px: {args.tile_px}")
+          f"; model.tile_px: {args.tile_px}; model.engine: {args.engine}")
     print(f"processing per field (the floor): p50 {percentile(processing, 50):.2f} s, p95 {percentile(processing, 95):.2f} s")
     stages = [r["stage_s"] for r in records.values()]
     print("median seconds per stage: " + ", ".join(f"{k} {np.median([t[k] for t in stages]):.2f}" for k in stages[0]))

@@ -14,7 +14,8 @@ same outputs. Then the stage and the fastest baseline alternate for --rounds rou
 
 Per size the median of the rounds' ratios (stage images/s over baseline images/s) is printed; the last
 line is the worst of the sizes: ``limit_ratio=…`` (target >= 0.9). With --tile-px model the stage keeps
-the model's own tiles (the old default), for the before figure.
+the model's own tiles (the old default), for the before figure; with --engine onnxruntime it runs onnxruntime
+instead of the engine the model check validates (OpenVINO where it agrees: snakescope.methods.engines).
 Uses the real U-Net in ../shared when present (fixed 512 input, halo 32), else the demo model.
 """
 
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the order alternates)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="the job's cores (the infer rule's threads)")
     parser.add_argument("--tile-px", default="auto", help="model.tile_px for the stage (default: auto, the default)")
+    parser.add_argument("--engine", default="auto", help="model.engine for the stage (default: auto, the default)")
     args = parser.parse_args()
     unet = ROOT.parent / "shared" / "models" / "unet2d_nuclei_broad" / "bioimageio.yaml"
     model = unet if unet.is_file() else write_demo_model(Path(tempfile.mkdtemp()) / "model")
@@ -130,13 +132,14 @@ def main() -> None:
 
     tqdm.tqdm.__init__ = partialmethod(tqdm.tqdm.__init__, disable=True)
     tile_px = int(args.tile_px) if str(args.tile_px).isdigit() else args.tile_px
-    settings = ModelSettings(source=str(model), run_test=False, tile_px=tile_px)
+    settings = ModelSettings(source=str(model), run_test=False, tile_px=tile_px, engine=args.engine)
     check = check_model(settings, Path(tempfile.mkdtemp()))
     stage = batch_predictor(settings, check, threads=args.cores)
     tiling = check.get("tiling") or {}
     print(f"model: {model}\n{args.images} fields per size, {args.cores} core(s), {args.rounds} rounds; stage tiles: "
           f"{tiling.get('rule') or 'the model’s own'} (model.tile_px: {tile_px}, check {tiling.get('status', 'not run')}, "
-          f"{tiling.get('bytes_per_tile_pixel', '?')} bytes per tile pixel)")
+          f"{tiling.get('bytes_per_tile_pixel', '?')} bytes per tile pixel); stage engine: {stage.engine} "
+          f"(model.engine: {args.engine})")
     descr = load_description(str(model))
     source = descr.weights.onnx.source
     weights = model.parent / str(source.path if hasattr(source, "path") else source)

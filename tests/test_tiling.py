@@ -172,3 +172,62 @@ def test_predict_batch_records_the_tiles_it_used(checked, tmp_path):
     assert not result["failures"] and doc["units"]
     assert result["tiles"] == record["tiling"]["rule"]
     assert result["processing"].startswith("numpy")  # the U-Net's operators all have checked numpy twins
+    checked_engine = record["tiling"]["engine"]
+    assert result["engine"] == {k: checked_engine[k] for k in ("name", "version", "precision")}
+
+
+def test_openvino_is_validated_against_the_models_own_tiles_and_segments_real_fields_alike(checked):
+    """model.engine auto (the default): the check runs the validated tiles with OpenVINO too, at its precision for
+    this CPU, and records the figures; batches then use it. On real BBBC039 fields its probabilities and the objects
+    segmented from them match onnxruntime's."""
+    from snakescope.core.settings import PostprocessSettings
+    from snakescope.methods.measurements import object_f1, segment_unit
+    from snakescope.stages.inference import batch_predictor
+
+    settings, record, _ = checked
+    assert settings.engine == "auto"
+    engine = record["tiling"]["engine"]
+    assert engine["name"] == "openvino" and engine["openvino"] == "passed" and engine["precision"] in ("bf16", "f32")
+    assert engine["mean_abs_difference"] <= 0.005 and engine["foreground_agreement"] >= 0.995
+    openvino = batch_predictor(settings, record, threads=2)
+    onnxruntime = Predictor(settings, threads=2, tile_rule=TileRule(**record["tiling"]["rule"]))
+    assert openvino.engine["name"] == "openvino" and onnxruntime.engine["name"] == "onnxruntime"
+    try:
+        for path in sorted(BBBC039.glob("*.tif"))[:3]:
+            image = tifffile.imread(path)[None]
+            ours, theirs = openvino.predict(image), onnxruntime.predict(image)
+            assert np.abs(ours - theirs).mean() < 0.001 and np.mean((ours > 0.5) == (theirs > 0.5)) > 0.999
+            labels = [segment_unit(p, image[0], (0.65, 0.65), PostprocessSettings())[0] for p in (ours, theirs)]
+            assert labels[1].max() > 20 and object_f1(labels[0], labels[1])["f1"] > 0.98
+    finally:
+        openvino.close(), onnxruntime.close()
+
+
+def test_engine_onnxruntime_keeps_onnxruntime_and_says_so(tmp_path):
+    from snakescope.stages.inference import batch_predictor
+
+    needs_shared(UNET)
+    settings = ModelSettings(source=str(UNET), tile_px=1100, run_test=False, engine="onnxruntime")
+    record = check_model(settings, tmp_path / "cache")
+    assert record["tiling"]["engine"]["name"] == "onnxruntime" and "model.engine" in record["tiling"]["engine"]["reason"]
+    predictor = batch_predictor(settings, record)
+    assert predictor.engine == {"name": "onnxruntime", "version": record["tiling"]["engine"]["version"], "precision": "f32"}
+    predictor.close()
+
+
+def test_without_openvino_auto_uses_onnxruntime_and_openvino_is_refused_naming_the_key(tmp_path, monkeypatch):
+    """OpenVINO not importable (a platform without its wheels): auto records why it is not used; asked for by name,
+    the run stops naming model.engine. Asked for with the model's own tiles (no check to validate it): the same."""
+    import snakescope.methods.engines as engines
+    import snakescope.stages.inference as inference
+
+    needs_shared(UNET)
+    monkeypatch.setattr(engines, "openvino_version", lambda: None)
+    monkeypatch.setattr(inference, "openvino_version", lambda: None)
+    tiling = check_model(ModelSettings(source=str(UNET), tile_px=600, run_test=False), tmp_path / "cache")["tiling"]
+    assert tiling["status"] == "passed" and tiling["engine"]["name"] == "onnxruntime"
+    assert tiling["engine"]["reason"] == "OpenVINO is not installed here"
+    with pytest.raises(ModelError, match=r"config key model\.engine=openvino: OpenVINO is not installed here"):
+        check_model(ModelSettings(source=str(UNET), tile_px=600, run_test=False, engine="openvino"), tmp_path / "cache")
+    with pytest.raises(ModelError, match=r"config key model\.engine=openvino: .*model\.tile_px: model"):
+        check_model(ModelSettings(source=str(UNET), tile_px="model", run_test=False, engine="openvino"), tmp_path / "cache")

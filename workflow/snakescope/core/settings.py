@@ -56,6 +56,9 @@ class ModelSettings:
     # auto: the fastest tiles the model check validates, bounded by memory; model: the model's own; an int: up to this
     # edge (snakescope.methods.tiling)
     tile_px: int | str | None = "auto"
+    # auto: OpenVINO when the model check finds it gives the model's own probabilities, else onnxruntime; onnxruntime;
+    # openvino (snakescope.methods.engines)
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # a list from YAML or a param: hashable, compared as given

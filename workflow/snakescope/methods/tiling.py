@@ -40,7 +40,7 @@ TOLERANCE = {"mean_abs_difference": 0.005, "foreground_agreement": 0.995}
 # pixel, so auto tiles reach 2280 px: a 2048² field runs as one tile, a 4096² one as four (bench/README).
 AUTO_TILE_MEMORY_MB = 3500
 DEFAULT_BYTES_PER_PIXEL = 1000  # where the runtime's peak memory cannot be read (no /proc)
-TILE_CHECK_VERSION = 4  # part of the cache key: a check recorded by an older rule is run again
+TILE_CHECK_VERSION = 5  # part of the cache key: a check recorded by an older rule is run again
 
 
 @dataclass(frozen=True)
@@ -162,14 +162,17 @@ def agrees(figures: dict[str, float]) -> bool:
 
 
 def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..., Any],
-                   tile_px: int | None) -> dict[str, Any]:
+                   tile_px: int | None, engine: str = "onnxruntime") -> dict[str, Any]:
     """Find the step at which tiles up to ``tile_px`` (and small fields' own tiles) reproduce the model's own tiles
     on its test input. ``tile_px`` None (automatic tiles): sizes up to twice the model's tile are validated.
+    ``engine`` (``model.engine``): with ``auto`` or ``openvino``, the larger tiles are then run by OpenVINO too and
+    compared with the model's own tiles in the same way (:func:`validate_engine`).
 
-    ``predictor(settings, tile_rule=None)`` loads the model (inference's ``Predictor``): passed in, so this check
-    stays below the inference stage that calls it.
+    ``predictor(settings, tile_rule=None, engine=...)`` loads the model (inference's ``Predictor``): passed in, so
+    this check stays below the inference stage that calls it.
 
-    Returns the record for model_check.json: ``status`` passed (with ``rule``) or failed (with the figures).
+    Returns the record for model_check.json: ``status`` passed (with ``rule`` and ``engine``) or failed (with the
+    figures).
     """
     from dataclasses import replace
 
@@ -202,13 +205,44 @@ def validate_tiles(settings: Any, test_input: np.ndarray, predictor: Callable[..
         if agrees(figures):
             own.close()
             minimum = step if small_figures and agrees(small_figures) else fixed
+            checked = validate_engine(settings, predictor, rule, engine, (image, reference),
+                                      (small, reference_small) if minimum == step else None)
             return {"status": "passed", "rule": TileRule(tile_px=tile_px, minimum=minimum, step=step).as_record(),
+                    "engine": checked,
                     "image_shape": list(image.shape[-2:]), **figures,
                     "small_field": {"image_shape": list(small.shape[-2:]) if small is not None else None,
                                     **(small_figures or {}), "own_size": minimum == step},
                     "halo": halo, "tolerance": TOLERANCE, "tried": tried}
     own.close()
     return {"status": "failed", "image_shape": list(whole.shape[-2:]), "halo": halo, "tolerance": TOLERANCE, "tried": tried}
+
+
+def validate_engine(settings: Any, predictor: Callable[..., Any], rule: TileRule, engine: str,
+                    field: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    """Which runtime runs the validated tiles: OpenVINO (``engine`` auto or openvino) when it is installed and its
+    probabilities on the check's field (and small crop, when small fields run at their own size) agree with the
+    model's own tiles (``field``, ``small``: image and reference) within :data:`TOLERANCE`; else onnxruntime. The
+    record names the engine, its version and precision, the figures and, when OpenVINO is not used, why."""
+    from .engines import onnxruntime_engine, openvino_version
+
+    if engine == "onnxruntime":
+        return {**onnxruntime_engine().as_record(), "reason": "model.engine: onnxruntime"}
+    if openvino_version() is None:
+        return {**onnxruntime_engine().as_record(), "openvino": "failed", "reason": "OpenVINO is not installed here"}
+    try:
+        candidate = predictor(settings, tile_rule=rule, engine="openvino")
+        figures = agreement(field[1], candidate.predict(field[0], "engine-check"))
+        small_figures = agreement(small[1], candidate.predict(small[0], "engine-check-small")) if small else None
+        used = candidate.engine
+        candidate.close()
+    except Exception as exc:  # noqa: BLE001 - OpenVINO cannot compile or run an operator of this model
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+        return {**onnxruntime_engine().as_record(), "openvino": "failed", "reason": f"OpenVINO failed ({reason})"}
+    if agrees(figures) and (small_figures is None or agrees(small_figures)):
+        return {**used, "openvino": "passed", **figures, "small_field": small_figures}
+    return {**onnxruntime_engine().as_record(), "openvino": "failed", "openvino_figures": {**figures, "small_field": small_figures},
+            "reason": f"OpenVINO ({used['precision']}) does not give the model's own probabilities: mean difference "
+                      f"{figures['mean_abs_difference']}, foreground agreement {figures['foreground_agreement']}"}
 
 
 def mirrored(image: np.ndarray, side: int) -> np.ndarray:

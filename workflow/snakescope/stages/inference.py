@@ -16,6 +16,7 @@ from ..core.fields import by_unit
 from ..core.channels import channel_indices, check_model_channels, model_channels
 from ..core.settings import ModelSettings
 from ..core.records import Failure, read_json, write_json
+from ..methods.engines import engine_request, openvino_version
 from ..methods.tiling import tile_request
 
 
@@ -71,6 +72,9 @@ def check_model(settings: ModelSettings, cache_dir: str | Path) -> dict[str, Any
     }
     if tile_request(settings.tile_px) != "model":
         record["tiling"] = checked_tiles(settings, descr, digest, cache_dir)
+    elif engine_request(settings.engine) == "openvino":
+        raise ModelError("config key model.engine=openvino: OpenVINO runs the tiles the model check validates, and "
+                         "model.tile_px: model skips that check; set model.tile_px to auto or remove model.engine")
     if cache.is_file():
         cached = read_json(cache)
         return {**record, "test": cached, "test_cached": True}
@@ -97,19 +101,28 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
     from ..methods.tiling import DEFAULT_BYTES_PER_PIXEL, TILE_CHECK_VERSION, TileRule, auto_tile_px, validate_tiles
 
     request = tile_request(settings.tile_px)
-    cache = Path(cache_dir) / "model-tests" / f"{digest}.tile-{request}.v{TILE_CHECK_VERSION}.json"
+    engine = engine_request(settings.engine) if settings.weight_format == "onnx" else "onnxruntime"
+    if engine == "openvino" and settings.weight_format != "onnx":
+        raise ModelError(f"config key model.engine=openvino: OpenVINO runs ONNX weights, not {settings.weight_format}")
+    runtimes = f"openvino-{openvino_version()}" if engine != "onnxruntime" else "onnxruntime"  # a new OpenVINO is checked anew
+    cache = Path(cache_dir) / "model-tests" / f"{digest}.tile-{request}.{engine}-{runtimes}.v{TILE_CHECK_VERSION}.json"
     if cache.is_file():
         return {**read_json(cache), "cached": True}
     if not (settings.weight_format == "torchscript" or settings.weight_format == "onnx" and settings.device == "cpu"):
         reason = (f"tiles other than the model's own are supported for ONNX weights on the CPU and TorchScript weights, "
                   f"not {settings.weight_format} on {settings.device}")
-        if request == "auto":
+        if request == "auto" and engine != "openvino":
             return {"status": "not supported", "request": request, "reason": reason, "cached": False}
-        raise ModelError(f"config key model.tile_px: {reason}")
+        raise ModelError(f"config key {'model.tile_px' if request != 'auto' else 'model.engine'}: {reason}")
     data = get_test_inputs(descr).members[descr.inputs[0].id].data
     test_input = np.asarray(data.transpose(*[d for d in ("batch", "channel", "y", "x") if d in data.dims]).values)[0]
     result = {"request": request, **validate_tiles(settings, test_input.astype(np.float32), Predictor,
-                                                   request if isinstance(request, int) else None)}
+                                                   request if isinstance(request, int) else None, engine)}
+    if result["status"] != "passed" and engine == "openvino":
+        raise ModelError(f"config key model.engine=openvino: {descr.name} does not give its own probabilities with tiles other "
+                         "than its own, which OpenVINO would run (see model.tile_px); remove model.engine for this model")
+    if result["status"] == "passed" and engine == "openvino" and result["engine"]["name"] != "openvino":
+        raise ModelError(f"config key model.engine=openvino: {result['engine']['reason']}; remove model.engine for this model")
     if result["status"] != "passed":
         tried = "; ".join(f"step {t['step']}: " + (t["error"] if "error" in t else f"mean difference {t['mean_abs_difference']}, "
                                                     f"foreground agreement {t['foreground_agreement']}") for t in result["tried"])
@@ -119,7 +132,7 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
         raise ModelError(f"config key model.tile_px={settings.tile_px}: {descr.name} does not give the same probabilities with "
                          f"tiles larger than its own on its test input ({tried}); remove model.tile_px for this model")
     measured = tile_memory_per_pixel(settings, result["rule"], test_input.shape[0], result["image_shape"],
-                                     result["halo"])
+                                     result["halo"], result["engine"])
     result["bytes_per_tile_pixel"] = measured or DEFAULT_BYTES_PER_PIXEL
     result["bytes_measured"] = measured is not None
     if request == "auto":
@@ -131,7 +144,7 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
 
 
 def tile_memory_per_pixel(settings: ModelSettings, rule: dict[str, int], channels: int, shape: list[int],
-                          halo: int) -> int | None:
+                          halo: int, engine: dict[str, Any] | None = None) -> int | None:
     """Bytes the runtime holds per tile pixel, measured on one tile of ``shape`` (plus halo) in a fresh process:
     memory this process freed earlier would be reused unseen. None when the measurement cannot be made."""
     import json
@@ -139,7 +152,8 @@ def tile_memory_per_pixel(settings: ModelSettings, rule: dict[str, int], channel
     import subprocess
     from dataclasses import asdict
 
-    payload = json.dumps({"settings": asdict(settings), "rule": rule, "channels": channels, "shape": shape, "halo": halo})
+    payload = json.dumps({"settings": asdict(settings), "rule": rule, "channels": channels, "shape": shape, "halo": halo,
+                          "engine": engine or {}})
     package_parent = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)}
     try:
@@ -158,7 +172,9 @@ def probe_tile_memory(payload: str) -> None:
     from ..methods.tiling import TileRule, peak_growth_bytes
 
     args = json.loads(payload)
-    predictor = Predictor(ModelSettings(**args["settings"]), tile_rule=TileRule(**args["rule"]))
+    engine = args.get("engine") or {}
+    predictor = Predictor(ModelSettings(**args["settings"]), tile_rule=TileRule(**args["rule"]),
+                          engine=engine.get("name", "onnxruntime"), precision=engine.get("precision"))
     image = np.zeros((args["channels"], *args["shape"]), np.float32)
     # twice: onnxruntime plans the memory of a shape on its first run and holds about twice as much from the second
     _, grown = peak_growth_bytes(lambda: [predictor.predict(image, "memory") for _ in range(2)])
@@ -229,48 +245,6 @@ def mirror_mode(shape: tuple[int, ...]) -> str:
     return "reflect" if min(shape[-2:]) > 1 else "edge"
 
 
-def threaded_adapter(descr: Any, settings: ModelSettings, threads: int | None, free_size: bool = False) -> Any:
-    """A model adapter that uses exactly ``threads`` CPU threads (the job's declared cores), or None for the default.
-
-    bioimageio.core creates its onnxruntime session with default options, which on a shared node starts
-    one thread per core of the machine, not of the job; torch is told through ``torch.set_num_threads``.
-    With ``free_size`` the ONNX session runs a copy of the weights whose spatial sizes are free (larger tiles).
-    """
-    if not free_size and (not threads or settings.device != "cpu"):
-        return None
-    if settings.weight_format in ("torchscript", "pytorch_state_dict"):
-        import torch
-
-        torch.set_num_threads(threads)
-        return None
-    if settings.weight_format != "onnx":
-        return None
-    import onnxruntime
-    from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
-
-    from ..methods.tiling import free_size_onnx
-
-    class ThreadedONNXAdapter(ONNXModelAdapter):
-        def _init_model_on_device(self, device: Any) -> Any:
-            weights = self._onnx_descr
-            if getattr(weights, "external_data", None) is not None and not free_size:  # large models: bioimageio.core's own
-                return super()._init_model_on_device(device)
-            options = onnxruntime.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                # idle threads sleep instead of spinning: a spinning thread burns a core the other jobs need (bench/README)
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            data = weights.get_reader().read()
-            session = onnxruntime.InferenceSession(free_size_onnx(data) if free_size else data, sess_options=options,
-                                                   providers=None if device is None else [device])
-            if self._input_names is None:
-                self._input_names = [str(i.name) for i in session.get_inputs()]
-            return session
-
-    return ThreadedONNXAdapter(model_description=descr, devices=["CPUExecutionProvider"])
-
-
 class Twins(NamedTuple):
     """A model's element-wise processing in numpy (see :meth:`Predictor._elementwise_twins`) and its input halo."""
 
@@ -290,17 +264,21 @@ class Predictor:
     """
 
     def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None, threads: int | None = None,
-                 tile_rule: Any = None, numpy_processing: bool = True) -> None:
+                 tile_rule: Any = None, numpy_processing: bool = True, engine: str = "onnxruntime",
+                 precision: str | None = None) -> None:
         from bioimageio.core import create_prediction_pipeline
+
+        from ..methods.engines import model_adapter
 
         self.settings = settings
         self.descr = load_description(settings.source)
         fixed = dataset_statistics(self.descr, dataset_pixels) if dataset_pixels is not None else {}
         self.fixed_stats = fixed  # also put into every sample: blocked prediction reads them from sample.stat
+        self.adapter = model_adapter(self.descr, settings, threads, engine=engine, precision=precision,
+                                     free_size=tile_rule is not None and settings.weight_format == "onnx")
         self.pipeline = create_prediction_pipeline(
             self.descr, weight_format=settings.weight_format, devices=[settings.device], fixed_dataset_statistics=fixed,
-            model_adapter=threaded_adapter(self.descr, settings, threads, free_size=tile_rule is not None
-                                           and settings.weight_format == "onnx"),
+            model_adapter=self.adapter,
         )
         self.input_id = self.descr.inputs[0].id
         self.output_id = self.descr.outputs[0].id
@@ -416,6 +394,17 @@ class Predictor:
         values = np.asarray(out.values)
         values = values.reshape(-1, *values.shape[-2:]) if values.ndim > 3 else values[0]
         return padding.crop(values[self.settings.output_channel]).astype(np.float32)
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        """The runtime that ran the weights (:class:`..methods.engines.Engine`), as recorded in the manifests."""
+        from ..methods.engines import Engine, onnxruntime_engine
+
+        if self.adapter is not None:
+            return self.adapter.engine.as_record()
+        if self.settings.weight_format == "onnx":
+            return onnxruntime_engine().as_record()
+        return Engine(self.settings.weight_format).as_record()
 
     def close(self) -> None:
         self.pipeline.unload()
@@ -616,6 +605,7 @@ def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSetting
         "device": settings.device,
         "normalization": "dataset statistics" if dataset_pixels else "per image (the model's own)",
         "tiles": rule.as_record() if rule else "the model's own",
+        "engine": predictor.engine if predictor is not None else None,  # the runtime, its version and precision
         # where the model's declared pre- and post-processing ran (the same result either way: see Predictor)
         "processing": "numpy (methods.elementwise, checked against bioimageio.core)" if predictor is not None and
                       predictor.twins is not None else "bioimageio.core",
@@ -627,12 +617,15 @@ def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSetting
 
 def batch_predictor(settings: ModelSettings, check: dict[str, Any], pooled: np.ndarray | None = None,
                     threads: int | None = None) -> Predictor:
-    """The predictor a batch uses: the tiles validated in the model check (``model.tile_px``), else the model's own."""
+    """The predictor a batch uses: the tiles and the engine validated in the model check (``model.tile_px``,
+    ``model.engine``), else the model's own tiles with onnxruntime."""
     from ..methods.tiling import TileRule
 
     tiling = check.get("tiling") or {}
     rule = TileRule(**tiling["rule"]) if tile_request(settings.tile_px) != "model" and tiling.get("status") == "passed" else None
-    return Predictor(settings, pooled, threads, tile_rule=rule)
+    engine = (tiling.get("engine") or {}) if rule is not None else {}
+    return Predictor(settings, pooled, threads, tile_rule=rule, engine=engine.get("name", "onnxruntime"),
+                     precision=engine.get("precision"))
 
 
 def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_check: str | Path, out_dir: str | Path,

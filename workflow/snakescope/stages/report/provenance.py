@@ -12,7 +12,7 @@ from ...core.records import write_json
 from ...core.layout import ENVS_DIR
 
 PACKAGES = ["snakemake", "snakemake-executor-plugin-slurm", "bioimageio.core", "bioimageio.spec", "bioio", "bioio-ome-tiff",
-            "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "torch",
+            "bioio-tifffile", "bioio-czi", "bioio-lif", "bioio-imageio", "bioio-nd2", "aicsimageio", "onnxruntime", "openvino", "torch",
             "numpy", "xarray", "scikit-image", "scipy", "tifffile", "ollama", "openai", "jsonschema", "PyYAML", "pydantic",
             "pylibCZIrw", "liffile", "edt", "pandas", "pyarrow", "pillow", "httpx", "ome-zarr", "zarr", "rocrate"]  # every package that reads or writes data
 
