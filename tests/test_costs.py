@@ -34,6 +34,26 @@ def test_memory_is_the_rule_floor_until_fields_are_large(tmp_path):
     assert job_mem_mb(large, "postprocess", 4000, postprocess_block_px=16384) == int(1.25 * (base + per_pixel * held / 1e6)) > 4000
 
 
+
+def test_inference_asks_for_a_tile_per_field_it_predicts_side_by_side(tmp_path):
+    """With OpenVINO an inference job predicts one field per thread (core.costs.inference_streams), each holding its
+    tile and field: the job asks for that; with onnxruntime one field at a time, whatever its threads."""
+    from snakescope.core.costs import inference_streams, tile_mb
+
+    fields = manifest(tmp_path, (1, 2048, 2048))
+    tiling = {"status": "passed", "rule": {"tile_px": 4024, "minimum": 8, "step": 8}, "bytes_per_tile_pixel": 216}
+    checks = {}
+    for name in ("openvino", "onnxruntime"):
+        checks[name] = tmp_path / f"{name}.json"
+        checks[name].write_text(json.dumps({"tiling": {**tiling, "engine": {"name": name}}}))
+    base, per_pixel = STAGE_MEMORY["infer"]
+    one = tile_mb(checks["openvino"], 2048**2) + per_pixel * 2048**2 / 1e6
+    assert inference_streams({"name": "openvino"}, 2) == 2 and inference_streams({"name": "onnxruntime"}, 2) == 1
+    assert job_mem_mb(fields, "infer", 600, model_check=checks["openvino"], workers=2) == int(1.25 * (base + 2 * one))
+    assert job_mem_mb(fields, "infer", 600, model_check=checks["onnxruntime"], workers=2) == int(1.25 * (base + one))
+    assert job_mem_mb(fields, "infer", 600, model_check=checks["openvino"], workers=1) == int(1.25 * (base + one))
+
+
 @pytest.mark.slow
 def test_snakemake_asks_for_the_memory_of_the_batch_it_runs(tmp_path, demo_dir):
     """After the import, each batch's quality, post-processing and gallery jobs ask for memory from its own largest

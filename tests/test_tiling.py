@@ -231,3 +231,36 @@ def test_without_openvino_auto_uses_onnxruntime_and_openvino_is_refused_naming_t
         check_model(ModelSettings(source=str(UNET), tile_px=600, run_test=False, engine="openvino"), tmp_path / "cache")
     with pytest.raises(ModelError, match=r"config key model\.engine=openvino: .*model\.tile_px: model"):
         check_model(ModelSettings(source=str(UNET), tile_px="model", run_test=False, engine="openvino"), tmp_path / "cache")
+
+
+def test_openvino_predicts_a_batchs_fields_side_by_side_with_the_same_results(checked, tmp_path):
+    """With OpenVINO an inference job's threads each take a field (streams): the probabilities equal one field at a
+    time to the bit, a unit that fails fails alone, and the manifest says how many ran side by side. With a large
+    field in the batch the fields go one at a time (its blocks hold the job's memory)."""
+    from snakescope.core.inputs import Source
+    from snakescope.core.records import read_json
+    from snakescope.core.settings import ImportSettings
+    from snakescope.stages.acquisition import import_batch
+
+    settings, record, _ = checked
+    paths = sorted(BBBC039.glob("*.tif"))[:4]
+    odd = tmp_path / "odd.ome.tif"  # no channel of the name the model is told to read
+    tifffile.imwrite(odd, np.ones((1, 64, 64), np.uint16), ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["GFP"]}})
+    doc = import_batch("b0000", [Source(p.stem, str(p), {}) for p in paths] + [Source("odd", str(odd), {})],
+                       ImportSettings(), tmp_path / "import")
+    write_json(tmp_path / "check.json", record)
+    named = replace(settings, channels=(doc["units"][0]["channel_names"][0],))
+    runs = {threads: predict_batch(tmp_path / "import" / "manifest.json", named, tmp_path / "check.json",
+                                   tmp_path / f"inference-{threads}", threads=threads) for threads in (1, 2)}
+    assert runs[1]["fields_side_by_side"] == 1 and runs[2]["fields_side_by_side"] == 2
+    for run in runs.values():
+        assert run["engine"]["name"] == "openvino" and list(run["predictions"]) == [p.stem for p in paths]
+        assert [f["unit_id"] for f in run["failures"]] == ["odd"]
+    for uid in runs[1]["predictions"]:
+        np.testing.assert_array_equal(np.load(runs[2]["predictions"][uid]["path"]), np.load(runs[1]["predictions"][uid]["path"]))
+    manifest = read_json(tmp_path / "import" / "manifest.json")
+    manifest["units"][0]["shape"] = [1, 8192, 8192]  # as a large field's record reads (its file is not opened here)
+    write_json(tmp_path / "import" / "manifest.json", manifest)
+    large = predict_batch(tmp_path / "import" / "manifest.json", named, tmp_path / "check.json", tmp_path / "inference-large",
+                          threads=2)
+    assert large["fields_side_by_side"] == 1

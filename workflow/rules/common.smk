@@ -105,7 +105,7 @@ def field_mem_mb(stage, floor):
 
     def mem_mb(wildcards, input, threads):
         check = getattr(input, "model_check", None)
-        workers = 1 if stage in ("infer", "review", "refinement") else threads  # fields processed side by side
+        workers = 1 if stage in ("review", "refinement") else threads  # fields processed side by side, at most
         return job_mem_mb(
             manifest(BatchPaths(R, wildcards.batch).imported),
             stage,

@@ -60,17 +60,32 @@ def tile_mb(model_check: str | Path | None, pixels: int) -> float:
     return float(tiling.get("bytes_per_tile_pixel", 0)) * min(edge * edge, 2 * pixels) / 1e6
 
 
+def checked_engine(model_check: str | Path | None) -> dict | None:
+    """The engine the model check validated for the tiles (``tiling.engine``), or None."""
+    path = Path(model_check) if model_check else None
+    return ((read_json(path).get("tiling") or {}).get("engine") if path and path.is_file() else None) or None
+
+
+def inference_streams(engine: dict | None, threads: int | None) -> int:
+    """Fields an inference job predicts side by side: one per thread with OpenVINO (each in its own stream on one
+    thread, which uses the cores better than one field on all of them: a field's reading, normalising and writing
+    run beside the other's prediction), one with onnxruntime (its threads share each field)."""
+    return max(1, threads or 1) if (engine or {}).get("name") == "openvino" else 1
+
+
 def job_mem_mb(manifest: str | Path, stage: str, floor: int, model_check: str | Path | None = None, workers: int = 1,
                **blocks: int) -> int:
     """Memory (MB) for one job of ``stage`` on the batch of ``manifest``: at least ``floor`` (the rule's usual
     value, and what a dry run shows before the batch is imported), more for fields that hold more than that
     before the stage works by blocks. ``blocks``: post-processing's block settings (:func:`pixels_held`);
     ``model_check``: inference's tiles (:func:`tile_mb`); ``workers``: fields processed side by side, each holding
-    its own (``core.fields``)."""
+    its own (``core.fields``; inference: the job's threads, of which :func:`inference_streams` takes its fields)."""
     pixels = largest_field_pixels(manifest)
     if pixels is None:
         return floor
+    if stage == "infer":
+        workers = inference_streams(checked_engine(model_check), workers)
     base, per_pixel = STAGE_MEMORY[stage]
     tiles = tile_mb(model_check, pixels) if stage == "infer" else 0.0
     held = per_pixel * pixels_held(stage, pixels, **blocks) / 1e6
-    return max(floor, int(HEADROOM * (base + tiles + max(1, workers) * held)))
+    return max(floor, int(HEADROOM * (base + max(1, workers) * (tiles + held))))

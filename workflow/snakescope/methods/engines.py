@@ -55,14 +55,15 @@ def onnxruntime_engine() -> Engine:
 
 
 def model_adapter(descr: Any, settings: Any, threads: int | None, *, free_size: bool = False,
-                  engine: str = "onnxruntime", precision: str | None = None) -> Any:
+                  engine: str = "onnxruntime", precision: str | None = None, streams: int = 1) -> Any:
     """An adapter that runs ``descr``'s weights with ``engine`` on exactly ``threads`` CPU threads (the job's declared
     cores; None: the runtime's default), or None where bioimageio.core's own adapter does (it is then told the threads
     where it can be). ``free_size``: the ONNX weights' spatial sizes are made free (larger tiles, :mod:`.tiling`).
     ``precision``: OpenVINO's inference precision (``bf16``, ``f32``), the one the model check validated; None: its
-    default for this CPU."""
+    default for this CPU. ``streams``: OpenVINO runs that many inputs at once, the threads shared among them (a
+    batch's fields side by side); one runs each input on all the threads (a single field's latency)."""
     if engine == "openvino":
-        return _openvino_adapter(descr, threads, free_size, precision)
+        return _openvino_adapter(descr, threads, free_size, precision, max(1, streams))
     if not free_size and (not threads or settings.device != "cpu"):
         return None
     if settings.weight_format in ("torchscript", "pytorch_state_dict"):
@@ -100,9 +101,11 @@ def model_adapter(descr: Any, settings: Any, threads: int | None, *, free_size: 
     return ThreadedONNXAdapter(model_description=descr, devices=["CPUExecutionProvider"])
 
 
-def _openvino_adapter(descr: Any, threads: int | None, free_size: bool, precision: str | None) -> Any:
+def _openvino_adapter(descr: Any, threads: int | None, free_size: bool, precision: str | None, streams: int) -> Any:
     """bioimageio.core's ONNX adapter with the weights compiled by OpenVINO for the CPU instead of an onnxruntime
-    session: inputs in the model's order, outputs copied out of the request (the next call reuses its buffers)."""
+    session: inputs in the model's order, outputs copied out of the request (the next call reuses its buffers).
+    bioimageio.core keeps one (device, model) pair per device in a queue that each call takes one from: with
+    ``streams`` > 1 the adapter names the CPU that many times, each with its own request on one compiled model."""
     import numpy as np
     import openvino
     from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
@@ -112,24 +115,29 @@ def _openvino_adapter(descr: Any, threads: int | None, free_size: bool, precisio
     class OpenVINOAdapter(ONNXModelAdapter):
         engine = Engine("openvino", openvino_version(), precision)
 
+        compiled: Any = None
+
         def _parse_devices(self, devices: Any) -> list[Any]:
-            return ["CPU"]
+            return ["CPU"] * streams
 
         def _init_model_on_device(self, device: Any) -> Any:
-            weights = self._onnx_descr
-            if getattr(weights, "external_data", None) is not None:
-                raise ValueError("ONNX weights with external data are run by onnxruntime")
-            data = weights.get_reader().read()
-            core = openvino.Core()
-            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            if precision:
-                config["INFERENCE_PRECISION_HINT"] = precision
-            compiled = core.compile_model(core.read_model(free_size_onnx(data) if free_size else data), "CPU", config)
-            self.engine = Engine("openvino", openvino_version(), compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
-            self._input_names = [port.get_any_name() for port in compiled.inputs]
-            return compiled, compiled.create_infer_request()
+            if self.compiled is None:
+                weights = self._onnx_descr
+                if getattr(weights, "external_data", None) is not None:
+                    raise ValueError("ONNX weights with external data are run by onnxruntime")
+                data = weights.get_reader().read()
+                core = openvino.Core()
+                config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                                          "NUM_STREAMS": streams, "ENABLE_CPU_PINNING": False}
+                if threads:
+                    config["INFERENCE_NUM_THREADS"] = threads
+                if precision:
+                    config["INFERENCE_PRECISION_HINT"] = precision
+                self.compiled = core.compile_model(core.read_model(free_size_onnx(data) if free_size else data), "CPU", config)
+                self.engine = Engine("openvino", openvino_version(),
+                                     self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+                self._input_names = [port.get_any_name() for port in self.compiled.inputs]
+            return self.compiled, self.compiled.create_infer_request()
 
         def _forward_impl(self, device: Any, model: Any, input_arrays: Any) -> list[Any]:
             compiled, request = model

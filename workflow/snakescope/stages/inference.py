@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from ..core.fields import by_unit
+from ..core.blocks import is_large
 from ..core.channels import channel_indices, check_model_channels, model_channels
+from ..core.costs import inference_streams
 from ..core.settings import ModelSettings
 from ..core.records import Failure, read_json, write_json
 from ..methods.engines import engine_request, openvino_version
@@ -265,7 +267,7 @@ class Predictor:
 
     def __init__(self, settings: ModelSettings, dataset_pixels: np.ndarray | None = None, threads: int | None = None,
                  tile_rule: Any = None, numpy_processing: bool = True, engine: str = "onnxruntime",
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, streams: int = 1) -> None:
         from bioimageio.core import create_prediction_pipeline
 
         from ..methods.engines import model_adapter
@@ -274,8 +276,9 @@ class Predictor:
         self.descr = load_description(settings.source)
         fixed = dataset_statistics(self.descr, dataset_pixels) if dataset_pixels is not None else {}
         self.fixed_stats = fixed  # also put into every sample: blocked prediction reads them from sample.stat
-        self.adapter = model_adapter(self.descr, settings, threads, engine=engine, precision=precision,
+        self.adapter = model_adapter(self.descr, settings, threads, engine=engine, precision=precision, streams=streams,
                                      free_size=tile_rule is not None and settings.weight_format == "onnx")
+        self.streams = streams if engine == "openvino" else 1  # images predict() may be given at once, from threads
         self.pipeline = create_prediction_pipeline(
             self.descr, weight_format=settings.weight_format, devices=[settings.device], fixed_dataset_statistics=fixed,
             model_adapter=self.adapter,
@@ -513,7 +516,6 @@ def predict_one(predictor: Predictor, unit: dict[str, Any], out: Path, label: st
     """Predict one imported unit into ``out``: ({path, seconds}, None), or (None, failure record).
     ``label`` starts the progress and failure lines (``[inference b0000]``), ``position`` says where in the batch (``3/50``)."""
     from ..core.images import read_unit
-    from ..core.blocks import is_large
 
     try:
         t0 = time.time()
@@ -606,6 +608,7 @@ def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSetting
         "normalization": "dataset statistics" if dataset_pixels else "per image (the model's own)",
         "tiles": rule.as_record() if rule else "the model's own",
         "engine": predictor.engine if predictor is not None else None,  # the runtime, its version and precision
+        "fields_side_by_side": predictor.streams if predictor is not None else None,
         # where the model's declared pre- and post-processing ran (the same result either way: see Predictor)
         "processing": "numpy (methods.elementwise, checked against bioimageio.core)" if predictor is not None and
                       predictor.twins is not None else "bioimageio.core",
@@ -616,16 +619,17 @@ def inference_manifest(batch: str, check: dict[str, Any], settings: ModelSetting
 
 
 def batch_predictor(settings: ModelSettings, check: dict[str, Any], pooled: np.ndarray | None = None,
-                    threads: int | None = None) -> Predictor:
+                    threads: int | None = None, streams: int = 1) -> Predictor:
     """The predictor a batch uses: the tiles and the engine validated in the model check (``model.tile_px``,
-    ``model.engine``), else the model's own tiles with onnxruntime."""
+    ``model.engine``), else the model's own tiles with onnxruntime. ``streams``: fields predicted side by side
+    (OpenVINO; :func:`..core.costs.inference_streams`)."""
     from ..methods.tiling import TileRule
 
     tiling = check.get("tiling") or {}
     rule = TileRule(**tiling["rule"]) if tile_request(settings.tile_px) != "model" and tiling.get("status") == "passed" else None
     engine = (tiling.get("engine") or {}) if rule is not None else {}
     return Predictor(settings, pooled, threads, tile_rule=rule, engine=engine.get("name", "onnxruntime"),
-                     precision=engine.get("precision"))
+                     precision=engine.get("precision"), streams=streams)
 
 
 def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_check: str | Path, out_dir: str | Path,
@@ -637,11 +641,25 @@ def predict_batch(import_manifest: str | Path, settings: ModelSettings, model_ch
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     pooled = np.load(dataset_pixels) if dataset_pixels else None
-    predictor = batch_predictor(settings, check, pooled, threads) if doc["units"] else None
+    # fields side by side (OpenVINO), not when one is large: its blocks hold the memory the job asked for
+    large = any(is_large(unit.get("shape")) for unit in doc["units"])
+    streams = 1 if large else inference_streams((check.get("tiling") or {}).get("engine"), threads)
+    predictor = batch_predictor(settings, check, pooled, threads, streams) if doc["units"] else None
     load_seconds = time.time() - started
-    predictions, failures = by_unit(doc["units"], [
-        predict_one(predictor, unit, out, f"[inference {doc['batch']}]", f"{i}/{len(doc['units'])}")  # type: ignore[arg-type]
-        for i, unit in enumerate(doc["units"], start=1)])
+    units = list(enumerate(doc["units"], start=1))
+
+    def predict(numbered: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        i, unit = numbered
+        return predict_one(predictor, unit, out, f"[inference {doc['batch']}]", f"{i}/{len(units)}")  # type: ignore[arg-type]
+
+    if predictor is not None and predictor.streams > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(predictor.streams) as pool:  # results in the units' order
+            results = list(pool.map(predict, units))
+    else:
+        results = [predict(numbered) for numbered in units]
+    predictions, failures = by_unit(doc["units"], results)
     if predictor is not None:
         predictor.close()
     result = inference_manifest(doc["batch"], check, settings, predictor, dataset_pixels, load_seconds, predictions, failures)
