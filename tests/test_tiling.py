@@ -264,3 +264,13 @@ def test_openvino_predicts_a_batchs_fields_side_by_side_with_the_same_results(ch
     large = predict_batch(tmp_path / "import" / "manifest.json", named, tmp_path / "check.json", tmp_path / "inference-large",
                           threads=2)
     assert large["fields_side_by_side"] == 1
+
+
+def test_torchscript_weights_keep_torch_and_openvino_asked_for_them_is_refused(tmp_path):
+    needs_shared(UNET)
+    tiling = check_model(ModelSettings(source=str(UNET), weight_format="torchscript", tile_px=600, run_test=False),
+                         tmp_path / "cache")["tiling"]
+    assert tiling["status"] == "passed" and tiling["engine"]["name"] == "torchscript"
+    with pytest.raises(ModelError, match=r"config key model\.engine=openvino: OpenVINO runs ONNX weights, not torchscript"):
+        check_model(ModelSettings(source=str(UNET), weight_format="torchscript", tile_px=600, run_test=False, engine="openvino"),
+                    tmp_path / "cache")

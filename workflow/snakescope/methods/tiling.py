@@ -223,8 +223,10 @@ def validate_engine(settings: Any, predictor: Callable[..., Any], rule: TileRule
     probabilities on the check's field (and small crop, when small fields run at their own size) agree with the
     model's own tiles (``field``, ``small``: image and reference) within :data:`TOLERANCE`; else onnxruntime. The
     record names the engine, its version and precision, the figures and, when OpenVINO is not used, why."""
-    from .engines import onnxruntime_engine, openvino_version
+    from .engines import Engine, onnxruntime_engine, openvino_version
 
+    if settings.weight_format != "onnx":
+        return {**Engine(settings.weight_format).as_record(), "reason": "OpenVINO and onnxruntime run ONNX weights"}
     if engine == "onnxruntime":
         return {**onnxruntime_engine().as_record(), "reason": "model.engine: onnxruntime"}
     if openvino_version() is None:

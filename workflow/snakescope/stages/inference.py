@@ -103,9 +103,10 @@ def checked_tiles(settings: ModelSettings, descr: Any, digest: str, cache_dir: s
     from ..methods.tiling import DEFAULT_BYTES_PER_PIXEL, TILE_CHECK_VERSION, TileRule, auto_tile_px, validate_tiles
 
     request = tile_request(settings.tile_px)
-    engine = engine_request(settings.engine) if settings.weight_format == "onnx" else "onnxruntime"
+    engine = engine_request(settings.engine)
     if engine == "openvino" and settings.weight_format != "onnx":
         raise ModelError(f"config key model.engine=openvino: OpenVINO runs ONNX weights, not {settings.weight_format}")
+    engine = engine if settings.weight_format == "onnx" else "onnxruntime"  # the record names the weights' own runtime
     runtimes = f"openvino-{openvino_version()}" if engine != "onnxruntime" else "onnxruntime"  # a new OpenVINO is checked anew
     cache = Path(cache_dir) / "model-tests" / f"{digest}.tile-{request}.{engine}-{runtimes}.v{TILE_CHECK_VERSION}.json"
     if cache.is_file():
