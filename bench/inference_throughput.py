@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 from snakescope.core.settings import ModelSettings  # noqa: E402
 from snakescope.demo import write_demo_model  # noqa: E402
-from snakescope.methods.tiling import free_size_onnx  # noqa: E402
+from snakescope.methods.engines import free_size_onnx  # noqa: E402
 from snakescope.stages.inference import batch_predictor, check_model, load_description  # noqa: E402
 
 OPT_LEVELS = ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")

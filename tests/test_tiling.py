@@ -12,7 +12,8 @@ from conftest import SHARED, UNET, needs_shared
 from snakescope.stages.inference import ModelError, Predictor, check_model, predict_batch
 from snakescope.core.settings import ModelSettings
 from snakescope.core.records import write_json
-from snakescope.methods.tiling import TileRule, free_size_onnx
+from snakescope.methods.engines import free_size_onnx
+from snakescope.methods.tiling import TileRule
 
 BBBC039 = SHARED / "data" / "nuclei" / "bbbc039" / "images"
 

@@ -54,6 +54,20 @@ def onnxruntime_engine() -> Engine:
     return Engine("onnxruntime", onnxruntime.__version__, "f32")
 
 
+def free_size_onnx(data: bytes) -> bytes:
+    """A copy of ONNX weights whose inputs' and outputs' last two (spatial) sizes are free."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    for tensor in [*model.graph.input, *model.graph.output]:
+        dims = tensor.type.tensor_type.shape.dim
+        for dim, name in zip(dims[-2:], ("y", "x")):
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+    del model.graph.value_info[:]  # intermediate shapes inferred from the fixed size would contradict the free one
+    return model.SerializeToString()
+
+
 def model_adapter(descr: Any, settings: Any, threads: int | None, *, free_size: bool = False,
                   engine: str = "onnxruntime", precision: str | None = None, streams: int = 1) -> Any:
     """An adapter that runs ``descr``'s weights with ``engine`` on exactly ``threads`` CPU threads (the job's declared
@@ -75,8 +89,6 @@ def model_adapter(descr: Any, settings: Any, threads: int | None, *, free_size: 
         return None
     import onnxruntime
     from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
-
-    from .tiling import free_size_onnx
 
     class ThreadedONNXAdapter(ONNXModelAdapter):
         engine = onnxruntime_engine()
@@ -109,8 +121,6 @@ def _openvino_adapter(descr: Any, threads: int | None, free_size: bool, precisio
     import numpy as np
     import openvino
     from bioimageio.core.backends.onnx_backend import ONNXModelAdapter
-
-    from .tiling import free_size_onnx
 
     class OpenVINOAdapter(ONNXModelAdapter):
         engine = Engine("openvino", openvino_version(), precision)

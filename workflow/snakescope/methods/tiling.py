@@ -6,7 +6,7 @@ one 512² tile, four times its pixels. A fully convolutional network usually acc
 multiple of its downsampling factor, but only the model's architecture decides that, so snakescope
 never assumes it:
 
-1. ONNX weights get a copy whose spatial input and output sizes are free (the rest of the graph is
+1. ONNX weights get a copy whose spatial input and output sizes are free (:func:`.engines.free_size_onnx`; the rest of the graph is
    untouched); TorchScript weights are used as they are.
 2. The model's own test input, mirrored out to a field that needs several of the model's tiles, is
    predicted twice: with the model's tiles and with one larger tile; a crop smaller than the model's
@@ -121,20 +121,6 @@ def peak_growth_bytes(run: Callable[[], Any]) -> tuple[Any, int | None]:
     if before is None or peak is None:
         return result, None
     return result, max(0, peak - before) * 1024
-
-
-def free_size_onnx(data: bytes) -> bytes:
-    """A copy of ONNX weights whose inputs' and outputs' last two (spatial) sizes are free."""
-    import onnx
-
-    model = onnx.load_from_string(data)
-    for tensor in [*model.graph.input, *model.graph.output]:
-        dims = tensor.type.tensor_type.shape.dim
-        for dim, name in zip(dims[-2:], ("y", "x")):
-            dim.ClearField("dim_value")
-            dim.dim_param = name
-    del model.graph.value_info[:]  # intermediate shapes inferred from the fixed size would contradict the free one
-    return model.SerializeToString()
 
 
 def validation_image(test_input: np.ndarray, fixed: int, halo: int, tile_px: int) -> np.ndarray:
